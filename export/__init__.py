@@ -1,0 +1,1 @@
+"""export stage of ddi-fpga (see the project README)."""

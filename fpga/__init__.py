@@ -1,0 +1,1 @@
+"""fpga stage of ddi-fpga (see the project README)."""

@@ -1,0 +1,1 @@
+"""host stage of ddi-fpga (see the project README)."""

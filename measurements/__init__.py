@@ -1,0 +1,1 @@
+"""measurements stage of ddi-fpga (see the project README)."""

@@ -1,0 +1,166 @@
+"""Self-describing checkpoints, written atomically and loaded without unpickling objects.
+
+A checkpoint is a ``torch.save`` of plain containers and tensors only::
+
+    {"format": "ddi-fpga-checkpoint", "format_version": 1,
+     "model": {"name": "resnet20", "kwargs": {...}},      # create_model(name, **kwargs)
+     "state_dict": {...}, "phase": "iadi", "config": {...}, "metrics": {...},
+     "train_state": {...} or None,                        # optimizer, step, RNG: for resuming
+     "versions": {"torch": ..., "brevitas": ...}, "created_utc": "..."}
+
+It is read with ``torch.load(weights_only=True)``, which refuses any pickled object other than
+tensors and builtin containers, so a checkpoint cannot execute code when loaded.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from train.errors import CheckpointError, ConfigError
+from train.model import DDIResNet, create_model
+
+FORMAT = "ddi-fpga-checkpoint"
+FORMAT_VERSION = 1
+
+
+def unwrap(model: nn.Module) -> DDIResNet:
+    """The DDIResNet inside a DistributedDataParallel wrapper (or the model itself)."""
+    return getattr(model, "module", model)
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for package in ("torch", "brevitas"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[package] = "absent"
+    return out
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    *,
+    phase: str,
+    config: dict[str, Any],
+    metrics: dict[str, Any] | None = None,
+    train_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint to ``path`` atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    net = unwrap(model)
+    # A JSON round trip keeps only plain types, so weights_only loading always accepts them.
+    config = json.loads(json.dumps(config))
+    metrics = json.loads(json.dumps(metrics or {}))
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": net.spec(),
+        "state_dict": net.state_dict(),
+        "phase": phase,
+        "config": config,
+        "metrics": metrics,
+        "train_state": train_state,
+        "versions": _versions(),
+        "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are meant to be shared
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Read and validate a checkpoint; every failure is a one-line :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} does not exist; pass a .pt file written by `python -m train`"
+        )
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or foreign files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} cannot be read safely ({first[:160]}); "
+            "it is corrupt or not a ddi-fpga checkpoint"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{str(path)!r} is not a ddi-fpga checkpoint (no format {FORMAT!r}); "
+            "train one with `python -m train`"
+        )
+    version = payload.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has format_version {version!r}, this code reads "
+            f"{FORMAT_VERSION}; re-create it with this version of ddi-fpga"
+        )
+    for key in ("model", "state_dict", "phase", "config"):
+        if key not in payload:
+            raise CheckpointError(f"checkpoint {str(path)!r} lacks {key!r}; it is truncated")
+    return payload
+
+
+def build_model(payload: dict, **overrides: Any) -> DDIResNet:
+    """Rebuild the model a checkpoint describes and load its weights (strictly)."""
+    spec = payload["model"]
+    kwargs = {**spec.get("kwargs", {}), **overrides}
+    try:
+        model = create_model(spec["name"], **kwargs)
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint model {spec!r} cannot be built: {exc}") from None
+    if overrides:
+        load_backbone(model, payload)
+    else:
+        missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"checkpoint weights do not match {spec['name']!r}: missing {missing[:3]!r}, "
+                f"unexpected {unexpected[:3]!r}"
+            )
+    return model
+
+
+_ADDED_PARTS = ("layer_gates.", "gate_rnn.", "channel_gates.", "exits.")
+
+
+def load_backbone(model: DDIResNet, payload: dict) -> None:
+    """Load a checkpoint into a model that may add gates or exits to the checkpoint's network.
+
+    Everything the checkpoint has must fit the model; only gate and exit parameters may be new.
+    """
+    source = payload["model"]
+    target = model.spec()
+    if source["name"] != target["name"] or source["kwargs"].get("quant") != target["kwargs"].get(
+        "quant"
+    ):
+        raise CheckpointError(
+            f"checkpoint holds {source['name']!r} with quant={source['kwargs'].get('quant')!r}, "
+            f"not {target['name']!r} with quant={target['kwargs'].get('quant')!r}; start from a "
+            "checkpoint of the same backbone"
+        )
+    missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
+    missing = [k for k in missing if not k.startswith(_ADDED_PARTS)]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint backbone does not fit {target['name']!r}: missing {missing[:3]!r}, "
+            f"unexpected {unexpected[:3]!r}"
+        )

@@ -1,0 +1,278 @@
+"""Evaluation of a DDI model: accuracy, compute and modelled-energy savings, skipping, exits.
+
+Savings are always measured against the plain backbone (the same network without gates or
+exits) with the gates' own cost counted as spent work, so a saving here is a net saving.
+
+Anytime inference under a budget (RADI, paper section III-B and Table II): per image the runtime
+walks the blocks in order and keeps the latest exit branch it has passed. Before a block it runs
+the block's gates only if, after them, the latest exit branch still fits the budget; once the
+gates fix the block's cost, the block runs only if the latest exit still fits after it. When a
+block does not fit, inference halts and the latest exit classifies; an image that passes every
+block classifies with the final classifier if that fits, else with the latest exit. The MACs
+spent thus never exceed the budget, except for images that must reach the first exit at all
+(reported as ``over_budget_fraction``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from train.model import DDIResNet
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalResult:
+    """Per-image outcomes of one pass over a test set (numpy arrays, first axis = image)."""
+
+    labels: np.ndarray  # (N,)
+    predictions: np.ndarray  # (N,) final classifier
+    exit_predictions: np.ndarray  # (N, exits)
+    block_gates: np.ndarray  # (N, blocks) bool: block ran
+    channel_fraction: np.ndarray  # (N, blocks): fraction of channels computed (0 if skipped)
+    macs: np.ndarray  # (N,) executed MACs to the final classifier, gates included
+    block_macs: np.ndarray  # (N, blocks) per-block MACs, gates included
+    energy: np.ndarray | None  # (N,) modelled energy to the final classifier
+    model: DDIResNet
+    source: str = ""
+
+    @property
+    def accuracy(self) -> float:
+        return float((self.predictions == self.labels).mean())
+
+    @property
+    def full_macs(self) -> int:
+        return self.model.costs().full
+
+    @property
+    def compute_savings(self) -> float:
+        return 1.0 - float(self.macs.mean()) / self.full_macs
+
+    def skip_ratio_per_block(self) -> np.ndarray:
+        return 1.0 - self.block_gates.mean(axis=0)
+
+    def channel_keep_per_block(self) -> np.ndarray:
+        """Mean fraction of channels computed, over the images where the block ran."""
+        ran = self.block_gates.sum(axis=0)
+        kept = (self.channel_fraction * self.block_gates).sum(axis=0)
+        return np.divide(kept, ran, out=np.zeros_like(kept, dtype=float), where=ran > 0)
+
+    def exit_accuracies(self) -> list[float]:
+        return [
+            float((self.exit_predictions[:, j] == self.labels).mean())
+            for j in range(self.exit_predictions.shape[1])
+        ]
+
+    def default_budgets(self) -> list[float]:
+        """Table II budgets: the plain backbone's MACs to each exit (branch included), and full."""
+        costs = self.model.costs()
+        cum = costs.stem + np.cumsum(costs.block_body)
+        budgets = [
+            float(cum[p] + e) for p, e in zip(costs.exit_positions, costs.exits, strict=True)
+        ]
+        return [*budgets, float(costs.full)]
+
+    def anytime(self, budget_macs: float) -> dict[str, Any]:
+        """Accuracy and spending of anytime inference under ``budget_macs`` (module docstring)."""
+        costs = self.model.costs()
+        n = len(self.labels)
+        positions = list(costs.exit_positions)
+        exit_cost = np.asarray(costs.exits, dtype=float)
+        gate_cost = np.asarray(costs.layer_gate, float) + np.asarray(costs.channel_gate, float) * (
+            self.block_gates
+        )  # G^C runs only where G^L keeps the block (MGL2S)
+        body = self.block_macs - gate_cost
+        spent = np.full(n, float(costs.stem))
+        last = np.full(n, -1)
+        halted = np.zeros(n, dtype=bool)
+        for i in range(costs.num_blocks):
+            pending = np.where(last >= 0, exit_cost[np.maximum(last, 0)], 0.0)
+            can_halt = last >= 0
+            stop = can_halt & ~halted & (spent + gate_cost[:, i] + pending > budget_macs)
+            halted |= stop
+            run = ~halted
+            spent = spent + np.where(run, gate_cost[:, i], 0.0)
+            stop = can_halt & run & (spent + body[:, i] + pending > budget_macs)
+            halted |= stop
+            run = ~halted
+            spent = spent + np.where(run, body[:, i], 0.0)
+            if i in positions:
+                last = np.where(run, positions.index(i), last)
+        use_final = ~halted & (spent + costs.head <= budget_macs)
+        use_final |= last < 0  # no exit (model without exits): only the final classifier
+        chosen = np.where(use_final, -1, last)
+        spent_total = spent + np.where(use_final, costs.head, exit_cost[np.maximum(last, 0)])
+        preds = np.where(
+            use_final,
+            self.predictions,
+            self.exit_predictions[np.arange(n), np.maximum(chosen, 0)]
+            if self.exit_predictions.shape[1]
+            else self.predictions,
+        )
+        exits_used = {
+            ("final" if j < 0 else f"exit{j}"): int((chosen == j).sum())
+            for j in [*range(len(positions)), -1]
+        }
+        return {
+            "budget_macs": float(budget_macs),
+            "accuracy": float((preds == self.labels).mean()),
+            "mean_macs": float(spent_total.mean()),
+            "over_budget_fraction": float((spent_total > budget_macs).mean()),
+            "exits_used": exits_used,
+        }
+
+    def summary(self, budgets: list[float] | None = None) -> dict[str, Any]:
+        """JSON-ready summary of the evaluation."""
+        costs = self.model.costs()
+        out: dict[str, Any] = {
+            "data": self.source,
+            "images": len(self.labels),
+            "accuracy": self.accuracy,
+            "full_macs": costs.full,
+            "mean_macs": float(self.macs.mean()),
+            "compute_savings": self.compute_savings,
+            "gate_overhead_macs": float(
+                (self.block_macs.sum(1) + costs.stem + costs.head - self._body_macs()).mean()
+            ),
+            "skip_ratio": float(1.0 - self.block_gates.mean()),
+            "skip_ratio_per_block": self.skip_ratio_per_block().round(4).tolist(),
+            "channel_keep_per_block": self.channel_keep_per_block().round(4).tolist(),
+        }
+        if self.energy is not None:
+            from train.cost import EnergyCost
+
+            energy = EnergyCost.from_model(self.model)
+            out["energy_model"] = energy.describe()
+            out["mean_energy"] = float(self.energy.mean())
+            out["full_energy"] = energy.full
+            out["energy_savings"] = 1.0 - float(self.energy.mean()) / energy.full
+        if self.exit_predictions.shape[1]:
+            out["exits"] = [
+                {"after_block": p, "macs": m, "accuracy": a}
+                for p, m, a in zip(
+                    costs.exit_positions, costs.exits, self.exit_accuracies(), strict=True
+                )
+            ]
+            out["anytime"] = [self.anytime(b) for b in (budgets or self.default_budgets())]
+        return out
+
+    def _body_macs(self) -> np.ndarray:
+        """Per-image MACs of the backbone work alone (no gates)."""
+        costs = self.model.costs()
+        gates = np.asarray(costs.layer_gate, float) + np.asarray(costs.channel_gate, float) * (
+            self.block_gates
+        )
+        return self.block_macs.sum(1) - gates.sum(1) + costs.stem + costs.head
+
+
+@torch.no_grad()
+def evaluate(model: DDIResNet, loader, *, energy: bool = True, progress: bool = True) -> EvalResult:
+    """Run ``model`` in evaluation mode (real skipping) over ``loader``'s batches."""
+    was_training = model.training
+    model.eval()
+    costs = model.costs()
+    energy_model = None
+    if energy:
+        from train.cost import EnergyCost
+
+        energy_model = EnergyCost.from_model(model)
+    parts: dict[str, list[np.ndarray]] = {
+        k: []
+        for k in (
+            "labels",
+            "pred",
+            "exit_pred",
+            "gates",
+            "fraction",
+            "macs",
+            "block_macs",
+            "energy",
+        )
+    }
+    try:
+        for x, y in tqdm(loader, desc="eval", disable=not progress, leave=False, mininterval=2.0):
+            out = model(x)
+            parts["labels"].append(y.cpu().numpy())
+            parts["pred"].append(out.logits.argmax(1).cpu().numpy())
+            exits = [e.argmax(1) for e in out.exit_logits]
+            parts["exit_pred"].append(
+                torch.stack(exits, 1).cpu().numpy()
+                if exits
+                else np.zeros((len(y), 0), dtype=np.int64)
+            )
+            parts["gates"].append(out.block_gates.bool().cpu().numpy())
+            parts["fraction"].append(out.channel_fraction.cpu().numpy())
+            parts["macs"].append(out.macs.cpu().numpy())
+            parts["block_macs"].append(
+                costs.block_costs(out.block_gates, out.channel_fraction).cpu().numpy()
+            )
+            if energy_model is not None:
+                parts["energy"].append(
+                    energy_model.executed(out.block_gates, out.channel_fraction).cpu().numpy()
+                )
+    finally:
+        model.train(was_training)
+    cat = {k: np.concatenate(v) if v else None for k, v in parts.items()}
+    return EvalResult(
+        labels=cat["labels"],
+        predictions=cat["pred"],
+        exit_predictions=cat["exit_pred"],
+        block_gates=cat["gates"],
+        channel_fraction=cat["fraction"],
+        macs=cat["macs"],
+        block_macs=cat["block_macs"],
+        energy=cat["energy"],
+        model=model,
+        source=getattr(loader, "source", ""),
+    )
+
+
+def plot_skip_ratios(result: EvalResult, path: str | Path, title: str | None = None) -> Path:
+    """Bar chart of the skip ratio per block (and channel keep ratio where channels are gated)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    skip = result.skip_ratio_per_block()
+    keep = result.channel_keep_per_block()
+    blocks = np.arange(len(skip))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.25 * len(skip) + 3), 3.6))
+    ax.bar(blocks, skip, color="tab:blue", label="block skip ratio (G^L)")
+    if result.model.has_channel_gates:
+        ax.plot(
+            blocks,
+            1.0 - keep,
+            "o-",
+            color="tab:orange",
+            ms=3,
+            label="channels skipped in running blocks (G^C)",
+        )
+    stages = [info.stage for info in result.model.block_infos]
+    for i in range(1, len(stages)):
+        if stages[i] != stages[i - 1]:
+            ax.axvline(i - 0.5, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("residual block")
+    ax.set_ylabel("ratio over test images")
+    ax.set_ylim(0, 1)
+    ax.set_xticks(blocks)
+    ax.set_title(
+        title
+        or f"{result.model.spec()['name']}: accuracy {result.accuracy:.2%}, "
+        f"compute savings {result.compute_savings:.1%}"
+    )
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,550 @@
+"""Training phases of Dual Dynamic Inference (paper, sections III-C and IV-A).
+
+- ``base``: the plain backbone (no gates), cross-entropy.
+- ``iadi``: gates are added to a trained backbone. First a warm-up: the backbone is frozen and
+  only the gates train (cross-entropy) until no block or channel is skipped; then gates and
+  backbone train jointly on ``CE + alpha * E`` (Eq. 5), E the executed cost per image as a
+  fraction of the plain backbone's (MACs, or the modelled energy of Eq. 6).
+- ``ddi``: RADI exits are added to a trained IADI model and everything trains on the sum of the
+  final and exit losses (Eq. 4), keeping the resource term so the skipping policy holds.
+
+Target mode (beyond the paper): instead of a hand-tuned alpha, ``target_savings`` asks for a
+compute saving s, i.e. the constraint E <= 1 - s. alpha is the constraint's Lagrange multiplier,
+raised by dual ascent while the running cost exceeds the target and lowered (to 0 at least)
+while it is below; cross-entropy alone pulls the cost back up, so the cost settles at the
+target. Each Table I point is then one run with its own ``--target-savings``.
+
+Every phase runs on the CPU, one GPU, or several GPUs under ``torchrun`` (DDP); checkpoints are
+written every ``checkpoint_every_steps`` and a run resumes from ``last.pt`` in its folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from train.checkpoint import build_model, load_backbone, load_checkpoint, save_checkpoint, unwrap
+from train.data import CifarLoader, load_cifar10
+from train.errors import ConfigError
+from train.evaluate import evaluate
+from train.model import DDIOutput, DDIResNet, create_model
+
+logger = logging.getLogger(__name__)
+
+PHASES = ("base", "iadi", "ddi")
+RESOURCES = ("macs", "energy")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training phase; saved as ``config.json`` beside its checkpoints."""
+
+    phase: str
+    """'base', 'iadi' or 'ddi'."""
+    out_dir: str
+    """Run folder: config.json, log.jsonl, last.pt, final.pt, metrics.json."""
+    model: str = "resnet20"
+    """Registered model name (resnet8, 14, 20, 38, 74, 110); taken from ``init`` if given."""
+    init: str | None = None
+    """Checkpoint to start from: required for iadi (a base model) and ddi (an IADI model)."""
+    gating: str = "mgl2s"
+    """Gates added in the iadi phase: 'layer', 'channel' or 'mgl2s'."""
+    quant: bool = True
+    """Brevitas quantization-aware training (ignored when ``init`` fixes it)."""
+    weight_bits: int = 4
+    act_bits: int = 4
+    input_bits: int = 8
+    steps: int = 10_000
+    """Optimizer steps of the phase (the joint part for iadi); the paper uses 50k per phase."""
+    warmup_steps: int = 500
+    """iadi only: most steps of the gate warm-up (it stops once nothing is skipped)."""
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_schedule: str = "cosine"
+    """'cosine' (to 0 over ``steps``) or 'constant'."""
+    resource: str = "macs"
+    """What E measures: 'macs' or 'energy' (Eq. 6 model)."""
+    alpha: float = 0.0
+    """Weight of E in CE + alpha * E with E a fraction of the backbone cost (fixed-alpha mode)."""
+    target_savings: float | None = None
+    """Target mode: the savings to reach; alpha is then adapted and ``alpha`` is its start."""
+    alpha_step: float = 0.05
+    """Dual-ascent step of alpha per unit of cost excess, per optimizer step (target mode)."""
+    data: str | None = None
+    """CIFAR-10 location (see train.data.locate_cifar10)."""
+    train_limit: int | None = None
+    """Use only the first N training images (quick runs and tests)."""
+    eval_limit: int | None = None
+    """Evaluate on the first N test images only."""
+    eval_batch_size: int = 500
+    checkpoint_every_steps: int = 500
+    seed: int = 0
+    device: str = "auto"
+    """'auto' (CUDA if present), 'cpu', 'cuda' or 'cuda:N'."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Free-form notes recorded with the run (e.g. the recipe that launched it)."""
+
+    def __post_init__(self) -> None:
+        if self.phase not in PHASES:
+            raise ConfigError(f"phase {self.phase!r} is unknown; choose one of {PHASES}")
+        if self.resource not in RESOURCES:
+            raise ConfigError(f"resource {self.resource!r} is unknown; choose one of {RESOURCES}")
+        if self.phase in ("iadi", "ddi") and not self.init:
+            raise ConfigError(
+                f"phase {self.phase!r} starts from a trained model: pass --init CHECKPOINT"
+            )
+        if self.target_savings is not None and not 0.0 <= self.target_savings < 1.0:
+            raise ConfigError(
+                f"target_savings {self.target_savings!r} must be in [0, 1), e.g. 0.6 for 60%"
+            )
+        if self.steps < 1 or self.batch_size < 1:
+            raise ConfigError(
+                f"steps {self.steps!r} and batch_size {self.batch_size!r} must be >= 1"
+            )
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ConfigError(f"lr_schedule {self.lr_schedule!r} must be 'cosine' or 'constant'")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Devices and DDP
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str) -> tuple[Dist, torch.device]:
+    """Initialize DDP when launched by torchrun (WORLD_SIZE > 1) and pick this rank's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda":
+        device = f"cuda:{local}"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device {device!r} requested but CUDA is not available; use --device cpu"
+        )
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    return Dist(rank, world, local), dev
+
+
+# ---------------------------------------------------------------------------------------------
+# Resource loss and the target controller
+
+
+class AlphaController:
+    """Dual ascent on alpha for the constraint ``cost <= budget`` (cost as a fraction of full).
+
+    ``alpha <- max(0, alpha + step * (ema_cost - budget) / budget)``: the relative excess makes the
+    step independent of the budget's size; the exponential average (over ~20 steps) smooths the
+    per-batch cost so alpha does not chase noise.
+    """
+
+    def __init__(self, budget: float, alpha: float, step: float, ema: float = 0.95) -> None:
+        self.budget, self.alpha, self.step, self.ema = budget, alpha, step, ema
+        self.cost: float | None = None
+
+    def update(self, batch_cost: float) -> float:
+        self.cost = (
+            batch_cost if self.cost is None else self.ema * self.cost + (1 - self.ema) * batch_cost
+        )
+        self.alpha = max(0.0, self.alpha + self.step * (self.cost - self.budget) / self.budget)
+        return self.alpha
+
+    def state_dict(self) -> dict[str, float | None]:
+        return {"alpha": self.alpha, "cost": self.cost}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.alpha, self.cost = float(state["alpha"]), state["cost"]
+
+
+class ResourceCost:
+    """Executed cost per image as a fraction of the plain backbone: MACs or modelled energy."""
+
+    def __init__(self, model: DDIResNet, resource: str) -> None:
+        self.model, self.resource = model, resource
+        if resource == "energy":
+            from train.cost import EnergyCost
+
+            self.energy = EnergyCost.from_model(model, surfaces=True)
+
+    def __call__(self, out: DDIOutput) -> torch.Tensor:
+        if self.resource == "macs":
+            return out.macs / self.model.costs().full  # (B,)
+        return self.energy.surrogate(out.block_gates, out.channel_fraction) / self.energy.full
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _lr_at(cfg: TrainConfig, step: int, total: int) -> float:
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * min(step, total) / total))
+
+
+def _build(cfg: TrainConfig) -> tuple[DDIResNet, dict | None]:
+    """The model of this phase, initialized from ``cfg.init`` where given."""
+    quant = (
+        {"weight_bits": cfg.weight_bits, "act_bits": cfg.act_bits, "input_bits": cfg.input_bits}
+        if cfg.quant
+        else None
+    )
+    if cfg.phase == "base":
+        if cfg.init:
+            payload = load_checkpoint(cfg.init)
+            return build_model(payload), payload
+        return create_model(cfg.model, gating="none", exits=False, quant=quant), None
+    payload = load_checkpoint(cfg.init)
+    kwargs = dict(payload["model"]["kwargs"])
+    if cfg.phase == "iadi":
+        kwargs.update(gating=cfg.gating, exits=False)
+    else:
+        if kwargs.get("gating", "none") == "none":
+            logger.warning("ddi phase on an ungated model: exits only (RADI without IADI)")
+        kwargs.update(exits=True)
+    model = create_model(payload["model"]["name"], **kwargs)
+    load_backbone(model, payload)
+    return model, payload
+
+
+def _gate_parameters(model: DDIResNet) -> list[nn.Parameter]:
+    parts = [model.layer_gates, model.gate_rnn, model.channel_gates]
+    return [p for part in parts if part is not None for p in part.parameters()]
+
+
+def _set_backbone_frozen(model: DDIResNet, frozen: bool) -> None:
+    """Warm-up: only gates train; the backbone's weights and BN statistics stay fixed."""
+    gate_ids = {id(p) for p in _gate_parameters(model)}
+    for p in model.parameters():
+        if id(p) not in gate_ids:
+            p.requires_grad_(not frozen)
+    if frozen:
+        for name, m in model.named_modules():
+            if not name.startswith(("layer_gates", "gate_rnn", "channel_gates")) and m is not model:
+                m.eval()
+
+
+class Trainer:
+    """Runs one phase; ``run()`` returns the final metrics."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.dist, self.device = setup_distributed(cfg.device)
+        self.out = Path(cfg.out_dir)
+        torch.manual_seed(cfg.seed)
+        self.model, self.init_payload = _build(cfg)
+        self.model.to(self.device)
+        self.net = self.model
+        if self.dist.world_size > 1:
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self.resource = ResourceCost(self.model, cfg.resource)
+        self.controller: AlphaController | None = None
+        if cfg.phase != "base" and cfg.target_savings is not None:
+            start = cfg.alpha
+            if cfg.phase == "ddi" and self.init_payload:
+                start = float(self.init_payload.get("metrics", {}).get("alpha", start))
+            self.controller = AlphaController(1.0 - cfg.target_savings, start, cfg.alpha_step)
+        self.alpha = cfg.alpha
+        train_arrays = load_cifar10("train", cfg.data)
+        self.data_source = train_arrays.source
+        self.loader = CifarLoader(
+            train_arrays,
+            cfg.batch_size,
+            train=True,
+            seed=cfg.seed,
+            device=self.device,
+            limit=cfg.train_limit,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+        )
+        self.stage = "warmup" if cfg.phase == "iadi" else "main"
+        self.step = 0  # steps done in the current stage
+        self.epoch, self.batch_in_epoch = 0, 0
+        self.optimizer = self._optimizer()
+        self.history: list[dict[str, Any]] = []
+
+    # -- setup ---------------------------------------------------------------------------------
+    def _optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.cfg
+        if self.stage == "warmup":
+            _set_backbone_frozen(self.model, True)
+            params = _gate_parameters(self.model)
+        else:
+            _set_backbone_frozen(self.model, False)
+            self.model.train()
+            params = [p for p in self.model.parameters() if p.requires_grad]
+        # No weight decay on BN, biases and quantizer scales (1-d parameters).
+        decay = [p for p in params if p.ndim > 1]
+        no_decay = [p for p in params if p.ndim <= 1]
+        return torch.optim.SGD(
+            [
+                {"params": decay, "weight_decay": cfg.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=True,
+        )
+
+    def _stage_steps(self) -> int:
+        return self.cfg.warmup_steps if self.stage == "warmup" else self.cfg.steps
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _train_state(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "optimizer": self.optimizer.state_dict(),
+            "alpha": self.alpha,
+            "controller": self.controller.state_dict() if self.controller else None,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def save(
+        self, name: str, metrics: dict[str, Any] | None = None, *, resumable: bool = True
+    ) -> Path | None:
+        """Write a checkpoint; ``resumable=False`` leaves out the optimizer and RNG state."""
+        if not self.dist.main:
+            return None
+        metrics = {**(metrics or {}), "alpha": self.alpha}
+        return save_checkpoint(
+            self.out / name,
+            self.model,
+            phase=self.cfg.phase,
+            config=self.cfg.to_dict(),
+            metrics=metrics,
+            train_state=self._train_state() if resumable else None,
+        )
+
+    def try_resume(self) -> bool:
+        last = self.out / "last.pt"
+        if not last.exists():
+            return False
+        payload = load_checkpoint(last, map_location=self.device)
+        saved = dict(payload["config"])
+        mine = self.cfg.to_dict()
+        ignored = {"device", "out_dir", "data", "extra", "checkpoint_every_steps"}
+        diff = {
+            k: (saved.get(k), v) for k, v in mine.items() if k not in ignored and saved.get(k) != v
+        }
+        if diff:
+            raise ConfigError(
+                f"{str(last)!r} was written with other settings {diff!r}; use another --out "
+                "or the same settings to resume"
+            )
+        self.model.load_state_dict(payload["state_dict"])
+        state = payload["train_state"]
+        self.stage = state["stage"]
+        self.optimizer = self._optimizer()
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        self.batch_in_epoch = int(state["batch_in_epoch"])
+        self.alpha = float(state["alpha"])
+        if self.controller and state.get("controller"):
+            self.controller.load_state_dict(state["controller"])
+        torch.set_rng_state(state["torch_rng"])
+        logger.info("resumed %s at %s step %d", last, self.stage, self.step)
+        return True
+
+    # -- loop ----------------------------------------------------------------------------------
+    def _batches(self):
+        """Training batches forever, resuming mid-epoch exactly where a checkpoint left off."""
+        while True:
+            self.loader.set_epoch(self.epoch)
+            for x, y in self.loader.iter_from(self.batch_in_epoch):
+                self.batch_in_epoch += 1
+                yield x, y
+            self.epoch += 1
+            self.batch_in_epoch = 0
+
+    def _loss(self, out: DDIOutput, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        ce = F.cross_entropy(out.logits, y)
+        loss = ce
+        stats: dict[str, float] = {"ce": float(ce)}
+        if out.exit_logits:
+            exit_ce = sum(F.cross_entropy(e, y) for e in out.exit_logits)
+            loss = loss + exit_ce  # Eq. 4: plain sum of the branch losses
+            stats["exit_ce"] = float(exit_ce)
+        cost = self.resource(out).mean()
+        stats["cost"] = float(cost)
+        if self.stage == "main" and self.cfg.phase != "base":
+            if self.controller is not None:
+                self.alpha = self.controller.update(self._global_mean(float(cost)))
+            loss = loss + self.alpha * cost  # Eq. 5
+        stats["alpha"] = self.alpha
+        stats["acc"] = float((out.logits.argmax(1) == y).float().mean())
+        stats["skip"] = float(1.0 - out.block_gates.mean())
+        return loss, stats
+
+    def _global_mean(self, value: float) -> float:
+        if self.dist.world_size == 1:
+            return value
+        t = torch.tensor([value], device=self.device)
+        dist.all_reduce(t)
+        return float(t) / self.dist.world_size
+
+    def _warmup_done(self, recent_skip: list[float]) -> bool:
+        """The warm-up ends once 20 consecutive batches skipped nothing (skip ratio 0)."""
+        return len(recent_skip) >= 20 and max(recent_skip[-20:]) == 0.0
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        if self.dist.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        resumed = self.try_resume()
+        if self.dist.main and not resumed:
+            (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        log = (self.out / "log.jsonl").open("a") if self.dist.main else None
+        started = time.time()
+        batches = self._batches()
+        try:
+            while True:
+                total = self._stage_steps()
+                self._run_stage(batches, total, log)
+                if self.stage == "warmup":
+                    self.stage, self.step = "main", 0
+                    self.optimizer = self._optimizer()
+                    self.save("last.pt")  # a resume starts the joint stage, not the warm-up
+                    continue
+                break
+        finally:
+            if log:
+                log.close()
+        wall = time.time() - started
+        metrics = self.final_metrics(wall)
+        if self.dist.main:
+            self.save("final.pt", metrics, resumable=False)
+            (self.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        if self.dist.world_size > 1:
+            dist.barrier()
+        return metrics
+
+    def _run_stage(self, batches, total: int, log) -> None:
+        cfg = self.cfg
+        recent_skip: list[float] = []
+        desc = f"{cfg.phase}:{self.stage}"
+        bar = tqdm(
+            total=total,
+            initial=self.step,
+            desc=desc,
+            disable=not self.dist.main,
+            dynamic_ncols=True,
+            mininterval=2.0,
+        )
+        if self.stage == "main":
+            self.net.train()
+        while self.step < total:
+            x, y = next(batches)
+            lr = _lr_at(cfg, self.step, total) if self.stage == "main" else cfg.lr
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            out = self.net(x)
+            loss, stats = self._loss(out, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.step += 1
+            stats.update(step=self.step, stage=self.stage, lr=lr, loss=float(loss))
+            if log and (self.step % 20 == 0 or self.step == total):
+                log.write(json.dumps(stats) + "\n")
+                log.flush()
+            bar.update(1)
+            bar.set_postfix(
+                loss=f"{stats['loss']:.3f}",
+                acc=f"{stats['acc']:.2f}",
+                cost=f"{stats['cost']:.3f}",
+                alpha=f"{self.alpha:.3g}",
+                refresh=False,
+            )
+            if self.stage == "warmup":
+                recent_skip.append(stats["skip"] + float(out.channel_fraction.lt(1).any()))
+                if self._warmup_done(recent_skip):
+                    logger.info("warm-up reached skip ratio 0 after %d steps", self.step)
+                    break
+            if self.step % cfg.checkpoint_every_steps == 0:
+                self.save("last.pt")
+        bar.close()
+        self.save("last.pt")
+
+    def final_metrics(self, wall_s: float) -> dict[str, Any]:
+        cfg = self.cfg
+        metrics: dict[str, Any] = {
+            "phase": cfg.phase,
+            "model": unwrap(self.model).spec(),
+            "train_wall_time_s": round(wall_s, 1),
+            "alpha": self.alpha,
+            "data": self.data_source,
+            "machine": machine_description(self.device),
+        }
+        if self.dist.main:
+            test = load_cifar10("test", cfg.data)
+            loader = CifarLoader(
+                test, cfg.eval_batch_size, train=False, device=self.device, limit=cfg.eval_limit
+            )
+            metrics["test"] = evaluate(self.model, loader).summary()
+        return metrics
+
+
+def machine_description(device: torch.device) -> dict[str, Any]:
+    """What the run ran on, for the record."""
+    import platform
+
+    info: dict[str, Any] = {
+        "device": str(device),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run one phase to completion (resuming from ``out_dir/last.pt`` if present)."""
+    return Trainer(cfg).run()
+
+
+def config_from_dict(values: dict[str, Any]) -> TrainConfig:
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"unknown training settings {unknown!r}")
+    return TrainConfig(**values)
