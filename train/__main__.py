@@ -94,6 +94,14 @@ def _add_training(p: argparse.ArgumentParser, phase: str) -> None:
             help="fixed alpha (E as a fraction of the backbone), or the start value in target mode",
         )
         r.add_argument("--alpha-step", type=float, default=d.alpha_step)
+        r.add_argument(
+            "--finetune-steps",
+            type=int,
+            default=d.finetune_steps,
+            help="target mode: backbone fine-tuning steps with the calibrated gates frozen, "
+            "then a final calibration",
+        )
+        r.add_argument("--calibration-images", type=int, default=d.calibration_images)
 
 
 def _config(args: argparse.Namespace, phase: str):
@@ -131,6 +139,8 @@ def _config(args: argparse.Namespace, phase: str):
             target_savings=args.target_savings,
             alpha=args.alpha,
             alpha_step=args.alpha_step,
+            finetune_steps=args.finetune_steps,
+            calibration_images=args.calibration_images,
         )
         if phase == "iadi":
             values.update(gating=args.gating, warmup_steps=args.warmup_steps)
@@ -233,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
             from train.loop import train
 
             metrics = train(_config(args, args.command))
-            test = metrics.get("test", {})
+            test = metrics.get("test")
+            if test is None:  # a DDP rank other than 0: rank 0 evaluates and reports
+                return 0
             print(
                 f"{args.command} done: accuracy {test.get('accuracy', float('nan')):.2%}, "
                 f"compute savings {test.get('compute_savings', 0.0):.1%}, "

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -47,6 +48,27 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _plain(value: Any) -> Any:
+    """JSON fallback: numpy and torch scalars become Python numbers, anything else a string."""
+    item = getattr(value, "item", None)
+    if callable(item):
+        try:
+            return item()
+        except (TypeError, ValueError):
+            pass
+    return str(value)
+
+
+def _torch_refusal(exc: Exception) -> str:
+    """A one-line reason from torch.load's (multi-line, ANSI-coloured) weights_only error."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if match:
+        return f"it holds a pickled object ({match.group(1)}), which is never unpickled"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0][:160] if lines else type(exc).__name__
+
+
 def save_checkpoint(
     path: str | os.PathLike,
     model: nn.Module,
@@ -61,8 +83,8 @@ def save_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     net = unwrap(model)
     # A JSON round trip keeps only plain types, so weights_only loading always accepts them.
-    config = json.loads(json.dumps(config))
-    metrics = json.loads(json.dumps(metrics or {}))
+    config = json.loads(json.dumps(config, default=_plain))
+    metrics = json.loads(json.dumps(metrics or {}, default=_plain))
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -97,9 +119,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or foreign files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"checkpoint {str(path)!r} cannot be read safely ({first[:160]}); "
+            f"checkpoint {str(path)!r} cannot be read safely: {_torch_refusal(exc)}; "
             "it is corrupt or not a ddi-fpga checkpoint"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
@@ -130,13 +151,32 @@ def build_model(payload: dict, **overrides: Any) -> DDIResNet:
     if overrides:
         load_backbone(model, payload)
     else:
-        missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
+        missing, unexpected = _load_state(model, payload["state_dict"], spec["name"])
         if missing or unexpected:
             raise CheckpointError(
                 f"checkpoint weights do not match {spec['name']!r}: missing {missing[:3]!r}, "
                 f"unexpected {unexpected[:3]!r}"
             )
     return model
+
+
+# Brevitas creates an activation quantizer's learned scale ("...scaling_impl.value") only when
+# its statistics phase ends, in the first training steps: a model saved before that lacks the
+# key, and the rebuilt model starts that phase afresh, as the saved one would have.
+_LAZY_KEYS = ("scaling_impl.value",)
+
+
+def _load_state(model: DDIResNet, state: dict, name: str) -> tuple[list[str], list[str]]:
+    """``load_state_dict(strict=False)`` with shape errors as one-line CheckpointErrors."""
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        detail = next(
+            (line.strip() for line in str(exc).splitlines() if "size mismatch" in line),
+            str(exc).splitlines()[0] if str(exc) else "RuntimeError",
+        )
+        raise CheckpointError(f"checkpoint weights do not fit {name!r}: {detail[:200]}") from None
+    return [k for k in missing if not k.endswith(_LAZY_KEYS)], list(unexpected)
 
 
 _ADDED_PARTS = ("layer_gates.", "gate_rnn.", "channel_gates.", "exits.")
@@ -157,7 +197,7 @@ def load_backbone(model: DDIResNet, payload: dict) -> None:
             f"not {target['name']!r} with quant={target['kwargs'].get('quant')!r}; start from a "
             "checkpoint of the same backbone"
         )
-    missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
+    missing, unexpected = _load_state(model, payload["state_dict"], target["name"])
     missing = [k for k in missing if not k.startswith(_ADDED_PARTS)]
     if missing or unexpected:
         raise CheckpointError(

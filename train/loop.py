@@ -83,8 +83,14 @@ class TrainConfig:
     """Weight of E in CE + alpha * E with E a fraction of the backbone cost (fixed-alpha mode)."""
     target_savings: float | None = None
     """Target mode: the savings to reach; alpha is then adapted and ``alpha`` is its start."""
-    alpha_step: float = 0.05
-    """Dual-ascent step of alpha per unit of cost excess, per optimizer step (target mode)."""
+    alpha_step: float = 0.01
+    """Dual-ascent step of alpha per unit of relative cost excess, per step (target mode)."""
+    finetune_steps: int = 0
+    """Target mode: after joint training and a calibration of the gates' operating point, steps
+    of backbone fine-tuning (learning rate ``0.1 * lr``, cosine) with the gates frozen, followed
+    by a final calibration (see train.calibrate)."""
+    calibration_images: int = 2000
+    """Target mode: un-augmented training images the calibration measures the cost on."""
     data: str | None = None
     """CIFAR-10 location (see train.data.locate_cifar10)."""
     train_limit: int | None = None
@@ -171,7 +177,7 @@ class AlphaController:
     per-batch cost so alpha does not chase noise.
     """
 
-    def __init__(self, budget: float, alpha: float, step: float, ema: float = 0.95) -> None:
+    def __init__(self, budget: float, alpha: float, step: float, ema: float = 0.98) -> None:
         self.budget, self.alpha, self.step, self.ema = budget, alpha, step, ema
         self.cost: float | None = None
 
@@ -200,9 +206,16 @@ class ResourceCost:
             self.energy = EnergyCost.from_model(model, surfaces=True)
 
     def __call__(self, out: DDIOutput) -> torch.Tensor:
+        """Differentiable cost for the loss (energy: the fitted surrogate)."""
         if self.resource == "macs":
             return out.macs / self.model.costs().full  # (B,)
         return self.energy.surrogate(out.block_gates, out.channel_fraction) / self.energy.full
+
+    def exact(self, out: DDIOutput) -> torch.Tensor:
+        """Exact cost of hard decisions (evaluation, calibration)."""
+        if self.resource == "macs":
+            return out.macs / self.model.costs().full
+        return self.energy.executed(out.block_gates, out.channel_fraction) / self.energy.full
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,15 +257,23 @@ def _gate_parameters(model: DDIResNet) -> list[nn.Parameter]:
     return [p for part in parts if part is not None for p in part.parameters()]
 
 
-def _set_backbone_frozen(model: DDIResNet, frozen: bool) -> None:
-    """Warm-up: only gates train; the backbone's weights and BN statistics stay fixed."""
+_GATE_MODULES = ("layer_gates", "gate_rnn", "channel_gates")
+
+
+def _set_trainable(model: DDIResNet, stage: str) -> None:
+    """What trains in a stage; frozen parts also keep their BN statistics fixed (eval mode).
+
+    warmup: only the gates (backbone fixed, paper IV-A); main: everything; finetune: everything
+    but the gates, whose calibrated decisions stay put.
+    """
+    model.train()
     gate_ids = {id(p) for p in _gate_parameters(model)}
     for p in model.parameters():
-        if id(p) not in gate_ids:
-            p.requires_grad_(not frozen)
-    if frozen:
+        is_gate = id(p) in gate_ids
+        p.requires_grad_(stage == "main" or (stage == "warmup") == is_gate)
+    if stage in ("warmup", "finetune"):
         for name, m in model.named_modules():
-            if not name.startswith(("layer_gates", "gate_rnn", "channel_gates")) and m is not model:
+            if m is not model and name.startswith(_GATE_MODULES) == (stage == "finetune"):
                 m.eval()
 
 
@@ -266,11 +287,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model, self.init_payload = _build(cfg)
         self.model.to(self.device)
-        self.net = self.model
-        if self.dist.world_size > 1:
-            self.net = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
+        self.net: nn.Module = self.model  # DDP-wrapped per stage by _prepare_stage()
         self.resource = ResourceCost(self.model, cfg.resource)
         self.controller: AlphaController | None = None
         if cfg.phase != "base" and cfg.target_savings is not None:
@@ -279,7 +296,7 @@ class Trainer:
                 start = float(self.init_payload.get("metrics", {}).get("alpha", start))
             self.controller = AlphaController(1.0 - cfg.target_savings, start, cfg.alpha_step)
         self.alpha = cfg.alpha
-        train_arrays = load_cifar10("train", cfg.data)
+        train_arrays = self.train_arrays = load_cifar10("train", cfg.data)
         self.data_source = train_arrays.source
         self.loader = CifarLoader(
             train_arrays,
@@ -292,21 +309,29 @@ class Trainer:
             world_size=self.dist.world_size,
         )
         self.stage = "warmup" if cfg.phase == "iadi" else "main"
+        self.calibrations: list[dict[str, Any]] = []
         self.step = 0  # steps done in the current stage
         self.epoch, self.batch_in_epoch = 0, 0
-        self.optimizer = self._optimizer()
-        self.history: list[dict[str, Any]] = []
+        self._prepare_stage()
 
     # -- setup ---------------------------------------------------------------------------------
+    def _prepare_stage(self) -> None:
+        """Freeze what the stage does not train, then build DDP and the optimizer over the rest.
+
+        DDP is built after freezing: it expects a gradient for every parameter that requires one
+        when it is constructed, so a wrapper built before the warm-up froze the backbone would
+        wait forever for the backbone's gradients.
+        """
+        _set_trainable(self.model, self.stage)
+        self.net = self.model
+        if self.dist.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.optimizer = self._optimizer()
+
     def _optimizer(self) -> torch.optim.Optimizer:
         cfg = self.cfg
-        if self.stage == "warmup":
-            _set_backbone_frozen(self.model, True)
-            params = _gate_parameters(self.model)
-        else:
-            _set_backbone_frozen(self.model, False)
-            self.model.train()
-            params = [p for p in self.model.parameters() if p.requires_grad]
+        params = [p for p in self.model.parameters() if p.requires_grad]
         # No weight decay on BN, biases and quantizer scales (1-d parameters).
         decay = [p for p in params if p.ndim > 1]
         no_decay = [p for p in params if p.ndim <= 1]
@@ -321,7 +346,35 @@ class Trainer:
         )
 
     def _stage_steps(self) -> int:
-        return self.cfg.warmup_steps if self.stage == "warmup" else self.cfg.steps
+        return {
+            "warmup": self.cfg.warmup_steps,
+            "main": self.cfg.steps,
+            "finetune": self.cfg.finetune_steps,
+        }[self.stage]
+
+    def _next_stage(self) -> str | None:
+        if self.stage == "warmup":
+            return "main"
+        if self.stage == "main" and self.controller is not None and self.cfg.finetune_steps > 0:
+            return "finetune"
+        return None
+
+    def _calibrate(self, when: str) -> None:
+        """Target mode: set the gates' operating point to the target (train.calibrate)."""
+        from train.calibrate import calibrate_gates
+
+        assert self.cfg.target_savings is not None
+        loader = CifarLoader(
+            self.train_arrays,
+            self.cfg.eval_batch_size,
+            train=False,
+            device=self.device,
+            limit=self.cfg.calibration_images,
+        )
+        result = calibrate_gates(
+            self.model, loader, 1.0 - self.cfg.target_savings, self.resource.exact
+        )
+        self.calibrations.append({"when": when, **result.to_dict()})
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _train_state(self) -> dict[str, Any]:
@@ -333,6 +386,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "alpha": self.alpha,
             "controller": self.controller.state_dict() if self.controller else None,
+            "calibrations": self.calibrations,
             "torch_rng": torch.get_rng_state(),
         }
 
@@ -371,11 +425,12 @@ class Trainer:
         self.model.load_state_dict(payload["state_dict"])
         state = payload["train_state"]
         self.stage = state["stage"]
-        self.optimizer = self._optimizer()
+        self._prepare_stage()
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self.batch_in_epoch = int(state["batch_in_epoch"])
         self.alpha = float(state["alpha"])
+        self.calibrations = list(state.get("calibrations") or [])
         if self.controller and state.get("controller"):
             self.controller.load_state_dict(state["controller"])
         torch.set_rng_state(state["torch_rng"])
@@ -396,13 +451,13 @@ class Trainer:
     def _loss(self, out: DDIOutput, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         ce = F.cross_entropy(out.logits, y)
         loss = ce
-        stats: dict[str, float] = {"ce": float(ce)}
+        stats: dict[str, float] = {"ce": float(ce.detach())}
         if out.exit_logits:
             exit_ce = sum(F.cross_entropy(e, y) for e in out.exit_logits)
             loss = loss + exit_ce  # Eq. 4: plain sum of the branch losses
-            stats["exit_ce"] = float(exit_ce)
+            stats["exit_ce"] = float(exit_ce.detach())
         cost = self.resource(out).mean()
-        stats["cost"] = float(cost)
+        stats["cost"] = float(cost.detach())
         if self.stage == "main" and self.cfg.phase != "base":
             if self.controller is not None:
                 self.alpha = self.controller.update(self._global_mean(float(cost)))
@@ -435,14 +490,15 @@ class Trainer:
         batches = self._batches()
         try:
             while True:
-                total = self._stage_steps()
-                self._run_stage(batches, total, log)
-                if self.stage == "warmup":
-                    self.stage, self.step = "main", 0
-                    self.optimizer = self._optimizer()
-                    self.save("last.pt")  # a resume starts the joint stage, not the warm-up
-                    continue
-                break
+                self._run_stage(batches, self._stage_steps(), log)
+                if self.controller is not None and self.stage in ("main", "finetune"):
+                    self._calibrate(f"after {self.stage}")
+                nxt = self._next_stage()
+                if nxt is None:
+                    break
+                self.stage, self.step = nxt, 0
+                self._prepare_stage()
+                self.save("last.pt")  # a resume starts the next stage
         finally:
             if log:
                 log.close()
@@ -467,11 +523,13 @@ class Trainer:
             dynamic_ncols=True,
             mininterval=2.0,
         )
-        if self.stage == "main":
-            self.net.train()
         while self.step < total:
             x, y = next(batches)
-            lr = _lr_at(cfg, self.step, total) if self.stage == "main" else cfg.lr
+            lr = cfg.lr
+            if self.stage == "main":
+                lr = _lr_at(cfg, self.step, total)
+            elif self.stage == "finetune":
+                lr = 0.1 * _lr_at(cfg, self.step, total)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             out = self.net(x)
@@ -493,7 +551,9 @@ class Trainer:
                 refresh=False,
             )
             if self.stage == "warmup":
-                recent_skip.append(stats["skip"] + float(out.channel_fraction.lt(1).any()))
+                # Every rank must end the warm-up at the same step: agree on the skip indicator.
+                skipped = stats["skip"] + float(out.channel_fraction.lt(1).any())
+                recent_skip.append(self._global_mean(skipped))
                 if self._warmup_done(recent_skip):
                     logger.info("warm-up reached skip ratio 0 after %d steps", self.step)
                     break
@@ -509,6 +569,7 @@ class Trainer:
             "model": unwrap(self.model).spec(),
             "train_wall_time_s": round(wall_s, 1),
             "alpha": self.alpha,
+            "calibrations": self.calibrations,
             "data": self.data_source,
             "machine": machine_description(self.device),
         }

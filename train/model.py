@@ -132,9 +132,9 @@ class BasicBlock(nn.Module):
             keep = g if keep is None else keep * g
         if keep is None:
             return y
-        if self.training:
+        if keep.requires_grad:  # training the gates (also in the warm-up, backbone in eval mode)
             return keep * y + (1.0 - keep) * skip  # differentiable in the gates (Eq. 3)
-        return torch.where(keep > 0.5, y, skip)  # exact pass-through in evaluation
+        return torch.where(keep > 0.5, y, skip)  # exact pass-through
 
 
 class LayerGateEmbed(nn.Module):

@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     warmup_steps=args.warmup_steps,
                     lr=args.iadi_lr,
                     target_savings=target,
+                    finetune_steps=args.finetune_steps,
                     train_limit=args.train_limit,
                     **common,
                 ),
@@ -166,9 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gating", default="mgl2s", choices=("layer", "channel", "mgl2s"))
     p.add_argument("--base-steps", type=int, default=3000)
     p.add_argument("--base-lr", type=float, default=0.1)
-    p.add_argument("--iadi-steps", type=int, default=1500)
+    p.add_argument("--iadi-steps", type=int, default=1200)
+    p.add_argument("--finetune-steps", type=int, default=300)
     p.add_argument("--iadi-lr", type=float, default=0.05)
-    p.add_argument("--warmup-steps", type=int, default=300)
+    p.add_argument("--warmup-steps", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--train-limit", type=int)
     p.add_argument("--eval-limit", type=int)
