@@ -18,9 +18,9 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from train.model import DDIOutput, DDIResNet
+from train.model import DDIOutput, DDIResNet, eval_mode
 
 logger = logging.getLogger(__name__)
 
@@ -47,18 +47,6 @@ def gate_biases(model: DDIResNet) -> list[Tensor]:
     if model.channel_gates is not None:
         biases.extend(gate.fc.bias for gate in model.channel_gates)
     return biases
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Evaluation mode for the duration, restoring every submodule's own mode afterwards."""
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes.items():
-            m.training = training
 
 
 @contextmanager
@@ -108,7 +96,7 @@ def calibrate_gates(
     ``span / 2**iterations``. The chosen offset is added to the gates' biases in place.
     """
     batches = list(batches)  # iterated once per bisection step
-    images = sum(len(y) for _, y in batches)
+    images = sum(len(x) for x, _ in batches)
 
     def at(delta: float) -> float:
         with shifted_gates(model, delta):

@@ -209,14 +209,14 @@ def trace_costs(model: DDIResNet) -> CostModel:
                     lambda mod, inp, out, name=name: calls.append((name, mod, inp[0], out))
                 )
             )
-    was_training = model.training
+    from train.model import eval_mode
+
     device = next(model.parameters()).device
     try:
-        model.eval()
-        size = model.image_size
-        model(torch.zeros(1, 3, size, size, device=device), execute_all=True)
+        with eval_mode(model):
+            size = model.image_size
+            model(torch.zeros(1, 3, size, size, device=device), execute_all=True)
     finally:
-        model.train(was_training)
         for handle in handles:
             handle.remove()
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from train.model import DDIResNet
+from train.model import DDIResNet, eval_mode
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,12 @@ class EvalResult:
     def compute_savings(self) -> float:
         return 1.0 - float(self.macs.mean()) / self.full_macs
 
+    def gate_macs(self) -> np.ndarray:
+        """(N, blocks) MACs of the gates: G^L always, G^C only where G^L kept the block."""
+        costs = self.model.costs()
+        lg = np.asarray(costs.layer_gate, dtype=float)
+        return lg + np.asarray(costs.channel_gate, dtype=float) * self.block_gates
+
     def skip_ratio_per_block(self) -> np.ndarray:
         return 1.0 - self.block_gates.mean(axis=0)
 
@@ -85,10 +91,16 @@ class EvalResult:
         costs = self.model.costs()
         n = len(self.labels)
         positions = list(costs.exit_positions)
+        if not positions:  # no exit branch: only the final classifier can answer
+            return {
+                "budget_macs": float(budget_macs),
+                "accuracy": self.accuracy,
+                "mean_macs": float(self.macs.mean()),
+                "over_budget_fraction": float((self.macs > budget_macs).mean()),
+                "exits_used": {"final": n},
+            }
         exit_cost = np.asarray(costs.exits, dtype=float)
-        gate_cost = np.asarray(costs.layer_gate, float) + np.asarray(costs.channel_gate, float) * (
-            self.block_gates
-        )  # G^C runs only where G^L keeps the block (MGL2S)
+        gate_cost = self.gate_macs()
         body = self.block_macs - gate_cost
         spent = np.full(n, float(costs.stem))
         last = np.full(n, -1)
@@ -139,9 +151,7 @@ class EvalResult:
             "full_macs": costs.full,
             "mean_macs": float(self.macs.mean()),
             "compute_savings": self.compute_savings,
-            "gate_overhead_macs": float(
-                (self.block_macs.sum(1) + costs.stem + costs.head - self._body_macs()).mean()
-            ),
+            "gate_overhead_macs": float(self.gate_macs().sum(1).mean()),
             "skip_ratio": float(1.0 - self.block_gates.mean()),
             "skip_ratio_per_block": self.skip_ratio_per_block().round(4).tolist(),
             "channel_keep_per_block": self.channel_keep_per_block().round(4).tolist(),
@@ -164,20 +174,10 @@ class EvalResult:
             out["anytime"] = [self.anytime(b) for b in (budgets or self.default_budgets())]
         return out
 
-    def _body_macs(self) -> np.ndarray:
-        """Per-image MACs of the backbone work alone (no gates)."""
-        costs = self.model.costs()
-        gates = np.asarray(costs.layer_gate, float) + np.asarray(costs.channel_gate, float) * (
-            self.block_gates
-        )
-        return self.block_macs.sum(1) - gates.sum(1) + costs.stem + costs.head
-
 
 @torch.no_grad()
 def evaluate(model: DDIResNet, loader, *, energy: bool = True, progress: bool = True) -> EvalResult:
     """Run ``model`` in evaluation mode (real skipping) over ``loader``'s batches."""
-    was_training = model.training
-    model.eval()
     costs = model.costs()
     energy_model = None
     if energy:
@@ -197,7 +197,7 @@ def evaluate(model: DDIResNet, loader, *, energy: bool = True, progress: bool = 
             "energy",
         )
     }
-    try:
+    with eval_mode(model):
         for x, y in tqdm(loader, desc="eval", disable=not progress, leave=False, mininterval=2.0):
             out = model(x)
             parts["labels"].append(y.cpu().numpy())
@@ -212,14 +212,14 @@ def evaluate(model: DDIResNet, loader, *, energy: bool = True, progress: bool = 
             parts["fraction"].append(out.channel_fraction.cpu().numpy())
             parts["macs"].append(out.macs.cpu().numpy())
             parts["block_macs"].append(
-                costs.block_costs(out.block_gates, out.channel_fraction).cpu().numpy()
+                costs.block_costs(out.block_gates.double(), out.channel_fraction.double())
+                .cpu()
+                .numpy()
             )
             if energy_model is not None:
                 parts["energy"].append(
                     energy_model.executed(out.block_gates, out.channel_fraction).cpu().numpy()
                 )
-    finally:
-        model.train(was_training)
     cat = {k: np.concatenate(v) if v else None for k, v in parts.items()}
     return EvalResult(
         labels=cat["labels"],
@@ -265,9 +265,10 @@ def plot_skip_ratios(result: EvalResult, path: str | Path, title: str | None = N
     ax.set_ylim(0, 1)
     ax.set_xticks(blocks)
     ax.set_title(
-        title
+        fontsize=9,
+        label=title
         or f"{result.model.spec()['name']}: accuracy {result.accuracy:.2%}, "
-        f"compute savings {result.compute_savings:.1%}"
+        f"compute savings {result.compute_savings:.1%}",
     )
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()

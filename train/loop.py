@@ -464,7 +464,7 @@ class Trainer:
             loss = loss + self.alpha * cost  # Eq. 5
         stats["alpha"] = self.alpha
         stats["acc"] = float((out.logits.argmax(1) == y).float().mean())
-        stats["skip"] = float(1.0 - out.block_gates.mean())
+        stats["skip"] = float(1.0 - out.block_gates.detach().mean())
         return loss, stats
 
     def _global_mean(self, value: float) -> float:
@@ -538,7 +538,7 @@ class Trainer:
             loss.backward()
             self.optimizer.step()
             self.step += 1
-            stats.update(step=self.step, stage=self.stage, lr=lr, loss=float(loss))
+            stats.update(step=self.step, stage=self.stage, lr=lr, loss=float(loss.detach()))
             if log and (self.step % 20 == 0 or self.step == total):
                 log.write(json.dumps(stats) + "\n")
                 log.flush()

@@ -36,7 +36,8 @@ separately compiled FINN graph) sees the integer format it was built for.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +53,22 @@ GATINGS = ("none", "layer", "channel", "mgl2s")
 STAGE_WIDTHS = (16, 32, 64)
 GATE_HIDDEN = 10  # LSTM hidden size of the layer gate (paper, section IV-A)
 GATE_INIT_BIAS = 1.0  # gates start open (sigmoid(1) = 0.73) so the warm-up starts at skip ratio ~0
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Evaluation mode for the duration, restoring every submodule's own mode afterwards.
+
+    ``model.train(was_training)`` would not do: it sets every submodule to the same mode, and
+    training stages keep frozen parts (e.g. the backbone's BN layers in the warm-up) in eval mode.
+    """
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes.items():
+            m.training = training
 
 
 def hard_gate(prob: Tensor) -> Tensor:
@@ -479,10 +496,11 @@ class DDIResNet(nn.Module):
             layer_probs=torch.stack(probs, dim=1) if probs else None,
             channel_fraction=fraction,
             # The cost tracer runs with execute_all and must not ask for the costs it traces.
+            # float64: MAC totals of deep networks exceed float32's exact integers (2**24)
             macs=(
                 block_gates.new_zeros(B)
                 if execute_all
-                else self.costs().executed_macs(block_gates, fraction)
+                else self.costs().executed_macs(block_gates.double(), fraction.double())
             ),
         )
 

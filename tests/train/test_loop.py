@@ -1,0 +1,204 @@
+"""Training phases on real CIFAR-10: target mode, warm-up, resume after interruption."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from train.calibrate import calibrate_gates, gate_biases, mean_cost
+from train.checkpoint import build_model, load_checkpoint, save_checkpoint
+from train.data import CifarLoader, load_cifar10
+from train.errors import ConfigError
+from train.loop import AlphaController, TrainConfig, Trainer, train
+from train.model import create_model
+
+SMALL = dict(batch_size=64, train_limit=10_000, eval_limit=1_000, eval_batch_size=500)
+
+
+@pytest.fixture(scope="module")
+def base_checkpoint(tmp_path_factory):
+    """A float ResNet-8 backbone trained briefly on real CIFAR-10."""
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("base")
+    train(
+        TrainConfig(
+            phase="base", out_dir=str(out), model="resnet8", quant=False, steps=120, lr=0.1, **SMALL
+        )
+    )
+    return out / "final.pt"
+
+
+def test_target_mode_lands_within_three_points_on_a_short_real_run(base_checkpoint, tmp_path):
+    target = 0.5
+    metrics = train(
+        TrainConfig(
+            phase="iadi",
+            out_dir=str(tmp_path),
+            init=str(base_checkpoint),
+            steps=150,
+            warmup_steps=20,
+            finetune_steps=30,
+            target_savings=target,
+            calibration_images=1_000,
+            **SMALL,
+        )
+    )
+    achieved = metrics["test"]["compute_savings"]  # 1,000 real test images, gates included
+    assert abs(achieved - target) <= 0.03, achieved
+    assert [c["when"] for c in metrics["calibrations"]] == ["after main", "after finetune"]
+    assert metrics["test"]["accuracy"] > 0.2  # the skipping network still classifies
+    saved = load_checkpoint(tmp_path / "final.pt")
+    assert saved["train_state"] is None and saved["metrics"]["test"]["compute_savings"] == achieved
+
+
+def test_warmup_trains_only_the_gates(base_checkpoint, tmp_path):
+    cfg = TrainConfig(
+        phase="iadi",
+        out_dir=str(tmp_path),
+        init=str(base_checkpoint),
+        steps=1,
+        warmup_steps=4,
+        **SMALL,
+    )
+    trainer = Trainer(cfg)
+    model = trainer.model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer._run_stage(trainer._batches(), 4, None)
+    after = model.state_dict()
+    gate_keys = [k for k in after if k.startswith(("layer_gates", "gate_rnn", "channel_gates"))]
+    backbone = [k for k in after if k not in gate_keys]
+    changed = [k for k in gate_keys if not torch.equal(before[k], after[k])]
+    assert any(k.startswith("gate_rnn") for k in changed), "the layer gate got no gradient"
+    assert any(k.startswith("channel_gates") for k in changed), "the channel gates got no gradient"
+    # the backbone, BN running statistics included, is fixed during the warm-up (paper IV-A)
+    assert [k for k in backbone if not torch.equal(before[k], after[k])] == []
+
+
+def test_interrupted_run_resumes_to_the_same_weights(base_checkpoint, tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    common = dict(
+        phase="iadi",
+        init=str(base_checkpoint),
+        steps=6,
+        warmup_steps=3,
+        checkpoint_every_steps=2,
+        target_savings=0.3,
+        alpha=0.5,
+        **SMALL,
+    )
+    reference = tmp_path / "reference"
+    train(TrainConfig(out_dir=str(reference), **common))
+
+    resumed = tmp_path / "resumed"
+    original = Trainer._loss
+
+    def interrupt(self, out, y):
+        if self.stage == "main" and self.step == 3:
+            raise KeyboardInterrupt
+        return original(self, out, y)
+
+    monkeypatch.setattr(Trainer, "_loss", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(out_dir=str(resumed), **common))
+    state = load_checkpoint(resumed / "last.pt")["train_state"]
+    assert (state["stage"], state["step"]) == ("main", 2)
+    monkeypatch.setattr(Trainer, "_loss", original)
+    train(TrainConfig(out_dir=str(resumed), **common))
+
+    a = load_checkpoint(reference / "final.pt")
+    b = load_checkpoint(resumed / "final.pt")
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    assert a["metrics"]["alpha"] == b["metrics"]["alpha"]
+    assert a["metrics"]["test"] == b["metrics"]["test"]
+    log = [json.loads(line) for line in (resumed / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if r["stage"] == "main"][-1] == 6
+
+
+def test_resume_with_other_settings_is_refused(base_checkpoint, tmp_path):
+    cfg = dict(
+        phase="iadi",
+        out_dir=str(tmp_path),
+        init=str(base_checkpoint),
+        steps=2,
+        warmup_steps=1,
+        **SMALL,
+    )
+    train(TrainConfig(**cfg))
+    with pytest.raises(ConfigError, match="other settings"):
+        train(TrainConfig(**{**cfg, "lr": 0.2}))
+
+
+def test_calibration_meets_a_cost_target_and_restores_on_failure(base_checkpoint):
+    model = build_model(load_checkpoint(base_checkpoint), gating="mgl2s")
+    loader = CifarLoader(load_cifar10("test"), 250, train=False, limit=500)
+    full = model.costs().full
+
+    def cost(out):
+        return out.macs / full
+
+    before = [b.clone() for b in gate_biases(model)]
+    result = calibrate_gates(model, loader, 0.7, cost)
+    assert abs(mean_cost(model, loader, cost) - 0.7) < 0.02
+    assert result.cost_after == pytest.approx(mean_cost(model, loader, cost))
+    shifts = {float((b - a).mean()) for a, b in zip(before, gate_biases(model), strict=True)}
+    assert len(shifts) == 1 and shifts.pop() == pytest.approx(result.delta, abs=1e-5)
+    unreachable = calibrate_gates(model, loader, 0.01, cost)  # below the gate-free minimum
+    assert unreachable.delta == -16.0 and unreachable.cost_after > 0.01
+
+
+def test_alpha_controller_rises_above_and_falls_below_the_budget():
+    c = AlphaController(budget=0.5, alpha=0.0, step=0.1, ema=0.0)
+    assert c.update(1.0) == pytest.approx(0.1)
+    assert c.update(1.0) == pytest.approx(0.2)
+    assert c.update(0.25) == pytest.approx(0.15)
+    for _ in range(10):
+        c.update(0.0)
+    assert c.alpha == 0.0
+
+
+def test_invalid_settings_are_refused():
+    with pytest.raises(ConfigError, match="pass --init"):
+        TrainConfig(phase="iadi", out_dir="x")
+    with pytest.raises(ConfigError, match=r"target_savings 1\.5"):
+        TrainConfig(phase="base", out_dir="x", target_savings=1.5)
+    with pytest.raises(ConfigError, match="phase 'finetune'"):
+        TrainConfig(phase="finetune", out_dir="x")
+
+
+def test_ddi_phase_adds_exits_and_trains_them(base_checkpoint, tmp_path):
+    iadi = tmp_path / "iadi"
+    train(
+        TrainConfig(
+            phase="iadi",
+            out_dir=str(iadi),
+            init=str(base_checkpoint),
+            steps=2,
+            warmup_steps=1,
+            **SMALL,
+        )
+    )
+    metrics = train(
+        TrainConfig(
+            phase="ddi",
+            out_dir=str(tmp_path / "ddi"),
+            init=str(iadi / "final.pt"),
+            steps=3,
+            **SMALL,
+        )
+    )
+    model = build_model(load_checkpoint(tmp_path / "ddi" / "final.pt"))
+    assert model.has_exits and model.gating == "mgl2s"
+    assert len(metrics["test"]["exits"]) == len(model.exit_positions) == 2
+    assert [a["budget_macs"] for a in metrics["test"]["anytime"]][-1] == model.costs().full
+
+
+def test_checkpoint_round_trip_keeps_decisions(tmp_path):
+    model = create_model("resnet8", gating="mgl2s").eval()
+    path = save_checkpoint(tmp_path / "m.pt", model, phase="iadi", config={})
+    again = build_model(load_checkpoint(path)).eval()
+    x = torch.rand(8, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x).block_gates, again(x).block_gates)
