@@ -133,12 +133,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def _markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
+    note = report["energy_note"][0].upper() + report["energy_note"][1:]
     lines = [
         f"# {report['model']} ({report['quantization']}) on {report['data']}",
         "",
         f"Recorded {report['date_utc']} with `{report['command']}` on {m['device']} "
         f"({m['cpu']}, {m['cpu_threads']} threads, torch {m['torch']}). "
-        f"Test images: {report['test_images']}. {report['energy_note'].capitalize()}.",
+        f"Test images: {report['test_images']}. {note}.",
         "",
         "| run | target savings | steps | accuracy | compute savings | energy savings (modelled) "
         "| skip ratio | train wall time |",
