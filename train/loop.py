@@ -460,7 +460,7 @@ class Trainer:
         stats["cost"] = float(cost.detach())
         if self.stage == "main" and self.cfg.phase != "base":
             if self.controller is not None:
-                self.alpha = self.controller.update(self._global_mean(float(cost)))
+                self.alpha = self.controller.update(self._global_mean(float(cost.detach())))
             loss = loss + self.alpha * cost  # Eq. 5
         stats["alpha"] = self.alpha
         stats["acc"] = float((out.logits.argmax(1) == y).float().mean())
