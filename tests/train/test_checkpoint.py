@@ -28,13 +28,7 @@ W4A4 = {"weight_bits": 4, "act_bits": 4, "input_bits": 8}
 CONFIG = {"phase": "iadi", "lr": 0.05, "steps": 3}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Keep these small models on one core (the machine has two)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _images(n: int = 8, seed: int = 0) -> torch.Tensor:

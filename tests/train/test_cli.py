@@ -9,22 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import have_cifar10, needs_cifar10
 from train.__main__ import main
 from train.checkpoint import build_model, load_checkpoint
-from train.data import locate_cifar10
-from train.errors import DataError
 from train.model import list_models
-
-
-def _have_cifar10() -> bool:
-    try:
-        locate_cifar10()
-    except DataError:
-        return False
-    return True
-
-
-needs_data = pytest.mark.skipif(not _have_cifar10(), reason="CIFAR-10 not found (train.data)")
 
 STEPS = 2
 BASE_ARGS = [
@@ -45,13 +33,7 @@ BASE_ARGS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Keep the tiny runs on one core (the machine has two)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _error_line(err: str) -> str:
@@ -69,7 +51,7 @@ def _log_steps(run: Path) -> list[int]:
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory) -> Path:
     """A real two-step `base` run of a float resnet8 on 64 training images."""
-    if not _have_cifar10():
+    if not have_cifar10():
         pytest.skip("CIFAR-10 not found (train.data)")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -141,7 +123,7 @@ def test_unknown_phase_option_is_a_usage_error(capsys):
 # ------------------------------------------------------------------------------- a real run
 
 
-@needs_data
+@needs_cifar10
 def test_base_run_writes_its_folder(base_run):
     for name in ("config.json", "log.jsonl", "last.pt", "final.pt", "metrics.json"):
         assert (base_run / name).is_file(), name
@@ -157,7 +139,7 @@ def test_base_run_writes_its_folder(base_run):
     build_model(payload)
 
 
-@needs_data
+@needs_cifar10
 def test_eval_writes_json_and_plot(base_run, tmp_path, capsys):
     report, plot = tmp_path / "eval" / "X.json", tmp_path / "X.png"
     argv = ["eval", str(base_run / "final.pt"), "--limit", "100", "--device", "cpu"]
@@ -181,7 +163,7 @@ def test_eval_writes_json_and_plot(base_run, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["accuracy"] == data["accuracy"]
 
 
-@needs_data
+@needs_cifar10
 def test_same_command_again_resumes_without_training_more(base_run, capsys, caplog):
     log_before = (base_run / "log.jsonl").read_text()
     config_before = (base_run / "config.json").read_text()
@@ -196,7 +178,7 @@ def test_same_command_again_resumes_without_training_more(base_run, capsys, capl
     assert json.loads((base_run / "metrics.json").read_text())["test"]["images"] == 100
 
 
-@needs_data
+@needs_cifar10
 def test_same_folder_with_other_settings_is_refused(base_run, capsys):
     args = [*BASE_ARGS, "--out", str(base_run)]
     args[args.index("--steps") + 1] = str(STEPS + 1)

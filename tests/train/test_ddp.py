@@ -11,24 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import needs_cifar10
 from train.checkpoint import build_model, load_checkpoint
-from train.data import locate_cifar10
-from train.errors import DataError
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 3
 TIMEOUT_S = 180
 
 
-def _have_cifar10() -> bool:
-    try:
-        locate_cifar10()
-    except DataError:
-        return False
-    return True
-
-
-pytestmark = pytest.mark.skipif(not _have_cifar10(), reason="CIFAR-10 not found (train.data)")
+pytestmark = needs_cifar10
 
 
 def _free_port() -> int:
