@@ -180,8 +180,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _eval(args: argparse.Namespace) -> dict:
-    import torch
-
     from train.checkpoint import build_model, load_checkpoint
     from train.data import CifarLoader, load_cifar10
     from train.evaluate import evaluate, plot_skip_ratios
@@ -214,7 +212,6 @@ def _eval(args: argparse.Namespace) -> dict:
         )
     else:
         print(text)
-    del torch
     return report
 
 

@@ -20,7 +20,6 @@ written every ``checkpoint_every_steps`` and a run resumes from ``last.pt`` in i
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -601,11 +600,3 @@ def machine_description(device: torch.device) -> dict[str, Any]:
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run one phase to completion (resuming from ``out_dir/last.pt`` if present)."""
     return Trainer(cfg).run()
-
-
-def config_from_dict(values: dict[str, Any]) -> TrainConfig:
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ConfigError(f"unknown training settings {unknown!r}")
-    return TrainConfig(**values)

@@ -184,14 +184,13 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        report = run(args)
+        run(args)
     except TrainError as exc:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print((Path(args.out) / "summary.md").read_text())
-    del report
     return 0
 
 
