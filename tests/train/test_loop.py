@@ -143,7 +143,9 @@ def test_calibration_meets_a_cost_target_and_restores_on_failure(base_checkpoint
     result = calibrate_gates(model, loader, 0.7, cost)
     assert abs(mean_cost(model, loader, cost) - 0.7) < 0.02
     assert result.cost_after == pytest.approx(mean_cost(model, loader, cost))
-    shifts = {float((b - a).mean()) for a, b in zip(before, gate_biases(model), strict=True)}
+    shifts = {
+        float((b - a).detach().mean()) for a, b in zip(before, gate_biases(model), strict=True)
+    }
     assert len(shifts) == 1 and shifts.pop() == pytest.approx(result.delta, abs=1e-5)
     unreachable = calibrate_gates(model, loader, 0.01, cost)  # below the gate-free minimum
     assert unreachable.delta == -16.0 and unreachable.cost_after > 0.01
