@@ -181,16 +181,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _eval(args: argparse.Namespace) -> dict:
     from train.checkpoint import build_model, load_checkpoint
-    from train.data import CifarLoader, load_cifar10
-    from train.evaluate import evaluate, plot_skip_ratios
+    from train.evaluate import evaluate_on_test, plot_skip_ratios
     from train.loop import machine_description, setup_distributed
 
     _, device = setup_distributed(args.device)
     payload = load_checkpoint(args.checkpoint, map_location=device)
     model = build_model(payload).to(device)
-    test = load_cifar10("test", args.data)
-    loader = CifarLoader(test, args.batch_size, train=False, device=device, limit=args.limit)
-    result = evaluate(model, loader)
+    result = evaluate_on_test(
+        model, args.data, device=device, batch_size=args.batch_size, limit=args.limit
+    )
     budgets = [float(b) for b in args.budgets.split(",")] if args.budgets else None
     report = {
         "checkpoint": str(args.checkpoint),

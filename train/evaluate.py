@@ -235,6 +235,23 @@ def evaluate(model: DDIResNet, loader, *, energy: bool = True, progress: bool = 
     )
 
 
+def evaluate_on_test(
+    model: DDIResNet,
+    data: str | None = None,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 500,
+    limit: int | None = None,
+    progress: bool = True,
+) -> EvalResult:
+    """Evaluate ``model`` on the CIFAR-10 test split (the first ``limit`` images if given)."""
+    from train.data import CifarLoader, load_cifar10
+
+    test = load_cifar10("test", data)
+    loader = CifarLoader(test, batch_size, train=False, device=device, limit=limit)
+    return evaluate(model, loader, progress=progress)
+
+
 def plot_skip_ratios(result: EvalResult, path: str | Path, title: str | None = None) -> Path:
     """Bar chart of the skip ratio per block (and channel keep ratio where channels are gated)."""
     import matplotlib

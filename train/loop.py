@@ -38,7 +38,7 @@ from tqdm import tqdm
 from train.checkpoint import build_model, load_backbone, load_checkpoint, save_checkpoint, unwrap
 from train.data import CifarLoader, load_cifar10
 from train.errors import ConfigError
-from train.evaluate import evaluate
+from train.evaluate import evaluate_on_test
 from train.model import DDIOutput, DDIResNet, create_model
 
 logger = logging.getLogger(__name__)
@@ -573,11 +573,14 @@ class Trainer:
             "machine": machine_description(self.device),
         }
         if self.dist.main:
-            test = load_cifar10("test", cfg.data)
-            loader = CifarLoader(
-                test, cfg.eval_batch_size, train=False, device=self.device, limit=cfg.eval_limit
+            result = evaluate_on_test(
+                self.model,
+                cfg.data,
+                device=self.device,
+                batch_size=cfg.eval_batch_size,
+                limit=cfg.eval_limit,
             )
-            metrics["test"] = evaluate(self.model, loader).summary()
+            metrics["test"] = result.summary()
         return metrics
 
 

@@ -36,8 +36,7 @@ def _phase(cfg) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from train.checkpoint import build_model, load_checkpoint
-    from train.data import CifarLoader, load_cifar10
-    from train.evaluate import evaluate, plot_skip_ratios
+    from train.evaluate import evaluate_on_test, plot_skip_ratios
     from train.loop import TrainConfig, machine_description, setup_distributed
 
     out = Path(args.out)
@@ -83,14 +82,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
         )
     _, device = setup_distributed(args.device)
-    test = load_cifar10("test", args.data)
     rows = []
     for label, cfg in runs:
         metrics = _phase(cfg)
         payload = load_checkpoint(Path(cfg.out_dir) / "final.pt")
         model = build_model(payload).to(device)
-        loader = CifarLoader(test, 500, train=False, device=device, limit=args.eval_limit)
-        result = evaluate(model, loader)
+        result = evaluate_on_test(model, args.data, device=device, limit=args.eval_limit)
         summary = result.summary()
         plot_skip_ratios(
             result,
@@ -117,8 +114,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report = {
         "model": args.model,
         "quantization": "Brevitas W4A4, 8-bit input, 8-bit stem/classifier weights",
-        "data": test.source,
-        "test_images": rows and (args.eval_limit or len(test)),
+        "data": result.source,
+        "test_images": len(result.labels),
         "machine": machine_description(device),
         "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": "python -m train.reproduce " + " ".join(sys.argv[1:]),
