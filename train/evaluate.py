@@ -86,58 +86,54 @@ class EvalResult:
         ]
         return [*budgets, float(costs.full)]
 
-    def anytime(self, budget_macs: float) -> dict[str, Any]:
-        """Accuracy and spending of anytime inference under ``budget_macs`` (module docstring)."""
+    def anytime_decisions(self, budget_macs: float) -> tuple[np.ndarray, np.ndarray]:
+        """Per image, the classifier that answers under ``budget_macs`` and the MACs spent.
+
+        Returns ``(answered_by, spent)``: ``answered_by`` (N,) is -1 for the final classifier or
+        the index of an exit branch. The rule is the one a runtime can follow online (the bundle
+        executor does, export/executor.py): before the layer gate, before the channel gate of a
+        kept block and before the block itself, an image that has passed an exit halts if that
+        work plus its latest exit would exceed the budget; an exit branch is paid only by the
+        images it answers. At the end an image uses the final classifier if the budget allows it.
+        """
         costs = self.model.costs()
         n = len(self.labels)
         positions = list(costs.exit_positions)
-        if not positions:  # no exit branch: only the final classifier can answer
-            return {
-                "budget_macs": float(budget_macs),
-                "accuracy": self.accuracy,
-                "mean_macs": float(self.macs.mean()),
-                "over_budget_fraction": float((self.macs > budget_macs).mean()),
-                "exits_used": {"final": n},
-            }
-        exit_cost = np.asarray(costs.exits, dtype=float)
-        gate_cost = self.gate_macs()
-        body = self.block_macs - gate_cost
+        exit_cost = np.asarray([*costs.exits, 0], dtype=float)  # [-1] -> no exit passed yet
+        lg = np.asarray(costs.layer_gate, dtype=float)
+        cg = np.asarray(costs.channel_gate, dtype=float) * self.block_gates  # (N, blocks)
+        body = self.block_macs - lg - cg  # shortcut, plus the convolutions where the block ran
         spent = np.full(n, float(costs.stem))
         last = np.full(n, -1)
         halted = np.zeros(n, dtype=bool)
         for i in range(costs.num_blocks):
-            pending = np.where(last >= 0, exit_cost[np.maximum(last, 0)], 0.0)
-            can_halt = last >= 0
-            stop = can_halt & ~halted & (spent + gate_cost[:, i] + pending > budget_macs)
-            halted |= stop
-            run = ~halted
-            spent = spent + np.where(run, gate_cost[:, i], 0.0)
-            stop = can_halt & run & (spent + body[:, i] + pending > budget_macs)
-            halted |= stop
-            run = ~halted
-            spent = spent + np.where(run, body[:, i], 0.0)
+            for work in (np.full(n, lg[i]), cg[:, i], body[:, i]):
+                pending = exit_cost[last]
+                halted |= (last >= 0) & ~halted & (spent + work + pending > budget_macs)
+                spent = spent + np.where(halted, 0.0, work)
             if i in positions:
-                last = np.where(run, positions.index(i), last)
-        use_final = ~halted & (spent + costs.head <= budget_macs)
-        use_final |= last < 0  # no exit (model without exits): only the final classifier
-        chosen = np.where(use_final, -1, last)
-        spent_total = spent + np.where(use_final, costs.head, exit_cost[np.maximum(last, 0)])
-        preds = np.where(
-            use_final,
-            self.predictions,
-            self.exit_predictions[np.arange(n), np.maximum(chosen, 0)]
-            if self.exit_predictions.shape[1]
-            else self.predictions,
-        )
+                last = np.where(halted, last, positions.index(i))
+        final = ~halted & (spent + costs.head <= budget_macs)
+        final |= last < 0  # no exit reached: only the final classifier can answer
+        answered_by = np.where(final, -1, last)
+        spent = spent + np.where(final, costs.head, exit_cost[last])
+        return answered_by, spent
+
+    def anytime(self, budget_macs: float) -> dict[str, Any]:
+        """Accuracy and spending of anytime inference under ``budget_macs``."""
+        answered_by, spent = self.anytime_decisions(budget_macs)
+        preds = self.predictions.copy()
+        for j in range(self.exit_predictions.shape[1]):
+            preds = np.where(answered_by == j, self.exit_predictions[:, j], preds)
         exits_used = {
-            ("final" if j < 0 else f"exit{j}"): int((chosen == j).sum())
-            for j in [*range(len(positions)), -1]
+            ("final" if j < 0 else f"exit{j}"): int((answered_by == j).sum())
+            for j in [*range(self.exit_predictions.shape[1]), -1]
         }
         return {
             "budget_macs": float(budget_macs),
             "accuracy": float((preds == self.labels).mean()),
-            "mean_macs": float(spent_total.mean()),
-            "over_budget_fraction": float((spent_total > budget_macs).mean()),
+            "mean_macs": float(spent.mean()),
+            "over_budget_fraction": float((spent > budget_macs).mean()),
             "exits_used": exits_used,
         }
 
