@@ -537,6 +537,7 @@ def export_bundle(
             **body,
             "source": {
                 "checkpoint": checkpoint.name,
+                "checkpoint_path": str(checkpoint),
                 "checkpoint_sha256": sha256_file(checkpoint),
                 "phase": payload.get("phase"),
                 "metrics": payload.get("metrics", {}),

@@ -13,7 +13,9 @@ evaluation mode (train/model.py, ``DDIResNet._forward_eval``):
 
 Images travel together: at every block the batch splits into the images that run it and those
 that skip it, so each graph runs once per block on just the images that need it, and cost falls
-with skipping. Decisions are per image; batching never changes a result.
+with skipping. Decisions are per image: the batch size changes only float rounding in the gates
+and the classifier tail (about 1e-7), never a decision unless a probability is that close to the
+threshold.
 
 Modes: ``full`` runs every block at full width and no gate (the plain network); ``iadi`` applies
 the gates and answers with the final classifier; ``ddi`` applies the gates and the exits under

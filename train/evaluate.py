@@ -43,6 +43,7 @@ class EvalResult:
     energy: np.ndarray | None  # (N,) modelled energy to the final classifier
     model: DDIResNet
     source: str = ""
+    logits: np.ndarray | None = None  # (N, classes) final classifier
 
     @property
     def accuracy(self) -> float:
@@ -191,6 +192,7 @@ def evaluate(model: DDIResNet, loader, *, energy: bool = True, progress: bool = 
             "macs",
             "block_macs",
             "energy",
+            "logits",
         )
     }
     with eval_mode(model):
@@ -198,6 +200,7 @@ def evaluate(model: DDIResNet, loader, *, energy: bool = True, progress: bool = 
             out = model(x)
             parts["labels"].append(y.cpu().numpy())
             parts["pred"].append(out.logits.argmax(1).cpu().numpy())
+            parts["logits"].append(out.logits.cpu().numpy())
             exits = [e.argmax(1) for e in out.exit_logits]
             parts["exit_pred"].append(
                 torch.stack(exits, 1).cpu().numpy()
@@ -228,6 +231,7 @@ def evaluate(model: DDIResNet, loader, *, energy: bool = True, progress: bool = 
         energy=cat["energy"],
         model=model,
         source=getattr(loader, "source", ""),
+        logits=cat["logits"],
     )
 
 

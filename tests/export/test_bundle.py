@@ -1,0 +1,197 @@
+"""The bundle on disk: manifest contract, per-graph execution parity, refusals of bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from export import bundle as bundle_module
+from export.bundle import export_bundle
+from export.errors import BundleError, ExecutionError, ExportError
+from export.executor import BundleExecutor
+from export.manifest import MANIFEST, VERSION, load_bundle, manifest_from_dict
+from train.checkpoint import CheckpointError, save_checkpoint
+from train.model import create_model
+
+from .conftest import TRAINED
+
+
+def test_manifest_lists_every_graph_with_shapes_types_and_costs(trained_bundle):
+    m = trained_bundle.manifest
+    assert m.version == VERSION and m.model["name"] == "resnet8"
+    assert [b.graph for b in m.blocks] == ["block0", "block1", "block2"]
+    assert [b.shortcut for b in m.blocks] == [None, "shortcut1", "shortcut2"]
+    assert all(b.layer_gate and b.channel_gate for b in m.blocks)
+    assert m.gate_hidden == 10 and m.exits == ()
+    # MACs add up to the plain network, which is the monolithic graph's cost
+    body = sum(b.conv1_macs + b.conv2_macs + b.shortcut_macs for b in m.blocks)
+    assert m.stem_macs + body + m.head_macs == m.full_macs == m.graphs["full"].macs
+    # the residual stream of a stage has one datatype: block outputs feed the next block
+    for prev, nxt in zip(m.blocks, m.blocks[1:], strict=False):
+        out = m.graphs[prev.graph].outputs[0].datatype
+        assert m.graphs[nxt.graph].inputs[0].datatype == out
+        assert out.name == "UINT4" and out.scale > 0
+    assert m.graphs["stem"].inputs[0].datatype == m.preprocess.datatype
+    assert m.preprocess.datatype.name == "INT8"
+    for g in m.graphs.values():
+        assert (g.qonnx is None) == (g.kind in ("layer_gate", "channel_gate", "full"))
+        assert all(t.shape[0] == "N" for t in g.inputs + g.outputs)
+
+
+def test_preprocessing_table_reproduces_the_model_bit_for_bit(trained_bundle):
+    from train.checkpoint import build_model, load_checkpoint
+
+    model = build_model(load_checkpoint(TRAINED)).eval()
+    g = torch.Generator().manual_seed(3)
+    images = torch.randint(0, 256, (8, 32, 32, 3), generator=g, dtype=torch.uint8)
+    with torch.no_grad():
+        ref = model.preprocess(images.permute(0, 3, 1, 2).float().div(255)).numpy()
+    got = trained_bundle.manifest.preprocess.apply(images.numpy())
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, ref)
+
+
+def _features(bundle, n=4):
+    """Real intermediate tensors: the twins chained on random images (mask = all channels)."""
+    m = bundle.manifest
+    run = BundleExecutor(bundle, threads=1)._run
+    g = np.random.default_rng(0)
+    images = g.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    x = m.preprocess.apply(images)
+    feats = {"stem": x}
+    (y,) = run("stem", x)
+    for b in m.blocks:
+        feats[b.graph] = y
+        if b.shortcut:
+            feats[b.shortcut] = y
+        (y,) = run(b.graph, y, np.ones((n, b.out_channels), np.float32))
+    feats["head"] = y
+    return feats
+
+
+def test_every_qonnx_graph_equals_its_onnxruntime_twin(trained_bundle):
+    """The FINN graph (QONNX, executed by qonnx) and the twin compute the same integers."""
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.core.onnx_exec import execute_onnx
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    m = trained_bundle.manifest
+    feats = _features(trained_bundle, n=1)
+    checked = 0
+    for name, g in m.graphs.items():
+        if g.qonnx is None:
+            continue
+        x = feats[name]
+        twin = ort.InferenceSession(trained_bundle.read(g.onnx))
+        feeds = {"x": x}
+        if g.kind == "block":
+            feeds["mask"] = np.ones((1, g.inputs[1].shape[1]), np.float32)
+        (ref,) = twin.run(None, feeds)
+        qonnx = ModelWrapper(str(trained_bundle.path / g.qonnx.file)).transform(InferShapes())
+        assert [i.name for i in qonnx.graph.input] == ["x"]
+        out = execute_onnx(qonnx, {"x": x})[qonnx.graph.output[0].name]
+        if g.kind == "head":  # float classifier tail: summation order differs
+            np.testing.assert_allclose(out, ref, atol=1e-5)
+        else:
+            np.testing.assert_array_equal(out, ref)
+        checked += 1
+    assert checked == 7  # stem, 3 blocks, 2 shortcuts, head
+
+
+def test_a_tampered_file_is_refused_on_load(trained_bundle, tmp_path):
+    copy = tmp_path / "b"
+    shutil.copytree(trained_bundle.path, copy)
+    with open(copy / "block1.onnx", "r+b") as f:
+        f.seek(200)
+        byte = f.read(1)
+        f.seek(200)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(BundleError, match=r"block1.onnx.*modified or damaged"):
+        load_bundle(copy)
+    with pytest.raises(BundleError, match="modified or damaged"):
+        BundleExecutor(copy)  # the executor checks each file it loads
+    (copy / "block1.onnx").unlink()
+    with pytest.raises(BundleError, match=r"lacks 'block1\.onnx'"):
+        load_bundle(copy)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d.update(version=99), "manifest version 99"),
+        (lambda d: d.update(format="other"), "not a ddi-fpga bundle"),
+        (lambda d: d["blocks"][1].pop("graph"), r"blocks\[1\] lacks 'graph'"),
+        (lambda d: d["blocks"][0].update(graph="nope"), "names graph 'nope'"),
+        (lambda d: d["graphs"]["stem"]["onnx"].update(file="../x.onnx"), "not a path inside"),
+        (lambda d: d["graphs"]["head"].update(macs=-1), "not >= 0"),
+        (lambda d: d["preprocess"]["lut"].pop(), "lut is not C rows"),
+    ],
+)
+def test_a_bad_manifest_is_refused_in_one_line(trained_bundle, edit, message):
+    data = json.loads((trained_bundle.path / MANIFEST).read_text())
+    edit(data)
+    with pytest.raises(BundleError, match=message) as info:
+        manifest_from_dict(data, "b")
+    assert "\n" not in str(info.value)
+
+
+def test_missing_or_unreadable_bundles(tmp_path):
+    with pytest.raises(BundleError, match="is not a folder"):
+        load_bundle(tmp_path / "none")
+    with pytest.raises(BundleError, match=r"has no manifest\.json"):
+        load_bundle(tmp_path)
+    (tmp_path / MANIFEST).write_text("{")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        load_bundle(tmp_path)
+
+
+def test_export_refusals_leave_nothing_behind(tmp_path, monkeypatch):
+    out = tmp_path / "bundle"
+    with pytest.raises(CheckpointError, match="does not exist"):
+        export_bundle(tmp_path / "missing.pt", out, progress=False)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot be read safely"):
+        export_bundle(tmp_path / "junk.pt", out, progress=False)
+    float_ckpt = tmp_path / "float.pt"
+    save_checkpoint(float_ckpt, create_model("resnet8"), phase="base", config={})
+    with pytest.raises(ExportError, match="float model"):
+        export_bundle(float_ckpt, out, progress=False)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(bundle_module, "write_graphs", fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_bundle(TRAINED, out, progress=False)
+    # no bundle and no temporary folder left: only the two files this test wrote
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["float.pt", "junk.pt"]
+
+
+def test_an_existing_bundle_is_replaced_only_with_force(trained_bundle, tmp_path):
+    out = tmp_path / "b"
+    shutil.copytree(trained_bundle.path, out)
+    with pytest.raises(ExportError, match="exists; pass --force"):
+        export_bundle(TRAINED, out, progress=False)
+    again = export_bundle(TRAINED, out, overwrite=True, progress=False)
+    assert again.manifest.graphs.keys() == trained_bundle.manifest.graphs.keys()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_executor_refuses_bad_images_and_modes(trained_bundle):
+    ex = BundleExecutor(trained_bundle, threads=1)
+    with pytest.raises(ExecutionError, match=r"float32 and shape \(2, 32, 32, 3\)"):
+        ex.run(np.zeros((2, 32, 32, 3), np.float32))
+    with pytest.raises(ExecutionError, match=r"shape \(2, 3, 32, 32\)"):
+        ex.run(np.zeros((2, 3, 32, 32), np.uint8))
+    with pytest.raises(ExecutionError, match="mode 'fast' is unknown"):
+        ex.run(np.zeros((1, 32, 32, 3), np.uint8), mode="fast")
+    with pytest.raises(ExecutionError, match="no exit branches"):
+        ex.run(np.zeros((1, 32, 32, 3), np.uint8), mode="ddi", budget_macs=1e6)
+    with pytest.raises(ExecutionError, match="only in, mode 'ddi'"):
+        ex.run(np.zeros((1, 32, 32, 3), np.uint8), mode="iadi", budget_macs=1e6)
+    assert len(ex.run(np.zeros((0, 32, 32, 3), np.uint8))) == 0
