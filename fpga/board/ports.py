@@ -1,0 +1,264 @@
+"""Port stand-ins that speak the same bytes as a serial line: a pty end, and a faulty wrapper.
+
+A *port* here is anything with pyserial's ``read(n)``, ``write(data)`` and a settable
+``timeout`` (``in_waiting`` optional): a ``serial.Serial`` from ``serial_for_url`` (a device, a
+pty slave, ``socket://``, ``loop://``), an :class:`FdPort` over the master end of a
+pseudo-terminal, or a :class:`FaultyPort` around either.
+
+The emulated board serves on the master end of a pty (:func:`open_pty_pair`) and the host opens
+the slave by name, exactly as it opens ``/dev/ttyUSB0`` for a real board.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import select
+import struct
+import termios
+import time
+import tty
+from dataclasses import dataclass
+
+import numpy as np
+import serial
+
+log = logging.getLogger(__name__)
+
+
+def port_name(port: object) -> str:
+    """A human name for a port: its device path or URL if it has one."""
+    for attr in ("port", "name"):
+        value = getattr(port, attr, None)
+        if isinstance(value, str) and value:
+            return value
+    return type(port).__name__
+
+
+class FdPort:
+    """A pyserial-like port over a file descriptor (e.g. the master end of a pseudo-terminal).
+
+    ``read(n)`` returns when ``n`` bytes arrived or ``timeout`` seconds passed (``None`` blocks,
+    ``0`` polls), like ``serial.Serial.read``. A closed peer raises ``serial.SerialException``.
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        *,
+        timeout: float | None = None,
+        name: str | None = None,
+        baudrate: int | None = None,
+    ) -> None:
+        self.fd = fd
+        self.timeout = timeout
+        self.port = name or f"fd:{fd}"
+        self.baudrate = baudrate  # None: a pty has no line rate
+        self.is_open = True
+
+    @property
+    def in_waiting(self) -> int:
+        buf = fcntl.ioctl(self.fd, termios.FIONREAD, b"\0\0\0\0")
+        return struct.unpack("i", buf)[0]
+
+    def read(self, size: int = 1) -> bytes:
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        out = bytearray()
+        while len(out) < size:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([self.fd], [], [], wait)
+            if not ready:
+                break
+            try:
+                chunk = os.read(self.fd, size - len(out))
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EINTR):
+                    continue
+                raise serial.SerialException(
+                    f"{self.port}: read failed ({exc.strerror}); the other end is closed"
+                ) from None
+            if not chunk:
+                raise serial.SerialException(f"{self.port}: end of file; the other end is closed")
+            out += chunk
+        return bytes(out)
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data)
+        while view:
+            select.select([], [self.fd], [])
+            try:
+                written = os.write(self.fd, view)
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EINTR):
+                    continue
+                raise serial.SerialException(
+                    f"{self.port}: write failed ({exc.strerror})"
+                ) from None
+            view = view[written:]
+        return len(data)
+
+    def flush(self) -> None:
+        """Nothing to do: ``write`` hands every byte to the kernel before it returns."""
+
+    def close(self) -> None:
+        if self.is_open:
+            self.is_open = False
+            os.close(self.fd)
+
+    def __enter__(self) -> FdPort:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_pty_pair(
+    *, baudrate: int = 921600, timeout: float | None = 0.05
+) -> tuple[FdPort, serial.Serial]:
+    """A raw pseudo-terminal: (master as an :class:`FdPort`, slave opened by name with pyserial).
+
+    The master is the board's end (the emulated board serves on it); the slave is what a host
+    opens, here through ``serial.serial_for_url(os.ttyname(...))``. Close both when done.
+    """
+    master, slave = os.openpty()
+    try:
+        tty.setraw(master)
+        tty.setraw(slave)
+        path = os.ttyname(slave)
+        host = serial.serial_for_url(path, baudrate=baudrate, timeout=timeout)
+    except BaseException:
+        os.close(master)
+        raise
+    finally:
+        os.close(slave)  # pyserial holds its own descriptor of the slave
+    return FdPort(master, timeout=timeout, name=f"{path} (master)"), host
+
+
+@dataclass
+class FaultStats:
+    """What a :class:`FaultyPort` did to the bytes it delivered."""
+
+    bytes_read: int = 0  # bytes read from the wrapped port
+    bits_flipped: int = 0
+    bytes_dropped: int = 0
+    bytes_duplicated: int = 0
+    stalls: int = 0
+
+
+class FaultyPort:
+    """Wraps a port and damages the bytes it reads, reproducibly (seeded).
+
+    Each byte read from the wrapped port is, independently, dropped (``drop_rate``), delivered
+    twice (``duplicate_rate``) and/or has one random bit flipped (``byte_error_rate``). A stall
+    stops delivery for ``stall_s`` seconds (reads return nothing; the wrapped port keeps the
+    bytes, so they arrive late): after every ``stall_every_bytes`` bytes if that is set, and
+    whenever :meth:`stall` is called. Writes pass through untouched; wrap both ends of a line to
+    damage both directions.
+    """
+
+    def __init__(
+        self,
+        port: object,
+        *,
+        seed: int = 0,
+        byte_error_rate: float = 0.0,
+        drop_rate: float = 0.0,
+        duplicate_rate: float = 0.0,
+        stall_s: float = 0.0,
+        stall_every_bytes: int = 0,
+    ) -> None:
+        for name, rate in (
+            ("byte_error_rate", byte_error_rate),
+            ("drop_rate", drop_rate),
+            ("duplicate_rate", duplicate_rate),
+        ):
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"FaultyPort {name} {rate!r} is not a probability in [0, 1]")
+        self.inner = port
+        self.byte_error_rate = byte_error_rate
+        self.drop_rate = drop_rate
+        self.duplicate_rate = duplicate_rate
+        self.stall_s = stall_s
+        self.stall_every_bytes = stall_every_bytes
+        self.stats = FaultStats()
+        self._rng = np.random.default_rng(seed)
+        self._pending = bytearray()  # duplicated bytes beyond what read(n) may return
+        self._stall_until = 0.0
+        self._next_stall_at = stall_every_bytes or None
+
+    # The attributes a Link uses are forwarded to the wrapped port.
+    @property
+    def timeout(self) -> float | None:
+        return self.inner.timeout
+
+    @timeout.setter
+    def timeout(self, value: float | None) -> None:
+        self.inner.timeout = value
+
+    @property
+    def baudrate(self) -> int | None:
+        return getattr(self.inner, "baudrate", None)
+
+    @property
+    def port(self) -> str:
+        return f"faulty:{port_name(self.inner)}"
+
+    @property
+    def in_waiting(self) -> int:
+        if time.monotonic() < self._stall_until:
+            return 0
+        return len(self._pending) + getattr(self.inner, "in_waiting", 0)
+
+    def stall(self, seconds: float) -> None:
+        """Deliver nothing for ``seconds`` from now."""
+        self._stall_until = time.monotonic() + seconds
+        self.stats.stalls += 1
+
+    def read(self, size: int = 1) -> bytes:
+        left = self._stall_until - time.monotonic()
+        if left > 0:
+            timeout = self.inner.timeout
+            time.sleep(min(left, timeout if timeout is not None else left))
+            return b""
+        if not self._pending:
+            self._pending += self._damage(self.inner.read(size))
+        out = bytes(self._pending[:size])
+        del self._pending[:size]
+        return out
+
+    def write(self, data: bytes) -> int | None:
+        return self.inner.write(data)
+
+    def flush(self) -> None:
+        flush = getattr(self.inner, "flush", None)
+        if flush is not None:
+            flush()
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def _damage(self, data: bytes) -> bytes:
+        if not data:
+            return data
+        n = len(data)
+        self.stats.bytes_read += n
+        # Four draws per byte from one stream, so the damage does not depend on how the bytes
+        # were split into reads: (n, [drop, duplicate, flip, which bit]).
+        draws = self._rng.random((n, 4))
+        bits = (draws[:, 3] * 8).astype(np.uint8)
+        arr = np.frombuffer(data, dtype=np.uint8).copy()
+        flip = draws[:, 2] < self.byte_error_rate
+        arr[flip] ^= (1 << bits[flip]).astype(np.uint8)
+        drop = draws[:, 0] < self.drop_rate
+        dup = (draws[:, 1] < self.duplicate_rate) & ~drop
+        self.stats.bits_flipped += int(flip.sum())
+        self.stats.bytes_dropped += int(drop.sum())
+        self.stats.bytes_duplicated += int(dup.sum())
+        out = np.repeat(arr, np.where(drop, 0, np.where(dup, 2, 1))).tobytes()
+        if self._next_stall_at is not None and self.stats.bytes_read >= self._next_stall_at:
+            self._next_stall_at += self.stall_every_bytes
+            self.stall(self.stall_s)
+            log.debug("%s: stalling %.3f s", self.port, self.stall_s)
+        return out
