@@ -164,8 +164,8 @@ def _label(meta: dict[str, Any]) -> str:
     if meta["energy_source"] == "measured":
         return f"energy measured on hardware ({meta['board']}, meter {meta['meter']})"
     return (
-        f"energy EMULATED (emulated board: time and power modelled from FINN estimates, "
-        f"read by a simulated meter {meta['meter']}); not a hardware measurement"
+        f"energy EMULATED, not a hardware measurement: time and power modelled by the emulated "
+        f"board ({meta['board']}), read by a simulated meter ({meta['meter']})"
     )
 
 

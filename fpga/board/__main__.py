@@ -1,0 +1,116 @@
+"""``python -m fpga.board serve``: the board runtime on a serial port (see docs/board.md).
+
+    python -m fpga.board serve --port /dev/ttyPS1 --baud 921600 \\
+        --store /home/xilinx/ddi-bundles [--backend cpu]
+
+Serves until interrupted (SIGINT/SIGTERM). A user error prints one line and exits 1
+(``--debug`` re-raises). Runs on PYNQ: Python 3.10.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import serial
+
+from export.errors import ExportError
+from fpga.board.errors import BoardError
+
+log = logging.getLogger("fpga.board")
+
+
+def _port_problem(port: str, exc: BaseException) -> str:
+    """One line naming ``port`` and saying what to do about ``exc``."""
+    code = getattr(exc, "errno", None)
+    text = str(exc).lower()
+    if code == errno.ENOENT or "no such file" in text:
+        why = "does not exist; check the device name (ls /dev/tty*) and docs/board.md"
+    elif code in (errno.EACCES, errno.EPERM) or "permission" in text:
+        why = "is not permitted; run as root or add the user to the 'dialout' group"
+    elif code in (errno.EBUSY, errno.EAGAIN) or "busy" in text or "lock" in text:
+        why = "is busy: another program (a serial-getty console?) has it open; see docs/board.md"
+    else:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        why = f"cannot be opened ({first})"
+    return f"serial port {port!r} {why}"
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Open the port, build the runtime and serve until SIGINT or SIGTERM."""
+    from fpga.board.link import Server
+    from fpga.board.runtime import BoardRuntime, RuntimeConfig, check_finn
+
+    config = RuntimeConfig(
+        store_dir=Path(args.store),
+        backend=args.backend,
+        bitfile=Path(args.bitfile) if args.bitfile else None,
+        max_image_bytes=args.max_images * 32 * 32 * 3,
+        max_bundle_bytes=args.max_bundle_mb * 1024 * 1024,
+        threads=args.threads,
+        identity=args.identity or "",
+    )
+    if config.backend == "finn":
+        check_finn(config.bitfile)  # fail at start, not at the first SELECT_BUNDLE
+    runtime = BoardRuntime(config)
+    try:
+        port = serial.serial_for_url(args.port, baudrate=args.baud, timeout=0.05, exclusive=True)
+    except (serial.SerialException, OSError, ValueError) as exc:
+        raise BoardError(_port_problem(args.port, exc)) from None
+    server = Server(port)
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    log.info("board runtime %r serving %s at %d baud", config.identity, args.port, args.baud)
+    try:
+        server.serve_forever(runtime)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        runtime.close()
+        port.close()
+    log.info("board runtime stopped")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m fpga.board", description="The ddi-fpga board runtime (docs/board.md)."
+    )
+    parser.add_argument("--debug", action="store_true", help="log debug messages, re-raise")
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("serve", help="serve the host<->board protocol on a serial port")
+    line = p.add_argument_group("serial line")
+    line.add_argument("--port", required=True, help="serial device or pyserial URL")
+    line.add_argument("--baud", type=int, default=921600, help="baud rate (default 921600)")
+    run = p.add_argument_group("runtime")
+    run.add_argument("--store", required=True, help="bundle store folder (created if missing)")
+    run.add_argument("--backend", choices=("cpu", "finn"), default="cpu", help="graph engine")
+    run.add_argument("--bitfile", help="overlay .bit for --backend finn")
+    run.add_argument("--threads", type=int, help="onnxruntime threads (default: every core)")
+    run.add_argument("--max-images", type=int, default=20_000, help="image memory, in CIFAR images")
+    run.add_argument("--max-bundle-mb", type=int, default=512, help="largest bundle archive")
+    run.add_argument("--identity", help="board identity reported in HELLO")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return serve(args)
+    except (BoardError, ExportError) as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

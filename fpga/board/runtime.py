@@ -1,0 +1,568 @@
+"""The board runtime: answers every command of docs/protocol.md on the ZedBoard's ARM.
+
+:class:`BoardRuntime` is the handler that :class:`fpga.board.link.Server` calls with each
+decoded command; it returns the reply (``None`` = ACK) or raises
+:class:`~fpga.board.errors.CommandError` to answer ``ERROR(code)``. It holds
+
+- a :class:`~fpga.board.store.BundleStore` (bundles on disk, loaded over the line as archives,
+  verified before use) and the selected bundle's :class:`export.executor.BundleExecutor`;
+- the uploaded image batches, within a fixed memory budget (``max_image_bytes``);
+- the per-image results of the last run of each batch.
+
+How a batch is run and timed is a :class:`BatchRunner`: on the board :class:`TimedRunner` reads
+``time.monotonic_ns()`` right before and after the executor's run (nothing crosses the serial
+line in between); the emulated board (:mod:`fpga.emulator.board`) passes a runner that models
+time and power instead, and serves this same class.
+
+Which engine runs a graph is the executor's *backend* (``run(graph_spec, inputs)``): ``cpu``
+runs the onnxruntime twins on the ARM; ``finn`` (:class:`FinnBackend`) takes a PYNQ overlay
+and routes the graphs that have an accelerator to it, the rest (the gates) to the ARM.
+
+Runs on PYNQ: Python 3.10, numpy 1.x, onnxruntime, pynq (``finn`` only); neither torch nor FINN.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from export.errors import ExportError
+from export.executor import BatchResult, BundleExecutor, OnnxRuntimeBackend
+from export.manifest import Bundle, GraphSpec
+from fpga.board.errors import BoardError, CommandError
+from fpga.board.protocol import (
+    MAX_BATCHES_LISTED,
+    MAX_BLOCKS,
+    MAX_PAYLOAD,
+    Ack,
+    BatchInfo,
+    BoardState,
+    BundleRef,
+    ErrorCode,
+    FetchResults,
+    Hello,
+    HelloReply,
+    LoadBegin,
+    LoadChunk,
+    LoadEnd,
+    Message,
+    MessageType,
+    Reset,
+    Results,
+    RunBatch,
+    RunDone,
+    RunMode,
+    SelectBundle,
+    Status,
+    StatusReply,
+    UploadImages,
+    pack_executed,
+    results_dtype,
+    results_per_frame,
+)
+from fpga.board.store import DEFAULT_MAX_BUNDLE_BYTES, BundleStore, LoadSession
+
+log = logging.getLogger(__name__)
+
+CIFAR_IMAGE_BYTES = 32 * 32 * 3
+BACKENDS = ("cpu", "finn")
+
+
+class BoardRuntimeError(BoardError):
+    """The board runtime cannot start or run a bundle (bad configuration, missing backend)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass
+class RuntimeConfig:
+    """How the board runtime is set up; every field has a command-line flag (``python -m
+    fpga.board serve --help``).
+
+    Attributes:
+        store_dir: Folder of the bundle store (created if missing).
+        backend: ``cpu`` (onnxruntime on the ARM) or ``finn`` (PYNQ overlay + ARM for gates).
+        bitfile: The overlay's ``.bit`` file for the ``finn`` backend.
+        max_image_bytes: Memory for uploaded images, all batches together (default: 20,000
+            CIFAR-10 images, 61.4 MB of the ZedBoard's 512 MB).
+        max_bundle_bytes: Largest bundle archive accepted by LOAD_BEGIN.
+        max_payload_bytes: Largest frame payload the board accepts (told to the host in HELLO).
+        threads: onnxruntime threads (None: every core; the ZedBoard has two).
+        identity: The board identity in HELLO_REPLY (default: "ddi-fpga runtime on HOSTNAME").
+    """
+
+    store_dir: Path
+    backend: str = "cpu"
+    bitfile: Path | None = None
+    max_image_bytes: int = 20_000 * CIFAR_IMAGE_BYTES
+    max_bundle_bytes: int = DEFAULT_MAX_BUNDLE_BYTES
+    max_payload_bytes: int = MAX_PAYLOAD
+    threads: int | None = None
+    identity: str = ""
+
+    def __post_init__(self) -> None:
+        self.store_dir = Path(self.store_dir)
+        if self.backend not in BACKENDS:
+            raise BoardRuntimeError(
+                f"backend {self.backend!r} is unknown; choose one of {', '.join(BACKENDS)}"
+            )
+        if self.max_image_bytes < CIFAR_IMAGE_BYTES:
+            raise BoardRuntimeError(
+                f"max_image_bytes={self.max_image_bytes!r} holds not even one CIFAR image "
+                f"({CIFAR_IMAGE_BYTES} bytes); raise it"
+            )
+        if not 1024 <= self.max_payload_bytes <= MAX_PAYLOAD:
+            raise BoardRuntimeError(
+                f"max_payload_bytes={self.max_payload_bytes!r} must lie in [1024, {MAX_PAYLOAD}]"
+            )
+        if not self.identity:
+            self.identity = f"ddi-fpga runtime on {platform.node() or 'unknown host'}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Backends
+
+
+class Backend(Protocol):
+    """What the executor calls to run one graph: the plug for accelerators."""
+
+    def run(self, graph: GraphSpec, inputs: Sequence[np.ndarray]) -> list[np.ndarray]: ...
+
+
+class Accelerator(Protocol):
+    """One FINN engine in the overlay: runs one graph kind on a batch (float32 in and out,
+    ``integer * scale`` values as the manifest's datatypes say)."""
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]: ...
+
+
+def check_finn(bitfile: str | Path | None) -> None:
+    """Raise one line unless pynq can be imported and ``bitfile`` exists (the finn backend)."""
+    try:
+        import pynq  # noqa: F401 - only present on a PYNQ image
+    except ImportError:
+        raise BoardRuntimeError(
+            "the finn backend needs the pynq package, which exists only on a PYNQ board "
+            "image; run with --backend cpu here"
+        ) from None
+    if bitfile is None or not Path(bitfile).is_file():
+        raise BoardRuntimeError(
+            f"the finn backend needs the overlay's bitfile; {str(bitfile)!r} is not a file "
+            "(pass --bitfile PATH.bit, built with `make bitstream`)"
+        )
+
+
+class FinnBackend:
+    """Runs the graphs that have a FINN accelerator in the PYNQ overlay; the rest on the ARM.
+
+    ``accelerators`` maps a graph name of the manifest (``stem``, ``block0``, ``shortcut1``,
+    ``head``, ``exit0``...) to an :class:`Accelerator`; the FPGA build (fpga/, later) provides
+    them from the overlay's DMA and IP blocks. Graphs without one (the layer and channel gates,
+    which FINN cannot compile) run on onnxruntime, as in the ``cpu`` backend.
+    """
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        bitfile: str | Path | None,
+        *,
+        accelerators: dict[str, Accelerator] | None = None,
+        threads: int | None = None,
+    ) -> None:
+        check_finn(bitfile)
+        from pynq import Overlay
+
+        self.overlay = Overlay(str(bitfile))
+        self.accelerators: dict[str, Accelerator] = dict(accelerators or {})
+        self.cpu = OnnxRuntimeBackend(bundle, threads=threads)
+        unknown = sorted(set(self.accelerators) - set(bundle.manifest.graphs))
+        if unknown:
+            raise BoardRuntimeError(
+                f"accelerators for {unknown!r} match no graph of bundle {bundle.bundle_id!r}"
+            )
+        log.info(
+            "finn backend: %d graphs accelerated (%s), the rest on the ARM",
+            len(self.accelerators),
+            ", ".join(sorted(self.accelerators)) or "none",
+        )
+
+    def run(self, graph: GraphSpec, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        accelerator = self.accelerators.get(graph.name)
+        if accelerator is None:
+            return self.cpu.run(graph, inputs)
+        return accelerator.run(inputs)
+
+
+def make_backend(config: RuntimeConfig, bundle: Bundle) -> Backend:
+    """The executor backend that ``config.backend`` names, for ``bundle``."""
+    if config.backend == "finn":
+        return FinnBackend(bundle, config.bitfile, threads=config.threads)
+    return OnnxRuntimeBackend(bundle, threads=config.threads)
+
+
+# ----------------------------------------------------------------------------------------------
+# Running a batch
+
+
+@dataclass
+class RunOutcome:
+    """One RUN_BATCH: per-image results and the board-clock times around the run."""
+
+    result: BatchResult
+    board_start_ns: int
+    board_end_ns: int
+
+
+class BatchRunner(Protocol):
+    """Runs a batch ``repeats`` times and says when it started and ended on the board's clock."""
+
+    def run(
+        self,
+        executor: BundleExecutor,
+        images: np.ndarray,
+        mode: str,
+        budget_macs: float | None,
+        repeats: int,
+    ) -> RunOutcome: ...
+
+
+class TimedRunner:
+    """The board's runner: the executor's run, between two readings of the monotonic clock."""
+
+    def __init__(self, clock_ns: Callable[[], int] = time.monotonic_ns) -> None:
+        self.clock_ns = clock_ns
+
+    def run(
+        self,
+        executor: BundleExecutor,
+        images: np.ndarray,
+        mode: str,
+        budget_macs: float | None,
+        repeats: int,
+    ) -> RunOutcome:
+        start = self.clock_ns()
+        for _ in range(repeats):
+            result = executor.run(images, mode=mode, budget_macs=budget_macs)
+        end = self.clock_ns()
+        return RunOutcome(result, start, end)
+
+
+def pack_results(result: BatchResult) -> np.ndarray:
+    """Executor results -> RESULTS records (:func:`fpga.board.protocol.results_dtype`)."""
+    n, n_blocks = result.executed.shape
+    records = np.zeros(n, results_dtype(n_blocks))
+    records["prediction"] = result.predictions
+    records["exit_index"] = result.exits
+    records["executed_mask"] = pack_executed(result.executed)
+    records["macs"] = result.macs
+    records["channels"] = result.channels
+    return records
+
+
+# ----------------------------------------------------------------------------------------------
+# The handler
+
+
+@dataclass
+class Batch:
+    """An uploaded batch: images (allocated whole at its first upload) and its last results."""
+
+    batch_id: int
+    images: np.ndarray  # (batch_size, H, W, C) uint8
+    uploaded: np.ndarray  # (batch_size,) bool
+    results: np.ndarray | None = None  # records of the last run, or None
+    run_mode: RunMode | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.images)
+
+    @property
+    def count_uploaded(self) -> int:
+        return int(self.uploaded.sum())
+
+
+def _fail(code: ErrorCode, text: str) -> CommandError:
+    return CommandError(code, text)
+
+
+@dataclass
+class _Active:
+    bundle: Bundle
+    executor: BundleExecutor
+    ref: BundleRef = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ref = BundleRef(self.bundle.bundle_id, self.bundle.sha256)
+
+
+class BoardRuntime:
+    """The protocol handler: ``runtime(command) -> reply`` (see the module docstring).
+
+    ``runner`` times batches (default :class:`TimedRunner`), ``clock_ns`` is the board clock of
+    HELLO_REPLY (it must be the runner's clock), ``executor_factory(bundle)`` builds the
+    executor of a selected bundle (default: the configured backend).
+    """
+
+    def __init__(
+        self,
+        config: RuntimeConfig,
+        *,
+        runner: BatchRunner | None = None,
+        clock_ns: Callable[[], int] = time.monotonic_ns,
+        executor_factory: Callable[[Bundle], BundleExecutor] | None = None,
+    ) -> None:
+        self.config = config
+        self.store = BundleStore(config.store_dir, max_bundle_bytes=config.max_bundle_bytes)
+        self.clock_ns = clock_ns
+        self.runner: BatchRunner = runner or TimedRunner(clock_ns)
+        self._make_executor = executor_factory or (
+            lambda bundle: BundleExecutor(bundle, backend=make_backend(config, bundle))
+        )
+        self.active: _Active | None = None
+        self.batches: dict[int, Batch] = {}
+        self.load: LoadSession | None = None
+        self.fault: str | None = None
+        self._handlers: dict[MessageType, Callable[[Message], Message | None]] = {
+            MessageType.HELLO: self._hello,
+            MessageType.LOAD_BEGIN: self._load_begin,
+            MessageType.LOAD_CHUNK: self._load_chunk,
+            MessageType.LOAD_END: self._load_end,
+            MessageType.SELECT_BUNDLE: self._select,
+            MessageType.UPLOAD_IMAGES: self._upload,
+            MessageType.RUN_BATCH: self._run,
+            MessageType.FETCH_RESULTS: self._fetch,
+            MessageType.STATUS: self._status,
+            MessageType.RESET: self._reset,
+        }
+
+    # -- the Server's entry point ---------------------------------------------------------
+    def __call__(self, msg: Message) -> Message | None:
+        return self._handlers[msg.TYPE](msg)
+
+    def close(self) -> None:
+        """Abort a load in progress (its partial archive is deleted)."""
+        if self.load is not None:
+            self.store.abort(self.load)
+            self.load = None
+
+    # -- state ----------------------------------------------------------------------------
+    @property
+    def state(self) -> BoardState:
+        if self.fault is not None:
+            return BoardState.FAULT
+        if self.load is not None:
+            return BoardState.LOADING
+        return BoardState.READY if self.active is not None else BoardState.IDLE
+
+    @property
+    def bundle_ref(self) -> BundleRef | None:
+        return None if self.active is None else self.active.ref
+
+    @property
+    def used_image_bytes(self) -> int:
+        return sum(b.images.nbytes for b in self.batches.values())
+
+    def activate(self, bundle: Bundle) -> None:
+        """Make ``bundle`` the one RUN_BATCH runs (builds its executor); drops old results."""
+        n_blocks = len(bundle.manifest.blocks)
+        if n_blocks > MAX_BLOCKS:
+            raise _fail(
+                ErrorCode.UNSUPPORTED,
+                f"bundle {bundle.bundle_id!r} has {n_blocks} blocks; results carry at most "
+                f"{MAX_BLOCKS}",
+            )
+        try:
+            executor = self._make_executor(bundle)
+        except (ExportError, BoardRuntimeError) as exc:
+            text = f"cannot run bundle {bundle.bundle_id!r}: {exc}"
+            raise _fail(ErrorCode.UNSUPPORTED, text) from None
+        self.active = _Active(bundle, executor)
+        for batch in self.batches.values():
+            batch.results, batch.run_mode = None, None
+        log.info("selected bundle %s (%s)", bundle.bundle_id, bundle.sha256[:12])
+
+    # -- commands -------------------------------------------------------------------------
+    def _hello(self, msg: Hello) -> HelloReply:
+        return HelloReply(
+            host_nonce=msg.host_nonce,
+            board_identity=self.config.identity,
+            board_clock_ns=self.clock_ns(),
+            bundle=self.bundle_ref,
+            max_payload_bytes=self.config.max_payload_bytes,
+        )
+
+    def _load_begin(self, msg: LoadBegin) -> None:
+        if self.load is not None:
+            log.warning("LOAD_BEGIN of %s abandons the load of %s", msg.bundle_id, self.load)
+            self.close()
+        self.load = self.store.begin(msg.bundle_id, msg.total_size_bytes, msg.sha256)
+        log.info("loading %s: %d bytes", msg.bundle_id, msg.total_size_bytes)
+
+    def _load_chunk(self, msg: LoadChunk) -> None:
+        if self.load is None:
+            raise _fail(ErrorCode.BAD_STATE, "LOAD_CHUNK without LOAD_BEGIN; send LOAD_BEGIN first")
+        self.load.write(msg.offset_bytes, msg.data)
+
+    def _load_end(self, msg: LoadEnd) -> None:
+        if self.load is None:
+            raise _fail(ErrorCode.BAD_STATE, "LOAD_END without LOAD_BEGIN; send LOAD_BEGIN first")
+        session, self.load = self.load, None
+        bundle = self.store.finish(session, msg.bundle_id)  # verified, in place, or raises
+        self.activate(bundle)
+
+    def _select(self, msg: SelectBundle) -> None:
+        if self.active is not None and self.active.ref == BundleRef(msg.bundle_id, msg.sha256):
+            return
+        self.activate(self.store.find(msg.bundle_id, msg.sha256))
+
+    def _upload(self, msg: UploadImages) -> None:
+        batch = self.batches.get(msg.batch_id)
+        shape = msg.images.shape[1:]
+        if batch is not None and (batch.size != msg.batch_size or batch.images.shape[1:] != shape):
+            raise _fail(
+                ErrorCode.BAD_RANGE,
+                f"batch {msg.batch_id} holds {batch.size} images of {batch.images.shape[1:]!r}, "
+                f"this upload says {msg.batch_size} of {shape!r}; RESET or use a new batch id",
+            )
+        if batch is None:
+            if len(self.batches) >= MAX_BATCHES_LISTED:
+                raise _fail(
+                    ErrorCode.NO_MEMORY,
+                    f"the board holds {len(self.batches)} batches, the most it keeps; RESET it",
+                )
+            need = msg.batch_size * int(np.prod(shape))
+            free = self.config.max_image_bytes - self.used_image_bytes
+            if need > free:
+                raise _fail(
+                    ErrorCode.NO_MEMORY,
+                    f"batch {msg.batch_id} of {msg.batch_size} images needs {need} bytes, "
+                    f"{free} of the board's {self.config.max_image_bytes} image bytes are "
+                    "free; RESET the board or upload a smaller batch",
+                )
+            batch = Batch(
+                msg.batch_id,
+                np.zeros((msg.batch_size, *shape), dtype=np.uint8),
+                np.zeros(msg.batch_size, dtype=bool),
+            )
+            self.batches[msg.batch_id] = batch
+        end = msg.first_index + msg.count
+        batch.images[msg.first_index : end] = msg.images
+        batch.uploaded[msg.first_index : end] = True
+        batch.results, batch.run_mode = None, None
+
+    def _batch(self, batch_id: int) -> Batch:
+        batch = self.batches.get(batch_id)
+        if batch is None:
+            known = sorted(self.batches)[:8]
+            raise _fail(
+                ErrorCode.UNKNOWN_BATCH,
+                f"batch {batch_id!r} was never uploaded (the board holds {known!r}); "
+                "UPLOAD_IMAGES first",
+            )
+        return batch
+
+    def _run(self, msg: RunBatch) -> RunDone:
+        if self.fault is not None:
+            raise _fail(ErrorCode.BAD_STATE, f"the board is in FAULT ({self.fault}); RESET it")
+        if self.active is None:
+            raise _fail(ErrorCode.BAD_STATE, "no bundle selected; SELECT_BUNDLE or LOAD first")
+        batch = self._batch(msg.batch_id)
+        if batch.count_uploaded != batch.size:
+            raise _fail(
+                ErrorCode.BAD_RANGE,
+                f"batch {msg.batch_id} has {batch.count_uploaded} of its {batch.size} images; "
+                "upload the rest first",
+            )
+        manifest = self.active.bundle.manifest
+        if batch.images.shape[1:] != tuple(manifest.image_shape):
+            raise _fail(
+                ErrorCode.UNSUPPORTED,
+                f"batch {msg.batch_id} holds images of {batch.images.shape[1:]!r}; bundle "
+                f"{manifest.bundle_id!r} takes {tuple(manifest.image_shape)!r}",
+            )
+        mode = RunMode(msg.mode)
+        if mode == RunMode.DDI and not manifest.exits:
+            raise _fail(
+                ErrorCode.UNSUPPORTED,
+                f"bundle {manifest.bundle_id!r} has no exit branches; run FULL or IADI",
+            )
+        if mode != RunMode.DDI and msg.budget_macs:
+            raise _fail(
+                ErrorCode.UNSUPPORTED,
+                f"budget_macs={msg.budget_macs!r} applies to DDI mode only; send 0 with "
+                f"{mode.name}",
+            )
+        budget = (msg.budget_macs or math.inf) if mode == RunMode.DDI else None
+        try:
+            outcome = self.runner.run(
+                self.active.executor, batch.images, mode.name.lower(), budget, msg.repeats
+            )
+        except CommandError:
+            raise
+        except ExportError as exc:
+            raise _fail(ErrorCode.UNSUPPORTED, str(exc)) from None
+        except Exception as exc:
+            self.fault = f"{type(exc).__name__}: {exc}"
+            raise
+        batch.results, batch.run_mode = pack_results(outcome.result), mode
+        log.info(
+            "batch %d: %d images x %d in %s, %.3f s",
+            msg.batch_id,
+            batch.size,
+            msg.repeats,
+            mode.name,
+            (outcome.board_end_ns - outcome.board_start_ns) * 1e-9,
+        )
+        return RunDone(
+            msg.batch_id, outcome.board_start_ns, outcome.board_end_ns, batch.size * msg.repeats
+        )
+
+    def _fetch(self, msg: FetchResults) -> Results:
+        batch = self._batch(msg.batch_id)
+        if batch.results is None:
+            raise _fail(
+                ErrorCode.BAD_RANGE,
+                f"batch {msg.batch_id} has no results (not run since its last upload or bundle "
+                "selection); RUN_BATCH first",
+            )
+        end = msg.first_index + msg.count
+        if end > batch.size:
+            raise _fail(
+                ErrorCode.BAD_RANGE,
+                f"results {msg.first_index}..{end - 1} lie outside batch {msg.batch_id} of "
+                f"{batch.size} images",
+            )
+        n_blocks = batch.results.dtype["channels"].shape[0]
+        per = results_per_frame(n_blocks, self.config.max_payload_bytes)
+        if msg.count > per:
+            raise _fail(
+                ErrorCode.BAD_RANGE,
+                f"{msg.count} results do not fit one reply; fetch at most {per} at a time "
+                "(fetch_messages splits them)",
+            )
+        return Results(msg.batch_id, msg.first_index, batch.results[msg.first_index : end])
+
+    def _status(self, msg: Status) -> StatusReply:
+        batches = tuple(
+            BatchInfo(b.batch_id, b.size, b.count_uploaded) for b in self.batches.values()
+        )
+        free = max(0, self.config.max_image_bytes - self.used_image_bytes)
+        return StatusReply(self.state, free, self.bundle_ref, batches[:MAX_BATCHES_LISTED])
+
+    def _reset(self, msg: Reset) -> Ack:
+        self.close()
+        self.batches.clear()
+        self.fault = None
+        log.info("reset: batches, results and any load in progress dropped")
+        return Ack(MessageType.RESET)

@@ -1,0 +1,329 @@
+"""The host's client of the board runtime: :class:`BoardClient` over a serial port.
+
+Built on :class:`fpga.board.link.Client` (framing, retransmission, sequence numbers) and
+``serial.serial_for_url``, so the same code drives a ZedBoard on ``/dev/ttyUSB0``, the emulated
+board on a pty, or a ``socket://`` bridge::
+
+    with BoardClient("/dev/ttyUSB0", baud_rate=921600) as board:
+        info = board.hello()
+        board.ensure_bundle("bundles/r8-iadi60")       # SELECT, or LOAD with a progress bar
+        board.upload(1, images)                          # uint8 (N, 32, 32, 3)
+        start_ns, end_ns = board.run(1, "iadi")          # board clock, around the run only
+        records = board.fetch(1, len(images))            # results_dtype(n_blocks) records
+
+Errors are :class:`fpga.board.errors.BoardError` subclasses with one-line messages: the port
+missing, busy or not permitted (:class:`BoardPortError`), a board that does not answer HELLO
+(:class:`BoardSilentError`), another protocol version (:class:`BoardVersionError`), a board
+holding another bundle than asked (:class:`BundleMismatchError`), and the board's own refusals
+(:class:`fpga.board.errors.RemoteError`).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import serial
+
+from export.manifest import load_bundle
+from fpga.board.errors import BoardError, LinkTimeout, RemoteError
+from fpga.board.link import Client
+from fpga.board.protocol import (
+    DEFAULT_UPLOAD_PAYLOAD,
+    MAX_CHUNK_BYTES,
+    MAX_PAYLOAD,
+    PROTOCOL_VERSION,
+    BundleRef,
+    ErrorCode,
+    Hello,
+    HelloReply,
+    LoadBegin,
+    LoadChunk,
+    LoadEnd,
+    Reset,
+    RunBatch,
+    RunMode,
+    SelectBundle,
+    Status,
+    StatusReply,
+    fetch_messages,
+    upload_messages,
+)
+from fpga.board.store import archive_sha256, pack_bundle
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RUN_TIMEOUT_S = 3600.0
+
+
+class BoardPortError(BoardError):
+    """The serial port cannot be opened (missing, busy, not permitted)."""
+
+
+class BoardSilentError(BoardError):
+    """Nothing answered HELLO on the port."""
+
+
+class BoardVersionError(BoardError):
+    """The board speaks another protocol version."""
+
+
+class BundleMismatchError(BoardError):
+    """The board does not hold or run the bundle the host asked for."""
+
+
+def _port_error(port: str, exc: BaseException) -> BoardPortError:
+    code = getattr(exc, "errno", None)
+    text = str(exc).lower()
+    if code == errno.ENOENT or "no such file" in text:
+        why = "does not exist; check the cable and the name (ls /dev/tty*)"
+    elif code in (errno.EACCES, errno.EPERM) or "permission denied" in text:
+        why = "is not permitted; add your user to the 'dialout' group or fix its permissions"
+    elif code in (errno.EBUSY, errno.EAGAIN) or "busy" in text or "lock" in text:
+        why = "is busy: another program has it open; close that program first"
+    else:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        why = f"cannot be opened ({first})"
+    return BoardPortError(f"board port {port!r} {why}")
+
+
+@dataclass(frozen=True)
+class HelloInfo:
+    """A HELLO round trip: what the board said and when, on both clocks.
+
+    The board read its clock between ``host_send_s`` and ``host_receive_s`` (host
+    ``time.monotonic()``); the midpoint estimates the host time of ``board_clock_ns`` to within
+    half the round trip.
+    """
+
+    identity: str
+    bundle: BundleRef | None
+    board_clock_ns: int
+    host_send_s: float
+    host_receive_s: float
+    max_payload_bytes: int
+    protocol_version: int
+
+    @property
+    def round_trip_s(self) -> float:
+        return self.host_receive_s - self.host_send_s
+
+    @property
+    def host_mid_s(self) -> float:
+        return 0.5 * (self.host_send_s + self.host_receive_s)
+
+
+def _mode(mode: str | int | RunMode) -> RunMode:
+    if isinstance(mode, str):
+        try:
+            return RunMode[mode.upper()]
+        except KeyError:
+            raise BoardError(
+                f"run mode {mode!r} is unknown; choose one of "
+                f"{', '.join(m.name.lower() for m in RunMode)}"
+            ) from None
+    return RunMode(mode)
+
+
+class BoardClient:
+    """The host end of the board protocol (see the module docstring).
+
+    ``timeout_s`` is the first wait for a reply (the link retransmits ``retries`` times, each
+    wait twice as long); a silent board is reported after the HELLO's tries.
+    """
+
+    def __init__(
+        self,
+        port_url: str,
+        *,
+        baud_rate: int = 921600,
+        timeout_s: float = 1.0,
+        retries: int = 5,
+        exclusive: bool = True,
+    ) -> None:
+        self.port_url = port_url
+        kwargs = {"exclusive": True} if exclusive and "://" not in port_url else {}
+        try:
+            self.port = serial.serial_for_url(port_url, baudrate=baud_rate, timeout=0.05, **kwargs)
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise _port_error(port_url, exc) from None
+        self.client = Client(self.port, reply_timeout_s=timeout_s, retries=retries)
+        self.max_payload_bytes = MAX_PAYLOAD
+        self.n_blocks: int | None = None
+        self.last_hello: HelloInfo | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def close(self) -> None:
+        self.port.close()
+
+    def __enter__(self) -> BoardClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- session ---------------------------------------------------------------------------
+    def hello(self, *, retries: int | None = None) -> HelloInfo:
+        """Open a session: the board's identity, bundle and clock, with host send/receive times."""
+        msg = Hello(random.getrandbits(64))
+        sent = time.monotonic()
+        try:
+            reply = self.client.request(msg, retries=retries)
+        except LinkTimeout:
+            raise BoardSilentError(
+                f"no HELLO reply from a board on {self.port_url!r}; check that the board "
+                "runtime is serving this port (`python -m fpga.board serve`), the baud rate "
+                "and the cable"
+            ) from None
+        except RemoteError as exc:
+            if exc.code == ErrorCode.VERSION_MISMATCH:
+                raise BoardVersionError(
+                    f"board on {self.port_url!r} speaks another protocol version "
+                    f"({exc.remote_message}); this host speaks {PROTOCOL_VERSION}: update the "
+                    "older side"
+                ) from None
+            raise
+        received = time.monotonic()
+        assert isinstance(reply, HelloReply)
+        if reply.protocol_version != PROTOCOL_VERSION:
+            raise BoardVersionError(
+                f"board on {self.port_url!r} answered with protocol version "
+                f"{reply.protocol_version!r}, this host speaks {PROTOCOL_VERSION}; update the "
+                "older side"
+            )
+        self.max_payload_bytes = reply.max_payload_bytes
+        info = HelloInfo(
+            reply.board_identity,
+            reply.bundle,
+            reply.board_clock_ns,
+            sent,
+            received,
+            reply.max_payload_bytes,
+            reply.protocol_version,
+        )
+        self.last_hello = info
+        return info
+
+    def clock_samples(self, count: int = 10) -> list[HelloInfo]:
+        """``count`` HELLO round trips, for aligning the board's clock with the host's."""
+        return [self.hello() for _ in range(count)]
+
+    # -- bundles ---------------------------------------------------------------------------
+    def ensure_bundle(self, bundle_dir: str | os.PathLike, *, progress: bool = True) -> BundleRef:
+        """Make the bundle in ``bundle_dir`` the board's active one: SELECT it if the board holds
+        it, else LOAD it (archive in chunks, verified by the board). Returns its reference."""
+        bundle = load_bundle(bundle_dir, verify=True)
+        self.n_blocks = len(bundle.manifest.blocks)
+        ref = BundleRef(bundle.bundle_id, bundle.sha256)
+        try:
+            self.client.request(SelectBundle(ref.bundle_id, ref.sha256))
+            log.info("board holds bundle %s: selected", ref.bundle_id)
+        except RemoteError as exc:
+            if exc.code != ErrorCode.UNKNOWN_BUNDLE:
+                raise
+            self.load_bundle(bundle_dir, progress=progress)
+        active = self.status().bundle
+        if active != ref:
+            raise BundleMismatchError(
+                f"board on {self.port_url!r} runs bundle {active!r} after selecting "
+                f"{ref.bundle_id!r} ({ref.sha256[:12]}...); RESET it and try again"
+            )
+        return ref
+
+    def load_bundle(self, bundle_dir: str | os.PathLike, *, progress: bool = True) -> int:
+        """Send the bundle's archive (LOAD_BEGIN, chunks, LOAD_END); returns the chunk count.
+        The board verifies and selects it."""
+        bundle = load_bundle(bundle_dir, verify=True)
+        archive = pack_bundle(bundle_dir)
+        chunk = min(MAX_CHUNK_BYTES, self.max_payload_bytes - 8)
+        offsets = range(0, len(archive), chunk)
+        log.info("loading bundle %s: %d bytes", bundle.bundle_id, len(archive))
+        self.client.request(LoadBegin(bundle.bundle_id, len(archive), archive_sha256(archive)))
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(archive), unit="B", unit_scale=True, desc="load bundle")
+        try:
+            for offset in offsets:
+                data = archive[offset : offset + chunk]
+                self.client.request(LoadChunk(offset, data))
+                if bar is not None:
+                    bar.update(len(data))
+        finally:
+            if bar is not None:
+                bar.close()
+        # the board unpacks and checks every file's sha256: allow for it
+        self.client.request(LoadEnd(bundle.bundle_id), timeout_s=max(30.0, len(archive) / 2e6))
+        return len(offsets)
+
+    # -- batches ---------------------------------------------------------------------------
+    def upload(
+        self,
+        batch_id: int,
+        images: np.ndarray,
+        *,
+        max_payload: int | None = None,
+        progress: bool = False,
+    ) -> int:
+        """Upload uint8 ``images`` (N, H, W, C) as batch ``batch_id``; returns the frame count."""
+        payload = min(max_payload or DEFAULT_UPLOAD_PAYLOAD, self.max_payload_bytes)
+        messages = upload_messages(batch_id, np.ascontiguousarray(images), max_payload=payload)
+        iterator = messages
+        if progress:
+            from tqdm import tqdm
+
+            iterator = tqdm(messages, unit="frame", desc=f"upload batch {batch_id}")
+        for msg in iterator:
+            self.client.request(msg)
+        return len(messages)
+
+    def run(
+        self,
+        batch_id: int,
+        mode: str | RunMode = "iadi",
+        budget_macs: int | None = None,
+        *,
+        repeats: int = 1,
+        timeout_s: float = DEFAULT_RUN_TIMEOUT_S,
+    ) -> tuple[int, int]:
+        """Run a batch; returns the board clock's ``(start_ns, end_ns)`` around the run.
+
+        ``timeout_s`` must exceed the run's duration: no frame should cross the line during a
+        measurement window.
+        """
+        msg = RunBatch(batch_id, _mode(mode), int(budget_macs or 0), repeats)
+        done = self.client.request(msg, timeout_s=timeout_s)
+        return done.board_start_ns, done.board_end_ns
+
+    def fetch(self, batch_id: int, count: int, *, first_index: int = 0) -> np.ndarray:
+        """Results ``first_index .. first_index + count - 1`` of a batch as structured records
+        (:func:`fpga.board.protocol.results_dtype`)."""
+        n_blocks = self.n_blocks
+        if n_blocks is None:
+            n_blocks = 128  # split for the largest records; any network fits
+        parts = []
+        for msg in fetch_messages(
+            batch_id, count, n_blocks, first_index=first_index, max_payload=self.max_payload_bytes
+        ):
+            parts.append(self.client.request(msg).records)
+        return np.concatenate(parts)
+
+    def status(self) -> StatusReply:
+        return self.client.request(Status())
+
+    def reset(self) -> None:
+        """Drop the board's batches, results and any load in progress (bundles stay)."""
+        self.client.request(Reset())
+
+
+def bundle_ref(bundle_dir: str | os.PathLike) -> BundleRef:
+    """The reference (id, manifest sha256) under which a board stores ``bundle_dir``."""
+    bundle = load_bundle(Path(bundle_dir), verify=False)
+    return BundleRef(bundle.bundle_id, bundle.sha256)

@@ -1,0 +1,181 @@
+"""Tests of the emulated board (fpga.emulator.board, fpga.emulator.timing) over real ptys, with
+the host's BoardClient and the host's 34465A driver: modelled time equals the timing model,
+the ground-truth power trace integrates to the power model's energy, skipping saves energy, and
+the simulated meter reads the emulated board's mean power."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from export.executor import BundleExecutor
+from export.manifest import load_bundle
+from fpga.emulator import EmulatorError
+from fpga.emulator.board import EmulatedBoard, PowerModel
+from fpga.emulator.timing import ARM, ENGINE, HardwareReportTiming, MacRateTiming
+from host.board import BoardClient
+from tests.fpga.test_runtime import ROOT, shared_bundle
+
+N_IMAGES = 24
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory):
+    return shared_bundle(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def reference(bundle_dir) -> BundleExecutor:
+    return BundleExecutor(load_bundle(bundle_dir), threads=1)
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    return np.random.default_rng(1).integers(0, 256, (N_IMAGES, 32, 32, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def emulated(bundle_dir, images):
+    """An emulated board with the default models, a client, and a run of each mode."""
+    with EmulatedBoard(bundle_dir) as board, BoardClient(board.address, timeout_s=5.0) as client:
+        client.hello()
+        client.upload(1, images)
+        runs = {}
+        for mode in ("iadi", "full"):
+            host_before = time.monotonic()
+            start_ns, end_ns = client.run(1, mode)
+            runs[mode] = (start_ns, end_ns, host_before, time.monotonic(), board.runs[-1])
+        yield board, client, runs
+
+
+def test_modelled_run_lasts_the_timing_models_sum(emulated, reference, images):
+    board, client, runs = emulated
+    manifest = reference.manifest
+    for mode, (start_ns, end_ns, host_before, host_after, record) in runs.items():
+        expected_s = board.timing.image_times_s(manifest, reference.run(images, mode), mode)
+        assert (end_ns - start_ns) * 1e-9 == pytest.approx(expected_s.sum(), abs=1e-6)
+        assert record.image_time_s == pytest.approx(expected_s, rel=1e-12)
+        # the board's clock is not the host's, but runs on it: the run lies inside the call
+        assert host_before <= board.board_ns_to_host_s(start_ns) < host_after
+        assert board.board_ns_to_host_s(end_ns) <= host_after
+        assert host_after - host_before >= expected_s.sum()  # paced in real time
+    hello = client.hello()
+    assert hello.host_send_s <= board.board_ns_to_host_s(hello.board_clock_ns) + 1e-6
+    assert abs(hello.board_clock_ns * 1e-9 - hello.host_mid_s) > 1.0  # another clock origin
+
+
+def test_power_trace_integrates_to_the_power_models_energy(emulated, reference, images):
+    board, _, runs = emulated
+    model = board.power
+    for mode, (*_, record) in runs.items():
+        phases = board.timing.batch_phases(reference.manifest, reference.run(images, mode), mode)
+        duration = sum(p.duration_s for image in phases for p in image)
+        dynamic = 0.0
+        for image in phases:
+            for p in image:
+                if p.unit == ARM:
+                    dynamic += model.arm_active_w * p.duration_s
+                else:
+                    assert p.unit == ENGINE
+                    dynamic += (model.engine_dynamic_w + model.arm_poll_w) * p.duration_s
+        t0, t1 = record.host_start_s, record.host_end_s
+        truth = board.ground_truth_energy_j(t0, t1)
+        assert truth == pytest.approx(model.static_w * duration + dynamic, rel=1e-9)
+        assert truth == pytest.approx(record.energy_j, rel=1e-9)
+        assert record.dynamic_energy_j == pytest.approx(dynamic, rel=1e-9)
+        # outside the run the board draws static power only
+        assert board.ground_truth_energy_j(t1, t1 + 0.01) == pytest.approx(model.static_w * 0.01)
+        if mode == "full":
+            assert all(p.unit == ENGINE for image in phases for p in image)  # no gates
+
+
+def test_skipped_work_saves_energy(emulated):
+    board, client, runs = emulated
+    iadi, full = runs["iadi"][-1], runs["full"][-1]
+    records = client.fetch(1, N_IMAGES)  # the last run: full
+    assert np.all(records["macs"] == records["macs"][0])
+    per_image = {mode: r.image_energy_j for mode, r in (("iadi", iadi), ("full", full))}
+    assert per_image["iadi"].mean() < 0.6 * per_image["full"].mean()
+    # an image's energy is its time at a power between static + ARM and static + engine
+    model, t = board.power, iadi.image_time_s
+    low_w = model.static_w + model.arm_active_w
+    high_w = model.static_w + model.engine_dynamic_w + model.arm_poll_w
+    assert np.all((low_w * t <= per_image["iadi"] + 1e-12) & (per_image["iadi"] <= high_w * t))
+    assert np.all(per_image["full"] == pytest.approx(per_image["full"][0]))
+
+
+def test_hardware_report_timing_scales_blocks_by_their_macs(reference, images):
+    manifest = reference.manifest
+    engines = [manifest.stem, manifest.head] + [b.graph for b in manifest.blocks]
+    engines += [b.shortcut for b in manifest.blocks if b.shortcut]
+    report = {
+        "clock_mhz": 1000.0,  # one cycle per MAC at 1 GHz: the same as MacRateTiming(1e9)
+        "graphs": {name: {"cycles": manifest.graphs[name].macs} for name in engines},
+    }
+    hw = HardwareReportTiming(report)
+    hw.check(manifest)
+    block = manifest.blocks[1]
+    dense = block.conv1_macs + block.conv2_macs + block.shortcut_macs
+    half = block.out_channels // 2
+    expected = (block.conv1_macs * 0.5 + block.conv2_macs * 0.25 + block.shortcut_macs) / dense
+    assert hw.block_s(manifest, 1, half) == pytest.approx(expected * dense / 1e9, rel=1e-12)
+    result = reference.run(images, "iadi")
+    assert hw.image_times_s(manifest, result, "iadi") == pytest.approx(
+        MacRateTiming(1e9).image_times_s(manifest, result, "iadi"), rel=1e-12
+    )
+    del report["graphs"]["block2"]
+    with pytest.raises(EmulatorError, match=r"no cycles for graph\(s\) \['block2'\]"):
+        HardwareReportTiming(report).check(manifest)
+    with pytest.raises(EmulatorError, match="clock_mhz 0 is not a positive frequency"):
+        HardwareReportTiming({"clock_mhz": 0, "graphs": {}})
+
+
+def test_simulated_meter_reads_the_emulated_boards_mean_power(bundle_dir, images):
+    from host.meters import Keysight34465A
+
+    # engines at 60 MMAC/s: a 24-image gated run lasts about 1 s of mixed ARM/engine power
+    timing = MacRateTiming(60e6)
+    power = PowerModel(arm_active_w=0.3, engine_dynamic_w=1.5, arm_poll_w=0.2)
+    emulator = EmulatedBoard(bundle_dir, timing=timing, power=power, meter=True)
+    with emulator as board, BoardClient(board.address, timeout_s=5.0) as client:
+        client.upload(1, images)
+        meter = Keysight34465A(board.meter_address, timeout_s=5.0, sample_interval_s=1e-3)
+        with meter:
+            meter.start()
+            client.run(1, "iadi")
+            time.sleep(0.1)
+            meter.stop()
+            t, p = meter.read_samples()
+    record = board.runs[-1]
+    assert record.duration_s > 0.5
+    inside = (t > record.host_start_s + 0.01) & (t < record.host_end_s - 0.01)
+    assert inside.sum() > 300
+    truth_w = board.trace.mean_power_w(record.host_start_s + 0.01, record.host_end_s - 0.01)
+    assert truth_w > power.static_w + 0.5  # the run is visible above static power
+    assert p[inside].mean() == pytest.approx(truth_w, rel=0.01)
+    idle = t > record.host_end_s + 0.01
+    assert p[idle].mean() == pytest.approx(power.static_w, rel=0.005)
+
+
+def test_emulate_cli_serves_a_board_and_a_meter(bundle_dir):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fpga", "emulate", str(bundle_dir), "--meter", "--speed", "0.5"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        board_line, meter_line = proc.stdout.readline(), proc.stdout.readline()
+        assert board_line.startswith("board: /dev/") and meter_line.startswith("meter: /dev/")
+        with BoardClient(board_line.split()[1], timeout_s=5.0) as client:
+            hello = client.hello()
+            assert "speed 0.5" in hello.identity
+            assert hello.bundle.bundle_id == load_bundle(bundle_dir).bundle_id
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=20) == 0
