@@ -72,7 +72,7 @@ class ClockMap:
         }
 
 
-def fit_clock(observations: list[ClockObservation], *, min_span_s: float = 5.0) -> ClockMap:
+def fit_clock(observations: list[ClockObservation], *, min_span_s: float = 30.0) -> ClockMap:
     """Fit the board-to-host map from round trips (at least one).
 
     The drift is fitted only when the kept observations span at least ``min_span_s`` of board

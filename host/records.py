@@ -100,15 +100,22 @@ class RunFolder:
         return cls(path, config)
 
     @classmethod
-    def resume(cls, path: str | os.PathLike, config: Mapping[str, Any]) -> RunFolder:
-        """Reopen ``path`` for the same ``config``; drop what an interrupted window left."""
+    def resume(
+        cls,
+        path: str | os.PathLike,
+        config: Mapping[str, Any],
+        ignore: tuple[str, ...] = ("label",),
+    ) -> RunFolder:
+        """Reopen ``path`` for the same ``config`` (but ``ignore``); drop what an interrupted
+        window left."""
         path = Path(path)
         try:
             saved = json.loads((path / "config.json").read_text())
         except FileNotFoundError:
             raise RunError(f"{str(path)!r} is not a run folder (no config.json)") from None
         config = json.loads(json.dumps(config))
-        diff = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+        keys = (set(saved) | set(config)) - set(ignore)
+        diff = sorted(k for k in keys if saved.get(k) != config.get(k))
         if diff:
             raise RunError(
                 f"run {str(path)!r} was started with other settings ({', '.join(diff)} differ); "
