@@ -185,6 +185,10 @@ class BundleExecutor:
             )
         (x,) = self._run(m.stem, m.preprocess.apply(images))  # (N, C, H, W)
 
+        def take(a: np.ndarray, rows: np.ndarray) -> np.ndarray:
+            """``a[rows]`` without the copy when ``rows`` is every image (rows are sorted)."""
+            return a if rows.size == len(a) else a[rows]
+
         def halt_if(rows: np.ndarray, extra: np.ndarray | int) -> np.ndarray:
             """Halt the images in ``rows`` whose ``extra`` work would break the budget."""
             if not ddi or rows.size == 0:
@@ -202,7 +206,9 @@ class BundleExecutor:
                 rows = halt_if(rows, block.layer_gate_macs)
                 if rows.size == 0:
                     break
-                prob, h_rows, c_rows = self._run(block.layer_gate, x[rows], h[rows], c[rows])
+                prob, h_rows, c_rows = self._run(
+                    block.layer_gate, take(x, rows), take(h, rows), take(c, rows)
+                )
                 h[rows], c[rows] = h_rows, c_rows
                 spent[rows] += block.layer_gate_macs
                 keep = prob > m.gate_threshold
@@ -213,7 +219,7 @@ class BundleExecutor:
                 run = halt_if(run, block.channel_gate_macs)
             mask = np.ones((run.size, block.out_channels), dtype=np.float32)
             if gated and block.channel_gate and run.size:
-                (prob,) = self._run(block.channel_gate, x[run])
+                (prob,) = self._run(block.channel_gate, take(x, run))
                 spent[run] += block.channel_gate_macs
                 mask = (prob > m.gate_threshold).astype(np.float32)  # (run, C_out)
             kept = mask.sum(axis=1).astype(np.int64)  # (run,)
@@ -225,15 +231,19 @@ class BundleExecutor:
                 mask, kept, body = mask[alive], kept[alive], body[alive]
             skip = halt_if(skip, block.shortcut_macs)
             out_shape = (n, block.out_channels, block.out_size, block.out_size)
-            y = x if block.shortcut is None else np.zeros(out_shape, dtype=np.float32)
-            if run.size:
+            if run.size == n:  # every image runs the block: no gather, no scatter
+                (y,) = self._run(block.graph, x, mask)
+            else:
+                y = x if block.shortcut is None else np.zeros(out_shape, dtype=np.float32)
+            if run.size and run.size < n:
                 y = y.copy() if y is x else y
                 (y[run],) = self._run(block.graph, x[run], mask)
+            if run.size:
                 executed[run, i] = True
                 channels[run, i] = kept
                 spent[run] += body
             if skip.size and block.shortcut is not None:
-                (y[skip],) = self._run(block.shortcut, x[skip])
+                (y[skip],) = self._run(block.shortcut, take(x, skip))
                 spent[skip] += block.shortcut_macs
             x = y  # a new array whenever a row changed: arrays saved for exits stay intact
             j = self._exit_at.get(i)
@@ -250,7 +260,7 @@ class BundleExecutor:
         answered_by = np.where(final, -1, last_exit)
         rows = np.flatnonzero(final)
         if rows.size:
-            (logits[rows],) = self._run(m.head, x[rows])
+            (logits[rows],) = self._run(m.head, take(x, rows))
             spent[rows] += m.head_macs
         for j, e in enumerate(m.exits):
             rows = np.flatnonzero(answered_by == j)
