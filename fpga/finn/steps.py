@@ -1,0 +1,267 @@
+"""FINN build steps for the bundle's graphs: the custom ones, and the step table.
+
+A step is FINN's ``step_x(model, cfg) -> model`` over a ``DataflowBuildConfig``; FINN's builder
+runs :data:`FRONTEND_STEPS` in order and saves each step's result as
+``intermediate_models/<step>.onnx``, so a build can be resumed with ``start_step``. Stock FINN
+steps are named by string (FINN looks them up), ours are functions here:
+
+- :func:`step_integer_input`: QONNX cleanup, then the input becomes integer codes
+  (:class:`~fpga.finn.transforms.IntegerInput`); the datatype comes from the manifest through
+  the model's metadata (:data:`INPUT_DATATYPE_KEY`).
+- :func:`step_resnet_streamline`: FINN's ResNet-50 streamlining (finn-examples), in rounds
+  until nothing changes, with two fixes for blocks whose shortcut is the identity, and the
+  global average pool turned into FINN's accumulator plus a scale that streamlines away.
+- :func:`step_resnet_lower`: convolutions to Im2Col + MatMul, the graph channels-last, then the
+  transposes moved and cancelled, ResNet-50 style.
+- :func:`step_resnet_convert_to_hw`: only integer layers become HW layers, so the float tail
+  (output scale, classifier bias, the output transpose) stays outside the dataflow partition.
+- :func:`step_check_hw_layers`: after ``SpecializeLayers``, every node of the partition must be
+  an HLS or RTL layer.
+
+Why each of these exists, and what was tried first, is in docs/finn-frontend.md.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from finn.builder.build_dataflow_config import DataflowBuildConfig
+from finn.builder.custom_step_library.resnet import step_resnet50_streamline_linear
+from finn.transformation.fpgadataflow.convert_to_hw.conv_inp_gen import InferConvInpGen
+from finn.transformation.fpgadataflow.convert_to_hw.duplicate_streams import (
+    InferDuplicateStreamsLayer,
+)
+from finn.transformation.fpgadataflow.convert_to_hw.elementwise_binary_operation import (
+    InferElementwiseBinaryOperation,
+)
+from finn.transformation.fpgadataflow.convert_to_hw.global_acc_pool import InferGlobalAccPoolLayer
+from finn.transformation.fpgadataflow.convert_to_hw.pool import InferPool
+from finn.transformation.fpgadataflow.convert_to_hw.quantized_matrix_vector_activation import (
+    InferQuantizedMatrixVectorActivation,
+)
+from finn.transformation.fpgadataflow.convert_to_hw.thresholding import InferThresholdingLayer
+from finn.transformation.move_reshape import RemoveCNVtoFCFlatten
+from finn.transformation.streamline.absorb import (
+    AbsorbConsecutiveTransposes,
+    AbsorbTransposeIntoMultiThreshold,
+)
+from finn.transformation.streamline.reorder import (
+    MakeMaxPoolNHWC,
+    MoveLinearPastEltwiseAdd,
+    MoveLinearPastFork,
+    MoveMulPastMaxPool,
+    MoveTransposePastEltwise,
+    MoveTransposePastFork,
+    MoveTransposePastJoinAdd,
+)
+from finn.transformation.streamline.round_thresholds import RoundAndClipThresholds
+from onnx import NodeProto
+from qonnx.core.modelwrapper import ModelWrapper
+from qonnx.transformation.double_to_single_float import DoubleToSingleFloat
+from qonnx.transformation.general import (
+    GiveReadableTensorNames,
+    GiveUniqueNodeNames,
+    RemoveUnusedTensors,
+    SortGraph,
+)
+from qonnx.transformation.infer_data_layouts import InferDataLayouts
+from qonnx.transformation.infer_datatypes import InferDataTypes
+from qonnx.transformation.infer_shapes import InferShapes
+from qonnx.transformation.lower_convs_to_matmul import LowerConvsToMatMul
+from qonnx.transformation.make_input_chanlast import MakeInputChannelsLast
+from qonnx.util.cleanup import cleanup_model
+
+from fpga.finn.errors import GraphError
+from fpga.finn.transforms import ChannelsFirstInput, IntegerInput, OrderJoinInputs
+
+log = logging.getLogger(__name__)
+
+INPUT_DATATYPE_KEY = "ddi_fpga.input_datatype"
+"""Model metadata key: the FINN datatype of the graph input (``UINT4``), from the manifest."""
+INPUT_SCALE_KEY = "ddi_fpga.input_scale"
+"""Model metadata key: the scale of the input codes (``repr`` of a float), from the manifest."""
+MAX_ROUNDS = 8
+"""Streamlining and transpose clean-up repeat until the graph stops changing, at most this."""
+HW_DOMAIN = "finn.custom_op.fpgadataflow"
+
+
+def _fingerprint(model: ModelWrapper) -> bytes:
+    return model.model.graph.SerializeToString(deterministic=True)
+
+
+def _tidy(model: ModelWrapper) -> ModelWrapper:
+    for transformation in (
+        InferShapes(),
+        InferDataTypes(),
+        InferDataLayouts(),
+        RemoveUnusedTensors(),
+        GiveUniqueNodeNames(),
+        GiveReadableTensorNames(),
+        SortGraph(),
+    ):
+        model = model.transform(transformation)
+    return model
+
+
+def step_integer_input(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
+    """QONNX cleanup, then the leading quantizer becomes integer input codes and a ``Mul``.
+
+    The input datatype (and scale, checked against the graph's quantizer) come from the model's
+    metadata, which :func:`fpga.finn.frontend.to_hw` copies from the bundle manifest.
+    """
+    datatype = model.get_metadata_prop(INPUT_DATATYPE_KEY)
+    scale = model.get_metadata_prop(INPUT_SCALE_KEY)
+    if datatype is None:
+        raise GraphError(
+            f"model has no {INPUT_DATATYPE_KEY!r} metadata; build bundle graphs with "
+            "fpga.finn.frontend.to_hw, which copies the input datatype from the manifest"
+        )
+    model = cleanup_model(model)
+    model = model.transform(IntegerInput(datatype, None if scale is None else float(scale)))
+    return model.transform(InferShapes())
+
+
+def step_resnet_streamline(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
+    """FINN's ResNet-50 streamlining, repeated until the graph stops changing.
+
+    One round is FINN's linear pass (``step_resnet50_streamline_linear``: BN to affine, scalar
+    Mul/Add moved past Conv/MatMul and absorbed into MultiThreshold) and the residual pass,
+    with two changes to finn-examples' ``step_resnet50_streamline``:
+
+    - the residual pass moves scales past forks *before* past the residual ``Add``
+      (``MoveLinearPastFork``, then ``MoveLinearPastEltwiseAdd``): the other order deletes a
+      ``Mul`` that still feeds the conv branch when the shortcut is the identity;
+    - :class:`~fpga.finn.transforms.OrderJoinInputs` puts the graph input first in such an
+      ``Add``, so that ``AbsorbAddIntoMultiThreshold`` sees a join and leaves it alone.
+
+    Scales also move past max pools (``MoveMulPastMaxPool``, exits), which the ResNet-50 list
+    lacks. A ``GlobalAveragePool`` on integers (head, exits) becomes FINN's ``GlobalAccPool``
+    (a sum) and a scalar ``Mul``, which the next round moves past the classifier's MatMul.
+    """
+    graph_in = model.graph.input[0].name
+    in_type = model.get_tensor_datatype(graph_in)
+    for _ in range(MAX_ROUNDS):
+        before = _fingerprint(model)
+        model = model.transform(OrderJoinInputs(graph_input_first=True))
+        model = model.transform(MoveMulPastMaxPool())
+        model.set_tensor_datatype(graph_in, in_type)  # the move drops the input's annotation
+        model = step_resnet50_streamline_linear(model, cfg)
+        model = model.transform(MoveLinearPastFork())
+        model = model.transform(MoveLinearPastEltwiseAdd())
+        model = model.transform(InferDataLayouts())
+        model = model.transform(InferGlobalAccPoolLayer())
+        model = _tidy(model)
+        if _fingerprint(model) == before:
+            break
+    else:
+        log.warning("streamlining still changed the graph after %d rounds", MAX_ROUNDS)
+    model = model.transform(RoundAndClipThresholds())
+    return model.transform(DoubleToSingleFloat())
+
+
+def step_resnet_lower(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
+    """Lower convolutions to Im2Col + MatMul and make the graph channels-last.
+
+    The input is made NHWC (QONNX's ``MakeInputChannelsLast``); the transposes that lowering
+    puts around every Im2Col/MatMul are then moved past forks, residual adds and thresholds
+    and cancelled, as finn-examples' ResNet-50 does, until none is left inside. Finally a
+    leading ``Transpose`` gives the graph back its NCHW input (outside the partition), and the
+    output's transpose back to NCHW stays at the end (also outside).
+    """
+    model = model.transform(OrderJoinInputs(graph_input_first=False))
+    model = model.transform(MakeInputChannelsLast())
+    model = model.transform(LowerConvsToMatMul())
+    model = model.transform(MakeMaxPoolNHWC())
+    model = _tidy(model)
+    for _ in range(MAX_ROUNDS):
+        before = _fingerprint(model)
+        for transformation in (
+            MoveTransposePastFork(),
+            MoveTransposePastJoinAdd(),
+            MoveTransposePastEltwise(),
+            AbsorbConsecutiveTransposes(),
+            AbsorbTransposeIntoMultiThreshold(),
+            MakeMaxPoolNHWC(),
+        ):
+            model = model.transform(transformation)
+        model = _tidy(model)
+        if _fingerprint(model) == before:
+            break
+    else:
+        log.warning("transpose clean-up still changed the graph after %d rounds", MAX_ROUNDS)
+    model = model.transform(ChannelsFirstInput())
+    return _tidy(model)
+
+
+def _is_integer_node(model: ModelWrapper, node: NodeProto) -> bool:
+    """Whether every tensor of ``node`` holds integers (constants: integer-valued)."""
+    for name in [*node.input, *node.output]:
+        if model.get_initializer(name) is not None:
+            if not model.get_tensor_datatype(name).is_integer():
+                values = model.get_initializer(name)
+                if (values != values.round()).any():
+                    return False
+        elif not model.get_tensor_datatype(name).is_integer():
+            return False
+    return True
+
+
+def step_resnet_convert_to_hw(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
+    """Turn the integer part of the graph into FINN HW layers; leave the float tail alone.
+
+    FINN's ``step_convert_to_hw`` also converts the float output scale (``ElementwiseMul``) and
+    the output ``Transpose`` (``Shuffle``), which puts float arithmetic in the partition;
+    this step applies the same inferences but elementwise operations only on integers.
+    Thresholds stay standalone (``Thresholding``), so MVAUs can be RTL.
+    """
+    for transformation in (
+        InferThresholdingLayer(),
+        InferQuantizedMatrixVectorActivation(),
+        InferPool(),  # MaxPool -> Im2Col + Pool, so before Im2Col -> ConvolutionInputGenerator
+        InferConvInpGen(),
+        InferGlobalAccPoolLayer(),
+        InferElementwiseBinaryOperation(_filter=_is_integer_node),
+        InferDuplicateStreamsLayer(),
+        RemoveCNVtoFCFlatten(),
+        AbsorbConsecutiveTransposes(),
+    ):
+        model = model.transform(transformation)
+        model = model.transform(InferDataLayouts())
+        model = model.transform(InferDataTypes())
+    model = model.transform(InferShapes())
+    return model.transform(GiveUniqueNodeNames())
+
+
+def step_check_hw_layers(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
+    """Raise :class:`GraphError` unless every node of the partition is an HLS or RTL layer."""
+    bad = [
+        f"{n.name} ({n.op_type})"
+        for n in model.graph.node
+        if not (n.domain.endswith(".hls") or n.domain.endswith(".rtl"))
+        or not n.domain.startswith(HW_DOMAIN)
+    ]
+    if bad:
+        raise GraphError(
+            f"dataflow partition holds nodes that are not specialized HW layers: {bad!r}; "
+            "FINN has no HW layer for them, change the model or add a conversion step"
+        )
+    return model
+
+
+FRONTEND_STEPS: list = [
+    step_integer_input,
+    "step_qonnx_to_finn",
+    "step_tidy_up",
+    step_resnet_streamline,
+    step_resnet_lower,
+    step_resnet_convert_to_hw,
+    "step_minimize_bit_width_initial",
+    "step_create_dataflow_partition",
+    "step_specialize_layers",
+    step_check_hw_layers,
+    "step_target_fps_parallelization",
+    "step_apply_folding_config",
+    "step_minimize_bit_width",
+    "step_generate_estimate_reports",
+]
+"""The front end as FINN build steps: QONNX graph -> folded HW layers and estimate reports."""

@@ -1,0 +1,171 @@
+"""Graph rewrites the bundle graphs need before and around FINN's own, QONNX style.
+
+Each class is one ``Transformation``: ``model = model.transform(T())``. They exist because of
+two properties of the bundle's graphs that FINN's stock flow does not expect:
+
+- every graph starts with the quantizer that produced its input (export/bundle.py), so its
+  input is a dequantized float tensor; :class:`IntegerInput` makes it the integer tensor that
+  the hardware streams, with the scale as a ``Mul`` that streamlining then absorbs;
+- a block with an identity shortcut adds its own input to the residual branch, so after
+  streamlining a graph input feeds a join (``Add``) directly, which trips FINN passes that
+  assume every join operand has a producer (:class:`OrderJoinInputs`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import qonnx.core.data_layout as data_layout
+from onnx import helper as oh
+from qonnx.core.datatype import DataType
+from qonnx.core.modelwrapper import ModelWrapper
+from qonnx.transformation.base import Transformation
+
+from fpga.finn.errors import GraphError
+
+log = logging.getLogger(__name__)
+
+
+class IntegerInput(Transformation):
+    """Replace the leading quantizer on the graph input by its scale: input codes, then ``Mul``.
+
+    The bundle's graphs take ``code * scale`` and begin with the quantizer that made it
+    (``Quant``, after a ``Relu`` for an unsigned stream), the identity on such values. This
+    transformation checks that the quantizer matches ``datatype`` (bit width, sign, zero point
+    0, and ``scale`` when given), annotates the graph input with ``datatype`` and rewires it as
+    ``input -> Mul(scale) -> consumers``; the graph then takes integer codes, as the hardware
+    does, and FINN's streamlining moves the ``Mul`` into the next thresholds. Run it after
+    QONNX cleanup, before ``ConvertQONNXtoFINN``.
+    """
+
+    def __init__(self, datatype: str, scale: float | None = None) -> None:
+        super().__init__()
+        self.datatype, self.scale = DataType[datatype], scale
+        if not self.datatype.is_integer():
+            raise GraphError(f"input datatype {datatype!r} is not an integer type (INTk, UINTk)")
+
+    def apply(self, model: ModelWrapper) -> tuple[ModelWrapper, bool]:
+        name = model.graph.input[0].name
+        consumers = model.find_consumers(name)
+        relu = None
+        if len(consumers) == 1 and consumers[0].op_type == "Relu":
+            relu = consumers[0]
+            consumers = model.find_consumers(relu.output[0])
+        if len(consumers) != 1 or consumers[0].op_type != "Quant":
+            found = [n.op_type for n in consumers]
+            raise GraphError(
+                f"graph input {name!r} feeds {found!r}, not one Quant (after an optional Relu); "
+                "export the bundle with export/bundle.py, whose graphs start with the input's "
+                "quantizer"
+            )
+        quant = consumers[0]
+        scale, zeropt, bits = (model.get_initializer(i) for i in quant.input[1:4])
+        signed = bool(oh.get_node_attr_value(quant, "signed"))
+        if scale is None or zeropt is None or bits is None or np.asarray(scale).size != 1:
+            raise GraphError(
+                f"input quantizer {quant.name!r} has no constant per-tensor scale, zero point "
+                "and bit width; FINN needs a per-tensor input format"
+            )
+        found = DataType[f"{'INT' if signed else 'UINT'}{int(bits)}"]
+        if found != self.datatype or float(zeropt) != 0.0:
+            raise GraphError(
+                f"input quantizer {quant.name!r} makes {found.name} with zero point "
+                f"{float(zeropt)!r}, the manifest says {self.datatype.name!r}; re-export the "
+                "bundle"
+            )
+        if self.scale is not None and np.float32(scale) != np.float32(self.scale):
+            raise GraphError(
+                f"input quantizer {quant.name!r} has scale {float(scale)!r}, the manifest says "
+                f"{self.scale!r}; re-export the bundle"
+            )
+        mul = oh.make_node("Mul", [name, quant.input[1]], [quant.output[0]], name=quant.name)
+        position = list(model.graph.node).index(relu if relu is not None else quant)
+        model.graph.node.insert(position, mul)
+        model.graph.node.remove(quant)
+        if relu is not None:
+            model.graph.node.remove(relu)
+        model.set_tensor_datatype(name, self.datatype)
+        log.debug("graph input %s: %s codes, scale %r", name, self.datatype.name, float(scale))
+        return model, False
+
+
+class OrderJoinInputs(Transformation):
+    """Put a graph input that feeds a two-input ``Add`` join first (or last) among its operands.
+
+    ``ModelWrapper.is_join_node`` only counts a graph input as a predecessor when it is the
+    node's first input. FINN passes use it to tell a residual add from an add of a constant:
+    ``AbsorbAddIntoMultiThreshold`` asserts on a residual add it takes for a constant one
+    unless the graph input comes first, while ``MoveTransposePastJoinAdd`` fails on a join
+    whose first operand has no producer unless it comes last. Streamlining runs this with
+    ``graph_input_first=True``, the transpose clean-up after lowering with ``False``. The
+    addition is commutative, so the result is unchanged.
+    """
+
+    def __init__(self, graph_input_first: bool) -> None:
+        super().__init__()
+        self.graph_input_first = graph_input_first
+
+    def apply(self, model: ModelWrapper) -> tuple[ModelWrapper, bool]:
+        inputs = {i.name for i in model.graph.input}
+        for node in model.graph.node:
+            if node.op_type != "Add" or len(node.input) != 2:
+                continue
+            a, b = node.input
+            if any(model.get_initializer(t) is not None for t in (a, b)):
+                continue
+            wrong_first = (a in inputs) != self.graph_input_first
+            wrong_last = (b in inputs) == self.graph_input_first
+            if wrong_first and wrong_last:
+                node.input[0], node.input[1] = b, a
+        return model, False
+
+
+class ChannelsFirstInput(Transformation):
+    """Give a channels-last graph input back its NCHW interface through a leading ``Transpose``.
+
+    After lowering, the graph works channels-last from its input on (QONNX's
+    ``MakeInputChannelsLast``). The bundle's graphs take NCHW, so this puts a
+    ``Transpose(0, 2, 3, 1)`` in front: it stays outside the dataflow partition (the hardware
+    streams NHWC), and the whole graph keeps the interface of its onnxruntime twin.
+    """
+
+    def apply(self, model: ModelWrapper) -> tuple[ModelWrapper, bool]:
+        outer = model.graph.input[0].name
+        shape = model.get_tensor_shape(outer)
+        if len(shape) != 4 or model.get_tensor_layout(outer) != data_layout.NHWC:
+            return model, False
+        datatype = model.get_tensor_datatype(outer)
+        inner = f"{outer}_nhwc"
+        for node in model.find_consumers(outer):
+            node.input[:] = [inner if t == outer else t for t in node.input]
+        n, h, w, c = shape
+        model.graph.node.insert(
+            0, oh.make_node("Transpose", [outer], [inner], perm=[0, 2, 3, 1], name="InputToNHWC")
+        )
+        model.set_tensor_shape(inner, [n, h, w, c])
+        model.set_tensor_shape(outer, [n, c, h, w])
+        for tensor, layout in ((inner, data_layout.NHWC), (outer, data_layout.NCHW)):
+            model.set_tensor_datatype(tensor, datatype)
+            model.set_tensor_layout(tensor, layout)
+        return model, False
+
+
+class HWLayersForPython(Transformation):
+    """Map every specialized HLS/RTL layer back onto the HW layer it specializes.
+
+    FINN executes a specialized layer (``MVAU_rtl``, ``ElementwiseAdd_hls``) only by
+    simulation: cppsim (Vitis HLS headers) or rtlsim (Vivado's XSI), neither of which exists
+    here. The HW layer it was specialized from (``MVAU``, ``ElementwiseAdd``) has FINN's Python
+    execution. The node keeps all its attributes (folding, datatypes, weights, thresholds), so
+    the result computes what the folded, bit-width-minimized partition computes, layer by
+    layer; only the generated HLS/RTL code is not exercised.
+    """
+
+    def apply(self, model: ModelWrapper) -> tuple[ModelWrapper, bool]:
+        for node in model.graph.node:
+            for suffix in ("hls", "rtl"):
+                if node.domain == f"finn.custom_op.fpgadataflow.{suffix}":
+                    node.domain = "finn.custom_op.fpgadataflow"
+                    node.op_type = node.op_type.removesuffix(f"_{suffix}")
+        return model, False
