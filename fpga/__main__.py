@@ -1,9 +1,13 @@
-"""``python -m fpga emulate BUNDLE_DIR``: the emulated ZedBoard on a pseudo-terminal.
+"""Command line of the FPGA stage.
 
-    python -m fpga emulate bundles/r8-iadi60 [--hw-report REPORT.json] [--meter] [--speed 0.1]
+    python -m fpga estimate bundles/r8-iadi60 --out builds/r8      # FINN estimates, no Vivado
+    python -m fpga emulate bundles/r8-iadi60 [--hw-report builds/r8/hw_report.json] [--meter]
 
-Prints the board's pty path (``board: /dev/pts/7``) and, with ``--meter``, the simulated
-34465A's (``meter: /dev/pts/8``), then serves until interrupted. See docs/board.md.
+``estimate`` runs the FINN front end (fpga/finn) on every graph of the bundle and writes
+``hw_report.json``: per engine (graph) the cycles per image at the bottleneck layer, latency,
+LUT/BRAM18/DSP, and whether one engine per graph fits the XC7Z020 (an estimate, before synthesis).
+``emulate`` prints the emulated board's pty path (``board: /dev/pts/7``) and, with ``--meter``,
+the simulated 34465A's (``meter: /dev/pts/8``), then serves until interrupted (docs/board.md).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import threading
 from export.errors import ExportError
 from fpga.board.errors import BoardError
 from fpga.emulator import EmulatorError
+from fpga.finn.errors import FinnFrontendError
 
 
 def emulate(args: argparse.Namespace) -> int:
@@ -45,10 +50,64 @@ def emulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def hardware_report(estimates: dict[str, dict], clk_period_ns: float) -> dict:
+    """The report the emulator reads (fpga/emulator/timing.py) from FINN's per-graph estimates.
+
+    ``cycles`` is the bottleneck layer's cycles per image: the time per image of an engine fed
+    a stream of images (FINN's dataflow is pipelined); ``latency_cycles`` is one image alone.
+    """
+    from fpga.finn.frontend import XC7Z020
+
+    total = {k: sum(e["total"][k] for e in estimates.values()) for k in XC7Z020}
+    return {
+        "kind": "FINN estimate (no synthesis)",
+        "clock_mhz": 1e3 / clk_period_ns,
+        "fpga_part": next(iter(estimates.values()))["fpga_part"] if estimates else None,
+        "graphs": {
+            name: {
+                "cycles": e["max_cycles"],
+                "latency_cycles": e["critical_path_cycles"],
+                "bottleneck": e["max_cycles_node"],
+                "throughput_fps": e["throughput_fps"],
+                "latency_ms": e["latency_ms"],
+                **{k: e["total"][k] for k in XC7Z020},
+            }
+            for name, e in estimates.items()
+        },
+        "total": total,
+        "budget": XC7Z020,
+        "utilization": {k: total[k] / XC7Z020[k] for k in XC7Z020},
+        "fits": all(total[k] <= XC7Z020[k] for k in XC7Z020),
+        "design": "one engine per graph",
+    }
+
+
+def estimate(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from fpga.finn.frontend import FrontendConfig, build_bundle, estimate_table
+
+    config = FrontendConfig(clk_period_ns=args.clk_period_ns, target_fps=args.target_fps)
+    estimates = build_bundle(args.bundle, args.out, config)
+    report = hardware_report(estimates, args.clk_period_ns)
+    path = Path(args.out) / "hw_report.json"
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    print(estimate_table(estimates))
+    verdict = "fits" if report["fits"] else "does NOT fit"
+    print(f"one engine per graph {verdict} the XC7Z020 (FINN estimates) -> {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fpga", description="ddi-fpga: FPGA stage.")
     parser.add_argument("--debug", action="store_true", help="log debug messages, re-raise")
     commands = parser.add_subparsers(dest="command", required=True)
+    e = commands.add_parser("estimate", help="FINN front end and estimates (no Vivado)")
+    e.add_argument("bundle", help="bundle folder (python -m export)")
+    e.add_argument("--out", required=True, help="build folder (FINN builds, hw_report.json)")
+    e.add_argument("--clk-period-ns", type=float, default=10.0, help="target clock (10: 100 MHz)")
+    e.add_argument("--target-fps", type=int, default=1000, help="FINN folding target per engine")
     p = commands.add_parser("emulate", help="serve the emulated board on a pty")
     p.add_argument("bundle", help="bundle folder (python -m export)")
     timing = p.add_argument_group("time model")
@@ -82,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        return emulate(args)
-    except (EmulatorError, BoardError, ExportError, OSError) as exc:
+        return estimate(args) if args.command == "estimate" else emulate(args)
+    except (EmulatorError, BoardError, ExportError, FinnFrontendError, OSError) as exc:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)

@@ -1,7 +1,8 @@
 """Power-meter drivers for the measurement harness (see docs/power-meter.md).
 
 ``open_meter("KIND:ADDRESS")`` opens a registered meter: ``keysight34465a`` (a Keysight 34465A
-or 34470A over its SCPI socket, a serial adapter or the simulator's pty), ``sim`` (the same
+or 34470A over its SCPI socket, a serial adapter, the simulator's pty, or a VISA resource),
+``wattsup`` (Watts Up? PRO, serial), ``joulescope`` (optional package), ``sim`` (the 34465A
 driver against an in-process simulated 34465A) or ``none`` (timing only).
 """
 
@@ -23,6 +24,7 @@ from host.meters.base import (
     parse_meter_spec,
     register_meter,
 )
+from host.meters.joulescope import Joulescope, JoulescopeConfig  # imports joulescope lazily
 from host.meters.scpi import (
     Keysight34465A,
     Keysight34465AConfig,
@@ -31,9 +33,13 @@ from host.meters.scpi import (
     parse_readings,
     read_block,
 )
+from host.meters.visa import VisaTransport, is_visa_address
+from host.meters.wattsup import WattsUp, WattsUpConfig
 
 __all__ = [
     "ClockEstimate",
+    "Joulescope",
+    "JoulescopeConfig",
     "Keysight34465A",
     "Keysight34465AConfig",
     "MeterConfigError",
@@ -47,7 +53,11 @@ __all__ = [
     "PowerMeter",
     "SampleClock",
     "SimulatedKeysight34465A",
+    "VisaTransport",
+    "WattsUp",
+    "WattsUpConfig",
     "create_meter",
+    "is_visa_address",
     "meter_kinds",
     "open_meter",
     "parse_block",

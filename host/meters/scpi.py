@@ -218,6 +218,10 @@ class SerialTransport:
 
 def open_transport(address: str, timeout_s: float) -> Transport:
     """The transport for ``address``. Add other schemes here (e.g. ``visa:`` via pyvisa)."""
+    from host.meters.visa import VisaTransport, is_visa_address  # imports pyvisa only on use
+
+    if is_visa_address(address):  # TCPIP0::HOST::5025::SOCKET, USB0::...::INSTR
+        return VisaTransport(address, timeout_s)
     return SerialTransport(address, timeout_s)
 
 

@@ -91,7 +91,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def test_registry_knows_the_kinds_and_names_them_on_an_unknown_one():
-    assert meter_kinds() == ["keysight34465a", "none", "sim"]
+    assert meter_kinds() == ["joulescope", "keysight34465a", "none", "sim", "wattsup"]
     assert parse_meter_spec("keysight34465a:socket://10.0.0.5:5025") == (
         "keysight34465a",
         "socket://10.0.0.5:5025",
@@ -100,7 +100,7 @@ def test_registry_knows_the_kinds_and_names_them_on_an_unknown_one():
         open_meter("fluke8846a:/dev/ttyUSB0")
     assert _one_line(info.value) == (
         "unknown power meter kind 'fluke8846a' in 'fluke8846a:/dev/ttyUSB0'; "
-        "known kinds: keysight34465a, none, sim"
+        "known kinds: joulescope, keysight34465a, none, sim, wattsup"
     )
     with pytest.raises(MeterConfigError, match="lacks an address"):
         open_meter("keysight34465a")
