@@ -11,9 +11,10 @@
 2. **Bundles.** Each checkpoint is exported (``python -m export``); a bundle already exported from
    the same checkpoint (same sha256) is reused.
 3. **Board and meter.** The emulated board (fpga/emulator) serves the real protocol on a
-   pseudo-terminal and models time and power (its timing model: a hardware report from
-   ``python -m fpga estimate`` when given, else a MAC rate); a simulated Keysight 34465A on a
-   second pseudo-terminal samples that power.
+   pseudo-terminal and models time and power: engine times from FINN's estimates of the
+   network's engines (``python -m fpga estimate``, run here on the reference bundle: one engine
+   per graph at 100 MHz), gates on the ARM; a simulated Keysight 34465A on a second
+   pseudo-terminal samples that power.
 4. **Measurement.** ``host/run_measurement.py``'s harness, unchanged, measures every model:
    idle power, timed windows of different images, energy per inference, accuracy.
 5. **Table I** (``table1.md``, ``.csv``, ``.png``), labelled as emulated, and a ground-truth check:
@@ -109,6 +110,23 @@ def _bundles(ckpts: dict[str, Path], work: Path) -> dict[str, Path]:
     return out
 
 
+def _estimate(bundle: Path, out: Path) -> Path:
+    """FINN's estimates for the network's engines (one per graph): the emulator's timing.
+
+    Every bundle of the same architecture has the same engines (only weights differ), so the
+    reference network's report serves all of them.
+    """
+    from fpga.__main__ import hardware_report
+    from fpga.finn.frontend import FrontendConfig, build_bundle
+
+    path = out / "hw_report.json"
+    if not path.is_file():
+        config = FrontendConfig()
+        estimates = build_bundle(bundle, out, config)
+        path.write_text(json.dumps(hardware_report(estimates, config.clk_period_ns), indent=1))
+    return path
+
+
 def _ground_truth(run_path: Path, board, idle_w: float) -> dict[str, Any]:
     """Every window's measured energy against the emulator's modelled energy."""
     rows = []
@@ -152,7 +170,10 @@ def run(args: argparse.Namespace) -> Path:
     start = time.monotonic()
     print("1/4 models and bundles", file=sys.stderr)
     bundles = _bundles(_checkpoints(args, work), work)
-    timing = HardwareReportTiming.from_json(args.hw_report) if args.hw_report else MacRateTiming()
+    report = args.hw_report
+    if report is None and not args.mac_rate:
+        report = _estimate(bundles["base"], work / "hw")
+    timing = HardwareReportTiming.from_json(report) if report else MacRateTiming()
     models = [ModelSpec("full", str(bundles["base"]), "full")]
     models += [ModelSpec(k, str(p)) for k, p in bundles.items() if k != "base"]
     print("2/4 emulated board and simulated meter", file=sys.stderr)
@@ -208,7 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=list(CALIBRATED),
         help="further savings for the 60%% model's gates (default 0.5 0.7 0.8)",
     )
-    p.add_argument("--hw-report", help="FPGA estimate report for the emulator's timing")
+    p.add_argument(
+        "--hw-report", help="hardware report for the emulator (default: FINN estimates, made now)"
+    )
+    p.add_argument(
+        "--mac-rate", action="store_true", help="time engines by a MAC rate, not FINN estimates"
+    )
     p.add_argument("--data", help="CIFAR-10 folder (default: as train/ finds it)")
     p.add_argument("--images", type=int, default=1000, help="test images per model and repeat")
     p.add_argument("--images-per-window", type=int, default=250)
@@ -225,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger().addHandler(console)
     from export.errors import ExportError
     from fpga.board.errors import BoardError
+    from fpga.finn.errors import FinnFrontendError
     from host.measure import MeasureError
     from host.meters import MeterError
     from host.records import RunError
@@ -232,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     from train.errors import TrainError
 
     errors = (ReproduceError, ExportError, BoardError, MeasureError, MeterError, RunError,
-              TableError, TrainError)  # fmt: skip
+              TableError, TrainError, FinnFrontendError)  # fmt: skip
     try:
         md = run(args)
     except errors as exc:

@@ -1,0 +1,39 @@
+"""`python -m fpga estimate`: a bundle -> hardware report (FINN estimates) the emulator reads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("finn", reason="finn-plus not installed (make setup installs it)")
+
+from fpga.__main__ import main
+from fpga.emulator.timing import HardwareReportTiming
+
+ROOT = Path(__file__).resolve().parents[2]
+TRAINED = ROOT / "measurements" / "train" / "resnet8-w4a4" / "iadi-60" / "final.pt"
+
+
+def test_estimate_writes_a_report_that_fits_and_times_the_emulator(tmp_path, capsys):
+    from export.bundle import export_bundle
+
+    bundle = export_bundle(TRAINED, tmp_path / "bundle", progress=False)
+    assert main(["estimate", str(bundle.path), "--out", str(tmp_path / "hw")]) == 0
+    out = capsys.readouterr().out
+    assert "fits the XC7Z020" in out and "| block1 |" in out
+    report = json.loads((tmp_path / "hw" / "hw_report.json").read_text())
+    assert report["clock_mhz"] == 100.0 and report["fits"] is True
+    engines = {n for n, g in bundle.manifest.graphs.items() if g.qonnx is not None}
+    assert set(report["graphs"]) == engines
+    for g in report["graphs"].values():
+        assert g["cycles"] > 0 and g["latency_cycles"] >= g["cycles"]
+    timing = HardwareReportTiming.from_json(tmp_path / "hw" / "hw_report.json")
+    timing.check(bundle.manifest)  # every engine graph of the bundle has its cycles
+
+
+def test_estimate_refuses_a_missing_bundle_in_one_line(tmp_path, capsys):
+    assert main(["estimate", str(tmp_path / "none"), "--out", str(tmp_path / "hw")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
