@@ -43,3 +43,28 @@ bench: $(STAMP)  ## benchmarks; results under measurements/bench/
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+
+# --- bitstreams: the FINN flow in Docker with the user's Vivado mounted (docs/bitstream.md) ---
+IMAGE ?= ddi-fpga:latest
+BUNDLE ?=
+VIVADO ?= $(XILINX_VIVADO)
+XILINX_ROOT ?= $(abspath $(VIVADO)/../..)
+BITSTREAM_OUT ?= runs/bitstream
+.PHONY: docker-image bitstream
+
+docker-image:  ## build the flow's image (Vivado is mounted at run time, not installed)
+	@docker info >/dev/null 2>&1 || { echo "Docker not available: install Docker and start its daemon (docker info fails)" >&2; exit 1; }
+	docker build -t $(IMAGE) .
+
+bitstream:  ## ZedBoard bitstreams of BUNDLE in Docker: make bitstream BUNDLE=dir VIVADO=/tools/Xilinx/Vivado/2022.2
+	@test -n "$(BUNDLE)" && test -f "$(BUNDLE)/manifest.json" || { echo "BUNDLE not a bundle folder: make bitstream BUNDLE=runs/bundle VIVADO=/tools/Xilinx/Vivado/2022.2 (python -m export CHECKPOINT --out runs/bundle)" >&2; exit 1; }
+	@test -n "$(VIVADO)" && test -x "$(VIVADO)/bin/vivado" || { echo "Vivado not found: set XILINX_VIVADO or mount Vivado in the container (make bitstream VIVADO=/tools/Xilinx/Vivado/2022.2)" >&2; exit 1; }
+	@docker info >/dev/null 2>&1 || { echo "Docker not available: install Docker and start its daemon (docker info fails)" >&2; exit 1; }
+	@docker image inspect $(IMAGE) >/dev/null 2>&1 || docker build -t $(IMAGE) .
+	mkdir -p $(BITSTREAM_OUT) runs/finn_deps
+	docker run --rm --user $$(id -u):$$(id -g) -e HOME=/tmp \
+		-v "$(XILINX_ROOT):$(XILINX_ROOT):ro" \
+		-e XILINX_VIVADO=$(abspath $(VIVADO)) \
+		-v "$(abspath $(BUNDLE)):/in/bundle:ro" -v "$(abspath $(BITSTREAM_OUT)):/out" \
+		-v "$(abspath runs/finn_deps):/opt/finn_deps" \
+		$(IMAGE) /in/bundle --out /out

@@ -82,13 +82,29 @@ def hardware_report(estimates: dict[str, dict], clk_period_ns: float) -> dict:
     }
 
 
+def estimate_shared(args: argparse.Namespace) -> int:
+    """``estimate --design shared``: one engine per graph shape (fpga/architecture.py)."""
+    from fpga.architecture import REPORT_FILE, SharedConfig, build_shared, report_table
+
+    config = SharedConfig(clk_period_ns=args.clk_period_ns)
+    if args.target_fps is not None:
+        config.target_fps = args.target_fps
+    report = build_shared(args.bundle, args.out, config)
+    print(report_table(report))
+    print(f"shared engines -> {args.out}/{REPORT_FILE}")
+    return 0
+
+
 def estimate(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
     from fpga.finn.frontend import FrontendConfig, build_bundle, estimate_table
 
-    config = FrontendConfig(clk_period_ns=args.clk_period_ns, target_fps=args.target_fps)
+    if args.design == "shared":
+        return estimate_shared(args)
+    target_fps = 1000 if args.target_fps is None else args.target_fps
+    config = FrontendConfig(clk_period_ns=args.clk_period_ns, target_fps=target_fps)
     estimates = build_bundle(args.bundle, args.out, config)
     report = hardware_report(estimates, args.clk_period_ns)
     path = Path(args.out) / "hw_report.json"
@@ -107,7 +123,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("bundle", help="bundle folder (python -m export)")
     e.add_argument("--out", required=True, help="build folder (FINN builds, hw_report.json)")
     e.add_argument("--clk-period-ns", type=float, default=10.0, help="target clock (10: 100 MHz)")
-    e.add_argument("--target-fps", type=int, default=1000, help="FINN folding target per engine")
+    e.add_argument(
+        "--target-fps",
+        type=int,
+        default=None,
+        help="FINN folding target per engine (default 1000; --design shared: 2500)",
+    )
+    e.add_argument(
+        "--design",
+        choices=("per-graph", "shared"),
+        default="per-graph",
+        help="per-graph: one engine per graph; shared: one per graph shape, weights written at "
+        "run time (docs/fpga-architecture.md)",
+    )
     p = commands.add_parser("emulate", help="serve the emulated board on a pty")
     p.add_argument("bundle", help="bundle folder (python -m export)")
     timing = p.add_argument_group("time model")

@@ -299,6 +299,7 @@ def measure(config: MeasurementConfig, run: RunFolder, *, progress: bool = True)
             "repeats": config.repeats,
             "machine": _machine(),
             "recorded_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "notes": list(config.extra.get("notes", [])),
             "model_family": ", ".join(
                 sorted(
                     {f"{b.manifest.model['name']} {_quant(b.manifest)}" for b in bundles.values()}

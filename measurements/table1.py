@@ -24,6 +24,7 @@ import json
 import math
 import statistics
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,8 +157,15 @@ def build_table(runs: list[Path]) -> tuple[list[Row], dict[str, Any]]:
         "machine": first.get("machine", ""),
         "recorded_utc": first.get("recorded_utc", ""),
         "model_family": first.get("model_family", ""),
+        "notes": [n for s in summaries for n in s.get("notes", [])],
+        "ground_truth": [_ground_truth(r) for r in runs if (r / "ground_truth.json").is_file()],
     }
     return rows, meta
+
+
+def _ground_truth(run: Path) -> dict[str, float]:
+    data = json.loads((run / "ground_truth.json").read_text())
+    return {k: data[k] for k in ("max_abs_relative_error", "max_abs_net_relative_error")}
 
 
 def _label(meta: dict[str, Any]) -> str:
@@ -205,6 +213,14 @@ def markdown(rows: list[Row], meta: dict[str, Any]) -> str:
         "family says so.",
         "",
     ]
+    for g in meta["ground_truth"]:
+        lines += [
+            "Ground truth (emulated board): the largest deviation of a window's measured energy "
+            f"from the energy the emulator modelled is {g['max_abs_relative_error']:.3%} "
+            f"({g['max_abs_net_relative_error']:.3%} after subtracting idle power).",
+            "",
+        ]
+    lines += [f"{note}\n" for note in dict.fromkeys(meta["notes"])]
     return "\n".join(lines)
 
 
@@ -246,7 +262,11 @@ def plot(rows: list[Row], meta: dict[str, Any], path: Path) -> None:
         capsize=3,
         label=f"ours ({meta['energy_source']})",
     )
-    ax1.set(xlabel="compute savings (%)", ylabel="energy savings (%)", xlim=(0, 100), ylim=(0, 100))
+    low = min([0.0] + [r.energy_savings * 100 - 5 for r in rows])
+    ax1.set(
+        xlabel="compute savings (%)", ylabel="energy savings (%)", xlim=(0, 100), ylim=(low, 100)
+    )
+    ax1.axhline(0, color="grey", lw=0.5)
     ax1.legend(fontsize=8)
     ax2.plot(pc, [p["accuracy"] * 100 for p in PAPER], "s--", label="paper (ResNet74-IADI)")
     ax2.plot(
@@ -257,7 +277,7 @@ def plot(rows: list[Row], meta: dict[str, Any], path: Path) -> None:
     )
     ax2.set(xlabel="compute savings (%)", ylabel="accuracy (%)", xlim=(0, 100))
     ax2.legend(fontsize=8)
-    fig.suptitle(_label(meta), fontsize=8)
+    fig.suptitle("\n".join(textwrap.wrap(_label(meta), 150)), fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

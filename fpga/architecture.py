@@ -1,0 +1,531 @@
+"""Shared engines: one FINN engine per distinct graph shape, weights written at run time.
+
+One engine per graph does not fit the XC7Z020 for deep networks (ResNet-74: 36 blocks at about
+18-36 DSP each). Here the bundle's graphs are grouped by **shape** (kind, input and output
+shapes and datatypes): a stage's non-downsampling blocks differ only in their weights and
+thresholds, so they share one engine whose MVAUs keep their weights on chip
+(``mem_mode="internal_decoupled"``, ``runtime_writeable_weights=1``) and whose Thresholding
+layers are runtime-writeable too; the ARM writes a block's weights and thresholds over AXI-lite
+before that block runs. Engines that serve one graph (stem, head, downsampling blocks and their
+shortcuts in a CIFAR ResNet) keep fixed weights. See docs/fpga-architecture.md.
+
+The schedule is per batch and block: the ARM runs the gates, then for block ``i`` loads its
+weights into its engine once (only if some image of the batch runs it) and streams every image
+that runs it through the engine; images that skip a downsampling block go through its shortcut
+engine instead. :class:`CostModel` turns that into cycles::
+
+    from fpga.architecture import CostModel, build_shared
+
+    report = build_shared("bundles/r74", "builds/r74-shared")  # FINN builds + hw_report.json
+    cycles = CostModel().batch_cycles(report, executed)     # executed: (images, blocks) bool
+
+``report["graphs"][NAME]["cycles"]`` is the engine's bottleneck cycles per image for every graph
+of the bundle, so :class:`fpga.emulator.timing.HardwareReportTiming` reads the report as is.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fpga.finn.errors import GraphError
+
+log = logging.getLogger(__name__)
+
+LABEL = "FINN estimates, no synthesis"
+DESIGN = "shared engines (one per graph shape, runtime-writeable weights)"
+REPORT_FILE = "hw_report.json"
+RESOURCES = ("LUT", "BRAM_18K", "DSP")
+BUDGET = {"LUT": 53_200, "BRAM_18K": 280, "DSP": 220}
+"""XC7Z020 programmable logic (FF: 106,400, not estimated by FINN)."""
+WEIGHT_OPS = ("MVAU_rtl", "MVAU_hls")
+THRESHOLD_OPS = ("Thresholding_rtl",)
+
+
+@dataclass(frozen=True)
+class Engine:
+    """One FINN engine of the design: the graphs it serves, built from ``graphs[0]``."""
+
+    name: str
+    kind: str
+    graphs: tuple[str, ...]
+    runtime_weights: bool
+    """Weights and thresholds written over AXI-lite before each graph runs (shared engine)."""
+
+    @property
+    def representative(self) -> str:
+        return self.graphs[0]
+
+
+def _shape(spec: Any) -> tuple:
+    """(shape without the batch, datatype name) of a graph's first input or output tensor."""
+    return tuple(d for d in spec.shape if d != "N"), spec.datatype.name
+
+
+def graph_key(manifest: Any, graph: str) -> tuple:
+    """What an engine is built for: the graph's kind and its input/output shapes and types."""
+    spec = manifest.graphs[graph]
+    return (spec.kind, _shape(spec.inputs[0]), _shape(spec.outputs[0]))
+
+
+def _engine_name(manifest: Any, graph: str, kind: str) -> str:
+    spec = manifest.graphs[graph]
+    if kind in ("stem", "head"):
+        return kind
+    (c_in, h_in, _), _ = _shape(spec.inputs[0])
+    out_shape, _ = _shape(spec.outputs[0])
+    if len(out_shape) != 3:  # an exit's logits
+        return f"{kind}_{c_in}ch_{h_in}px"
+    c_out, h_out, _ = out_shape
+    stride = h_in // h_out if h_out else 1
+    return f"{kind}_{c_in}to{c_out}_s{stride}_{h_in}px"
+
+
+def plan_engines(manifest: Any) -> list[Engine]:
+    """Group every graph of the bundle that FINN compiles into engines, in execution order.
+
+    A graph whose shape another graph already has goes to that graph's engine; an engine with
+    more than one graph gets runtime-writeable weights.
+    """
+    order = [manifest.stem]
+    for block in manifest.blocks:
+        order += [block.graph] + ([block.shortcut] if block.shortcut else [])
+    order += [e.graph for e in manifest.exits] + [manifest.head]
+    groups: dict[tuple, list[str]] = {}
+    for name in order:
+        if manifest.graphs[name].qonnx is None:
+            raise GraphError(f"graph {name!r} has no QONNX graph; the design needs every engine")
+        groups.setdefault(graph_key(manifest, name), []).append(name)
+    engines = []
+    for key, names in groups.items():
+        name = _engine_name(manifest, names[0], key[0])
+        if any(e.name == name for e in engines):
+            name = f"{name}_{len(engines)}"
+        engines.append(Engine(name, key[0], tuple(names), runtime_weights=len(names) > 1))
+    return engines
+
+
+@dataclass
+class SharedConfig:
+    """How each engine is folded (FINN ``SetFolding`` targets) and clocked."""
+
+    clk_period_ns: float = 10.0
+    """PL clock (100 MHz)."""
+    target_fps: int = 2500
+    """Folding target of every engine (FINN's cycle budget is 1e9 / (fps * clk_period_ns))."""
+    target_fps_by_kind: dict[str, int] = field(default_factory=lambda: {"block_single": 1000})
+    """Overrides by engine kind; ``block_single``: a block engine that serves one block (the
+    downsampling blocks of a CIFAR ResNet run once per image; folded slower to save DSPs)."""
+    fpga_part: str = "xc7z020clg484-1"
+
+    def fps_for(self, engine: Engine) -> int:
+        kind = engine.kind
+        if kind == "block" and not engine.runtime_weights:
+            kind = "block_single"
+        return int(self.target_fps_by_kind.get(kind, self.target_fps))
+
+
+@dataclass
+class CostModel:
+    """Cycles of a batch on the shared-engine design (assumptions in docs/fpga-architecture.md).
+
+    Per block and batch: nothing if no image runs it; else ``call_overhead_cycles`` (the ARM
+    programs the DMAs and waits), the weight load (shared engines only), the pipeline fill
+    (``latency_cycles - cycles``) and per image ``max(cycles, activation bytes / DMA rate)``.
+    """
+
+    clock_mhz: float = 100.0
+    """PL clock of the engines and of the DMA/AXI interconnect."""
+    batch_images: int = 250
+    """Images per batch (a timed window's images go through block i together)."""
+    dma_bytes_per_cycle: float = 6.4
+    """Activation DMA DDR <-> engine: one 64-bit HP port at the PL clock, 80% efficient."""
+    weight_loader: str = "axilite"
+    """``axilite``: the ARM writes 32-bit words over M_AXI_GP0 (FINN's runtime-writeable
+    interface); ``dma``: a DMA feeds the same memories at ``dma_bytes_per_cycle``."""
+    axilite_cycles_per_word: float = 16.0
+    """PL cycles per 32-bit AXI-lite write from the ARM (about 160 ns at 100 MHz, assumed)."""
+    call_overhead_cycles: int = 5_000
+    """ARM cost of starting one engine call on a batch (DMA descriptors, start, wait): 50 us."""
+
+    def __post_init__(self) -> None:
+        if self.weight_loader not in ("axilite", "dma"):
+            raise GraphError(f"weight_loader {self.weight_loader!r} is not 'axilite' or 'dma'")
+        for name in ("clock_mhz", "dma_bytes_per_cycle", "axilite_cycles_per_word"):
+            if not getattr(self, name) > 0:
+                raise GraphError(f"{name}={getattr(self, name)!r} must be > 0")
+        if self.batch_images < 1 or self.call_overhead_cycles < 0:
+            raise GraphError(
+                f"batch_images={self.batch_images!r} must be >= 1 and "
+                f"call_overhead_cycles={self.call_overhead_cycles!r} >= 0"
+            )
+
+    def load_cycles(self, graph: dict) -> int:
+        """Cycles to write one graph's weights and thresholds into its (shared) engine."""
+        if not graph.get("runtime_weights"):
+            return 0
+        if self.weight_loader == "axilite":
+            return math.ceil(graph["weight_words"] * self.axilite_cycles_per_word)
+        return math.ceil(4 * graph["weight_words"] / self.dma_bytes_per_cycle)
+
+    def image_cycles(self, graph: dict) -> int:
+        """Cycles per image of a graph in a stream: engine bottleneck or activation DMA."""
+        dma = math.ceil(graph["activation_bytes"] / self.dma_bytes_per_cycle)
+        return max(int(graph["cycles"]), dma)
+
+    def call_cycles(self, graph: dict, images: int) -> int:
+        """Cycles of one engine call that runs ``images`` images through ``graph``."""
+        if images <= 0:
+            return 0
+        fill = max(0, int(graph["latency_cycles"]) - int(graph["cycles"]))
+        return (
+            self.call_overhead_cycles
+            + self.load_cycles(graph)
+            + fill
+            + images * self.image_cycles(graph)
+        )
+
+    def batch_parts(self, report: dict, executed: np.ndarray) -> dict[str, int]:
+        """Cycles of a batch by part: ``engine`` (images x cycles), ``weight_load``,
+        ``overhead`` (calls and pipeline fills), ``total``; plus ``weight_bytes`` and
+        ``activation_bytes`` moved. ``executed[k, i]``: image ``k`` runs block ``i``.
+        """
+        graphs, blocks = report["graphs"], report["blocks"]
+        executed = np.asarray(executed, dtype=bool)
+        if executed.ndim != 2 or executed.shape[1] != len(blocks):
+            raise GraphError(
+                f"executed has shape {executed.shape!r}; expected (images, {len(blocks)})"
+            )
+        n = executed.shape[0]
+        calls = [(report["stem"], n), (report["head"], n)]
+        for i, block in enumerate(blocks):
+            running = int(executed[:, i].sum())
+            calls.append((block["graph"], running))
+            if block["shortcut"]:
+                calls.append((block["shortcut"], n - running))
+        parts = dict.fromkeys(
+            ("engine", "weight_load", "overhead", "total", "weight_bytes", "activation_bytes"), 0
+        )
+        for name, images in calls:
+            g = graphs[name]
+            total = self.call_cycles(g, images)
+            if not total:
+                continue
+            engine = images * self.image_cycles(g)
+            load = self.load_cycles(g)
+            parts["engine"] += engine
+            parts["weight_load"] += load
+            parts["overhead"] += total - engine - load
+            parts["total"] += total
+            parts["weight_bytes"] += g["weight_bytes"] if g.get("runtime_weights") else 0
+            parts["activation_bytes"] += images * g["activation_bytes"]
+        return parts
+
+    def batch_cycles(self, report: dict, executed: np.ndarray) -> int:
+        """Total cycles of a batch (see :meth:`batch_parts`)."""
+        return self.batch_parts(report, executed)["total"]
+
+    def images_per_s(self, report: dict, executed: np.ndarray) -> float:
+        """Images per second of the batch ``executed`` at ``clock_mhz``."""
+        return executed.shape[0] * self.clock_mhz * 1e6 / self.batch_cycles(report, executed)
+
+
+def skip_pattern(blocks: int, images: int, skip_fraction: float) -> np.ndarray:
+    """An illustrative (images, blocks) ``executed`` array: each block skipped by
+    ``round(skip_fraction * images)`` images, spread evenly (no block idle for the batch)."""
+    if not 0.0 <= skip_fraction <= 1.0:
+        raise GraphError(f"skip_fraction {skip_fraction!r} is not in [0, 1]")
+    skipped = round(skip_fraction * images)
+    executed = np.ones((images, blocks), dtype=bool)
+    for i in range(blocks):  # a run of images that starts further on for every block
+        executed[(np.arange(skipped) + i * 37) % images, i] = False
+    return executed
+
+
+# -- FINN builds ------------------------------------------------------------------------------
+
+
+def _folding_file(out: Path, engine: Engine) -> str | None:
+    """FINN folding JSON that makes a shared engine's weights and thresholds writeable."""
+    if not engine.runtime_weights:
+        return None
+    path = out / "runtime_weights.json"
+    defaults = {
+        "mem_mode": ["internal_decoupled", list(WEIGHT_OPS)],
+        "runtime_writeable_weights": [1, list(WEIGHT_OPS + THRESHOLD_OPS)],
+    }
+    path.write_text(json.dumps({"Defaults": defaults}, indent=1) + "\n")
+    return str(path)
+
+
+def weight_memory(hw: Any) -> dict[str, Any]:
+    """Weights and thresholds of an HW partition: AXI-lite words (FINN's runtime weight file
+    layout, padding included), payload bytes, per-MVAU folding and the weight stream width an
+    external (DDR-streamed) ``mem_mode`` would need."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    words = bits = stream_bits = 0
+    mvaus = {}
+    for node in hw.graph.node:
+        op = getCustomOp(node)
+        if node.op_type in WEIGHT_OPS:
+            pe, simd = op.get_nodeattr("PE"), op.get_nodeattr("SIMD")
+            mw, mh = op.get_nodeattr("MW"), op.get_nodeattr("MH")
+            wbits = op.get_input_datatype(1).bitwidth()
+            width = pe * simd * wbits
+            depth = mw * mh // (pe * simd)
+            words += depth * max(1, 2 ** math.ceil(math.log2(width / 32)))
+            bits += mw * mh * wbits
+            stream_bits += width
+            mvaus[node.name] = {"MW": mw, "MH": mh, "PE": pe, "SIMD": simd, "weight_bits": wbits}
+        elif node.op_type in THRESHOLD_OPS:
+            pe, channels = op.get_nodeattr("PE"), op.get_nodeattr("NumChannels")
+            steps, tbits = op.get_nodeattr("numSteps"), op.get_input_datatype(1).bitwidth()
+            slots = 1 << max(0, math.ceil(math.log2(steps)))
+            words += (channels // pe) * (1 << (pe - 1).bit_length()) * slots
+            bits += channels * steps * tbits
+    return {
+        "weight_words": int(words),
+        "weight_bytes": math.ceil(bits / 8),
+        "external_weight_stream_bits_per_cycle": int(stream_bits),
+        "mvaus": mvaus,
+    }
+
+
+def _external_brams(hw: Any, fpga_part: str) -> float:
+    """BRAM18 estimate of the same partition with every MVAU in ``mem_mode="external"``."""
+    from functools import partial
+
+    from finn.analysis.fpgadataflow.res_estimation import res_estimation
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.custom_op.registry import getCustomOp
+
+    ext = ModelWrapper(copy.deepcopy(hw.model))
+    for node in ext.graph.node:
+        if node.op_type in WEIGHT_OPS:
+            getCustomOp(node).set_nodeattr("mem_mode", "external")
+    res = ext.analysis(partial(res_estimation, fpgapart=fpga_part))
+    return float(sum(r.get("BRAM_18K", 0) for r in res.values()))
+
+
+def _activation_bytes(manifest: Any, graph: str) -> int:
+    """Bytes an image moves in and out of an engine for ``graph`` (integer codes, packed)."""
+    spec = manifest.graphs[graph]
+    total = 0
+    for tensor in (spec.inputs[0], spec.outputs[0]):
+        shape, _ = _shape(tensor)
+        bits = tensor.datatype.bits if tensor.datatype.name != "FLOAT32" else 32
+        total += math.ceil(int(np.prod(shape)) * bits / 8)
+    return total
+
+
+def build_engines(
+    bundle: str | os.PathLike, out_dir: str | os.PathLike, config: SharedConfig | None = None
+) -> tuple[Any, list[Engine], dict[str, dict]]:
+    """FINN front end for one representative graph per engine; returns (bundle, engines,
+    per-engine estimates with weight memory and external-mode BRAMs)."""
+    from export.manifest import load_bundle
+    from fpga.finn.frontend import FrontendConfig, dataflow_model, estimate, to_hw
+
+    config = config or SharedConfig()
+    loaded = load_bundle(bundle)
+    manifest = loaded.manifest
+    engines = plan_engines(manifest)
+    out = Path(out_dir)
+    results = {}
+    for engine in engines:
+        spec = manifest.graphs[engine.representative]
+        folder = out / engine.name
+        folder.mkdir(parents=True, exist_ok=True)
+        frontend = FrontendConfig(
+            fpga_part=config.fpga_part,
+            clk_period_ns=config.clk_period_ns,
+            target_fps=config.fps_for(engine),
+            folding_config_file=_folding_file(folder, engine),
+        )
+        log.info("engine %s: FINN build of %s", engine.name, engine.representative)
+        parent = to_hw(loaded.path / spec.qonnx.file, spec.inputs[0].datatype, folder, frontend)
+        est = estimate(parent, config.clk_period_ns, config.fpga_part)
+        hw = dataflow_model(parent)
+        results[engine.name] = {
+            "estimate": est,
+            "target_fps": config.fps_for(engine),
+            **weight_memory(hw),
+            "external_BRAM_18K": _external_brams(hw, config.fpga_part),
+        }
+    return loaded, engines, results
+
+
+# -- the report -------------------------------------------------------------------------------
+
+
+def shared_report(
+    manifest: Any,
+    engines: list[Engine],
+    built: dict[str, dict],
+    cost: CostModel | None = None,
+    skip_fractions: tuple[float, ...] = (0.0, 0.4, 0.6, 0.8),
+) -> dict[str, Any]:
+    """The hardware report of the shared-engine design (JSON-ready; see the module docstring)."""
+    cost = cost or CostModel()
+    engine_rows, graphs = {}, {}
+    for engine in engines:
+        b = built[engine.name]
+        est = b["estimate"]
+        row = {
+            "kind": engine.kind,
+            "built_from": engine.representative,
+            "serves": list(engine.graphs),
+            "runtime_writeable_weights": engine.runtime_weights,
+            "target_fps": b["target_fps"],
+            "cycles": int(est["max_cycles"]),
+            "latency_cycles": int(est["critical_path_cycles"]),
+            "bottleneck": est["max_cycles_node"],
+            **{k: float(est["total"][k]) for k in RESOURCES},
+            "weight_words": b["weight_words"],
+            "weight_bytes": b["weight_bytes"],
+            "external_mem_mode": {
+                "BRAM_18K": b["external_BRAM_18K"],
+                "weight_stream_bits_per_cycle": b["external_weight_stream_bits_per_cycle"],
+            },
+            "mvaus": b["mvaus"],
+        }
+        engine_rows[engine.name] = row
+        for name in engine.graphs:
+            g = {
+                "engine": engine.name,
+                "cycles": row["cycles"],
+                "latency_cycles": row["latency_cycles"],
+                "bottleneck": row["bottleneck"],
+                "runtime_weights": engine.runtime_weights,
+                "weight_words": row["weight_words"],
+                "weight_bytes": row["weight_bytes"],
+                "activation_bytes": _activation_bytes(manifest, name),
+            }
+            g["weight_load_cycles"] = cost.load_cycles(g)
+            g["throughput_fps"] = cost.clock_mhz * 1e6 / row["cycles"]
+            graphs[name] = g
+    total = {k: sum(r[k] for r in engine_rows.values()) for k in RESOURCES}
+    blocks = [
+        {
+            "index": b.index,
+            "graph": b.graph,
+            "shortcut": b.shortcut,
+            "engine": graphs[b.graph]["engine"],
+            "cycles": graphs[b.graph]["cycles"],
+            "weight_load_cycles": graphs[b.graph]["weight_load_cycles"],
+            "activation_bytes": graphs[b.graph]["activation_bytes"],
+        }
+        for b in manifest.blocks
+    ]
+    report: dict[str, Any] = {
+        "kind": LABEL,
+        "label": LABEL,
+        "design": DESIGN,
+        "bundle_id": manifest.bundle_id,
+        "clock_mhz": cost.clock_mhz,
+        "fpga_part": "xc7z020clg484-1",
+        "engines": engine_rows,
+        "graphs": graphs,
+        "stem": manifest.stem,
+        "head": manifest.head,
+        "blocks": blocks,
+        "total": total,
+        "budget": BUDGET,
+        "utilization": {k: total[k] / BUDGET[k] for k in RESOURCES},
+        "fits": all(total[k] <= BUDGET[k] for k in RESOURCES),
+        "cost_model": asdict(cost),
+    }
+    report["throughput"] = throughput(report, cost, skip_fractions)
+    return report
+
+
+def throughput(
+    report: dict, cost: CostModel, skip_fractions: tuple[float, ...] = (0.0, 0.4, 0.6, 0.8)
+) -> dict[str, Any]:
+    """Images/s of the full network per batch of ``cost.batch_images``, for each skip fraction
+    (illustrative pattern: :func:`skip_pattern`), and without batching (batch of 1)."""
+    n, blocks = cost.batch_images, len(report["blocks"])
+    rows = {}
+    for f in skip_fractions:
+        executed = skip_pattern(blocks, n, f)
+        parts = cost.batch_parts(report, executed)
+        rows[f"skip_{round(100 * f)}pct"] = {
+            "skip_fraction": f,
+            "images_per_s": n * cost.clock_mhz * 1e6 / parts["total"],
+            "cycles_per_image": parts["total"] / n,
+            **{k: parts[k] for k in parts},
+        }
+    single = cost.batch_parts(report, np.ones((1, blocks), dtype=bool))
+    return {
+        "batch_images": n,
+        "by_skip": rows,
+        "unbatched_no_skip": {
+            "images_per_s": cost.clock_mhz * 1e6 / single["total"],
+            "cycles_per_image": single["total"],
+            "weight_load": single["weight_load"],
+        },
+    }
+
+
+def report_table(report: dict) -> str:
+    """Markdown: per engine cycles and resources, the total against the budget, images/s."""
+    lines = [
+        "| engine | serves | built from | cycles/image | LUT | BRAM18 | DSP | weight words |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, e in report["engines"].items():
+        lines.append(
+            f"| {name} | {len(e['serves'])} | {e['built_from']} | {e['cycles']:,} | "
+            f"{e['LUT']:,.0f} | {e['BRAM_18K']:,.0f} | {e['DSP']:,.0f} | {e['weight_words']:,} |"
+        )
+    t, u = report["total"], report["utilization"]
+    lines.append(
+        f"| **total** | {sum(len(e['serves']) for e in report['engines'].values())} | | | "
+        f"{t['LUT']:,.0f} ({100 * u['LUT']:.0f}%) | {t['BRAM_18K']:,.0f} "
+        f"({100 * u['BRAM_18K']:.0f}%) | {t['DSP']:,.0f} ({100 * u['DSP']:.0f}%) | |"
+    )
+    verdict = "fits" if report["fits"] else "does NOT fit"
+    lines.append(f"\nThe design {verdict} the XC7Z020 ({report['kind']}).\n")
+    tp = report["throughput"]
+    lines.append(
+        f"| skipped blocks | images/s at {report['clock_mhz']:g} MHz (batch "
+        f"{tp['batch_images']}) | cycles/image |"
+    )
+    lines.append("|---|---|---|")
+    for row in tp["by_skip"].values():
+        lines.append(
+            f"| {100 * row['skip_fraction']:.0f}% | {row['images_per_s']:,.1f} | "
+            f"{row['cycles_per_image']:,.0f} |"
+        )
+    lines.append(
+        f"| 0%, no batching | {tp['unbatched_no_skip']['images_per_s']:,.1f} | "
+        f"{tp['unbatched_no_skip']['cycles_per_image']:,.0f} |"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def build_shared(
+    bundle: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: SharedConfig | None = None,
+    cost: CostModel | None = None,
+) -> dict[str, Any]:
+    """Build every engine of the bundle, write ``out_dir/hw_report.json``, return the report."""
+    config = config or SharedConfig()
+    cost = cost or CostModel(clock_mhz=1e3 / config.clk_period_ns)
+    loaded, engines, built = build_engines(bundle, out_dir, config)
+    report = shared_report(loaded.manifest, engines, built, cost)
+    report["config"] = asdict(config)
+    path = Path(out_dir) / REPORT_FILE
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    log.info("shared-engine report -> %s", path)
+    return report

@@ -1,0 +1,81 @@
+"""``python -m fpga.bitstream BUNDLE --out DIR``: ZedBoard bitstreams of a bundle's graphs.
+
+Needs Vivado (``XILINX_VIVADO``); without it, prints one line and exits 1. ``--check`` only
+checks Vivado; ``--print-tcl`` prints the ZedBoard shell Tcl that FINN will run (no Vivado).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from export.errors import ExportError
+from fpga.finn.errors import FinnFrontendError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m fpga.bitstream",
+        description="FINN front end + back end (Vivado): bundle graphs -> ZedBoard bitstreams.",
+    )
+    parser.add_argument("bundle", nargs="?", help="bundle folder (python -m export CHECKPOINT)")
+    parser.add_argument("--out", help="build folder: one FINN build per graph, bitstreams.json")
+    parser.add_argument("--graphs", nargs="+", help="only these graphs (default: all with QONNX)")
+    parser.add_argument(
+        "--clk-period-ns", type=float, default=10.0, help="fabric clock (10: 100 MHz)"
+    )
+    parser.add_argument("--target-fps", type=int, default=1000, help="0: no automatic folding")
+    parser.add_argument("--folding-config", help="FINN folding JSON applied after target fps")
+    parser.add_argument(
+        "--board-part", help="Vivado board part (default avnet.com:zedboard:part0:1.4)"
+    )
+    parser.add_argument("--board-repo", help="folder with ZedBoard board files for Vivado")
+    parser.add_argument("--check", action="store_true", help="only check Vivado, then exit")
+    parser.add_argument("--print-tcl", action="store_true", help="print the shell Tcl, then exit")
+    parser.add_argument("--debug", action="store_true", help="re-raise errors with a traceback")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from fpga.bitstream import zedboard
+
+    if args.board_part:
+        os.environ[zedboard.BOARD_PART_ENV] = args.board_part
+    if args.board_repo:
+        os.environ[zedboard.BOARD_REPO_ENV] = os.path.abspath(args.board_repo)
+    try:
+        if args.print_tcl:
+            print(zedboard.render_shell(args.clk_period_ns), end="")
+            return 0
+        from fpga.bitstream.flow import BitstreamConfig, build_bitstreams, require_vivado
+
+        if args.check:
+            vivado, version = require_vivado()
+            print(f"Vivado {version[0]}.{version[1]} at {vivado}: supported")
+            return 0
+        if not args.bundle or not args.out:
+            parser.error("BUNDLE and --out are required (or --check / --print-tcl)")
+        config = BitstreamConfig(
+            clk_period_ns=args.clk_period_ns,
+            target_fps=args.target_fps or None,
+            folding_config_file=args.folding_config,
+            graphs=args.graphs,
+        )
+        results = build_bitstreams(args.bundle, args.out, config)
+    except (FinnFrontendError, ExportError, OSError) as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for name, files in results.items():
+        print(f"{name}: {files['bitfile']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

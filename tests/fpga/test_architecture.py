@@ -1,0 +1,242 @@
+"""Tests of the shared-engine design (fpga/architecture.py).
+
+- The engine plan: every graph FINN compiles is served by exactly one engine; a stage's
+  non-downsampling blocks share one engine with runtime-writeable weights.
+- FINN's front end on an untrained quantized ResNet-14 (it has every block shape of ResNet-74:
+  two blocks per stage), through ``python -m fpga estimate --design shared``: the report fits,
+  the shared engines' MVAUs and thresholds are runtime-writeable in the FINN model, and the
+  emulator's timing reads the report for every graph of the bundle.
+- The recorded ResNet-74 report (measurements/fpga/resnet74-shared-engines.json): all 36 blocks
+  mapped, the totals fit, throughput rises with skipping.
+- The cost model's arithmetic on a synthetic report (no FINN).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fpga.architecture import BUDGET, CostModel, plan_engines, skip_pattern
+from fpga.finn.errors import GraphError
+
+ROOT = Path(__file__).resolve().parents[2]
+RECORDED = ROOT / "measurements" / "fpga" / "resnet74-shared-engines.json"
+
+
+@pytest.fixture(scope="module")
+def r14(tmp_path_factory):
+    """An untrained quantized ResNet-14 bundle (random-image BN and activation statistics)."""
+    import torch
+
+    from export.bundle import export_bundle
+    from export.manifest import load_bundle
+    from train.checkpoint import save_checkpoint
+    from train.model import create_model
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = create_model("resnet14", gating="mgl2s", quant={})
+    model.train()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randint(0, 256, (16, 3, 32, 32), generator=g).float().div(255))
+    model.eval()
+    folder = tmp_path_factory.mktemp("r14-shared")
+    save_checkpoint(folder / "r14.pt", model, phase="test", config={})
+    export_bundle(folder / "r14.pt", folder / "bundle", progress=False)
+    torch.set_num_threads(threads)
+    return load_bundle(folder / "bundle")
+
+
+@pytest.fixture(scope="module")
+def r14_build(r14, tmp_path_factory):
+    """``python -m fpga estimate BUNDLE --out DIR --design shared`` on the ResNet-14 bundle."""
+    pytest.importorskip("finn", reason="finn-plus not installed (make setup installs it)")
+    from fpga.__main__ import main
+
+    out = tmp_path_factory.mktemp("r14-engines")
+    assert main(["estimate", str(r14.path), "--out", str(out), "--design", "shared"]) == 0
+    return out, json.loads((out / "hw_report.json").read_text())
+
+
+def test_plan_covers_every_graph_once(r14):
+    manifest = r14.manifest
+    engines = plan_engines(manifest)
+    served = [g for e in engines for g in e.graphs]
+    compiled = [n for n, g in manifest.graphs.items() if g.qonnx is not None]
+    assert sorted(served) == sorted(compiled) and len(served) == len(set(served))
+    by_graph = {g: e for e in engines for g in e.graphs}
+    # ResNet-14: stage blocks 0,1 | 2 (down), 3 | 4 (down), 5
+    assert by_graph["block0"] is by_graph["block1"] and by_graph["block0"].runtime_weights
+    assert by_graph["block2"] is not by_graph["block3"]
+    assert not by_graph["block2"].runtime_weights and not by_graph["block3"].runtime_weights
+    assert by_graph["shortcut2"].kind == "shortcut" and by_graph["stem"].name == "stem"
+    assert len(engines) == 9
+
+
+def test_shared_build_fits_and_has_writeable_weights(r14_build):
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.custom_op.registry import getCustomOp
+
+    out, report = r14_build
+    assert report["kind"] == "FINN estimates, no synthesis" and report["fits"]
+    assert all(report["total"][k] <= BUDGET[k] for k in BUDGET)
+    shared = [n for n, e in report["engines"].items() if e["runtime_writeable_weights"]]
+    assert shared == ["block_16to16_s1_32px"]
+    hw = ModelWrapper(
+        str(out / shared[0] / "intermediate_models" / "step_generate_estimate_reports.onnx")
+    )
+    writeable = [
+        (n.op_type, getCustomOp(n).get_nodeattr("runtime_writeable_weights"))
+        for n in hw.graph.node
+        if n.op_type in ("MVAU_rtl", "Thresholding_rtl")
+    ]
+    assert len(writeable) == 5 and all(flag == 1 for _, flag in writeable)
+    engine = report["engines"][shared[0]]
+    assert (
+        engine["weight_words"] > 0 and engine["external_mem_mode"]["BRAM_18K"] < engine["BRAM_18K"]
+    )
+    assert report["graphs"]["block1"]["weight_load_cycles"] > 0
+    assert report["graphs"]["block2"]["weight_load_cycles"] == 0  # fixed weights
+
+
+def test_report_is_read_by_the_emulator_timing(r14, r14_build):
+    from fpga.emulator.timing import HardwareReportTiming
+
+    _, report = r14_build
+    timing = HardwareReportTiming(report)
+    timing.check(r14.manifest)
+    assert (
+        timing.cycles["block1"]
+        == timing.cycles["block0"]
+        == report["engines"]["block_16to16_s1_32px"]["cycles"]
+    )
+
+
+def test_recorded_resnet74_report():
+    from fpga.emulator.timing import HardwareReportTiming
+
+    report = json.loads(RECORDED.read_text())
+    assert report["label"] == "FINN estimates, no synthesis" and report["fits"]
+    assert all(report["total"][k] <= BUDGET[k] for k in BUDGET)
+    blocks = report["blocks"]
+    assert [b["index"] for b in blocks] == list(range(36))
+    engines = report["engines"]
+    for b in blocks:
+        assert b["graph"] in engines[b["engine"]]["serves"]
+        assert report["graphs"][b["graph"]]["cycles"] == engines[b["engine"]]["cycles"]
+    stage_engines = {b["engine"] for b in blocks}
+    assert len(stage_engines) == 5  # 3 shared stage engines + 2 downsampling engines
+    assert sum(len(e["serves"]) for e in engines.values()) == 40  # + stem, head, 2 shortcuts
+    assert set(HardwareReportTiming(report).cycles) == set(report["graphs"])
+    rates = [r["images_per_s"] for r in report["throughput"]["by_skip"].values()]
+    assert (
+        rates == sorted(rates)
+        and rates[0] > report["throughput"]["unbatched_no_skip"]["images_per_s"]
+    )
+
+
+# -- the cost model on a synthetic report ------------------------------------------------------
+
+
+def _graph(cycles, latency, shared, words=0, act=1_000):
+    return {
+        "cycles": cycles,
+        "latency_cycles": latency,
+        "runtime_weights": shared,
+        "weight_words": words,
+        "weight_bytes": 2 * words,
+        "activation_bytes": act,
+    }
+
+
+SYNTHETIC = {
+    "stem": "stem",
+    "head": "head",
+    "graphs": {
+        "stem": _graph(100, 150, False),
+        "head": _graph(10, 12, False),
+        "b0": _graph(1_000, 3_000, True, words=500),
+        "b1": _graph(1_000, 3_000, True, words=500),
+        "b2": _graph(2_000, 5_000, False),
+        "s2": _graph(300, 400, False),
+    },
+    "blocks": [
+        {"graph": "b0", "shortcut": None},
+        {"graph": "b1", "shortcut": None},
+        {"graph": "b2", "shortcut": "s2"},
+    ],
+}
+
+
+def test_cost_of_one_call():
+    cost = CostModel(call_overhead_cycles=50, axilite_cycles_per_word=4)
+    g = SYNTHETIC["graphs"]["b0"]
+    assert cost.load_cycles(g) == 2_000
+    assert cost.call_cycles(g, 0) == 0
+    assert cost.call_cycles(g, 8) == 50 + 2_000 + (3_000 - 1_000) + 8 * 1_000
+    dma = CostModel(weight_loader="dma", dma_bytes_per_cycle=8.0)
+    assert dma.load_cycles(g) == 250  # 500 words x 4 bytes / 8 bytes per cycle
+    slow_dma = CostModel(dma_bytes_per_cycle=0.5)  # activations, not the engine, bound it
+    assert slow_dma.image_cycles(g) == 2_000
+
+
+def test_skipping_a_block_for_every_image_saves_its_cycles_and_weight_load():
+    cost = CostModel(call_overhead_cycles=50)
+    everything = np.ones((10, 3), dtype=bool)
+    without_b1 = everything.copy()
+    without_b1[:, 1] = False
+    full, skip = cost.batch_parts(SYNTHETIC, everything), cost.batch_parts(SYNTHETIC, without_b1)
+    b1 = SYNTHETIC["graphs"]["b1"]
+    assert full["total"] - skip["total"] == cost.call_cycles(b1, 10)
+    assert full["weight_load"] - skip["weight_load"] == cost.load_cycles(b1)
+    assert full["weight_bytes"] - skip["weight_bytes"] == b1["weight_bytes"]
+    assert full["engine"] - skip["engine"] == 10 * 1_000
+
+
+def test_skipping_for_some_images_keeps_the_weight_load():
+    cost = CostModel()
+    some = np.ones((10, 3), dtype=bool)
+    some[:4, 0] = False
+    full = cost.batch_parts(SYNTHETIC, np.ones((10, 3), dtype=bool))
+    part = cost.batch_parts(SYNTHETIC, some)
+    assert full["total"] - part["total"] == 4 * 1_000
+    assert full["weight_load"] == part["weight_load"]
+
+
+def test_skipped_downsampling_block_runs_its_shortcut():
+    cost = CostModel(call_overhead_cycles=50)
+    executed = np.ones((10, 3), dtype=bool)
+    executed[:3, 2] = False
+    g = SYNTHETIC["graphs"]
+    full = cost.batch_cycles(SYNTHETIC, np.ones((10, 3), dtype=bool))
+    assert cost.batch_cycles(SYNTHETIC, executed) == full - 3 * 2_000 + cost.call_cycles(g["s2"], 3)
+
+
+def test_batching_pays_each_weight_load_once_per_batch():
+    cost = CostModel(call_overhead_cycles=50)
+    batch = cost.batch_parts(SYNTHETIC, np.ones((10, 3), dtype=bool))
+    single = cost.batch_parts(SYNTHETIC, np.ones((1, 3), dtype=bool))
+    assert batch["weight_load"] == single["weight_load"]
+    assert batch["engine"] == 10 * single["engine"]
+    assert cost.images_per_s(SYNTHETIC, np.ones((10, 3), dtype=bool)) > cost.images_per_s(
+        SYNTHETIC, np.ones((1, 3), dtype=bool)
+    )
+
+
+def test_skip_pattern_and_errors():
+    executed = skip_pattern(36, 250, 0.4)
+    assert executed.shape == (250, 36)
+    assert (executed.sum(axis=0) == 150).all()
+    assert not skip_pattern(3, 10, 1.0).any() and skip_pattern(3, 10, 0.0).all()
+    with pytest.raises(GraphError, match=r"skip_fraction 1\.5"):
+        skip_pattern(3, 10, 1.5)
+    with pytest.raises(GraphError, match="weight_loader 'pcie'"):
+        CostModel(weight_loader="pcie")
+    with pytest.raises(GraphError, match=r"executed has shape \(4, 2\)"):
+        CostModel().batch_cycles(SYNTHETIC, np.ones((4, 2), dtype=bool))
