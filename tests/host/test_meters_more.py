@@ -46,10 +46,22 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _record(meter, duration_s: float) -> tuple[np.ndarray, np.ndarray, float]:
-    """Sample for ``duration_s``; the samples and the host time of ``start()``."""
+    """Sample for ``duration_s``; the samples and the host time of ``start()``.
+
+    A Watts Up? sends a record every second: on a loaded machine the last one expected within
+    ``duration_s`` may come late, so wait (a few seconds at most) until it has arrived.
+    """
     begin = time.monotonic()
     meter.start()
     time.sleep(max(0.0, begin + duration_s - time.monotonic()))
+    expected = int(duration_s)  # records sent by the stand-in within duration_s
+    deadline = time.monotonic() + 5.0
+    while (
+        hasattr(meter, "corrupt_records")
+        and meter.records + meter.corrupt_records < expected
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.02)
     meter.stop()
     t, p = meter.read_samples()
     return t, p, begin
