@@ -35,17 +35,12 @@ The instrument serves one client on a pseudo-terminal (default; the slave path i
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import math
-import os
 import re
-import select
-import socket
 import sys
 import threading
 import time
-import tty
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,6 +50,7 @@ import numpy as np
 
 from fpga.emulator import EmulatorError
 from fpga.emulator.power import ConstantPower, PowerSource, SquareWavePower
+from fpga.emulator.serving import Link, PortLink, PtyLink, ServedInstrument, TcpLink
 
 logger = logging.getLogger(__name__)
 
@@ -285,7 +281,7 @@ class _Settings:
     trigger_delay_auto: bool = True
 
 
-class SimulatedMeter:
+class SimulatedMeter(ServedInstrument):
     """A simulated 34465A serving SCPI on a pty, a TCP socket or a pyserial-like port.
 
     Use it as a context manager, or call :meth:`start` and :meth:`stop`::
@@ -304,11 +300,9 @@ class SimulatedMeter:
         tcp_port: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not callable(getattr(source, "energy_j", None)):
-            raise EmulatorError(f"source {source!r} has no energy_j(t0_s, t1_s) method")
+        super().__init__(source)
         if port is None and transport not in ("pty", "tcp"):
             raise EmulatorError(f"transport={transport!r} must be 'pty' or 'tcp'")
-        self.source = source
         self.config = config or SimulatedMeterConfig()
         self._transport = "port" if port is not None else transport
         self._port = port
@@ -317,48 +311,20 @@ class SimulatedMeter:
         self._rate = 1.0 + self.config.clock_drift_ppm * 1e-6
         self._rng = np.random.default_rng(self.config.seed)
         self._lock = threading.RLock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._link: _Link | None = None
-        self.address: str | None = None
         self._errors: deque[tuple[int, str]] = deque()
         self._source_failed = False
         self._reset()
 
     # -- lifecycle -------------------------------------------------------------------------
-    def start(self) -> str:
-        """Open the port and serve it from a background thread; returns :attr:`address`."""
-        if self._thread is not None:
-            raise EmulatorError(f"simulated meter already serves {self.address!r}")
+    thread_name = "sim-34465a"
+    description = "simulated Keysight 34465A"
+
+    def _open_link(self) -> Link:
         if self._transport == "pty":
-            self._link = _PtyLink()
-        elif self._transport == "tcp":
-            self._link = _TcpLink(self._tcp_port)
-        else:
-            self._link = _PortLink(self._port)
-        self.address = self._link.address
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._serve, name="sim-34465a", daemon=True)
-        self._thread.start()
-        logger.info("simulated %s %s serving on %s", *self._idn_fields()[:2], self.address)
-        return self.address
-
-    def stop(self) -> None:
-        """Stop serving and close the port (idempotent)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
-            self._thread = None
-        if self._link is not None:
-            self._link.close()
-            self._link = None
-
-    def __enter__(self) -> SimulatedMeter:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+            return PtyLink()
+        if self._transport == "tcp":
+            return TcpLink(self._tcp_port)
+        return PortLink(self._port)
 
     def _serve(self) -> None:
         assert self._link is not None
@@ -955,112 +921,6 @@ class SimulatedMeter:
         self._count(params, 0, 0)
         self._advance()
         return f"{self._ques_condition:+d}"
-
-
-# -- links: how bytes reach the instrument ------------------------------------------------------
-
-
-class _Link:
-    address: str
-
-    def read_some(self, timeout_s: float) -> bytes:
-        raise NotImplementedError
-
-    def write_all(self, data: bytes, stop: threading.Event) -> None:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-
-class _PtyLink(_Link):
-    """The instrument end (master) of a pseudo-terminal; clients open :attr:`address`."""
-
-    def __init__(self) -> None:
-        self._master, self._slave = os.openpty()
-        tty.setraw(self._slave)  # no echo, no newline translation before a client opens it
-        os.set_blocking(self._master, False)
-        self.address = os.ttyname(self._slave)  # kept open: reads never hit EIO
-
-    def read_some(self, timeout_s: float) -> bytes:
-        ready, _, _ = select.select([self._master], [], [], timeout_s)
-        if not ready:
-            return b""
-        try:
-            return os.read(self._master, 65536)
-        except BlockingIOError:
-            return b""
-
-    def write_all(self, data: bytes, stop: threading.Event) -> None:
-        view = memoryview(data)
-        while view and not stop.is_set():
-            _, ready, _ = select.select([], [self._master], [], 0.05)
-            if ready:
-                with contextlib.suppress(BlockingIOError):
-                    view = view[os.write(self._master, view) :]
-
-    def close(self) -> None:
-        for fd in (self._master, self._slave):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-
-class _TcpLink(_Link):
-    """A listening TCP socket on 127.0.0.1 (like the instrument's SCPI socket, port 5025)."""
-
-    def __init__(self, port: int) -> None:
-        self._server = socket.create_server(("127.0.0.1", port))
-        self._client: socket.socket | None = None
-        self.address = f"socket://127.0.0.1:{self._server.getsockname()[1]}"
-
-    def read_some(self, timeout_s: float) -> bytes:
-        if self._client is None:
-            ready, _, _ = select.select([self._server], [], [], timeout_s)
-            if ready:
-                self._client, _ = self._server.accept()
-            return b""
-        ready, _, _ = select.select([self._client], [], [], timeout_s)
-        if not ready:
-            return b""
-        try:
-            data = self._client.recv(65536)
-        except OSError:
-            data = b""
-        if not data:  # the client went away; wait for the next one
-            self._client.close()
-            self._client = None
-        return data
-
-    def write_all(self, data: bytes, stop: threading.Event) -> None:
-        if self._client is not None:
-            self._client.sendall(data)
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-        self._server.close()
-
-
-class _PortLink(_Link):
-    """Any pyserial-like object with ``read(size)``, ``write(data)`` and ``timeout``."""
-
-    def __init__(self, port: Any) -> None:
-        self._port = port
-        if hasattr(port, "timeout"):
-            port.timeout = 0.05
-        self.address = str(getattr(port, "port", None) or getattr(port, "name", None) or port)
-
-    def read_some(self, timeout_s: float) -> bytes:
-        waiting = getattr(self._port, "in_waiting", 0) or 1
-        return bytes(self._port.read(waiting))
-
-    def write_all(self, data: bytes, stop: threading.Event) -> None:
-        self._port.write(data)
-
-    def close(self) -> None:
-        close = getattr(self._port, "close", None)
-        if callable(close):
-            close()
 
 
 # -- command line -------------------------------------------------------------------------------

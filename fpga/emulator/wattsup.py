@@ -24,15 +24,14 @@ import argparse
 import logging
 import math
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from fpga.emulator import EmulatorError
-from fpga.emulator.meter import _Link, _PortLink, _PtyLink
 from fpga.emulator.power import ConstantPower, PowerSource, SquareWavePower
+from fpga.emulator.serving import Link, PortLink, PtyLink, ServedInstrument
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +76,7 @@ class SimulatedWattsUpConfig:
             )
 
 
-class SimulatedWattsUp:
+class SimulatedWattsUp(ServedInstrument):
     """A simulated Watts Up? PRO serving its serial protocol on a pty or a pyserial-like port.
 
     ::
@@ -94,16 +93,10 @@ class SimulatedWattsUp:
         port: Any = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not callable(getattr(source, "energy_j", None)):
-            raise EmulatorError(f"source {source!r} has no energy_j(t0_s, t1_s) method")
-        self.source = source
+        super().__init__(source)
         self.config = config or SimulatedWattsUpConfig()
         self._port = port
         self._clock = clock
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._link: _Link | None = None
-        self.address: str | None = None
         self._interval_s = 0  # 0: not logging externally
         self._next_record_s = 0.0
         self._records_sent = 0
@@ -117,34 +110,11 @@ class SimulatedWattsUp:
         self._since_s = self._clock()
 
     # -- lifecycle -------------------------------------------------------------------------
-    def start(self) -> str:
-        """Open the port and serve it from a background thread; returns :attr:`address`."""
-        if self._thread is not None:
-            raise EmulatorError(f"simulated Watts Up? already serves {self.address!r}")
-        self._link = _PtyLink() if self._port is None else _PortLink(self._port)
-        self.address = self._link.address
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._serve, name="sim-wattsup", daemon=True)
-        self._thread.start()
-        logger.info("simulated Watts Up? PRO serving on %s", self.address)
-        return self.address
+    thread_name = "sim-wattsup"
+    description = "simulated Watts Up? PRO"
 
-    def stop(self) -> None:
-        """Stop serving and close the port (idempotent)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
-            self._thread = None
-        if self._link is not None:
-            self._link.close()
-            self._link = None
-
-    def __enter__(self) -> SimulatedWattsUp:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+    def _open_link(self) -> Link:
+        return PtyLink() if self._port is None else PortLink(self._port)
 
     def _serve(self) -> None:
         assert self._link is not None
