@@ -141,7 +141,11 @@ class Backend(Protocol):
 
 class Accelerator(Protocol):
     """One FINN engine in the overlay: runs one graph kind on a batch (float32 in and out,
-    ``integer * scale`` values as the manifest's datatypes say)."""
+    ``integer * scale`` values as the manifest's datatypes say).
+
+    It may also have ``accepts(inputs) -> bool``: when false, that call runs on onnxruntime
+    (:class:`fpga.board.accel.GraphAccelerator` refuses channel masks that drop channels).
+    """
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]: ...
 
@@ -166,23 +170,28 @@ class FinnBackend:
     """Runs the graphs that have a FINN accelerator in the PYNQ overlay; the rest on the ARM.
 
     ``accelerators`` maps a graph name of the manifest (``stem``, ``block0``, ``shortcut1``,
-    ``head``, ``exit0``...) to an :class:`Accelerator`; the FPGA build (fpga/, later) provides
-    them from the overlay's DMA and IP blocks. Graphs without one (the layer and channel gates,
-    which FINN cannot compile) run on onnxruntime, as in the ``cpu`` backend.
+    ``head``, ``exit0``...) to an :class:`Accelerator` (on the board
+    :class:`fpga.board.accel.GraphAccelerator`s from :func:`fpga.board.accel.load_accelerators`).
+    Graphs without one (the layer and channel gates, which FINN cannot compile), and calls the
+    accelerator does not ``accepts`` (channel masks), run on onnxruntime, as in ``cpu``.
+    With ``bitfile`` None and ``accelerators`` given, no overlay is loaded here (the
+    accelerators bring their own, or stand in for the PL in tests).
     """
 
     def __init__(
         self,
         bundle: Bundle,
-        bitfile: str | Path | None,
+        bitfile: str | Path | None = None,
         *,
         accelerators: dict[str, Accelerator] | None = None,
         threads: int | None = None,
     ) -> None:
-        check_finn(bitfile)
-        from pynq import Overlay
+        self.overlay = None
+        if bitfile is not None or not accelerators:
+            check_finn(bitfile)
+            from pynq import Overlay
 
-        self.overlay = Overlay(str(bitfile))
+            self.overlay = Overlay(str(bitfile))
         self.accelerators: dict[str, Accelerator] = dict(accelerators or {})
         self.cpu = OnnxRuntimeBackend(bundle, threads=threads)
         unknown = sorted(set(self.accelerators) - set(bundle.manifest.graphs))
@@ -198,7 +207,8 @@ class FinnBackend:
 
     def run(self, graph: GraphSpec, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         accelerator = self.accelerators.get(graph.name)
-        if accelerator is None:
+        accepts = getattr(accelerator, "accepts", None)
+        if accelerator is None or (accepts is not None and not accepts(inputs)):
             return self.cpu.run(graph, inputs)
         return accelerator.run(inputs)
 
@@ -206,7 +216,16 @@ class FinnBackend:
 def make_backend(config: RuntimeConfig, bundle: Bundle) -> Backend:
     """The executor backend that ``config.backend`` names, for ``bundle``."""
     if config.backend == "finn":
-        return FinnBackend(bundle, config.bitfile, threads=config.threads)
+        from fpga.board.accel import AcceleratorError, load_accelerators
+
+        check_finn(config.bitfile)
+        try:  # the overlay is downloaded once, by FinnBackend
+            accelerators = load_accelerators(bundle, config.bitfile, download=False)
+        except AcceleratorError as exc:
+            raise BoardRuntimeError(str(exc)) from None
+        return FinnBackend(
+            bundle, config.bitfile, accelerators=accelerators, threads=config.threads
+        )
     return OnnxRuntimeBackend(bundle, threads=config.threads)
 
 
