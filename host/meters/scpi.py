@@ -17,7 +17,6 @@ with the :class:`Transport` methods, chosen in :func:`open_transport`.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import logging
 import math
 import threading
@@ -34,13 +33,13 @@ from host.meters.base import (
     MeterError,
     MeterIdentityError,
     MeterOverRangeError,
-    MeterPortError,
     MeterProtocolError,
     MeterTimeoutError,
     PowerMeter,
     SampleClock,
     register_meter,
 )
+from host.meters.ports import port_call, port_error
 
 logger = logging.getLogger(__name__)
 
@@ -146,28 +145,6 @@ class Transport(Protocol):
         ...
 
 
-def _port_error(address: str, exc: BaseException) -> MeterPortError:
-    """One line that names the port and says what to do."""
-    code = getattr(exc, "errno", None)
-    text = str(exc)
-    lowered = text.lower()
-    if code == errno.ENOENT or "no such file" in lowered:
-        why = "does not exist; check the cable and the address (ls /dev/tty*, or the meter's IP)"
-    elif code in (errno.EACCES, errno.EPERM) or "permission denied" in lowered:
-        why = "is not permitted; add your user to the 'dialout' group or fix its permissions"
-    elif code in (errno.EBUSY, errno.EAGAIN) or "lock" in lowered or "busy" in lowered:
-        why = "is busy: another program has it open; close that program first"
-    elif "refused" in lowered:
-        why = "refused the connection; check the IP address and that the meter's SCPI socket "
-        why += "(port 5025) is enabled"
-    elif "timed out" in lowered or "unreachable" in lowered or "name or service" in lowered:
-        why = "cannot be reached; check the network, the IP address and that the meter is on"
-    else:
-        first = text.splitlines()[0] if text else type(exc).__name__
-        why = f"cannot be opened ({first})"
-    return MeterPortError(f"power meter port {address!r} {why}")
-
-
 class SerialTransport:
     """SCPI over a pyserial port: a device path, ``socket://HOST:PORT``, a pty, ``loop://``."""
 
@@ -177,16 +154,10 @@ class SerialTransport:
             # exclusive: a second driver on the same serial port fails instead of interleaving.
             self._port = serial.serial_for_url(address, timeout=timeout_s, exclusive=True)
         except (serial.SerialException, OSError, ValueError) as exc:
-            raise _port_error(address, exc) from None
+            raise port_error(address, exc) from None
 
     def _io(self, what: str, call: Any, *args: Any) -> Any:
-        try:
-            return call(*args)
-        except (serial.SerialException, OSError) as exc:
-            raise MeterPortError(
-                f"power meter port {self.address!r} failed while {what}: {exc}; "
-                "check the cable and that nothing else uses the port"
-            ) from None
+        return port_call(self.address, what, call, *args)
 
     def write(self, data: bytes) -> None:
         self._io("writing", self._port.write, data)

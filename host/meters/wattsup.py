@@ -42,13 +42,12 @@ from host.meters.base import (
     MeterConfigError,
     MeterError,
     MeterIdentityError,
-    MeterPortError,
     MeterProtocolError,
     MeterTimeoutError,
     PowerMeter,
     register_meter,
 )
-from host.meters.scpi import _port_error
+from host.meters.ports import port_call, port_error
 
 logger = logging.getLogger(__name__)
 
@@ -201,13 +200,14 @@ class WattsUp(PowerMeter):
 
     # -- port --------------------------------------------------------------------------------
     def _io(self, what: str, call: Any, *args: Any) -> Any:
-        try:
-            return call(*args)
-        except (serial.SerialException, OSError) as exc:
-            raise MeterPortError(
-                f"Watts Up? port {self.address!r} failed while {what}: {exc}; check the USB "
-                "cable and that nothing else uses the port"
-            ) from None
+        return port_call(
+            self.address,
+            what,
+            call,
+            *args,
+            device="Watts Up?",
+            hint="check the USB cable and that nothing else uses the port",
+        )
 
     def _send(self, command: str) -> None:
         if self._port is None:
@@ -251,7 +251,7 @@ class WattsUp(PowerMeter):
                 exclusive=True,
             )
         except (serial.SerialException, OSError, ValueError) as exc:
-            raise _port_error(self.address, exc) from None
+            raise port_error(self.address, exc) from None
         try:
             self._io("flushing", self._port.reset_input_buffer)
             version = self._request("#V,R,0;", "v")
