@@ -2,7 +2,7 @@
 #
 # Vivado is NOT in the image: mount the user's installation at run time and set XILINX_VIVADO,
 #   docker run --rm -v /tools/Xilinx:/tools/Xilinx:ro \
-#     -e XILINX_VIVADO=/tools/Xilinx/Vivado/2022.2 -v "$PWD/runs:/work/ddi-fpga/runs" \
+#     -e XILINX_VIVADO=/tools/Xilinx/Vivado/2022.2 -v "$PWD/runs:/src/ddi-fpga/runs" \
 #     ddi-fpga:latest runs/bundle --out runs/bitstream
 # (`make bitstream BUNDLE=... VIVADO=...` does this). Without Vivado the entrypoint refuses with
 # one line; `--entrypoint python ddi-fpga:latest -m fpga estimate ...` needs no Vivado.
@@ -12,7 +12,7 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    FINN_DEPS=/opt/finn_deps
+    FINN_DEPS=/finn_deps
 
 # Build tools (FINN's XSI binding and cppsim: g++, cmake; `finn deps update`: git) and the
 # shared libraries that a mounted Vivado 2022.2 / 2024.2 loads on Debian 12.
@@ -27,7 +27,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 ENV LANG=en_US.UTF-8 LC_ALL=en_US.UTF-8
 
-WORKDIR /work/ddi-fpga
+WORKDIR /src/ddi-fpga
 
 # As the Makefile installs, in the same order. torch first, pinned, from PyTorch's CPU index
 # (a CI runner has internet): nothing later may replace it with a multi-GB CUDA build.

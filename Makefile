@@ -66,5 +66,5 @@ bitstream:  ## ZedBoard bitstreams of BUNDLE in Docker: make bitstream BUNDLE=di
 		-v "$(XILINX_ROOT):$(XILINX_ROOT):ro" \
 		-e XILINX_VIVADO=$(abspath $(VIVADO)) \
 		-v "$(abspath $(BUNDLE)):/in/bundle:ro" -v "$(abspath $(BITSTREAM_OUT)):/out" \
-		-v "$(abspath runs/finn_deps):/opt/finn_deps" \
+		-v "$(abspath runs/finn_deps):/finn_deps" \
 		$(IMAGE) /in/bundle --out /out
