@@ -115,6 +115,25 @@ def estimate(args: argparse.Namespace) -> int:
     return 0
 
 
+def overlay(args: argparse.Namespace) -> int:
+    from fpga.bitstream.overlay import OverlayConfig, prepare_overlay
+
+    config = OverlayConfig(
+        clk_period_ns=args.clk_period_ns,
+        target_fps=1000 if args.target_fps is None else args.target_fps or None,
+        graphs=args.graphs,
+        batch_size=args.batch,
+    )
+    built = prepare_overlay(args.bundle, args.out, config)
+    share = ", ".join(f"{k} {100 * v:.1f}%" for k, v in built.estimates["share"].items())
+    verdict = "fits" if built.estimates["fits"] else "does NOT fit"
+    print(f"{len(built.engines)} engines in one overlay ({share}): {verdict} the XC7Z020")
+    for name, (i, o) in built.engines.items():
+        print(f"  {name}: idma/odma index {i}/{o}")
+    print(f"deploy folder {built.deploy} (driver settings predicted; make bitstream builds it)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fpga", description="ddi-fpga: FPGA stage.")
     parser.add_argument("--debug", action="store_true", help="log debug messages, re-raise")
@@ -136,6 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="per-graph: one engine per graph; shared: one per graph shape, weights written at "
         "run time (docs/fpga-architecture.md)",
     )
+    o = commands.add_parser(
+        "overlay", help="one overlay of every engine: merge, estimates, deploy folder (no Vivado)"
+    )
+    o.add_argument("bundle", help="bundle folder (python -m export)")
+    o.add_argument("--out", required=True, help="build folder (graphs/, overlay.onnx, deploy/)")
+    o.add_argument("--graphs", nargs="+", help="only these graphs (default: all with QONNX)")
+    o.add_argument("--clk-period-ns", type=float, default=10.0, help="target clock (10: 100 MHz)")
+    o.add_argument("--target-fps", type=int, help="FINN folding target per engine (default 1000)")
+    o.add_argument("--batch", type=int, default=64, help="images per DMA transfer on the board")
     p = commands.add_parser("emulate", help="serve the emulated board on a pty")
     p.add_argument("bundle", help="bundle folder (python -m export)")
     timing = p.add_argument_group("time model")
@@ -169,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        return estimate(args) if args.command == "estimate" else emulate(args)
+        command = {"estimate": estimate, "overlay": overlay, "emulate": emulate}[args.command]
+        return command(args)
     except (EmulatorError, BoardError, ExportError, FinnFrontendError, OSError) as exc:
         if args.debug:
             raise

@@ -1,4 +1,4 @@
-"""``python -m fpga.bitstream BUNDLE --out DIR``: ZedBoard bitstreams of a bundle's graphs.
+"""``python -m fpga.bitstream BUNDLE --out DIR``: the ZedBoard overlay of a bundle.
 
 Needs Vivado (``XILINX_VIVADO``); without it, prints one line and exits 1. ``--check`` only
 checks Vivado; ``--print-tcl`` prints the ZedBoard shell Tcl that FINN will run (no Vivado).
@@ -18,16 +18,17 @@ from fpga.finn.errors import FinnFrontendError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m fpga.bitstream",
-        description="FINN front end + back end (Vivado): bundle graphs -> ZedBoard bitstreams.",
+        description="FINN front end + back end (Vivado): bundle graphs -> one ZedBoard overlay.",
     )
     parser.add_argument("bundle", nargs="?", help="bundle folder (python -m export CHECKPOINT)")
-    parser.add_argument("--out", help="build folder: one FINN build per graph, bitstreams.json")
+    parser.add_argument("--out", help="build folder; the board's overlay is OUT/deploy")
     parser.add_argument("--graphs", nargs="+", help="only these graphs (default: all with QONNX)")
     parser.add_argument(
         "--clk-period-ns", type=float, default=10.0, help="fabric clock (10: 100 MHz)"
     )
     parser.add_argument("--target-fps", type=int, default=1000, help="0: no automatic folding")
     parser.add_argument("--folding-config", help="FINN folding JSON applied after target fps")
+    parser.add_argument("--batch", type=int, default=64, help="images per DMA transfer on board")
     parser.add_argument(
         "--board-part", help="Vivado board part (default avnet.com:zedboard:part0:1.4)"
     )
@@ -65,15 +66,15 @@ def main(argv: list[str] | None = None) -> int:
             target_fps=args.target_fps or None,
             folding_config_file=args.folding_config,
             graphs=args.graphs,
+            batch_size=args.batch,
         )
-        results = build_bitstreams(args.bundle, args.out, config)
+        files = build_bitstreams(args.bundle, args.out, config)
     except (FinnFrontendError, ExportError, OSError) as exc:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    for name, files in results.items():
-        print(f"{name}: {files['bitfile']}")
+    print(f"bitfile {files['bitfile']}; copy {files['deploy']} to the board (docs/board.md)")
     return 0
 
 

@@ -1,15 +1,17 @@
-"""Bundle -> ZedBoard bitstreams: the FINN front end, then FINN's back end with Vivado.
+"""Bundle -> one ZedBoard overlay: the FINN front end, the merge, then FINN's back end with Vivado.
 
-Per bundle graph (one FINN build folder each, as ``python -m fpga.finn``):
-
-1. the front end (:func:`fpga.finn.to_hw`, :data:`fpga.finn.steps.FRONTEND_STEPS`):
-   streamlined, HW layers, folded, estimated; runs without Vivado;
-2. FINN's builder resumes in the same folder (``start_step``) over :data:`BACKEND_STEPS`:
-   FINN's ``step_generate_hardware`` (HLS/RTL code, IP, FIFO sizing) and
-   ``step_create_stitched_ip``, then :func:`step_zedboard_bitfile` (FINN's
-   ``step_synthesize_bitfile`` with the ZedBoard registered: IODMAs, the Zynq PS7 block design,
-   synthesis, implementation, ``.bit`` and ``.hwh``), ``step_make_driver`` (PYNQ driver) and
-   ``step_deployment_package``.
+1. :func:`fpga.bitstream.overlay.prepare_overlay` (no Vivado): the front end of every graph
+   (:func:`fpga.finn.to_hw`: streamlined, HW layers, folded, estimated), FINN's multi-DNN merge
+   of their HW partitions into one model with an input and an output per engine
+   (``overlay.onnx``), and the deploy folder;
+2. FINN's builder on ``overlay.onnx`` over :data:`BACKEND_STEPS`: FINN's
+   ``step_generate_hardware`` (HLS/RTL code, IP, FIFO sizing) and ``step_create_stitched_ip``,
+   then :func:`step_zedboard_bitfile` (FINN's ``step_synthesize_bitfile`` with the ZedBoard
+   registered: an IODMA pair per engine, the Zynq PS7 block design, synthesis,
+   implementation, ``.bit`` and ``.hwh``), ``step_make_driver`` (``settings.json`` for
+   finn-plus-driver) and ``step_deployment_package``;
+3. the bitfile and FINN's ``settings.json`` go into the deploy folder, whose
+   ``accelerators.json`` then says ``settings_origin: finn build``.
 
 Before anything starts, :func:`require_vivado` checks ``XILINX_VIVADO`` and the version that
 ``vivado -version`` prints; each failure is one line (:class:`VivadoError`).
@@ -150,21 +152,23 @@ BACKEND_STEPS: list = [
 
 @dataclass
 class BitstreamConfig:
-    """How the bitstream flow builds each graph (saved as ``bitstream_config.json``)."""
+    """How the bitstream flow builds the overlay (saved as ``bitstream_config.json``)."""
 
     clk_period_ns: float = 10.0
     target_fps: int | None = 1000
     folding_config_file: str | None = None
     graphs: list[str] | None = None
     """Only these bundle graphs (default: every graph with a QONNX file)."""
+    batch_size: int = 64
+    """Images per DMA transfer on the board (``accelerators.json``)."""
 
 
 def backend_config(config: BitstreamConfig, out_dir: Path) -> Any:
-    """FINN's ``DataflowBuildConfig`` for front end + back end, resuming after the front end."""
+    """FINN's ``DataflowBuildConfig`` for the back end of the collapsed overlay model (it is
+    past the front end's estimates: HW layers, specialized, folded)."""
     from finn.builder.build_dataflow_config import DataflowOutputType, ShellFlowType
 
     from fpga.finn.frontend import FrontendConfig
-    from fpga.finn.steps import FRONTEND_STEPS
 
     register_zedboard()
     frontend = FrontendConfig(
@@ -172,24 +176,18 @@ def backend_config(config: BitstreamConfig, out_dir: Path) -> Any:
         clk_period_ns=config.clk_period_ns,
         target_fps=config.target_fps,
         folding_config_file=config.folding_config_file,
-        start_step=_name(BACKEND_STEPS[0]),
     )
-    cfg = frontend.dataflow_config(out_dir, steps=[*FRONTEND_STEPS, *BACKEND_STEPS])
+    cfg = frontend.dataflow_config(out_dir, steps=list(BACKEND_STEPS))
     cfg.board = ZEDBOARD
     cfg.fpga_part = None  # resolved from the board: FINN's part_map, registered above
     cfg.shell_flow_type = ShellFlowType.VIVADO_ZYNQ
     cfg.generate_outputs = [
-        DataflowOutputType.ESTIMATE_REPORTS,
         DataflowOutputType.STITCHED_IP,
         DataflowOutputType.BITFILE,
         DataflowOutputType.PYNQ_DRIVER,
         DataflowOutputType.DEPLOYMENT_PACKAGE,
     ]
     return cfg
-
-
-def _name(step: Any) -> str:
-    return step if isinstance(step, str) else step.__name__
 
 
 def ensure_finn_deps() -> None:
@@ -210,67 +208,90 @@ def ensure_finn_deps() -> None:
 
 def build_bitstreams(
     bundle: str | os.PathLike, out_dir: str | os.PathLike, config: BitstreamConfig | None = None
-) -> dict[str, dict[str, str]]:
-    """Every selected bundle graph -> ``<out>/<graph>/`` with FINN's bitfile, .hwh and driver.
+) -> dict[str, str]:
+    """The bundle's overlay: one bitstream with an engine per selected graph, and the board's
+    deploy folder (``<out>/deploy``: bitfile, FINN's ``settings.json``, tails,
+    ``accelerators.json``; :mod:`fpga.bitstream.overlay`).
 
-    Returns, per graph, the paths FINN wrote (``bitfile``, ``hwh``, ``driver``, ``deploy``)
-    and writes them to ``<out>/bitstreams.json``. Raises :class:`VivadoError` first when
-    Vivado is absent or unsupported, :class:`BuildError` when FINN's builder fails.
+    Returns the paths of ``deploy``, ``bitfile``, ``hwh`` and ``settings``. Raises
+    :class:`VivadoError` first when Vivado is absent or unsupported, :class:`BuildError` when
+    FINN's builder fails.
     """
-    from export.manifest import load_bundle
+    from fpga.bitstream.overlay import (
+        BITFILE,
+        FINN_BUILD,
+        SETTINGS,
+        OverlayConfig,
+        prepare_overlay,
+        write_deploy,
+    )
     from fpga.finn import compat
 
     config = config or BitstreamConfig()
     vivado, version = require_vivado()  # before FINN is imported: it reaches for Vivado
     tool_environment(vivado, version)
     ensure_finn_deps()
-    loaded = load_bundle(bundle)
-    specs = loaded.manifest.graphs
-    names = config.graphs or [n for n, g in specs.items() if g.qonnx is not None]
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     compat.prepare_finn(out / "finn_tmp")
     from finn.builder.build_dataflow import build_dataflow_cfg
     from finn.util.settings import get_settings
+    from qonnx.core.modelwrapper import ModelWrapper
 
-    from fpga.finn.frontend import FrontendConfig, _failure, to_hw
+    from fpga.finn.frontend import _failure
 
     if os.environ.get("FINN_DEPS"):
         get_settings().finn_deps = os.environ["FINN_DEPS"]
     (out / "bitstream_config.json").write_text(json.dumps(asdict(config), indent=1) + "\n")
-    results: dict[str, dict[str, str]] = {}
-    for name in names:
-        spec = specs.get(name)
-        if spec is None or spec.qonnx is None:
-            raise BuildError(f"bundle {str(loaded.path)!r} has no QONNX graph {name!r}")
-        build = out / name
-        front = FrontendConfig(
+    prepared = prepare_overlay(
+        bundle,
+        out,
+        OverlayConfig(
             clk_period_ns=config.clk_period_ns,
             target_fps=config.target_fps,
             folding_config_file=config.folding_config_file,
-        )
-        to_hw(loaded.path / spec.qonnx.file, spec.inputs[0].datatype, build, front)
-        cfg = backend_config(config, build)
-        log.info("FINN back end of %s (Vivado %d.%d) in %s", name, *version, build)
-        with compat.builder_session():
-            try:
-                status = build_dataflow_cfg(str(build / "input.qonnx.onnx"), cfg)
-            except Exception as exc:
-                raise BuildError(
-                    f"FINN back end of {name!r} failed: {type(exc).__name__}: {exc}; "
-                    f"see {str(build / 'build_dataflow.log')!r}"
-                ) from exc
-        if status != 0:
-            raise BuildError(
-                f"FINN back end of {name!r} failed: {_failure(build / 'build_dataflow.log')}"
-            )
-        results[name] = {
-            "bitfile": str(build / "bitfile" / "finn-accel.bit"),
-            "hwh": str(build / "bitfile" / "finn-accel.hwh"),
-            "driver": str(build / "driver"),
-            "deploy": str(build / "deploy"),
-        }
-    (out / "bitstreams.json").write_text(
-        json.dumps({"bundle_id": loaded.bundle_id, "graphs": results}, indent=1) + "\n"
+            graphs=config.graphs,
+            batch_size=config.batch_size,
+        ),
     )
-    return results
+    build = out / "finn"
+    cfg = backend_config(config, build)
+    log.info(
+        "FINN back end of %d engines (Vivado %d.%d) in %s", len(prepared.engines), *version, build
+    )
+    with compat.builder_session():
+        try:
+            status = build_dataflow_cfg(str(prepared.model), cfg)
+        except Exception as exc:
+            raise BuildError(
+                f"FINN back end failed: {type(exc).__name__}: {exc}; "
+                f"see {str(build / 'build_dataflow.log')!r}"
+            ) from exc
+    if status != 0:
+        raise BuildError(f"FINN back end failed: {_failure(build / 'build_dataflow.log')}")
+    finn_deploy = build / "deploy"
+    deploy = prepared.deploy
+    shutil.copytree(finn_deploy / "bitfile", deploy / "bitfile", dirs_exist_ok=True)
+    weights = finn_deploy / "driver" / "runtime_weights"
+    if weights.is_dir():
+        shutil.copytree(weights, deploy / "runtime_weights", dirs_exist_ok=True)
+    settings = json.loads((finn_deploy / "driver" / "settings.json").read_text())
+    parents = {n: ModelWrapper(str(p)) for n, p in prepared.parents.items()}
+    write_deploy(
+        deploy,
+        prepared.bundle_id,
+        parents,
+        prepared.engines,
+        settings,
+        FINN_BUILD,
+        config.batch_size,
+    )
+    files = {
+        "deploy": str(deploy),
+        "bitfile": str(deploy / BITFILE),
+        "hwh": str((deploy / BITFILE).with_suffix(".hwh")),
+        "settings": str(deploy / SETTINGS),
+    }
+    if not Path(files["bitfile"]).is_file():
+        raise BuildError(f"FINN's deployment package has no {BITFILE}: {str(finn_deploy)!r}")
+    return files

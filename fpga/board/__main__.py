@@ -48,14 +48,15 @@ def serve(args: argparse.Namespace) -> int:
     config = RuntimeConfig(
         store_dir=Path(args.store),
         backend=args.backend,
-        bitfile=Path(args.bitfile) if args.bitfile else None,
+        overlays=[Path(p) for p in args.overlay or []],
+        overlay_batch=args.overlay_batch,
         max_image_bytes=args.max_images * 32 * 32 * 3,
         max_bundle_bytes=args.max_bundle_mb * 1024 * 1024,
         threads=args.threads,
         identity=args.identity or "",
     )
     if config.backend == "finn":
-        check_finn(config.bitfile)  # fail at start, not at the first SELECT_BUNDLE
+        check_finn(config.overlays)  # fail at start, not at the first SELECT_BUNDLE
     runtime = BoardRuntime(config)
     try:
         port = serial.serial_for_url(args.port, baudrate=args.baud, timeout=0.05, exclusive=True)
@@ -88,7 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     run = p.add_argument_group("runtime")
     run.add_argument("--store", required=True, help="bundle store folder (created if missing)")
     run.add_argument("--backend", choices=("cpu", "finn"), default="cpu", help="graph engine")
-    run.add_argument("--bitfile", help="overlay .bit for --backend finn")
+    run.add_argument(
+        "--overlay",
+        action="append",
+        metavar="DIR",
+        help="--backend finn: an overlay's deploy folder (accelerators.json); once per bundle",
+    )
+    run.add_argument(
+        "--overlay-batch", type=int, help="images per DMA transfer (default: the overlay's)"
+    )
     run.add_argument("--threads", type=int, help="onnxruntime threads (default: every core)")
     run.add_argument("--max-images", type=int, default=20_000, help="image memory, in CIFAR images")
     run.add_argument("--max-bundle-mb", type=int, default=512, help="largest bundle archive")

@@ -4,10 +4,16 @@ The executor hands a backend float NCHW tensors (``integer * scale`` values, as 
 datatypes say); a FINN engine in the programmable logic takes integer codes in NHWC and gives
 integer codes back. This module is the adapter between the two:
 
-- :class:`Accelerator`: what runs one dataflow partition, ``execute(codes_nhwc) -> out_nhwc``.
-  On the board that is :class:`FinnDriverAccelerator`, wrapping FINN's generated PYNQ driver
-  (``driver_base.FINNExampleOverlay`` of the deploy package); in tests a stand-in that runs
-  the same partition with FINN's Python execution.
+- :class:`OverlaySpec`: ``accelerators.json`` of an overlay's deploy folder, written by the
+  build (:mod:`fpga.bitstream.overlay`): which bundle the overlay was built from, its bitfile,
+  FINN's driver ``settings.json``, and per bundle graph the engine's DMA pair (the index of its
+  input and output in FINN's ``io_shape_dict``) and its float tail.
+- :func:`open_finn_overlay`: the overlay through finn-plus's PYNQ driver (the
+  ``finn-plus-driver`` package: ``FINNDMAOverlay`` made from ``settings.json``, as its
+  command line does).
+- :class:`DmaEngine`: one engine of that overlay as an :class:`Accelerator`,
+  ``execute(codes_nhwc) -> out_nhwc``: FINN's folding and bit packing, then only this engine's
+  input and output DMA started.
 - :class:`FloatTail`: the float nodes that FINN leaves outside the partition (the output scale
   ``Mul``, the classifier's bias ``Add``, the ``Transpose`` back to NCHW), read once from the
   dataflow parent of :func:`fpga.finn.to_hw` at build time and stored as a small JSON file
@@ -17,17 +23,17 @@ integer codes back. This module is the adapter between the two:
   float tail -> the twin's float NCHW output. Blocks take a channel mask that the dense HW
   graph does not: :meth:`GraphAccelerator.accepts` is true only when every mask is all ones,
   and :class:`fpga.board.runtime.FinnBackend` runs the other calls on onnxruntime.
+- :func:`load_overlay`: all of it for one bundle.
 
-Runs on PYNQ (Python 3.10, numpy 1.x): only numpy at module level; pynq and FINN's deploy
-package are imported when a :class:`FinnDriverAccelerator` is made.
+Runs on PYNQ (Python 3.10, numpy 1.x): only numpy at module level; pynq and finn-plus-driver
+are imported when an overlay is opened.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
-import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,99 +59,302 @@ class AcceleratorError(BoardError):
 
 
 class Accelerator(Protocol):
-    """One FINN dataflow partition in the PL.
+    """One FINN dataflow engine in the PL.
 
-    ``execute(codes)`` takes the integer input codes in the layout FINN's generated PYNQ driver
-    expects, NHWC with the batch first (``(N, H, W, C)``), and returns the engine's output codes
-    (integers, possibly as floats), NHWC, batch first.
+    ``execute(codes)`` takes the integer input codes in the layout of FINN's PYNQ driver, NHWC
+    with the batch first (``(N, H, W, C)``), and returns the engine's output codes (integers,
+    possibly as floats), NHWC, batch first.
     """
 
     def execute(self, codes: np.ndarray) -> np.ndarray: ...
 
 
 # ----------------------------------------------------------------------------------------------
-# FINN's generated driver
+# The overlay's description (accelerators.json)
+
+OVERLAY_FILE = "accelerators.json"
+OVERLAY_FORMAT = "ddi-fpga overlay"
+OVERLAY_VERSION = 1
+DEFAULT_BATCH = 64
+"""Images per DMA transfer: FINN's driver allocates one buffer of this many images per engine
+input and output in the CMA pool (ResNet-8: about 7 MB for all engines)."""
 
 
-class FinnDriverAccelerator:
-    """FINN's generated PYNQ driver (``driver_base.FINNExampleOverlay``) as an :class:`Accelerator`.
+@dataclass(frozen=True)
+class EngineSpec:
+    """One bundle graph's engine: its DMA pair in ``io_shape_dict`` and its float tail."""
 
-    ``driver_dir`` is the ``driver/`` folder of FINN's deploy package (``driver.py``,
-    ``driver_base.py`` and their helpers); ``io_shape_dict`` defaults to the one in its
-    ``driver.py``. The overlay takes a fixed ``batch_size``: :meth:`execute` splits a batch into
-    chunks of that size (the last one padded with zeros). ``download=False`` reuses a bitstream
-    that is already loaded (by :class:`fpga.board.runtime.FinnBackend`).
+    input: int
+    output: int
+    tail: str
+
+
+@dataclass(frozen=True)
+class OverlaySpec:
+    """``accelerators.json`` (docs/board.md): an overlay built for one bundle.
+
+    Paths are relative to the file's folder (the deploy folder). ``settings_origin`` says where
+    ``settings.json`` came from: ``finn build`` (FINN's ``step_make_driver`` after synthesis) or
+    ``predicted`` (FINN's driver generator run without Vivado, :mod:`fpga.bitstream.overlay`).
+    """
+
+    root: Path
+    bundle_id: str
+    bitfile: str
+    settings: str
+    settings_origin: str
+    engines: dict[str, EngineSpec]
+    batch_size: int = DEFAULT_BATCH
+
+    @classmethod
+    def load(cls, folder: str | Path) -> OverlaySpec:
+        """Read and check ``folder/accelerators.json``; one-line :class:`AcceleratorError`."""
+        root = Path(folder)
+        path = root / OVERLAY_FILE
+        if not path.is_file():
+            raise AcceleratorError(
+                f"{str(root)!r} holds no {OVERLAY_FILE}; pass the deploy folder that "
+                "`make bitstream` (or `python -m fpga overlay`) wrote"
+            )
+        try:
+            doc = json.loads(path.read_text())
+            if doc.get("format") != OVERLAY_FORMAT:
+                raise ValueError(f"format is {doc.get('format')!r}, not {OVERLAY_FORMAT!r}")
+            if doc.get("version") != OVERLAY_VERSION:
+                raise ValueError(
+                    f"version {doc.get('version')!r} is not {OVERLAY_VERSION}; rebuild the "
+                    "overlay with this release"
+                )
+            engines = {
+                str(name): EngineSpec(int(e["input"]), int(e["output"]), str(e["tail"]))
+                for name, e in dict(doc["engines"]).items()
+            }
+            spec = cls(
+                root=root,
+                bundle_id=str(doc["bundle_id"]),
+                bitfile=str(doc["bitfile"]),
+                settings=str(doc["settings"]),
+                settings_origin=str(doc.get("settings_origin", "")),
+                engines=engines,
+                batch_size=int(doc.get("batch_size", DEFAULT_BATCH)),
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise AcceleratorError(
+                f"cannot read {str(path)!r}: {type(exc).__name__}: {exc}"
+            ) from None
+        if spec.batch_size < 1:
+            raise AcceleratorError(f"{str(path)!r}: batch_size {spec.batch_size} must be >= 1")
+        return spec
+
+    def save(self) -> Path:
+        doc = {
+            "format": OVERLAY_FORMAT,
+            "version": OVERLAY_VERSION,
+            "bundle_id": self.bundle_id,
+            "bitfile": self.bitfile,
+            "settings": self.settings,
+            "settings_origin": self.settings_origin,
+            "batch_size": self.batch_size,
+            "engines": {
+                n: {"input": e.input, "output": e.output, "tail": e.tail}
+                for n, e in self.engines.items()
+            },
+        }
+        path = self.root / OVERLAY_FILE
+        path.write_text(json.dumps(doc, indent=1) + "\n")
+        return path
+
+    def driver_information(self) -> dict[str, Any]:
+        """``driver_information`` of FINN's ``settings.json``, checked for a DMA overlay."""
+        path = self.root / self.settings
+        try:
+            info = dict(json.loads(path.read_text())["driver_information"])
+            shapes = info["io_shape_dict"]
+            n_in, n_out = int(shapes["num_inputs"]), int(shapes["num_outputs"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise AcceleratorError(
+                f"cannot read FINN's driver settings {str(path)!r}: {type(exc).__name__}: {exc}"
+            ) from None
+        if info.get("driver_type") != "FINNDMAOverlay" or info.get("platform") != "zynq-iodma":
+            raise AcceleratorError(
+                f"{str(path)!r} describes a {info.get('driver_type')!r} on "
+                f"{info.get('platform')!r}; the board runs FINNDMAOverlay on zynq-iodma "
+                "(build without instrumentation)"
+            )
+        if info.get("external_weights") or int(shapes.get("number_of_external_weights", 0)):
+            raise AcceleratorError(
+                f"{str(path)!r}: the overlay streams weights from DDR (external weights), "
+                "which the board runtime does not drive; build with internal weights"
+            )
+        for name, e in self.engines.items():
+            if not (0 <= e.input < n_in and 0 <= e.output < n_out):
+                raise AcceleratorError(
+                    f"engine {name!r} uses DMA input {e.input} / output {e.output}, but "
+                    f"{str(path)!r} has {n_in} inputs and {n_out} outputs"
+                )
+        return info
+
+
+# ----------------------------------------------------------------------------------------------
+# FINN's PYNQ driver (finn-plus-driver)
+
+
+class DmaOverlay(Protocol):
+    """What :class:`DmaEngine` uses of finn-plus-driver's ``FINNDMAOverlay``.
+
+    ``idma[i]``/``odma[o]`` are the IODMAs' register maps (``read(offset)``,
+    ``write(offset, value)``), ``ibuf_packed_device[i]``/``obuf_packed_device[o]`` their
+    PYNQ buffers (``device_address``), ``obuf_packed[o]`` host copies; the methods fold, pack,
+    copy, unpack and unfold one input or output (``ind``) for ``batch_size`` images.
+    """
+
+    batch_size: int
+    idma: list[Any]
+    odma: list[Any]
+    ibuf_packed_device: list[Any]
+    obuf_packed_device: list[Any]
+    obuf_packed: list[np.ndarray]
+
+    def idt(self, ind: int = 0) -> Any: ...
+    def ishape_normal(self, ind: int = 0) -> tuple[int, ...]: ...
+    def fold_input(self, ibuf_normal: np.ndarray, ind: int = 0) -> np.ndarray: ...
+    def pack_input(self, ibuf_folded: np.ndarray, ind: int = 0) -> np.ndarray: ...
+    def copy_input_data_to_device(self, data: np.ndarray, ind: int = 0) -> None: ...
+    def copy_output_data_from_device(self, data: np.ndarray, ind: int = 0) -> None: ...
+    def unpack_output(self, obuf_packed: np.ndarray, ind: int = 0) -> np.ndarray: ...
+    def unfold_output(self, obuf_folded: np.ndarray, ind: int = 0) -> np.ndarray: ...
+
+
+def open_finn_overlay(
+    spec: OverlaySpec, *, batch_size: int | None = None, download: bool = True
+) -> DmaOverlay:
+    """The overlay through finn-plus-driver's ``FINNDMAOverlay``: downloads the bitfile (unless
+    ``download`` is false) and allocates the DMA buffers of ``batch_size`` images.
+
+    The class and its keyword arguments come from ``settings.json`` as finn-plus-driver's own
+    command line takes them (runtime weights from ``runtime_weights/`` beside it).
+    """
+    try:
+        import pynq  # noqa: F401 - only present on a PYNQ image
+        from finn_plus_driver import get_driver_class
+    except ImportError as exc:
+        raise AcceleratorError(
+            f"the finn backend needs pynq and finn-plus-driver on the board ({exc}); "
+            "docs/board.md says how to install them, or run with --backend cpu"
+        ) from None
+    bitfile = spec.root / spec.bitfile
+    if not bitfile.is_file():
+        raise AcceleratorError(
+            f"the overlay's bitfile {str(bitfile)!r} is missing; copy the whole deploy folder "
+            "that `make bitstream` wrote"
+        )
+    if spec.settings_origin != "finn build":
+        raise AcceleratorError(
+            f"{str(spec.root / spec.settings)!r} was {spec.settings_origin or 'not built'}, "
+            "not written by FINN's build of this bitfile; rebuild with `make bitstream`"
+        )
+    info = spec.driver_information()
+    kwargs = {k: v for k, v in info.items() if k not in ("driver_type", "fclk_mhz")}
+    kwargs.setdefault("runtime_weight_dir", str(spec.root / "runtime_weights"))
+    kwargs["batch_size"] = batch_size or spec.batch_size
+    try:
+        overlay = get_driver_class(info["driver_type"])(
+            str(bitfile), download=download, fclk_mhz=info.get("fclk_mhz", 100.0), **kwargs
+        )
+    except Exception as exc:  # pynq raises RuntimeError, OSError, KeyError (missing IP)...
+        raise AcceleratorError(
+            f"FINN's driver cannot open {str(bitfile)!r}: {type(exc).__name__}: {exc}"
+        ) from None
+    log.info(
+        "overlay %s: %d engines, batch %d", bitfile.name, len(spec.engines), overlay.batch_size
+    )
+    return overlay
+
+
+AP_START, AP_DONE, AP_IDLE = 0x1, 0x2, 0x4
+"""Bits of an HLS block's ``ap_ctrl`` register (offset 0): FINN's IODMAs are HLS blocks."""
+DMA_CTRL, DMA_ADDR_LO, DMA_ADDR_HI, DMA_COUNT = 0x00, 0x10, 0x14, 0x1C
+"""The IODMA registers FINN's driver programs: control, buffer address, images to move."""
+
+
+class DmaEngine:
+    """One engine of a FINN DMA overlay: input DMA ``input``, output DMA ``output``.
+
+    FINN's ``FINNDMAOverlay.execute`` starts every IODMA of the overlay at once: in an overlay
+    with one engine per bundle graph that would run all engines on whatever their buffers hold
+    (power drawn, and measured, for work nobody asked for), and it would wait on all outputs.
+    So this class uses the overlay's own folding, packing and buffer copies, but programs only
+    this engine's two IODMAs, in the order and with the registers FINN's driver uses (output
+    first, then input; address, image count, start; done polled on the output).
+
+    A batch larger than the overlay's ``batch_size`` runs in chunks; a shorter chunk is padded
+    for packing, and only its images are moved (the count register).
     """
 
     def __init__(
-        self,
-        bitfile: str | Path,
-        driver_dir: str | Path,
-        *,
-        io_shape_dict: dict[str, Any] | None = None,
-        batch_size: int = 1,
-        platform: str = "zynq-iodma",
-        download: bool = True,
+        self, overlay: DmaOverlay, input: int, output: int, *, timeout_s: float = 10.0
     ) -> None:
-        try:
-            import pynq  # noqa: F401 - only present on a PYNQ image
-        except ImportError:
-            raise AcceleratorError(
-                "FINN's driver needs the pynq package, which exists only on a PYNQ board image; "
-                "run with --backend cpu here"
-            ) from None
-        driver_dir = Path(driver_dir)
-        if not (driver_dir / "driver_base.py").is_file():
-            raise AcceleratorError(
-                f"{str(driver_dir)!r} holds no driver_base.py; pass the driver/ folder of FINN's "
-                "deploy package (step_deployment_package)"
-            )
-        if batch_size < 1:
-            raise AcceleratorError(f"batch_size {batch_size!r} must be >= 1")
-        if str(driver_dir) not in sys.path:
-            sys.path.insert(0, str(driver_dir))
-        try:
-            overlay_class = importlib.import_module("driver_base").FINNExampleOverlay
-            if io_shape_dict is None:  # each engine's driver.py has its own shapes
-                io_shape_dict = _load_module(driver_dir / "driver.py").io_shape_dict
-        except (ImportError, AttributeError, OSError) as exc:
-            raise AcceleratorError(
-                f"FINN's driver in {str(driver_dir)!r} cannot be imported: "
-                f"{type(exc).__name__}: {exc}"
-            ) from None
-        self.batch_size = batch_size
-        self.overlay = overlay_class(
-            bitfile_name=str(bitfile),
-            platform=platform,
-            io_shape_dict=io_shape_dict,
-            batch_size=batch_size,
-            download=download,
-        )
-        log.info("FINN driver of %s: batch %d, %s", driver_dir, batch_size, platform)
+        self.overlay = overlay
+        self.input = input
+        self.output = output
+        self.timeout_s = timeout_s
+        self.calls = 0
 
     def execute(self, codes: np.ndarray) -> np.ndarray:
-        n, b = len(codes), self.batch_size
+        ov, i, o = self.overlay, self.input, self.output
+        b = int(ov.batch_size)
+        shape = tuple(ov.ishape_normal(i))
+        if tuple(codes.shape[1:]) != shape[1:]:
+            raise AcceleratorError(
+                f"engine (DMA {i}->{o}) takes images of shape {shape[1:]!r}, got "
+                f"{tuple(codes.shape[1:])!r}"
+            )
+        codes = codes.astype(_container(ov.idt(i)), copy=False)
         outputs = []
-        for start in range(0, n, b):
+        for start in range(0, len(codes), b):
             chunk = codes[start : start + b]
-            if len(chunk) < b:
-                pad = np.zeros((b - len(chunk), *chunk.shape[1:]), dtype=chunk.dtype)
-                chunk = np.concatenate([chunk, pad])
-            out = np.asarray(self.overlay.execute(chunk))
-            outputs.append(out[: min(b, n - start)])
+            n = len(chunk)
+            if n < b:
+                chunk = np.concatenate([chunk, np.zeros((b - n, *shape[1:]), chunk.dtype)])
+            ov.copy_input_data_to_device(ov.pack_input(ov.fold_input(chunk, ind=i), ind=i), ind=i)
+            self._transfer(n)
+            ov.copy_output_data_from_device(ov.obuf_packed[o], ind=o)
+            out = ov.unfold_output(ov.unpack_output(ov.obuf_packed[o], ind=o), ind=o)
+            outputs.append(np.asarray(out)[:n])
+        self.calls += 1
         return np.concatenate(outputs)
 
+    def _transfer(self, n: int) -> None:
+        ov, i, o = self.overlay, self.input, self.output
+        odma, idma = ov.odma[o], ov.idma[i]
+        if not odma.read(DMA_CTRL) & AP_IDLE:
+            raise AcceleratorError(
+                f"output DMA {o} is busy before a transfer; reset the board runtime"
+            )
+        for dma, buffer in ((odma, ov.obuf_packed_device[o]), (idma, ov.ibuf_packed_device[i])):
+            address = int(buffer.device_address)
+            dma.write(DMA_ADDR_LO, address & 0xFFFFFFFF)
+            dma.write(DMA_ADDR_HI, (address >> 32) & 0xFFFFFFFF)
+            dma.write(DMA_COUNT, n)
+            dma.write(DMA_CTRL, AP_START)
+        deadline = time.monotonic() + self.timeout_s
+        while not odma.read(DMA_CTRL) & AP_DONE:
+            if time.monotonic() > deadline:
+                raise AcceleratorError(
+                    f"engine DMA {i}->{o} did not finish {n} images within {self.timeout_s} s; "
+                    "the overlay or accelerators.json does not match (rebuild, reset the board)"
+                )
 
-def _load_module(path: Path) -> Any:
-    """Import ``path`` under a name of its own (every engine's driver is named ``driver.py``)."""
-    import importlib.util
 
-    spec = importlib.util.spec_from_file_location(f"finn_driver_{abs(hash(str(path)))}", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot import {str(path)!r}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _container(datatype: Any) -> type:
+    """The numpy dtype FINN's packer takes fastest for a FINN ``DataType``."""
+    name = getattr(datatype, "name", str(datatype))
+    bits = getattr(datatype, "bitwidth", lambda: 32)()
+    if name.startswith("UINT") and bits <= 8:
+        return np.uint8
+    if name.startswith("INT") and bits <= 8:
+        return np.int8
+    return np.float32
 
 
 # ----------------------------------------------------------------------------------------------
@@ -320,39 +529,45 @@ class GraphAccelerator:
 
 
 # ----------------------------------------------------------------------------------------------
-# The overlay's engines, as the FPGA build describes them
-
-ACCELERATORS_FILE = "accelerators.json"
-"""Beside the bitfile: ``{"graphs": {"block1": {"driver_dir": "block1/driver", "tail":
-"block1/accel_tail.json", "batch_size": 1}, ...}}``, paths relative to the file."""
+# An overlay for a bundle
 
 
-def load_accelerators(
-    bundle: Any, bitfile: str | Path, *, download: bool = False
-) -> dict[str, GraphAccelerator]:
-    """The :class:`GraphAccelerator` of every graph that ``accelerators.json`` (beside
-    ``bitfile``) lists; an empty map, logged, when there is no such file."""
-    path = Path(bitfile).with_name(ACCELERATORS_FILE)
-    if not path.is_file():
-        log.info("no %s beside %s: no graph runs on the PL", ACCELERATORS_FILE, bitfile)
-        return {}
-    try:
-        entries = dict(json.loads(path.read_text())["graphs"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise AcceleratorError(f"cannot read {str(path)!r}: {type(exc).__name__}: {exc}") from None
+def load_overlay(
+    bundle: Any,
+    folder: str | Path,
+    *,
+    overlay: DmaOverlay | None = None,
+    batch_size: int | None = None,
+    download: bool = True,
+) -> tuple[DmaOverlay, dict[str, GraphAccelerator]]:
+    """The overlay of ``folder`` (its ``accelerators.json``) and a :class:`GraphAccelerator`
+    per engine, for ``bundle``.
+
+    The overlay must have been built from this bundle (its weights are in the bitstream): the
+    bundle ids must match. ``overlay`` replaces :func:`open_finn_overlay` (a stand-in for the
+    PL: :class:`fpga.emulator.overlay.EmulatedDmaOverlay`).
+    """
+    spec = OverlaySpec.load(folder)
+    if spec.bundle_id != bundle.bundle_id:
+        raise AcceleratorError(
+            f"the overlay in {str(spec.root)!r} was built from bundle {spec.bundle_id!r}, not "
+            f"{bundle.bundle_id!r}; build one for it (make bitstream BUNDLE=...)"
+        )
     graphs = bundle.manifest.graphs
-    unknown = sorted(set(entries) - set(graphs))
+    unknown = sorted(set(spec.engines) - set(graphs))
     if unknown:
         raise AcceleratorError(
-            f"{str(path)!r} lists {unknown!r}, which bundle {bundle.bundle_id!r} does not have"
+            f"{str(spec.root / OVERLAY_FILE)!r} lists {unknown!r}, which bundle "
+            f"{bundle.bundle_id!r} does not have"
         )
-    result = {}
-    for name, entry in entries.items():
-        driver = FinnDriverAccelerator(
-            bitfile,
-            path.parent / entry["driver_dir"],
-            batch_size=int(entry.get("batch_size", 1)),
-            download=download,
+    if overlay is None:
+        overlay = open_finn_overlay(spec, batch_size=batch_size, download=download)
+    else:
+        spec.driver_information()  # the same checks of settings.json
+    accelerators = {
+        name: GraphAccelerator(
+            graphs[name], DmaEngine(overlay, e.input, e.output), spec.root / e.tail
         )
-        result[name] = GraphAccelerator(graphs[name], driver, path.parent / entry["tail"])
-    return result
+        for name, e in spec.engines.items()
+    }
+    return overlay, accelerators

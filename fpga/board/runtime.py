@@ -92,7 +92,9 @@ class RuntimeConfig:
     Attributes:
         store_dir: Folder of the bundle store (created if missing).
         backend: ``cpu`` (onnxruntime on the ARM) or ``finn`` (PYNQ overlay + ARM for gates).
-        bitfile: The overlay's ``.bit`` file for the ``finn`` backend.
+        overlays: Deploy folders of FINN overlays for the ``finn`` backend, one per bundle
+            (each with its ``accelerators.json``, bitfile and FINN's ``settings.json``).
+        overlay_batch: Images per DMA transfer (default: the overlay's ``batch_size``).
         max_image_bytes: Memory for uploaded images, all batches together (default: 20,000
             CIFAR-10 images, 61.4 MB of the ZedBoard's 512 MB).
         max_bundle_bytes: Largest bundle archive accepted by LOAD_BEGIN.
@@ -103,7 +105,8 @@ class RuntimeConfig:
 
     store_dir: Path
     backend: str = "cpu"
-    bitfile: Path | None = None
+    overlays: list[Path] = field(default_factory=list)
+    overlay_batch: int | None = None
     max_image_bytes: int = 20_000 * CIFAR_IMAGE_BYTES
     max_bundle_bytes: int = DEFAULT_MAX_BUNDLE_BYTES
     max_payload_bytes: int = MAX_PAYLOAD
@@ -112,6 +115,7 @@ class RuntimeConfig:
 
     def __post_init__(self) -> None:
         self.store_dir = Path(self.store_dir)
+        self.overlays = [Path(p) for p in self.overlays]
         if self.backend not in BACKENDS:
             raise BoardRuntimeError(
                 f"backend {self.backend!r} is unknown; choose one of {', '.join(BACKENDS)}"
@@ -150,8 +154,11 @@ class Accelerator(Protocol):
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]: ...
 
 
-def check_finn(bitfile: str | Path | None) -> None:
-    """Raise one line unless pynq can be imported and ``bitfile`` exists (the finn backend)."""
+def check_finn(overlays: Sequence[str | Path]) -> None:
+    """Raise one line unless pynq can be imported and every overlay folder has its
+    ``accelerators.json`` (the finn backend); the bitfile is checked when it is opened."""
+    from fpga.board.accel import AcceleratorError, OverlaySpec
+
     try:
         import pynq  # noqa: F401 - only present on a PYNQ image
     except ImportError:
@@ -159,40 +166,39 @@ def check_finn(bitfile: str | Path | None) -> None:
             "the finn backend needs the pynq package, which exists only on a PYNQ board "
             "image; run with --backend cpu here"
         ) from None
-    if bitfile is None or not Path(bitfile).is_file():
+    if not overlays:
         raise BoardRuntimeError(
-            f"the finn backend needs the overlay's bitfile; {str(bitfile)!r} is not a file "
-            "(pass --bitfile PATH.bit, built with `make bitstream`)"
+            "the finn backend needs an overlay; pass --overlay DIR (the deploy folder that "
+            "`make bitstream` wrote), once per bundle"
         )
+    for folder in overlays:
+        try:
+            OverlaySpec.load(folder)
+        except AcceleratorError as exc:
+            raise BoardRuntimeError(str(exc)) from None
 
 
 class FinnBackend:
-    """Runs the graphs that have a FINN accelerator in the PYNQ overlay; the rest on the ARM.
+    """Runs the graphs that have a FINN engine in the PYNQ overlay; the rest on the ARM.
 
     ``accelerators`` maps a graph name of the manifest (``stem``, ``block0``, ``shortcut1``,
-    ``head``, ``exit0``...) to an :class:`Accelerator` (on the board
-    :class:`fpga.board.accel.GraphAccelerator`s from :func:`fpga.board.accel.load_accelerators`).
+    ``head``, ``exit0``...) to an :class:`Accelerator` (on the board the
+    :class:`fpga.board.accel.GraphAccelerator`s of :func:`fpga.board.accel.load_overlay`).
     Graphs without one (the layer and channel gates, which FINN cannot compile), and calls the
     accelerator does not ``accepts`` (channel masks), run on onnxruntime, as in ``cpu``.
-    With ``bitfile`` None and ``accelerators`` given, no overlay is loaded here (the
-    accelerators bring their own, or stand in for the PL in tests).
+    ``overlay`` is kept for the life of the backend (its DMA buffers).
     """
 
     def __init__(
         self,
         bundle: Bundle,
-        bitfile: str | Path | None = None,
+        accelerators: dict[str, Accelerator],
         *,
-        accelerators: dict[str, Accelerator] | None = None,
+        overlay: object | None = None,
         threads: int | None = None,
     ) -> None:
-        self.overlay = None
-        if bitfile is not None or not accelerators:
-            check_finn(bitfile)
-            from pynq import Overlay
-
-            self.overlay = Overlay(str(bitfile))
-        self.accelerators: dict[str, Accelerator] = dict(accelerators or {})
+        self.overlay = overlay
+        self.accelerators: dict[str, Accelerator] = dict(accelerators)
         self.cpu = OnnxRuntimeBackend(bundle, threads=threads)
         unknown = sorted(set(self.accelerators) - set(bundle.manifest.graphs))
         if unknown:
@@ -214,18 +220,29 @@ class FinnBackend:
 
 
 def make_backend(config: RuntimeConfig, bundle: Bundle) -> Backend:
-    """The executor backend that ``config.backend`` names, for ``bundle``."""
-    if config.backend == "finn":
-        from fpga.board.accel import AcceleratorError, load_accelerators
+    """The executor backend that ``config.backend`` names, for ``bundle``.
 
-        check_finn(config.bitfile)
-        try:  # the overlay is downloaded once, by FinnBackend
-            accelerators = load_accelerators(bundle, config.bitfile, download=False)
+    ``finn`` opens the overlay of ``config.overlays`` that was built from ``bundle`` (selecting
+    another bundle downloads its overlay's bitstream, outside any measured run).
+    """
+    if config.backend == "finn":
+        from fpga.board.accel import AcceleratorError, OverlaySpec, load_overlay
+
+        check_finn(config.overlays)
+        built = {OverlaySpec.load(folder).bundle_id: folder for folder in config.overlays}
+        if bundle.bundle_id not in built:
+            raise BoardRuntimeError(
+                f"no overlay was built from bundle {bundle.bundle_id!r} (overlays for "
+                f"{sorted(built)!r}); build one with `make bitstream BUNDLE=...` and pass it with "
+                "--overlay"
+            )
+        try:
+            overlay, accelerators = load_overlay(
+                bundle, built[bundle.bundle_id], batch_size=config.overlay_batch
+            )
         except AcceleratorError as exc:
             raise BoardRuntimeError(str(exc)) from None
-        return FinnBackend(
-            bundle, config.bitfile, accelerators=accelerators, threads=config.threads
-        )
+        return FinnBackend(bundle, accelerators, overlay=overlay, threads=config.threads)
     return OnnxRuntimeBackend(bundle, threads=config.threads)
 
 

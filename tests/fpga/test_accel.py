@@ -129,3 +129,117 @@ def test_masks_and_bad_codes(bundle, accelerator, images):
     assert "\n" not in str(info.value)
     with pytest.raises(AcceleratorError, match=r"outside UINT4's \[0, 15\]"):
         accelerator.run([x + np.float32(16 * scale), ones])
+
+
+# --- one overlay of every engine, behind its IODMAs ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def overlay_build(bundle, tmp_path_factory):
+    """The overlay of every compiled graph (FINN front end, multi-DNN merge, predicted driver
+    settings), as `python -m fpga overlay` makes it."""
+    from fpga.bitstream.overlay import prepare_overlay
+
+    return prepare_overlay(bundle.path, tmp_path_factory.mktemp("overlay"))
+
+
+def test_overlay_deploy_folder(bundle, overlay_build):
+    from fpga.board.accel import OverlaySpec
+
+    m = bundle.manifest
+    compiled = [n for n, g in m.graphs.items() if g.qonnx is not None]
+    spec = OverlaySpec.load(overlay_build.deploy)
+    assert spec.bundle_id == bundle.bundle_id
+    assert spec.settings_origin == "predicted"
+    assert sorted(spec.engines) == sorted(compiled)
+    pairs = [(e.input, e.output) for e in spec.engines.values()]
+    assert sorted(pairs) == [(k, k) for k in range(len(compiled))]  # one IODMA pair per engine
+
+    # FINN's driver settings: an input and an output DMA per engine, with the graph's shapes
+    info = spec.driver_information()
+    shapes = info["io_shape_dict"]
+    assert info["driver_type"] == "FINNDMAOverlay" and info["platform"] == "zynq-iodma"
+    assert shapes["num_inputs"] == shapes["num_outputs"] == len(compiled)
+    assert sorted(shapes["idma_names"]) == [f"idma{k}" for k in range(len(compiled))]
+    for name, e in spec.engines.items():
+        c, h, w = m.graphs[name].inputs[0].shape[1:]
+        assert tuple(shapes["ishape_normal"][e.input]) == (1, h, w, c)
+        assert shapes["idt"][e.input] == f"DataType['{m.graphs[name].inputs[0].datatype.name}']"
+        FloatTail.load(spec.root / e.tail)
+    assert overlay_build.estimates["fits"]
+    with pytest.raises(AcceleratorError, match="pynq"):  # no PYNQ here: one line, before all
+        from fpga.board.accel import open_finn_overlay
+
+        open_finn_overlay(spec)
+
+
+@pytest.fixture(scope="module")
+def emulated(overlay_build):
+    from fpga.emulator.overlay import EmulatedDmaOverlay
+
+    return EmulatedDmaOverlay.from_build(overlay_build.out, batch_size=4)
+
+
+@needs_cifar10
+def test_overlay_engines_equal_onnxruntime(bundle, overlay_build, emulated, images):
+    """Every graph through its own IODMA pair (FINN's packing, chunks of 4 images, the last one
+    padded): predictions and MACs exactly as onnxruntime's, logits within float rounding."""
+    from fpga.board.accel import load_overlay
+
+    overlay, accelerators = load_overlay(bundle, overlay_build.deploy, overlay=emulated)
+    backend = FinnBackend(bundle, accelerators, overlay=overlay, threads=1)
+    got = BundleExecutor(bundle, backend=backend).run(images, mode="full")
+    want = BundleExecutor(bundle, threads=1).run(images, mode="full")
+    np.testing.assert_array_equal(got.predictions, want.predictions)
+    np.testing.assert_array_equal(got.macs, want.macs)
+    np.testing.assert_allclose(got.logits, want.logits, rtol=0, atol=1e-5)
+    m = bundle.manifest
+    for name in (m.stem, *(b.graph for b in m.blocks), "head"):
+        engine = accelerators[name].accelerator
+        assert emulated.images_run[engine.input] >= len(images), name  # ran on the "PL"
+
+    # a block through the DMA engine gives the twin's output bit for bit
+    cpu = OnnxRuntimeBackend(bundle, threads=1)
+    (x,) = cpu.run(m.graphs[m.stem], [m.preprocess.apply(images)])
+    (x,) = cpu.run(m.graphs[m.blocks[0].graph], [x, np.ones((len(x), 16), np.float32)])
+    ones = np.ones((len(x), 32), np.float32)
+    (y,) = accelerators[GRAPH].run([x, ones])
+    np.testing.assert_array_equal(y, cpu.run(m.graphs[GRAPH], [x, ones])[0])
+
+
+def test_overlay_refusals(bundle, overlay_build, emulated, tmp_path):
+    import json
+    import shutil
+
+    from fpga.board.accel import DmaEngine, OverlaySpec, load_overlay
+
+    spec = OverlaySpec.load(overlay_build.deploy)
+    block = spec.engines[GRAPH]
+    codes = np.zeros((2, *emulated.ishape_normal(block.input)[1:]), np.int32)
+    # the wrong output DMA never finishes: the engine's output goes to its own DMA
+    wrong = DmaEngine(emulated, block.input, (block.output + 1) % len(spec.engines), timeout_s=0.2)
+    with pytest.raises(AcceleratorError, match="did not finish 2 images") as info:
+        wrong.execute(codes)
+    assert "\n" not in str(info.value)
+    emulated.odma[(block.output + 1) % len(spec.engines)].finish()  # reset the stalled DMA
+
+    def variant(edit) -> Path:
+        folder = tmp_path / f"v{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(overlay_build.deploy, folder)
+        doc = json.loads((folder / "accelerators.json").read_text())
+        edit(doc)
+        (folder / "accelerators.json").write_text(json.dumps(doc))
+        return folder
+
+    cases = {
+        "holds no accelerators.json": tmp_path,
+        "format is 'x'": variant(lambda d: d.update(format="x")),
+        "version 9 is not 1": variant(lambda d: d.update(version=9)),
+        "has 7 inputs": variant(lambda d: d["engines"][GRAPH].update(input=7)),
+        "was built from bundle 'other'": variant(lambda d: d.update(bundle_id="other")),
+        "which bundle": variant(lambda d: d["engines"].update(exit9=d["engines"][GRAPH])),
+    }
+    for message, folder in cases.items():
+        with pytest.raises(AcceleratorError, match=message) as info:
+            load_overlay(bundle, folder, overlay=emulated)
+        assert "\n" not in str(info.value), message

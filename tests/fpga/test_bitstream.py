@@ -130,25 +130,20 @@ def test_changed_finn_template_is_refused(monkeypatch):
     assert "\n" not in str(info.value)
 
 
-def test_backend_steps_follow_the_front_end(tmp_path):
+def test_backend_steps_build_the_overlay(tmp_path):
     from finn.builder.build_dataflow_config import DataflowOutputType, ShellFlowType
-
-    from fpga.finn.steps import FRONTEND_STEPS
 
     compat.prepare_finn()
     cfg = flow.backend_config(flow.BitstreamConfig(clk_period_ns=8.0), tmp_path)
     names = [s if isinstance(s, str) else s.__name__ for s in cfg.steps]
-    assert names[: len(FRONTEND_STEPS)] == [
-        s if isinstance(s, str) else s.__name__ for s in FRONTEND_STEPS
-    ]
-    assert names[len(FRONTEND_STEPS) :] == [
+    assert names == [
         "step_generate_hardware",
         "step_create_stitched_ip",
         "step_zedboard_bitfile",
         "step_make_driver",
         "step_deployment_package",
     ]
-    assert cfg.start_step == "step_generate_hardware"  # resumes after the front end's estimates
+    assert cfg.start_step is None  # overlay.onnx is past the front end's estimates already
     assert cfg.board == "ZedBoard"
     assert cfg._resolve_fpga_part() == "xc7z020clg484-1"
     assert cfg.shell_flow_type == ShellFlowType.VIVADO_ZYNQ
@@ -396,16 +391,19 @@ def test_actionlint_is_clean(tmp_path):
 
 
 @pytest.mark.vivado
-def test_bitstream_of_one_graph(bundle, tmp_path):
-    """FINN front end + back end for the head graph, with the Vivado in XILINX_VIVADO."""
-    results = flow.build_bitstreams(
-        bundle.path, tmp_path, flow.BitstreamConfig(graphs=["head"], target_fps=1000)
+def test_overlay_bitstream(bundle, tmp_path):
+    """The overlay of the stem and the head, with the Vivado in XILINX_VIVADO."""
+    from fpga.board.accel import OverlaySpec
+
+    files = flow.build_bitstreams(
+        bundle.path, tmp_path, flow.BitstreamConfig(graphs=["stem", "head"], target_fps=1000)
     )
-    files = results["head"]
     assert Path(files["bitfile"]).stat().st_size > 0
     hwh = Path(files["hwh"]).read_text()
     assert "xc7z020clg484-1" in hwh.lower() or "7z020" in hwh.lower()
-    assert (Path(files["driver"]) / "driver.py").is_file()
+    spec = OverlaySpec.load(files["deploy"])
+    assert spec.settings_origin == "finn build"
+    assert spec.driver_information()["io_shape_dict"]["num_inputs"] == 2
 
 
 @pytest.mark.docker

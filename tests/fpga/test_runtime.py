@@ -24,7 +24,7 @@ from fpga.board.errors import BoardError, RemoteError
 from fpga.board.link import Client, Server
 from fpga.board.ports import open_pty_pair
 from fpga.board.protocol import ErrorCode, RunMode
-from fpga.board.runtime import BoardRuntime, BoardRuntimeError, FinnBackend, RuntimeConfig
+from fpga.board.runtime import BoardRuntime, BoardRuntimeError, RuntimeConfig
 from fpga.board.store import archive_sha256, pack_bundle
 from host.board import BoardClient, BoardPortError, BoardSilentError, bundle_ref
 
@@ -311,9 +311,12 @@ def test_archive_is_deterministic_and_holds_the_bundle_only(bundle_dir, tmp_path
     assert all(m.isreg() and m.mtime == 0 and m.uid == 0 and m.mode == 0o644 for m in members)
 
 
-def test_finn_backend_without_pynq_is_one_line(bundle_dir):
+def test_finn_backend_without_pynq_is_one_line(bundle_dir, tmp_path):
+    from fpga.board.runtime import make_backend
+
+    config = RuntimeConfig(store_dir=tmp_path, backend="finn", overlays=[tmp_path])
     with pytest.raises(BoardRuntimeError) as info:
-        FinnBackend(load_bundle(bundle_dir), None)
+        make_backend(config, load_bundle(bundle_dir))
     assert str(info.value) == (
         "the finn backend needs the pynq package, which exists only on a PYNQ board image; "
         "run with --backend cpu here"

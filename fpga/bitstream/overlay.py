@@ -1,0 +1,268 @@
+"""One overlay per bundle: every compiled bundle graph as its own engine in one bitstream.
+
+A board holds one bitstream at a time, and the executor calls the stem, every block, the
+shortcuts and the head of one image in turn, so all of a bundle's engines must sit in the same
+overlay. FINN's multi-DNN flow (finn-plus, ``finn.transformation.multi_dnn``, mode
+``Parallel``) does that merge: each graph's HW model becomes a submodel of a
+``MultiDNNWrapper``, ``MultiDNNWrapperExposeIO`` makes its input and output top-level inputs and
+outputs of the wrapper, and ``CollapseModels`` inlines them into one model with one input and one
+output per engine. FINN's back end then gives every input and output its own IODMA
+(``InsertIODMA``), so engine ``k`` is the DMA pair ``idma_names[k]``/``odma_names[k]`` of the
+driver's ``io_shape_dict``; the board (:mod:`fpga.board.accel`) starts only the pair it needs.
+
+Build folder::
+
+    <out>/graphs/<graph>/    the FINN front end of each graph (fpga.finn.to_hw)
+    <out>/overlay.onnx       the collapsed model: the back end's input
+    <out>/estimates.json     FINN's estimates per engine and for the whole overlay
+    <out>/deploy/            what is copied to the board:
+        accelerators.json    bundle id, bitfile, settings, per graph its DMA pair and tail
+        tails/<graph>.json   the float tail of each graph (fpga.board.accel.FloatTail)
+        driver/settings.json FINN's driver settings (io_shape_dict: shapes, datatypes, DMAs)
+        bitfile/             finn-accel.bit and .hwh (only with Vivado: fpga.bitstream.flow)
+
+Without Vivado, :func:`predict_driver_settings` runs the part of FINN's ``ZynqBuild`` that needs
+no Vivado (IODMA and width-converter insertion, specialization, partitioning) and FINN's own
+driver generator (``MakePYNQDriver``) on the result, naming the IODMAs as ``MakeZYNQProject``
+does; ``accelerators.json`` then says ``settings_origin: predicted`` and the board refuses to
+open such an overlay. The Vivado flow replaces it with the settings of the real build.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from fpga.board.accel import (
+    DEFAULT_BATCH,
+    EngineSpec,
+    FloatTail,
+    OverlaySpec,
+)
+from fpga.finn.errors import BuildError, GraphError
+
+log = logging.getLogger(__name__)
+
+OVERLAY_MODEL = "overlay.onnx"
+ESTIMATES_FILE = "estimates.json"
+DEPLOY_DIR = "deploy"
+SETTINGS = "driver/settings.json"
+BITFILE = "bitfile/finn-accel.bit"
+PREDICTED = "predicted"
+FINN_BUILD = "finn build"
+
+
+@dataclass
+class OverlayConfig:
+    """How the overlay's engines are built (saved in ``estimates.json``)."""
+
+    clk_period_ns: float = 10.0
+    target_fps: int | None = 1000
+    folding_config_file: str | None = None
+    graphs: list[str] | None = None
+    """Only these bundle graphs (default: every graph with a QONNX file)."""
+    batch_size: int = DEFAULT_BATCH
+    """Images per DMA transfer on the board (``accelerators.json``)."""
+
+
+def collapse(parents: dict[str, Any]) -> tuple[Any, dict[str, tuple[int, int]]]:
+    """The HW partitions of ``parents`` (graph -> dataflow parent of :func:`fpga.finn.to_hw`)
+    as one model, by FINN's multi-DNN ``Parallel`` merge; and per graph the index of its input
+    and output in that model (= its IODMA pair in the driver's ``io_shape_dict``)."""
+    from finn.transformation.multi_dnn.multi_dnn_wrapper import MultiDNNWrapper
+    from finn.transformation.multi_dnn.multi_dnn_wrapper_transformations import (
+        CollapseModels,
+        MultiDNNWrapperExposeIO,
+    )
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.custom_op.registry import getCustomOp
+
+    from fpga.finn.frontend import PARTITION_OP
+
+    submodels, expected = {}, {}
+    for name, parent in parents.items():
+        partitions = parent.get_nodes_by_op_type(PARTITION_OP)
+        if len(partitions) != 1:
+            raise GraphError(f"graph {name!r} has {len(partitions)} dataflow partitions, not 1")
+        submodels[name] = getCustomOp(partitions[0]).get_nodeattr("model")
+        hw = ModelWrapper(submodels[name])
+        if len(hw.graph.input) != 1 or len(hw.graph.output) != 1:
+            raise GraphError(
+                f"graph {name!r}: its HW partition has {len(hw.graph.input)} inputs and "
+                f"{len(hw.graph.output)} outputs; an engine has one of each"
+            )
+        # MultiDNNWrapperExposeIO names the top-level tensors <submodel>_<tensor>
+        expected[name] = (f"{name}_{hw.graph.input[0].name}", f"{name}_{hw.graph.output[0].name}")
+    model = (
+        MultiDNNWrapper(submodels)
+        .multi_model.transform(MultiDNNWrapperExposeIO())
+        .transform(CollapseModels())
+    )
+    inputs = [t.name for t in model.graph.input]
+    outputs = [t.name for t in model.graph.output]
+    engines = {}
+    for name, (i, o) in expected.items():
+        if i not in inputs or o not in outputs:
+            raise BuildError(f"FINN's multi-DNN merge lost the input or output of {name!r}")
+        engines[name] = (inputs.index(i), outputs.index(o))
+    return model, engines
+
+
+def predict_driver_settings(model: Any, clk_period_ns: float) -> dict[str, Any]:
+    """FINN's ``settings.json`` for ``model`` (a collapsed overlay), made without Vivado.
+
+    Runs ``ZynqBuild``'s preparation (``InsertIODMA`` at the ZedBoard's 64-bit HP port,
+    ``InsertDWC``, ``SpecializeLayers``, ``Floorplan``, ``CreateDataflowPartition``), names each
+    partition as ``MakeZYNQProject`` does (in node order: a partition fed by no other is
+    ``idma<k>``, one feeding none is ``odma<k>``), then FINN's ``MakePYNQDriver``.
+    """
+    from finn.transformation.fpgadataflow.create_dataflow_partition import (
+        CreateDataflowPartition,
+    )
+    from finn.transformation.fpgadataflow.floorplan import Floorplan
+    from finn.transformation.fpgadataflow.insert_dwc import InsertDWC
+    from finn.transformation.fpgadataflow.insert_iodma import InsertIODMA
+    from finn.transformation.fpgadataflow.make_driver import MakePYNQDriver
+    from finn.transformation.fpgadataflow.specialize_layers import SpecializeLayers
+    from finn.util.basic import pynq_native_port_width, pynq_part_map
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.custom_op.registry import getCustomOp
+    from qonnx.transformation.general import GiveReadableTensorNames, GiveUniqueNodeNames
+    from qonnx.transformation.infer_data_layouts import InferDataLayouts
+
+    from fpga.bitstream.zedboard import ZEDBOARD, register_zedboard
+
+    register_zedboard()
+    model = ModelWrapper(copy.deepcopy(model.model)).transform(InferDataLayouts())
+    for step in (
+        InsertIODMA(pynq_native_port_width[ZEDBOARD]),
+        InsertDWC(),
+        SpecializeLayers(pynq_part_map[ZEDBOARD]),
+        Floorplan(),
+        CreateDataflowPartition(),
+    ):
+        model = model.transform(step).transform(GiveUniqueNodeNames())
+        model = model.transform(GiveReadableTensorNames())
+    counts = {"idma": 0, "odma": 0}
+    for node in model.graph.node:
+        fed = bool(node.input) and model.find_producer(node.input[0]) is not None
+        feeds = bool(model.find_consumers(node.output[0]))
+        kind = "idma" if not fed else "odma" if not feeds else None
+        name = node.name
+        if kind is not None:
+            name = f"{kind}{counts[kind]}"
+            counts[kind] += 1
+        getCustomOp(node).set_nodeattr("instance_name", name)
+    model = model.transform(
+        MakePYNQDriver("zynq-iodma", "FINNDMAOverlay", clk_period_ns=clk_period_ns, board=ZEDBOARD)
+    )
+    folder = Path(model.get_metadata_prop("pynq_driver_dir"))
+    try:
+        return json.loads((folder / "settings.json").read_text())
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def write_deploy(
+    out: Path,
+    bundle_id: str,
+    parents: dict[str, Any],
+    engines: dict[str, tuple[int, int]],
+    settings: dict[str, Any],
+    origin: str,
+    batch_size: int = DEFAULT_BATCH,
+) -> OverlaySpec:
+    """``out`` as the board's overlay folder: the tails, FINN's settings, ``accelerators.json``."""
+    (out / "tails").mkdir(parents=True, exist_ok=True)
+    (out / SETTINGS).parent.mkdir(parents=True, exist_ok=True)
+    (out / SETTINGS).write_text(json.dumps(settings, indent=2) + "\n")
+    specs = {}
+    for name, parent in parents.items():
+        FloatTail.from_parent(parent).save(out / "tails" / f"{name}.json")
+        specs[name] = EngineSpec(*engines[name], tail=f"tails/{name}.json")
+    spec = OverlaySpec(
+        root=out,
+        bundle_id=bundle_id,
+        bitfile=BITFILE,
+        settings=SETTINGS,
+        settings_origin=origin,
+        engines=specs,
+        batch_size=batch_size,
+    )
+    spec.save()
+    spec.driver_information()  # the board's checks, now
+    return spec
+
+
+@dataclass
+class OverlayBuild:
+    """What :func:`prepare_overlay` made (all paths inside its build folder)."""
+
+    out: Path
+    bundle_id: str
+    model: Path
+    parents: dict[str, Path]
+    engines: dict[str, tuple[int, int]]
+    deploy: Path
+    estimates: dict[str, Any]
+
+
+def prepare_overlay(
+    bundle: str | os.PathLike, out_dir: str | os.PathLike, config: OverlayConfig | None = None
+) -> OverlayBuild:
+    """Front end of every selected graph, their merge, estimates, and the deploy folder with
+    predicted driver settings (everything of the overlay that needs no Vivado)."""
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from export.manifest import load_bundle
+    from fpga.finn.frontend import (
+        PARENT_FILE,
+        XC7Z020,
+        FrontendConfig,
+        build_bundle,
+        estimate,
+    )
+
+    config = config or OverlayConfig()
+    loaded = load_bundle(bundle)
+    out = Path(out_dir).resolve()
+    front = FrontendConfig(
+        clk_period_ns=config.clk_period_ns,
+        target_fps=config.target_fps,
+        folding_config_file=config.folding_config_file,
+    )
+    per_graph = build_bundle(loaded.path, out / "graphs", front, graphs=config.graphs)
+    parent_files = {name: out / "graphs" / name / PARENT_FILE for name in per_graph}
+    parents = {name: ModelWrapper(str(path)) for name, path in parent_files.items()}
+    model, engines = collapse(parents)
+    model.save(str(out / OVERLAY_MODEL))
+    whole = estimate(model, config.clk_period_ns)
+    document = {
+        "bundle_id": loaded.bundle_id,
+        "kind": "FINN estimate (no synthesis)",
+        "config": asdict(config),
+        "overlay": {k: whole[k] for k in ("fpga_part", "clk_period_ns", "total")},
+        "share": {k: whole["total"][k] / XC7Z020[k] for k in XC7Z020},
+        "fits": all(whole["total"][k] <= XC7Z020[k] for k in XC7Z020),
+        "engines": {
+            name: {"input": i, "output": o, **{k: per_graph[name][k] for k in _SUMMARY}}
+            for name, (i, o) in engines.items()
+        },
+    }
+    (out / ESTIMATES_FILE).write_text(json.dumps(document, indent=1) + "\n")
+    deploy = out / DEPLOY_DIR
+    settings = predict_driver_settings(model, config.clk_period_ns)
+    write_deploy(deploy, loaded.bundle_id, parents, engines, settings, PREDICTED, config.batch_size)
+    log.info("overlay of %d engines prepared in %s", len(engines), out)
+    return OverlayBuild(
+        out, loaded.bundle_id, out / OVERLAY_MODEL, parent_files, engines, deploy, document
+    )
+
+
+_SUMMARY = ("total", "max_cycles", "throughput_fps", "latency_ms")
