@@ -44,7 +44,7 @@ bench: $(STAMP)  ## benchmarks; results under measurements/bench/
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
 
-# --- bitstreams: the FINN flow in Docker with the user's Vivado mounted (docs/bitstream.md) ---
+# --- the overlay bitstream: the FINN flow in Docker with the user's Vivado mounted (docs/bitstream.md) ---
 IMAGE ?= ddi-fpga:latest
 BUNDLE ?=
 VIVADO ?= $(XILINX_VIVADO)
@@ -56,7 +56,7 @@ docker-image:  ## build the flow's image (Vivado is mounted at run time, not ins
 	@docker info >/dev/null 2>&1 || { echo "Docker not available: install Docker and start its daemon (docker info fails)" >&2; exit 1; }
 	docker build -t $(IMAGE) .
 
-bitstream:  ## ZedBoard bitstreams of BUNDLE in Docker: make bitstream BUNDLE=dir VIVADO=/tools/Xilinx/Vivado/2022.2
+bitstream:  ## the ZedBoard overlay of BUNDLE in Docker (BITSTREAM_OUT/deploy goes to the board): make bitstream BUNDLE=dir VIVADO=/tools/Xilinx/Vivado/2022.2
 	@test -n "$(BUNDLE)" && test -f "$(BUNDLE)/manifest.json" || { echo "BUNDLE not a bundle folder: make bitstream BUNDLE=runs/bundle VIVADO=/tools/Xilinx/Vivado/2022.2 (python -m export CHECKPOINT --out runs/bundle)" >&2; exit 1; }
 	@test -n "$(VIVADO)" && test -x "$(VIVADO)/bin/vivado" || { echo "Vivado not found: set XILINX_VIVADO or mount Vivado in the container (make bitstream VIVADO=/tools/Xilinx/Vivado/2022.2)" >&2; exit 1; }
 	@docker info >/dev/null 2>&1 || { echo "Docker not available: install Docker and start its daemon (docker info fails)" >&2; exit 1; }
