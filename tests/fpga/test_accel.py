@@ -243,3 +243,51 @@ def test_overlay_refusals(bundle, overlay_build, emulated, tmp_path):
         with pytest.raises(AcceleratorError, match=message) as info:
             load_overlay(bundle, folder, overlay=emulated)
         assert "\n" not in str(info.value), message
+
+
+@needs_cifar10
+def test_board_runtime_on_the_emulated_overlay(bundle, overlay_build, emulated, images, tmp_path):
+    """The host's client -> pty -> the board runtime -> FinnBackend -> DMA engines: a batch run
+    in full mode answers what the onnxruntime executor computes."""
+    import threading
+
+    from fpga.board.accel import load_overlay
+    from fpga.board.link import Server
+    from fpga.board.ports import open_pty_pair
+    from fpga.board.runtime import BoardRuntime, RuntimeConfig
+    from host.board import BoardClient
+
+    def executor(selected: Bundle) -> BundleExecutor:
+        overlay, accelerators = load_overlay(selected, overlay_build.deploy, overlay=emulated)
+        return BundleExecutor(
+            selected, backend=FinnBackend(selected, accelerators, overlay=overlay, threads=1)
+        )
+
+    runs = dict(emulated.images_run)
+    runtime = BoardRuntime(
+        RuntimeConfig(store_dir=tmp_path / "store", backend="cpu", threads=1),
+        executor_factory=executor,
+    )
+    board_end, host_end = open_pty_pair()
+    server = Server(board_end)
+    thread = threading.Thread(target=server.serve_forever, args=(runtime,), daemon=True)
+    thread.start()
+    try:
+        with BoardClient(host_end.port, timeout_s=30.0) as client:
+            client.ensure_bundle(bundle.path, progress=False)
+            client.upload(1, images)
+            client.run(1, "full")
+            records = client.fetch(1, len(images))
+    finally:
+        server.stop()
+        thread.join(timeout=10.0)
+        runtime.close()
+        board_end.close()
+        host_end.close()
+    want = BundleExecutor(bundle, threads=1).run(images, mode="full")
+    np.testing.assert_array_equal(records["prediction"], want.predictions)
+    np.testing.assert_array_equal(records["macs"], want.macs)
+    m = bundle.manifest
+    for name in (m.stem, *(b.graph for b in m.blocks), "head"):
+        k = overlay_build.engines[name][0]
+        assert emulated.images_run[k] - runs[k] >= len(images), name
