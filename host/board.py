@@ -20,7 +20,6 @@ holding another bundle than asked (:class:`BundleMismatchError`), and the board'
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import random
@@ -34,6 +33,7 @@ import serial
 from export.manifest import load_bundle
 from fpga.board.errors import BoardError, LinkTimeout, RemoteError
 from fpga.board.link import Client
+from fpga.board.ports import port_failure
 from fpga.board.protocol import (
     DEFAULT_UPLOAD_PAYLOAD,
     MAX_CHUNK_BYTES,
@@ -79,17 +79,12 @@ class BundleMismatchError(BoardError):
 
 
 def _port_error(port: str, exc: BaseException) -> BoardPortError:
-    code = getattr(exc, "errno", None)
-    text = str(exc).lower()
-    if code == errno.ENOENT or "no such file" in text:
-        why = "does not exist; check the cable and the name (ls /dev/tty*)"
-    elif code in (errno.EACCES, errno.EPERM) or "permission denied" in text:
-        why = "is not permitted; add your user to the 'dialout' group or fix its permissions"
-    elif code in (errno.EBUSY, errno.EAGAIN) or "busy" in text or "lock" in text:
-        why = "is busy: another program has it open; close that program first"
-    else:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        why = f"cannot be opened ({first})"
+    why = port_failure(
+        exc,
+        missing="does not exist; check the cable and the name (ls /dev/tty*)",
+        denied="is not permitted; add your user to the 'dialout' group or fix its permissions",
+        busy="is busy: another program has it open; close that program first",
+    )
     return BoardPortError(f"board port {port!r} {why}")
 
 

@@ -10,7 +10,6 @@ Serves until interrupted (SIGINT/SIGTERM). A user error prints one line and exit
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import signal
 import sys
@@ -20,23 +19,19 @@ import serial
 
 from export.errors import ExportError
 from fpga.board.errors import BoardError
+from fpga.board.ports import port_failure
 
 log = logging.getLogger("fpga.board")
 
 
 def _port_problem(port: str, exc: BaseException) -> str:
     """One line naming ``port`` and saying what to do about ``exc``."""
-    code = getattr(exc, "errno", None)
-    text = str(exc).lower()
-    if code == errno.ENOENT or "no such file" in text:
-        why = "does not exist; check the device name (ls /dev/tty*) and docs/board.md"
-    elif code in (errno.EACCES, errno.EPERM) or "permission" in text:
-        why = "is not permitted; run as root or add the user to the 'dialout' group"
-    elif code in (errno.EBUSY, errno.EAGAIN) or "busy" in text or "lock" in text:
-        why = "is busy: another program (a serial-getty console?) has it open; see docs/board.md"
-    else:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        why = f"cannot be opened ({first})"
+    why = port_failure(
+        exc,
+        missing="does not exist; check the device name (ls /dev/tty*) and docs/board.md",
+        denied="is not permitted; run as root or add the user to the 'dialout' group",
+        busy="is busy: another program (a serial-getty console?) has it open; see docs/board.md",
+    )
     return f"serial port {port!r} {why}"
 
 

@@ -7,6 +7,9 @@ pseudo-terminal, or a :class:`FaultyPort` around either.
 
 The emulated board serves on the master end of a pty (:func:`open_pty_pair`) and the host opens
 the slave by name, exactly as it opens ``/dev/ttyUSB0`` for a real board.
+
+:func:`port_failure` says why a port could not be opened, for the one-line errors of the board
+runtime, the host's board client and the meter drivers.
 """
 
 from __future__ import annotations
@@ -20,12 +23,41 @@ import struct
 import termios
 import time
 import tty
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import serial
 
 log = logging.getLogger(__name__)
+
+
+def port_failure(
+    exc: BaseException,
+    *,
+    missing: str,
+    denied: str,
+    busy: str,
+    more: Sequence[tuple[tuple[str, ...], str]] = (),
+) -> str:
+    """Why opening a port failed, in the caller's words: ``missing`` (ENOENT, "no such file"),
+    ``denied`` (EACCES/EPERM, "permission"), ``busy`` (EBUSY/EAGAIN, "busy", "lock"), then the
+    first of ``more`` (message substrings -> why) that matches, else ``cannot be opened (first
+    line of the message)``."""
+    code = getattr(exc, "errno", None)
+    text = str(exc)
+    lowered = text.lower()
+    if code == errno.ENOENT or "no such file" in lowered:
+        return missing
+    if code in (errno.EACCES, errno.EPERM) or "permission" in lowered:
+        return denied
+    if code in (errno.EBUSY, errno.EAGAIN) or "busy" in lowered or "lock" in lowered:
+        return busy
+    for words, why in more:
+        if any(word in lowered for word in words):
+            return why
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return f"cannot be opened ({first})"
 
 
 def port_name(port: object) -> str:
