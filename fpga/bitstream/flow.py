@@ -222,9 +222,10 @@ def build_bitstreams(
         FINN_BUILD,
         SETTINGS,
         OverlayConfig,
+        adopt_settings,
         prepare_overlay,
-        write_deploy,
     )
+    from fpga.board.accel import OverlaySpec
     from fpga.finn import compat
 
     config = config or BitstreamConfig()
@@ -236,7 +237,6 @@ def build_bitstreams(
     compat.prepare_finn(out / "finn_tmp")
     from finn.builder.build_dataflow import build_dataflow_cfg
     from finn.util.settings import get_settings
-    from qonnx.core.modelwrapper import ModelWrapper
 
     from fpga.finn.frontend import _failure
 
@@ -276,16 +276,7 @@ def build_bitstreams(
     if weights.is_dir():
         shutil.copytree(weights, deploy / "runtime_weights", dirs_exist_ok=True)
     settings = json.loads((finn_deploy / "driver" / "settings.json").read_text())
-    parents = {n: ModelWrapper(str(p)) for n, p in prepared.parents.items()}
-    write_deploy(
-        deploy,
-        prepared.bundle_id,
-        parents,
-        prepared.engines,
-        settings,
-        FINN_BUILD,
-        config.batch_size,
-    )
+    adopt_settings(OverlaySpec.load(deploy), settings, FINN_BUILD)
     files = {
         "deploy": str(deploy),
         "bitfile": str(deploy / BITFILE),

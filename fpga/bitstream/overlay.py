@@ -31,6 +31,7 @@ open such an overlay. The Vivado flow replaces it with the settings of the real 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -180,8 +181,6 @@ def write_deploy(
 ) -> OverlaySpec:
     """``out`` as the board's overlay folder: the tails, FINN's settings, ``accelerators.json``."""
     (out / "tails").mkdir(parents=True, exist_ok=True)
-    (out / SETTINGS).parent.mkdir(parents=True, exist_ok=True)
-    (out / SETTINGS).write_text(json.dumps(settings, indent=2) + "\n")
     specs = {}
     for name, parent in parents.items():
         FloatTail.from_parent(parent).save(out / "tails" / f"{name}.json")
@@ -195,6 +194,16 @@ def write_deploy(
         engines=specs,
         batch_size=batch_size,
     )
+    return adopt_settings(spec, settings, origin)
+
+
+def adopt_settings(spec: OverlaySpec, settings: dict[str, Any], origin: str) -> OverlaySpec:
+    """Write FINN's ``settings`` into ``spec``'s folder and ``accelerators.json`` with their
+    ``origin``; check them as the board will."""
+    path = spec.root / spec.settings
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=2) + "\n")
+    spec = dataclasses.replace(spec, settings_origin=origin)
     spec.save()
     spec.driver_information()  # the board's checks, now
     return spec
@@ -207,7 +216,6 @@ class OverlayBuild:
     out: Path
     bundle_id: str
     model: Path
-    parents: dict[str, Path]
     engines: dict[str, tuple[int, int]]
     deploy: Path
     estimates: dict[str, Any]
@@ -238,8 +246,7 @@ def prepare_overlay(
         folding_config_file=config.folding_config_file,
     )
     per_graph = build_bundle(loaded.path, out / "graphs", front, graphs=config.graphs)
-    parent_files = {name: out / "graphs" / name / PARENT_FILE for name in per_graph}
-    parents = {name: ModelWrapper(str(path)) for name, path in parent_files.items()}
+    parents = {name: ModelWrapper(str(out / "graphs" / name / PARENT_FILE)) for name in per_graph}
     model, engines = collapse(parents)
     model.save(str(out / OVERLAY_MODEL))
     whole = estimate(model, config.clk_period_ns)
@@ -260,9 +267,7 @@ def prepare_overlay(
     settings = predict_driver_settings(model, config.clk_period_ns)
     write_deploy(deploy, loaded.bundle_id, parents, engines, settings, PREDICTED, config.batch_size)
     log.info("overlay of %d engines prepared in %s", len(engines), out)
-    return OverlayBuild(
-        out, loaded.bundle_id, out / OVERLAY_MODEL, parent_files, engines, deploy, document
-    )
+    return OverlayBuild(out, loaded.bundle_id, out / OVERLAY_MODEL, engines, deploy, document)
 
 
 _SUMMARY = ("total", "max_cycles", "throughput_fps", "latency_ms")

@@ -298,7 +298,6 @@ class DmaEngine:
         self.input = input
         self.output = output
         self.timeout_s = timeout_s
-        self.calls = 0
 
     def execute(self, codes: np.ndarray) -> np.ndarray:
         ov, i, o = self.overlay, self.input, self.output
@@ -321,7 +320,6 @@ class DmaEngine:
             ov.copy_output_data_from_device(ov.obuf_packed[o], ind=o)
             out = ov.unfold_output(ov.unpack_output(ov.obuf_packed[o], ind=o), ind=o)
             outputs.append(np.asarray(out)[:n])
-        self.calls += 1
         return np.concatenate(outputs)
 
     def _transfer(self, n: int) -> None:

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -69,6 +69,9 @@ from fpga.board.protocol import (
     results_per_frame,
 )
 from fpga.board.store import DEFAULT_MAX_BUNDLE_BYTES, BundleStore, LoadSession
+
+if TYPE_CHECKING:
+    from fpga.board.accel import OverlaySpec
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +157,10 @@ class Accelerator(Protocol):
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]: ...
 
 
-def check_finn(overlays: Sequence[str | Path]) -> None:
+def check_finn(overlays: Sequence[str | Path]) -> list[OverlaySpec]:
     """Raise one line unless pynq can be imported and every overlay folder has its
-    ``accelerators.json`` (the finn backend); the bitfile is checked when it is opened."""
+    ``accelerators.json`` (the finn backend); return them. The bitfile is checked when it is
+    opened."""
     from fpga.board.accel import AcceleratorError, OverlaySpec
 
     try:
@@ -171,11 +175,10 @@ def check_finn(overlays: Sequence[str | Path]) -> None:
             "the finn backend needs an overlay; pass --overlay DIR (the deploy folder that "
             "`make bitstream` wrote), once per bundle"
         )
-    for folder in overlays:
-        try:
-            OverlaySpec.load(folder)
-        except AcceleratorError as exc:
-            raise BoardRuntimeError(str(exc)) from None
+    try:
+        return [OverlaySpec.load(folder) for folder in overlays]
+    except AcceleratorError as exc:
+        raise BoardRuntimeError(str(exc)) from None
 
 
 class FinnBackend:
@@ -226,10 +229,9 @@ def make_backend(config: RuntimeConfig, bundle: Bundle) -> Backend:
     another bundle downloads its overlay's bitstream, outside any measured run).
     """
     if config.backend == "finn":
-        from fpga.board.accel import AcceleratorError, OverlaySpec, load_overlay
+        from fpga.board.accel import AcceleratorError, load_overlay
 
-        check_finn(config.overlays)
-        built = {OverlaySpec.load(folder).bundle_id: folder for folder in config.overlays}
+        built = {spec.bundle_id: spec.root for spec in check_finn(config.overlays)}
         if bundle.bundle_id not in built:
             raise BoardRuntimeError(
                 f"no overlay was built from bundle {bundle.bundle_id!r} (overlays for "
