@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import serial
 
+from export.archive import archive_sha256, pack_bundle
 from export.manifest import load_bundle
 from fpga.board.errors import BoardError, LinkTimeout, RemoteError
 from fpga.board.link import Client
@@ -55,7 +56,6 @@ from fpga.board.protocol import (
     fetch_messages,
     upload_messages,
 )
-from fpga.board.store import archive_sha256, pack_bundle
 
 log = logging.getLogger(__name__)
 

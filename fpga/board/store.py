@@ -1,14 +1,10 @@
-"""Bundle archives and the board's bundle store (shared by the host and the board runtime).
+"""The board's bundle store: verified bundles on disk, loaded over the line as archives.
 
-A bundle travels over the serial line as one **archive**: an uncompressed POSIX (ustar) tar that
-holds ``manifest.json`` and exactly the files the manifest lists, at their manifest paths, as
-regular files only (no folders, links or devices), sorted by name, with mode 0644, uid/gid 0,
-empty owner names and mtime 0. The same bundle folder therefore always packs to the same bytes,
-so the host can compute the archive's sha256 (sent in LOAD_BEGIN) before sending anything, and
-the board verifies it after LOAD_END. See docs/board.md.
+The archive format (:func:`export.archive.pack_bundle`, :func:`export.archive.unpack_archive`)
+is part of the bundle's contract and lives beside the manifest in export/; see docs/board.md.
 
-On the board a :class:`BundleStore` keeps bundles in one folder, one sub-folder per bundle named
-by its identity (the sha256 of its ``manifest.json``)::
+A :class:`BundleStore` keeps bundles in one folder, one sub-folder per bundle named by its
+identity (the sha256 of its ``manifest.json``)::
 
     STORE/
       3f2a...c9/            a verified bundle (manifest.json + graph files)
@@ -16,37 +12,34 @@ by its identity (the sha256 of its ``manifest.json``)::
       .unpack-XXXX/         an archive being unpacked (renamed into place when verified)
 
 A load is written to disk as it arrives (bounded size, never held in memory), checked against
-the size and sha256 of LOAD_BEGIN, unpacked under a temporary name with every member checked
-(names, types, sizes), verified with :func:`export.manifest.load_bundle` (every file's sha256)
-and only then renamed into place: a failed load leaves nothing behind.
+the size and sha256 of LOAD_BEGIN, unpacked under a temporary name (every member through
+tarfile's data filter, regular files only), verified with :func:`export.manifest.load_bundle`
+(every file's sha256) and only then renamed into place: a failed load leaves nothing behind.
 
-Runs on the board (Python 3.10): standard library and export.manifest (numpy) only.
+Runs on the board (Python 3.10): standard library, export.archive and export.manifest (numpy).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 import re
 import shutil
-import tarfile
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
+from export.archive import ArchiveError, member_names, unpack_archive
 from export.errors import BundleError
-from export.manifest import MANIFEST, Bundle, load_bundle
+from export.manifest import Bundle, load_bundle
 from fpga.board.errors import CommandError
 from fpga.board.protocol import ErrorCode
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BUNDLE_BYTES = 512 * 1024 * 1024  # the ZedBoard has 512 MB of DDR and an SD card
-MAX_ARCHIVE_MEMBERS = 4096
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_COPY_BYTES = 1 << 20
 
 
 class StoreError(CommandError):
@@ -54,97 +47,6 @@ class StoreError(CommandError):
 
     Being a :class:`~fpga.board.errors.CommandError`, it reaches the host as ``ERROR(code)``.
     """
-
-
-# ----------------------------------------------------------------------------------------------
-# Archives (host and board)
-
-
-def _member_names(bundle: Bundle) -> list[str]:
-    names = {MANIFEST} | {ref.file for ref in bundle.manifest.files()}
-    return sorted(names)
-
-
-def _tar_info(name: str, size: int) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.size = size
-    info.mode = 0o644
-    info.mtime = 0
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    info.type = tarfile.REGTYPE
-    return info
-
-
-def pack_bundle(bundle_dir: str | os.PathLike) -> bytes:
-    """The deterministic archive of the bundle in ``bundle_dir`` (verified first).
-
-    Holds ``manifest.json`` and the files the manifest lists, nothing else (stray files in the
-    folder are left out), so the bytes depend only on the bundle's contents.
-    """
-    bundle = load_bundle(bundle_dir, verify=True)
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for name in _member_names(bundle):
-            data = (bundle.path / name).read_bytes()
-            tar.addfile(_tar_info(name, len(data)), io.BytesIO(data))
-    return out.getvalue()
-
-
-def archive_sha256(archive: bytes) -> str:
-    """The sha256 (hex) of an archive: what LOAD_BEGIN carries."""
-    return hashlib.sha256(archive).hexdigest()
-
-
-def _safe_name(name: str) -> str | None:
-    """``name`` if it is a plain relative path inside the bundle folder, else None."""
-    path = PurePosixPath(name)
-    if not name or path.is_absolute() or "\\" in name or "\x00" in name:
-        return None
-    if any(part in ("", ".", "..") for part in name.split("/")):
-        return None
-    return name
-
-
-def unpack_archive(archive_path: str | os.PathLike, dest: str | os.PathLike) -> None:
-    """Extract an archive into the empty folder ``dest``, refusing anything but plain files.
-
-    Raises :class:`StoreError` (MALFORMED) on a file that is not a tar archive, a member that is
-    not a regular file, an unsafe or duplicate name, or too many members.
-    """
-    dest = Path(dest)
-    archive_path = str(archive_path)
-    try:
-        with tarfile.open(archive_path, mode="r:") as tar:
-            seen: set[str] = set()
-            for count, member in enumerate(tar, start=1):
-                if count > MAX_ARCHIVE_MEMBERS:
-                    raise StoreError(
-                        ErrorCode.MALFORMED,
-                        f"bundle archive has more than {MAX_ARCHIVE_MEMBERS} members; "
-                        "pack it with fpga.board.store.pack_bundle",
-                    )
-                name = _safe_name(member.name)
-                if name is None or not member.isreg() or name in seen:
-                    kind = "duplicate" if name in seen else "unsafe or non-file"
-                    raise StoreError(
-                        ErrorCode.MALFORMED,
-                        f"bundle archive member {member.name!r} is a {kind} entry; "
-                        "pack it with fpga.board.store.pack_bundle",
-                    )
-                seen.add(name)
-                target = dest / name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                source = tar.extractfile(member)
-                assert source is not None  # a regular file always has a stream
-                with source, open(target, "xb") as f:
-                    shutil.copyfileobj(source, f, _COPY_BYTES)
-    except tarfile.TarError as exc:
-        raise StoreError(
-            ErrorCode.MALFORMED,
-            f"bundle archive is not a valid tar archive ({exc}); pack it with "
-            "fpga.board.store.pack_bundle",
-        ) from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -315,7 +217,10 @@ class BundleStore:
     def _install(self, archive: Path, bundle_id: str) -> Bundle:
         unpack = Path(tempfile.mkdtemp(prefix=".unpack-", dir=self.root))
         try:
-            unpack_archive(archive, unpack)
+            try:
+                unpack_archive(archive, unpack)
+            except ArchiveError as exc:
+                raise StoreError(ErrorCode.MALFORMED, str(exc)) from None
             try:
                 bundle = load_bundle(unpack, verify=True)
             except BundleError as exc:
@@ -323,12 +228,12 @@ class BundleStore:
                     ErrorCode.BUNDLE_HASH_MISMATCH, f"bundle {bundle_id!r} is refused: {exc}"
                 ) from None
             extra = {p.relative_to(unpack).as_posix() for p in unpack.rglob("*") if p.is_file()}
-            extra -= set(_member_names(bundle))
+            extra -= set(member_names(bundle))
             if extra:
                 raise StoreError(
                     ErrorCode.MALFORMED,
                     f"bundle archive holds files the manifest does not list: "
-                    f"{sorted(extra)[:3]!r}; pack it with fpga.board.store.pack_bundle",
+                    f"{sorted(extra)[:3]!r}; pack it with export.archive.pack_bundle",
                 )
             if bundle.bundle_id != bundle_id:
                 raise StoreError(

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from export.archive import archive_sha256, pack_bundle
 from export.executor import BundleExecutor
 from export.manifest import Manifest, load_bundle
 from fpga.board.errors import LinkError
@@ -45,7 +46,6 @@ from fpga.board.link import Server
 from fpga.board.ports import open_pty_pair
 from fpga.board.protocol import MAX_IDENTITY_BYTES, truncate_utf8
 from fpga.board.runtime import BoardRuntime, RunOutcome, RuntimeConfig
-from fpga.board.store import archive_sha256, pack_bundle
 from fpga.emulator import EmulatorError
 from fpga.emulator.power import PowerTrace
 from fpga.emulator.timing import ARM, HardwareReportTiming, MacRateTiming, Phase, TimingModel

@@ -9,7 +9,6 @@ import contextlib
 import io
 import math
 import os
-import shutil
 import tarfile
 import threading
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from export.archive import archive_sha256, pack_bundle
 from export.executor import BundleExecutor
 from export.manifest import load_bundle
 from fpga.board import protocol as P
@@ -25,7 +25,6 @@ from fpga.board.link import Client, Server
 from fpga.board.ports import open_pty_pair
 from fpga.board.protocol import ErrorCode, RunMode
 from fpga.board.runtime import BoardRuntime, BoardRuntimeError, RuntimeConfig
-from fpga.board.store import archive_sha256, pack_bundle
 from host.board import BoardClient, BoardPortError, BoardSilentError, bundle_ref
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -294,21 +293,6 @@ def test_commands_in_the_wrong_state_are_refused(bundle_dir, tmp_path):
 
 
 # -- archives, backends, client errors ----------------------------------------------------------
-
-
-def test_archive_is_deterministic_and_holds_the_bundle_only(bundle_dir, tmp_path):
-    copy = tmp_path / "copy"
-    shutil.copytree(bundle_dir, copy)
-    (copy / "notes.txt").write_text("not part of the bundle")
-    os.utime(copy / "manifest.json", (0, 1e9))
-    archive = pack_bundle(bundle_dir)
-    assert pack_bundle(copy) == archive
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        members = tar.getmembers()
-    names = [m.name for m in members]
-    bundle = load_bundle(bundle_dir)
-    assert names == sorted({"manifest.json"} | {r.file for r in bundle.manifest.files()})
-    assert all(m.isreg() and m.mtime == 0 and m.uid == 0 and m.mode == 0o644 for m in members)
 
 
 def test_finn_backend_without_pynq_is_one_line(bundle_dir, tmp_path):

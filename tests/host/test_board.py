@@ -1,0 +1,33 @@
+"""The host's board client packs bundles with the archive format of export/ (export/archive.py),
+not with the board's store: importing the host's harness loads no board-side module."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# The serial protocol's modules, which the host speaks too; once they move to a package of their
+# own, this set shrinks to nothing.
+WIRE = {"fpga.board"} | {
+    f"fpga.board.{name}" for name in ("errors", "frame", "link", "ports", "protocol")
+}
+
+
+def test_the_host_harness_imports_no_board_module_to_pack_bundles():
+    code = (
+        "import json, sys\n"
+        "import host.board, host.measure, host.run_measurement\n"
+        "from export.archive import pack_bundle\n"
+        "assert host.board.pack_bundle is pack_bundle\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('fpga'))))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    loaded = set(json.loads(out.stdout))
+    assert "fpga.board.store" not in loaded
+    assert loaded - WIRE <= {"fpga"}, sorted(loaded - WIRE)
