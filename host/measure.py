@@ -255,11 +255,26 @@ def _summary(
     return {**meta, "models": models}
 
 
+def check_bundles(config: MeasurementConfig) -> dict[str, Any]:
+    """Every model's bundle, read and verified (each file's sha256), keyed by model key.
+
+    Needs no board: the command line calls it before it creates a run folder, so a refused
+    bundle leaves nothing behind. Raises export's :class:`~export.errors.BundleError` (one line
+    naming the file) or :class:`MeasureError` (mode ``ddi`` on a bundle without exits).
+    """
+    from export.manifest import load_bundle
+
+    bundles = {m.key: load_bundle(m.bundle, verify=True) for m in config.models}
+    for m in config.models:
+        if m.mode == "ddi" and not bundles[m.key].manifest.exits:
+            raise MeasureError(f"model {m.key!r}: bundle {m.bundle!r} has no exits for mode ddi")
+    return bundles
+
+
 def measure(config: MeasurementConfig, run: RunFolder, *, progress: bool = True) -> dict[str, Any]:
     """Measure every window of ``config`` not yet committed in ``run``; return the summary."""
     from tqdm.auto import tqdm
 
-    from export.manifest import load_bundle
     from host.board import BoardClient
     from host.meters import open_meter
     from train.data import load_cifar10
@@ -269,10 +284,7 @@ def measure(config: MeasurementConfig, run: RunFolder, *, progress: bool = True)
     if config.images > len(test.labels):
         raise MeasureError(f"--images {config.images!r} exceeds the {len(test.labels)} test images")
     images, labels = test.images[: config.images], test.labels[: config.images]
-    bundles = {m.key: load_bundle(m.bundle, verify=True) for m in config.models}
-    for m in config.models:
-        if m.mode == "ddi" and not bundles[m.key].manifest.exits:
-            raise MeasureError(f"model {m.key!r}: bundle {m.bundle!r} has no exits for mode ddi")
+    bundles = check_bundles(config)
 
     done = set(run.completed_windows())
     plan = [w for w in config.windows() if w[0] not in done]

@@ -25,6 +25,7 @@ import io
 import json
 import os
 import re
+import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +132,16 @@ class RunFolder:
             os.replace(tmp, path / "results.csv")
         _complete_lines(path / "power.csv")
         return run
+
+    def discard_unstarted(self) -> bool:
+        """Remove the folder if it holds no committed window (a run that never started).
+
+        Returns whether it was removed. A folder with a committed window is kept, for --resume.
+        """
+        if self.completed_windows():
+            return False
+        shutil.rmtree(self.path, ignore_errors=True)
+        return True
 
     # -----------------------------------------------------------------------------------------
     def windows(self) -> list[dict[str, Any]]:

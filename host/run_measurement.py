@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from export.errors import ExportError
     from fpga.board.errors import BoardError
-    from host.measure import MeasureError, MeasurementConfig, ModelSpec, measure
+    from host.measure import MeasureError, MeasurementConfig, ModelSpec, check_bundles, measure
     from host.meters import MeterError
     from host.records import RunError, RunFolder
     from measurements.table1 import TableError, write_table
@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             reply_timeout_s=args.timeout,
         )
         config.validate()
+        check_bundles(config)  # before the run folder: a refused bundle leaves nothing behind
         if args.resume:
             run = RunFolder.resume(args.resume, config.to_dict())
         else:
@@ -99,7 +100,14 @@ def main(argv: list[str] | None = None) -> int:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.basicConfig(level=logging.INFO, handlers=[handler])
         print(f"run folder: {run.path}", file=sys.stderr)
-        summary = measure(config, run, progress=not args.quiet)
+        try:
+            summary = measure(config, run, progress=not args.quiet)
+        except errors:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+            if not args.resume and run.discard_unstarted():  # nothing measured: nothing kept
+                print(f"run folder {run.path} removed: no window was measured", file=sys.stderr)
+            raise
         for m in summary["models"]:
             energy = m["energy_per_image_j"]
             e = f"{sum(energy) / len(energy) * 1e3:.4f} mJ/image" if energy else "no energy"
