@@ -24,8 +24,9 @@ output format does not depend on which blocks ran before it.
 
 from __future__ import annotations
 
-import datetime as dt
+import copy
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -36,6 +37,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import torch
 from torch import Tensor, nn
@@ -147,13 +149,43 @@ class LayerGateGraph(nn.Module):
 
 
 class ChannelGateGraph(nn.Module):
+    """G^C with its BatchNorm folded into the conv before export (see :func:`fold_gate_bn`)."""
+
     def __init__(self, model: DDIResNet, index: int) -> None:
         super().__init__()
         assert model.channel_gates is not None
-        self.gate = model.channel_gates[index]
+        self.gate = fold_gate_bn(model.channel_gates[index])
 
     def forward(self, x: Tensor) -> Tensor:
         return self.gate(x)  # (N, C_out)
+
+
+def fold_gate_bn(gate: nn.Module) -> nn.Module:
+    """A copy of a float channel gate with its BatchNorm folded into the conv, in float64.
+
+    Left to itself, torch's ONNX exporter folds an eval-mode Conv+BatchNorm in float32 with
+    torch's ``sqrt``, which runs through MKL's vector math: its last bit depends on the code path
+    MKL picks for the CPU (an Intel Xeon and an AMD EPYC export other bytes; here
+    ``MKL_CBWR=COMPATIBLE`` shows it), and so did the gate graphs' bytes (docs/bundle.md).
+    numpy's float64 ``sqrt``, ``/`` and ``*`` are IEEE operations, correctly rounded on every
+    machine; rounded once to float32, the folded weights are the same everywhere. Written here
+    rather than with ``torch.nn.utils.fusion.fuse_conv_bn_weights`` because that helper computes
+    with torch's kernels. The gate keeps its op set (no BatchNormalization node).
+    """
+    folded = copy.deepcopy(gate).eval()
+    conv, bn = folded.conv, folded.bn
+
+    def f64(t: Tensor) -> np.ndarray:
+        return t.detach().cpu().numpy().astype(np.float64)  # exact widening
+
+    assert conv.bias is None  # ChannelGate's conv has none (train/model.py)
+    scale = f64(bn.weight) / np.sqrt(f64(bn.running_var) + bn.eps)  # (C_out,)
+    shift = f64(bn.bias) - f64(bn.running_mean) * scale  # (C_out,)
+    weight = f64(conv.weight) * scale[:, None, None, None]  # (C_out, C_in, 3, 3)
+    conv.weight = nn.Parameter(torch.from_numpy(weight.astype(np.float32)))
+    conv.bias = nn.Parameter(torch.from_numpy(shift.astype(np.float32)))
+    folded.bn = nn.Identity()
+    return folded
 
 
 # ---------------------------------------------------------------------------------------------
@@ -498,6 +530,24 @@ def write_graphs(model: DDIResNet, folder: Path, progress: bool = True) -> dict[
     }
 
 
+def bundle_digest(model: DDIResNet) -> str:
+    """sha256 (hex) of what defines a bundle: the bundle format and the network it holds.
+
+    The bundle id ends in its first 12 hex digits. It hashes the manifest format and version,
+    the ONNX opset, the model's registry name and constructor arguments, and every tensor of the
+    model's state (name, dtype, shape, bytes; sorted by name), not the exported files: the id of
+    a checkpoint's bundle is the same on every machine even where the exporter's float32
+    arithmetic is not. The exact bytes are named by the manifest's sha256 (docs/bundle.md).
+    """
+    head = {"format": FORMAT, "version": VERSION, "opset": OPSET, "model": model.spec()}
+    digest = hashlib.sha256(json.dumps(head, sort_keys=True).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(json.dumps([name, str(t.dtype), list(tensor.shape)]).encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes())  # little-endian on x86 and ARM
+    return digest.hexdigest()
+
+
 def export_bundle(
     checkpoint: str | os.PathLike,
     out: str | os.PathLike,
@@ -506,8 +556,6 @@ def export_bundle(
     progress: bool = True,
 ) -> Bundle:
     """Export a quantized checkpoint as a bundle folder ``out`` (written whole or not at all)."""
-    import json
-
     checkpoint, out = Path(checkpoint), Path(out)
     if out.exists() and not overwrite:
         raise ExportError(f"bundle folder {str(out)!r} exists; pass --force to replace it")
@@ -526,27 +574,23 @@ def export_bundle(
         after = model.state_dict()
         changed = [k for k, v in state.items() if not torch.equal(v, after[k])]
         assert not changed and not any(m.training for m in model.modules()), changed[:3]
-        digest = hashlib.sha256()
-        for name in sorted(body["graphs"]):
-            digest.update(body["graphs"][name]["onnx"]["sha256"].encode())
         gating = model.gating + ("-exits" if model.has_exits else "")
         manifest = {
             "format": FORMAT,
             "version": VERSION,
-            "bundle_id": f"{model.spec()['name']}-{gating}-{digest.hexdigest()[:12]}",
+            "bundle_id": f"{model.spec()['name']}-{gating}-{bundle_digest(model)[:12]}",
             **body,
             "source": {
                 "checkpoint": checkpoint.name,
                 "checkpoint_path": str(checkpoint),
                 "checkpoint_sha256": sha256_file(checkpoint),
+                "checkpoint_created_utc": payload.get("created_utc"),
                 "phase": payload.get("phase"),
                 "metrics": payload.get("metrics", {}),
             },
-            "producer": {
-                "software": "ddi-fpga",
-                "versions": _versions(),
-                "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            },
+            # no export time stamp: a re-export of a checkpoint with the same software is the
+            # same bytes, so the board's store recognises it (docs/bundle.md)
+            "producer": {"software": "ddi-fpga", "versions": _versions()},
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
         load_bundle(tmp)  # what we wrote must read back and verify

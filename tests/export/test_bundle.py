@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import onnxruntime as ort
@@ -15,10 +18,10 @@ from export.bundle import export_bundle
 from export.errors import BundleError, ExecutionError, ExportError
 from export.executor import BundleExecutor
 from export.manifest import MANIFEST, VERSION, load_bundle, manifest_from_dict
-from train.checkpoint import CheckpointError, save_checkpoint
+from train.checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
 from train.model import create_model
 
-from .conftest import TRAINED
+from .conftest import ROOT, TRAINED
 
 
 def test_manifest_lists_every_graph_with_shapes_types_and_costs(trained_bundle):
@@ -195,3 +198,81 @@ def test_executor_refuses_bad_images_and_modes(trained_bundle):
     with pytest.raises(ExecutionError, match="only in, mode 'ddi'"):
         ex.run(np.zeros((1, 32, 32, 3), np.uint8), mode="iadi", budget_macs=1e6)
     assert len(ex.run(np.zeros((0, 32, 32, 3), np.uint8))) == 0
+
+
+EXPORT_ELSEWHERE = """
+import sys, torch
+torch.set_num_threads(2)
+from export.bundle import export_bundle
+export_bundle(sys.argv[1], sys.argv[2], progress=False)
+"""
+
+
+def test_a_checkpoint_exported_under_other_thread_settings_is_the_same_bundle(
+    trained_bundle, tmp_path
+):
+    """Another process with other torch/OpenMP/BLAS thread counts, torch's portable (non-AVX)
+    kernels and MKL's CPU-independent code path writes the same bytes, so the board's store
+    recognises the re-export. (With the exporter's own float32 fold of the channel gates,
+    ``MKL_CBWR=COMPATIBLE`` alone changed their bytes, as exporting on an AMD EPYC did.)"""
+    from export.archive import archive_sha256, pack_bundle
+    from fpga.board.store import BundleStore
+
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "2",
+        "MKL_NUM_THREADS": "2",
+        "OPENBLAS_NUM_THREADS": "2",
+        "ATEN_CPU_CAPABILITY": "default",
+        "MKL_CBWR": "COMPATIBLE",
+    }
+    again = tmp_path / "again"
+    subprocess.run(
+        [sys.executable, "-c", EXPORT_ELSEWHERE, str(TRAINED), str(again)],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    reexport = load_bundle(again)
+    assert reexport.bundle_id == trained_bundle.bundle_id
+    assert reexport.sha256 == trained_bundle.sha256  # manifest.json, hence every file, equal
+    archive = pack_bundle(trained_bundle.path)
+    assert pack_bundle(again) == archive
+    store = BundleStore(tmp_path / "store")
+    session = store.begin(trained_bundle.bundle_id, len(archive), archive_sha256(archive))
+    session.write(0, archive)
+    store.finish(session, trained_bundle.bundle_id)
+    assert store.find(reexport.bundle_id, reexport.sha256).path == store.path_of(reexport.sha256)
+
+
+def test_the_bundle_id_names_the_checkpoints_state_and_the_format(trained_bundle):
+    payload = load_checkpoint(TRAINED)
+    model = build_model(payload).eval()
+    digest = bundle_module.bundle_digest(model)
+    name = f"{model.spec()['name']}-{model.gating}-{digest[:12]}"
+    assert trained_bundle.bundle_id == name
+    with torch.no_grad():  # one ulp of one running variance is another network
+        var = model.channel_gates[0].bn.running_var
+        var[0] = torch.nextafter(var[0], torch.tensor(1.0))
+    assert bundle_module.bundle_digest(model) != digest
+
+
+def test_channel_gates_are_folded_before_export_and_compute_the_models_gate(trained_bundle):
+    import onnx
+    from onnx import numpy_helper
+
+    model = build_model(load_checkpoint(TRAINED)).eval()
+    x = torch.rand(4, 16, 32, 32, generator=torch.Generator().manual_seed(0))
+    gate = model.channel_gates[0]
+    folded = bundle_module.fold_gate_bn(gate)
+    with torch.no_grad():
+        np.testing.assert_allclose(folded(x).numpy(), gate(x).numpy(), rtol=0, atol=1e-6)
+    assert isinstance(gate.bn, torch.nn.BatchNorm2d)  # the model itself is left as it was
+    graph = onnx.load(trained_bundle.path / "channel_gate0.onnx").graph
+    assert "BatchNormalization" not in {n.op_type for n in graph.node}
+    weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    # the exporter writes the folded weights bit for bit, folding nothing itself
+    assert np.array_equal(weights["gate.conv.weight"], folded.conv.weight.detach().numpy())
+    assert np.array_equal(weights["gate.conv.bias"], folded.conv.bias.detach().numpy())
