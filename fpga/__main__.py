@@ -5,7 +5,10 @@
 
 ``estimate`` runs the FINN front end (fpga/finn) on every graph of the bundle and writes
 ``hw_report.json``: per engine (graph) the cycles per image at the bottleneck layer, latency,
-LUT/BRAM18/DSP, and whether one engine per graph fits the XC7Z020 (an estimate, before synthesis).
+LUT/BRAM18/DSP, and whether one engine per graph fits the XC7Z020 (an estimate, before synthesis),
+and ``resource_budget``: the budget of one overlay of every engine with what FINN's estimate
+leaves out (DMAs, interconnect, FIFOs, MVAU_rtl and HLS LUTs) and a verdict with margin
+(fpga/bitstream/budget.py). ``overlay`` builds that overlay (docs/bitstream.md).
 ``emulate`` prints the emulated board's pty path (``board: /dev/pts/7``) and, with ``--meter``,
 the simulated 34465A's (``meter: /dev/pts/8``), then serves until interrupted (docs/board.md).
 """
@@ -18,6 +21,7 @@ import logging
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from export.errors import ExportError
 from fpga.board.errors import BoardError
@@ -107,12 +111,39 @@ def estimate(args: argparse.Namespace) -> int:
     config = FrontendConfig(clk_period_ns=args.clk_period_ns, target_fps=target_fps)
     estimates = build_bundle(args.bundle, args.out, config)
     report = hardware_report(estimates, args.clk_period_ns)
+    report["resource_budget"] = completed_budget(Path(args.out), estimates)
     path = Path(args.out) / "hw_report.json"
     path.write_text(json.dumps(report, indent=1) + "\n")
     print(estimate_table(estimates))
     verdict = "fits" if report["fits"] else "does NOT fit"
     print(f"one engine per graph {verdict} the XC7Z020 (FINN estimates) -> {path}")
+    print(
+        f"completed budget ({report['resource_budget']['label']}): one overlay of every engine "
+        f"{report['resource_budget']['verdict']}"
+    )
     return 0
+
+
+def completed_budget(out: Path, estimates: dict[str, dict]) -> dict:
+    """The resource budget of one overlay of every engine built in ``out`` (FINN's multi-DNN
+    merge of their HW partitions, as ``python -m fpga overlay``; fpga/bitstream/budget.py).
+    A design whose IODMAs exceed the shell's SmartConnects gets its one-line refusal as the
+    verdict (``fits: false``)."""
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from fpga.bitstream.budget import LABEL, resource_budget
+    from fpga.bitstream.overlay import collapse
+    from fpga.bitstream.zedboard import InterconnectError, interconnect_plan
+    from fpga.finn.frontend import PARENT_FILE, estimate
+
+    try:
+        interconnect_plan(2 * len(estimates))
+    except InterconnectError as exc:
+        return {"label": LABEL, "fits": False, "fits_with_margin": False, "verdict": str(exc)}
+    parents = {name: ModelWrapper(str(out / name / PARENT_FILE)) for name in estimates}
+    model, engines = collapse(parents)
+    whole = estimate(model, next(iter(estimates.values()))["clk_period_ns"])
+    return resource_budget(model, whole["total"], len(engines), whole["fpga_part"])
 
 
 def overlay(args: argparse.Namespace) -> int:
@@ -124,12 +155,35 @@ def overlay(args: argparse.Namespace) -> int:
         graphs=args.graphs,
         batch_size=args.batch,
     )
+    from fpga.bitstream.budget import budget_markdown
+
     built = prepare_overlay(args.bundle, args.out, config)
     share = ", ".join(f"{k} {100 * v:.1f}%" for k, v in built.estimates["share"].items())
     verdict = "fits" if built.estimates["fits"] else "does NOT fit"
     print(f"{len(built.engines)} engines in one overlay ({share}): {verdict} the XC7Z020")
     for name, (i, o) in built.engines.items():
         print(f"  {name}: idma/odma index {i}/{o}")
+    budget = built.estimates["resource_budget"]
+    totals = ", ".join(f"{k} {100 * v:.1f}%" for k, v in budget["utilization"].items())
+    print(f"completed budget ({budget['label']}): {totals}; {budget['verdict']}")
+    for sc in budget["interconnect"]["smartconnects"]:
+        print(f"  {sc['smartconnect']} -> {sc['hp_port']}: {sc['num_si']} AXI masters")
+    if args.record:
+        import json
+        from pathlib import Path
+
+        record = Path(args.record)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        title = f"Overlay of bundle {built.bundle_id}: {len(built.engines)} engines"
+        document = {
+            "bundle_id": built.bundle_id,
+            "engines": {name: list(io) for name, io in built.engines.items()},
+            "config": built.estimates["config"],
+            "resource_budget": budget,
+        }
+        record.with_suffix(".json").write_text(json.dumps(document, indent=1) + "\n")
+        record.with_suffix(".md").write_text(budget_markdown(budget, title))
+        print(f"budget record {record.with_suffix('.json')} and .md")
     print(f"deploy folder {built.deploy} (driver settings predicted; make bitstream builds it)")
     return 0
 
@@ -164,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--clk-period-ns", type=float, default=10.0, help="target clock (10: 100 MHz)")
     o.add_argument("--target-fps", type=int, help="FINN folding target per engine (default 1000)")
     o.add_argument("--batch", type=int, default=64, help="images per DMA transfer on the board")
+    o.add_argument("--record", help="also write the budget as RECORD.json and RECORD.md")
     p = commands.add_parser("emulate", help="serve the emulated board on a pty")
     p.add_argument("bundle", help="bundle folder (python -m export)")
     timing = p.add_argument_group("time model")

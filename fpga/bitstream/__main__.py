@@ -30,6 +30,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--folding-config", help="FINN folding JSON applied after target fps")
     parser.add_argument("--batch", type=int, default=64, help="images per DMA transfer on board")
     parser.add_argument(
+        "--fifo-strategy",
+        default="distributed_sim",
+        help="FINN's FIFO sizing: distributed_sim (its RTL simulation, default), live_fifo; "
+        "force_minimal_fifos is refused on residual joins",
+    )
+    parser.add_argument(
+        "--rtlsim-images",
+        type=int,
+        default=3,
+        help="images per engine through the stitched IP in RTL simulation before synthesis "
+        "(0: skip)",
+    )
+    parser.add_argument(
         "--board-part", help="Vivado board part (default avnet.com:zedboard:part0:1.4)"
     )
     parser.add_argument("--board-repo", help="folder with ZedBoard board files for Vivado")
@@ -61,12 +74,19 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not args.bundle or not args.out:
             parser.error("BUNDLE and --out are required (or --check / --print-tcl)")
+        from fpga.bitstream.flow import tool_environment
+        from fpga.finn.compat import reexec_for_vivado
+
+        tool_environment(*require_vivado())  # XILINX_HLS too, for its fpo_v7_1 library path
+        reexec_for_vivado()  # once: the loader must see FINN's LD_LIBRARY_PATH (XSI in-process)
         config = BitstreamConfig(
             clk_period_ns=args.clk_period_ns,
             target_fps=args.target_fps or None,
             folding_config_file=args.folding_config,
             graphs=args.graphs,
             batch_size=args.batch,
+            fifo_strategy=args.fifo_strategy,
+            rtlsim_images=args.rtlsim_images,
         )
         files = build_bitstreams(args.bundle, args.out, config)
     except (FinnFrontendError, ExportError, OSError) as exc:
