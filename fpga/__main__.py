@@ -175,13 +175,7 @@ def overlay(args: argparse.Namespace) -> int:
         record = Path(args.record)
         record.parent.mkdir(parents=True, exist_ok=True)
         title = f"Overlay of bundle {built.bundle_id}: {len(built.engines)} engines"
-        document = {
-            "bundle_id": built.bundle_id,
-            "engines": {name: list(io) for name, io in built.engines.items()},
-            "config": built.estimates["config"],
-            "resource_budget": budget,
-        }
-        record.with_suffix(".json").write_text(json.dumps(document, indent=1) + "\n")
+        record.with_suffix(".json").write_text(json.dumps(built.estimates, indent=1) + "\n")
         record.with_suffix(".md").write_text(budget_markdown(budget, title))
         print(f"budget record {record.with_suffix('.json')} and .md")
     print(f"deploy folder {built.deploy} (driver settings predicted; make bitstream builds it)")

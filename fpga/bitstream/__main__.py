@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--board-repo", help="folder with ZedBoard board files for Vivado")
     parser.add_argument("--check", action="store_true", help="only check Vivado, then exit")
     parser.add_argument("--print-tcl", action="store_true", help="print the shell Tcl, then exit")
+    parser.add_argument(
+        "--engines",
+        type=int,
+        default=1,
+        help="with --print-tcl: engines (IODMA pairs) of the design, for its interconnect",
+    )
     parser.add_argument("--debug", action="store_true", help="re-raise errors with a traceback")
     return parser
 
@@ -64,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[zedboard.BOARD_REPO_ENV] = os.path.abspath(args.board_repo)
     try:
         if args.print_tcl:
-            print(zedboard.render_shell(args.clk_period_ns), end="")
+            zedboard.interconnect_plan(2 * args.engines)  # one line if there are too many
+            print(zedboard.render_shell(args.clk_period_ns, num_aximm=2 * args.engines), end="")
             return 0
         from fpga.bitstream.flow import BitstreamConfig, build_bitstreams, require_vivado
 

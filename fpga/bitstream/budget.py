@@ -312,7 +312,7 @@ def resource_budget(
                 "skip-path FIFOs",
                 len(fifos),
                 {k: sum(c[k] for c in costs) for k in ("LUT", "BRAM_18K")},
-                "modelled depth (sliding-window fills); finn formula: StreamingFIFO_rtl cost",
+                "modelled: depth from the sliding-window fills, cost by FINN's StreamingFIFO_rtl",
                 fifos=fifos,
             )
         )
@@ -394,17 +394,20 @@ def budget_markdown(budget: dict[str, Any], title: str) -> str:
         )
         + " | |"
     )
-    share = budget["finn_share_of_total"]["LUT"]
-    rows += [
-        "",
-        f"Verdict: the overlay {budget['verdict']}.",
-        "",
-        f"FINN's own estimate is {100 * share:.0f}% of the LUT total." if share is not None else "",
-        "",
-    ]
+    rows += ["", f"Verdict: the overlay {budget['verdict']}.", ""]
+    kinds: dict[str, float] = {}
+    for line in budget["lines"]:
+        kind = line["source"].split(":")[0]
+        kinds[kind] = kinds.get(kind, 0.0) + line["LUT"]
+    if t["LUT"]:
+        rows += ["| LUT by kind of source | LUT | share of the LUT total |", "|---|---|---|"]
+        rows += [f"| {k} | {v:,.0f} | {100 * v / t['LUT']:.0f}% |" for k, v in kinds.items()]
+        rows.append("")
     fifo = next((line for line in budget["lines"] if line["item"] == "skip-path FIFOs"), None)
     if fifo:
-        rows += ["| residual join | fork | depth (words) | width x words | LUT | BRAM18 |"]
+        rows += [
+            "| residual join | fork | depth (words) | datatype x elements/word | LUT | BRAM18 |"
+        ]
         rows += ["|---|---|---|---|---|---|"]
         for f in fifo["fifos"]:
             rows.append(

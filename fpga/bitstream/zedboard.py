@@ -91,7 +91,7 @@ def interconnect_plan(num_aximm: int) -> list[dict]:
         raise InterconnectError(
             f"{num_aximm} AXI masters ({num_aximm // 2} engines with an IODMA pair each) exceed "
             f"{len(HP_PORTS)} SmartConnects x {MAX_SMARTCONNECT_MASTERS} (HP0, HP1); build "
-            "fewer engines per overlay (--graphs) or share engines (--design shared)"
+            "fewer engines per overlay (--graphs)"
         )
     count = 1 if num_aximm <= MAX_SMARTCONNECT_MASTERS else 2
     first = -(-num_aximm // count)  # ceil: as the Tcl's expr {($NUM_AXIMM + n - 1) / n}

@@ -6,6 +6,7 @@ Everything here runs without Vivado and Docker except the tests marked ``vivado`
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -251,13 +252,20 @@ def test_shell_tcl_refuses_more_than_32_masters_in_tcl(tmp_path):
     assert done.stdout.strip() == "ERROR: 34 AXI masters exceed 2 SmartConnects x 16 (HP0, HP1)"
 
 
-def test_overlay_of_too_many_engines_is_refused_before_any_work(tmp_path):
-    from fpga.bitstream.overlay import OverlayConfig, prepare_overlay
-
-    bundle = tmp_path / "bundle"
+@pytest.fixture(scope="module")
+def r8_bundle(tmp_path_factory) -> Path:
+    """The committed ResNet-8 IADI-60 checkpoint as a bundle."""
     from export.bundle import export_bundle
 
-    export_bundle(ROOT / CHECKPOINT, bundle, progress=False)
+    path = tmp_path_factory.mktemp("r8") / "bundle"
+    export_bundle(ROOT / CHECKPOINT, path, progress=False)
+    return path
+
+
+def test_overlay_of_too_many_engines_is_refused_before_any_work(r8_bundle, tmp_path):
+    from fpga.bitstream.overlay import OverlayConfig, prepare_overlay
+
+    bundle = r8_bundle
     with pytest.raises(zedboard.InterconnectError, match="34 AXI masters"):
         prepare_overlay(bundle, tmp_path / "out", OverlayConfig(graphs=["stem"] * 17))
     assert not (tmp_path / "out").exists()
@@ -325,7 +333,7 @@ def test_fake_vivado_tree_drives_finns_start_up(tmp_path):
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    state = __import__("json").loads(done.stdout.strip().splitlines()[-1])
+    state = json.loads(done.stdout.strip().splitlines()[-1])
     assert state["XILINX_HLS"] == str(hls)
     path = state["PATH"].split(os.pathsep)
     assert str(vivado / "bin") in path and str(hls / "bin") in path
@@ -673,3 +681,102 @@ def test_image_refuses_without_vivado():
     )
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [f"error: {VIVADO_MISSING}"]
+
+
+# --- the completed budget and the stitched-IP check's reference, on a small overlay ---------
+
+
+@pytest.fixture(scope="module")
+def small_overlay(r8_bundle, tmp_path_factory):
+    """The overlay of the stem, the first residual block and the head of the trained ResNet-8."""
+    from fpga.bitstream.overlay import OverlayConfig, prepare_overlay
+
+    config = OverlayConfig(graphs=["stem", "block0", "head"])
+    return prepare_overlay(r8_bundle, tmp_path_factory.mktemp("small-overlay"), config)
+
+
+def test_budget_adds_what_finns_estimate_leaves_out(small_overlay):
+    import json
+
+    from fpga.bitstream import budget as b
+
+    document = json.loads((small_overlay.out / "estimates.json").read_text())
+    budget = document["resource_budget"]
+    lines = {line["item"]: line for line in budget["lines"]}
+    finn = lines["FINN estimate (HW layers)"]
+    assert finn["LUT"] == small_overlay.estimates["overlay"]["total"]["LUT"]
+    # FINN counts 0 LUT for MVAU_rtl: FINN-R's model per instance, all positive
+    mvau = lines["MVAU_rtl LUTs"]
+    assert mvau["count"] >= 3 and all(v > 300 for v in mvau["per_instance"].values())
+    # one skip-path FIFO for block0's residual join, deeper than two rows of its 3x3 windows
+    (fifo,) = lines["skip-path FIFOs"]["fifos"]
+    assert fifo["join"].startswith("block0_ElementwiseAdd") and fifo["depth"] > 2 * 32
+    assert fifo["BRAM_18K"] + fifo["LUT"] > 0
+    # an IODMA pair per engine and one SmartConnect for 6 masters
+    assert lines["IODMA_hls"]["count"] == 6 and lines["smartconnect_si"]["count"] == 6
+    assert lines["smartconnect"]["count"] == 1
+    assert [sc["num_si"] for sc in budget["interconnect"]["smartconnects"]] == [6]
+    for key in b.RESOURCES:
+        assert budget["total"][key] == pytest.approx(sum(line[key] for line in lines.values()))
+        assert budget["margin"][key] == pytest.approx(1 - budget["total"][key] / b.XC7Z020[key])
+    assert budget["total"]["LUT"] > finn["LUT"] + mvau["LUT"]
+    assert budget["fits"] is all(budget["total"][k] <= b.XC7Z020[k] for k in b.RESOURCES)
+    assert budget["label"].startswith("modelled")
+    for line in budget["lines"]:  # every figure says where it comes from
+        assert line["source"].split(":")[0] in (
+            "finn estimate",
+            "finn formula",
+            "modelled",
+            "reported",
+            "allowance",
+        )
+    text = b.budget_markdown(budget, "small")
+    assert f"Verdict: the overlay {budget['verdict']}." in text
+    assert "| smartconnect_0 | S_AXI_HP0 | 6 | 0..5 |" in text
+
+
+def test_budget_verdict_needs_the_margin(small_overlay):
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from fpga.bitstream.budget import resource_budget
+    from fpga.finn.frontend import dataflow_model
+
+    model = dataflow_model(ModelWrapper(str(small_overlay.model)))
+    finn = small_overlay.estimates["overlay"]["total"]
+    tight = resource_budget(model, finn, 3, required_margin=0.99)
+    assert tight["fits"] and not tight["fits_with_margin"]
+    assert "less than the required 99% margin" in tight["verdict"]
+    over = resource_budget(model, {**finn, "DSP": 1000.0}, 3)
+    assert not over["fits"] and over["verdict"].startswith("does not fit the XC7Z020 (DSP at")
+
+
+def test_rtlsim_reference_is_finns_python_execution(small_overlay, tmp_path):
+    import numpy as np
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    model = ModelWrapper(str(small_overlay.model))
+    path = flow.rtlsim_reference(model, tmp_path / flow.RTLSIM_FILE, images=2)
+    data = np.load(path)
+    assert sorted(data.files) == sorted(
+        [f"in{k}" for k in range(3)] + [f"out{k}" for k in range(3)]
+    )
+    for k, tensor in enumerate(model.graph.input):
+        dt = model.get_tensor_datatype(tensor.name)
+        assert data[f"in{k}"].shape == (2, *model.get_tensor_shape(tensor.name)[1:])
+        assert data[f"in{k}"].min() >= dt.min() and data[f"in{k}"].max() <= dt.max()
+    again = np.load(flow.rtlsim_reference(model, tmp_path / "again.npz", images=2))
+    for name in data.files:  # seeded: the same check on every build
+        assert np.array_equal(data[name], again[name])
+    assert any(data[f"out{k}"].any() for k in range(3))
+
+
+def test_minimal_fifos_are_refused_on_residual_joins(small_overlay):
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    model = ModelWrapper(str(small_overlay.model))
+    flow.check_fifo_strategy("distributed_sim", model)
+    with pytest.raises(flow.BuildError, match="'force_minimal_fifos' on 1 residual joins") as info:
+        flow.check_fifo_strategy("force_minimal_fifos", model)
+    assert "\n" not in str(info.value)
+    with pytest.raises(flow.BuildError, match="unknown"):
+        flow.check_fifo_strategy("largefifo_rtlsim", model)

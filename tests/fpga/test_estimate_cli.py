@@ -31,6 +31,16 @@ def test_estimate_writes_a_report_that_fits_and_times_the_emulator(tmp_path, cap
         assert g["cycles"] > 0 and g["latency_cycles"] >= g["cycles"]
     timing = HardwareReportTiming.from_json(tmp_path / "hw" / "hw_report.json")
     timing.check(bundle.manifest)  # every engine graph of the bundle has its cycles
+    # the completed budget of one overlay of every engine: FINN's estimate + what it leaves out
+    budget = report["resource_budget"]
+    assert budget["label"].startswith("modelled")
+    items = {line["item"]: line for line in budget["lines"]}
+    assert items["FINN estimate (HW layers)"]["LUT"] == pytest.approx(report["total"]["LUT"])
+    assert items["IODMA_hls"]["count"] == 2 * len(engines)
+    assert len(items["skip-path FIFOs"]["fifos"]) == 3  # ResNet-8: three residual joins
+    assert budget["total"]["LUT"] > 2 * report["total"]["LUT"]
+    assert f"one overlay of every engine {budget['verdict']}" in out
+    assert budget["interconnect"]["axi_masters"] == 14
 
 
 def test_estimate_refuses_a_missing_bundle_in_one_line(tmp_path, capsys):
