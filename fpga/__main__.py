@@ -21,7 +21,6 @@ import logging
 import signal
 import sys
 import threading
-from pathlib import Path
 
 from export.errors import ExportError
 from fpga.board.errors import BoardError
@@ -95,6 +94,8 @@ def estimate_shared(args: argparse.Namespace) -> int:
         config.target_fps = args.target_fps
     report = build_shared(args.bundle, args.out, config)
     print(report_table(report))
+    budget = report["resource_budget"]
+    print(f"completed budget ({budget['label']}): one overlay of the engines {budget['verdict']}")
     print(f"shared engines -> {args.out}/{REPORT_FILE}")
     return 0
 
@@ -103,6 +104,7 @@ def estimate(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
+    from fpga.bitstream.budget import overlay_budget
     from fpga.finn.frontend import FrontendConfig, build_bundle, estimate_table
 
     if args.design == "shared":
@@ -111,7 +113,7 @@ def estimate(args: argparse.Namespace) -> int:
     config = FrontendConfig(clk_period_ns=args.clk_period_ns, target_fps=target_fps)
     estimates = build_bundle(args.bundle, args.out, config)
     report = hardware_report(estimates, args.clk_period_ns)
-    report["resource_budget"] = completed_budget(Path(args.out), estimates)
+    report["resource_budget"] = overlay_budget(Path(args.out), list(estimates), args.clk_period_ns)
     path = Path(args.out) / "hw_report.json"
     path.write_text(json.dumps(report, indent=1) + "\n")
     print(estimate_table(estimates))
@@ -122,28 +124,6 @@ def estimate(args: argparse.Namespace) -> int:
         f"{report['resource_budget']['verdict']}"
     )
     return 0
-
-
-def completed_budget(out: Path, estimates: dict[str, dict]) -> dict:
-    """The resource budget of one overlay of every engine built in ``out`` (FINN's multi-DNN
-    merge of their HW partitions, as ``python -m fpga overlay``; fpga/bitstream/budget.py).
-    A design whose IODMAs exceed the shell's SmartConnects gets its one-line refusal as the
-    verdict (``fits: false``)."""
-    from qonnx.core.modelwrapper import ModelWrapper
-
-    from fpga.bitstream.budget import LABEL, resource_budget
-    from fpga.bitstream.overlay import collapse
-    from fpga.bitstream.zedboard import InterconnectError, interconnect_plan
-    from fpga.finn.frontend import PARENT_FILE, estimate
-
-    try:
-        interconnect_plan(2 * len(estimates))
-    except InterconnectError as exc:
-        return {"label": LABEL, "fits": False, "fits_with_margin": False, "verdict": str(exc)}
-    parents = {name: ModelWrapper(str(out / name / PARENT_FILE)) for name in estimates}
-    model, engines = collapse(parents)
-    whole = estimate(model, next(iter(estimates.values()))["clk_period_ns"])
-    return resource_budget(model, whole["total"], len(engines), whole["fpga_part"])
 
 
 def overlay(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ whether the total fits the XC7Z020 with the required margin (:data:`REQUIRED_MAR
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 from fpga.bitstream.zedboard import interconnect_plan
@@ -127,6 +128,21 @@ ALLOWANCES: dict[str, dict[str, Any]] = {
 }
 """Per-instance figures where FINN has none (LUT/FF/BRAM18/DSP; some add LUTs per stream bit)."""
 STREAM_ALLOWANCE_OPS = ("DuplicateStreams_hls", "ElementwiseAdd_hls", "GlobalAccPool_hls")
+
+
+def runtime_writeable(model: Any) -> list[str]:
+    """Nodes whose weights or thresholds are written over AXI-lite at run time (each gets its
+    own AXI-lite slave in FINN's shell)."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    names = []
+    for node in model.graph.node:
+        try:
+            if getCustomOp(node).get_nodeattr("runtime_writeable_weights") == 1:
+                names.append(node.name)
+        except (AttributeError, KeyError):
+            continue
+    return names
 
 
 def _line(item: str, count: int, resources: dict[str, float], source: str, **extra) -> dict:
@@ -262,11 +278,14 @@ def resource_budget(
     """The completed budget of an overlay: FINN's ``finn_total`` (LUT/BRAM_18K/DSP of
     ``model``'s HW layers) plus every line FINN leaves out, the interconnect plan, the totals
     against the XC7Z020 and the verdict. ``engines`` is the number of DMA pairs;
-    ``axilite_slaves`` defaults to one per IODMA (FINN's shell gives each its own)."""
+    ``axilite_slaves`` defaults to one per IODMA and one per layer with runtime-writeable
+    parameters (FINN's shell gives each its own AXI-lite slave)."""
     from qonnx.custom_op.registry import getCustomOp
 
     masters = 2 * engines
     plan = interconnect_plan(masters)  # raises for more than 2 x 16 masters
+    if axilite_slaves is None:  # each IODMA, and each layer with runtime-writeable parameters
+        axilite_slaves = masters + len(runtime_writeable(model))
     lines = [
         _line(
             "FINN estimate (HW layers)",
@@ -320,9 +339,7 @@ def resource_budget(
     lines.append(_allowance("smartconnect", len(plan)))
     lines.append(_allowance("smartconnect_si", masters))
     lines.append(_allowance("axi_interconnect", 1))
-    lines.append(
-        _allowance("axi_interconnect_mi", masters if axilite_slaves is None else axilite_slaves)
-    )
+    lines.append(_allowance("axi_interconnect_mi", axilite_slaves))
     lines.append(_allowance("clock_reset", 1))
     total = {k: sum(line[k] for line in lines) for k in RESOURCES}
     margin = {k: 1.0 - total[k] / XC7Z020[k] for k in RESOURCES}
@@ -357,6 +374,27 @@ def resource_budget(
         },
         "interconnect": interconnect_report(engines),
     }
+
+
+def overlay_budget(out: Path, folders: list[str], clk_period_ns: float) -> dict[str, Any]:
+    """The budget of one overlay of the engines built in ``out/<folder>`` (each a front-end
+    build with ``hw_parent.onnx``), merged by FINN's multi-DNN flow as ``python -m fpga overlay``
+    merges them. A design whose IODMAs exceed the shell's SmartConnects gets its one-line
+    refusal as the verdict (``fits: false``)."""
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from fpga.bitstream.overlay import collapse
+    from fpga.bitstream.zedboard import InterconnectError
+    from fpga.finn.frontend import PARENT_FILE, estimate
+
+    try:
+        interconnect_plan(2 * len(folders))
+    except InterconnectError as exc:
+        return {"label": LABEL, "fits": False, "fits_with_margin": False, "verdict": str(exc)}
+    parents = {name: ModelWrapper(str(out / name / PARENT_FILE)) for name in folders}
+    model, engines = collapse(parents)
+    whole = estimate(model, clk_period_ns)
+    return resource_budget(model, whole["total"], len(engines), whole["fpga_part"])
 
 
 def interconnect_report(engines: int) -> dict[str, Any]:

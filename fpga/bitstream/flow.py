@@ -375,6 +375,11 @@ def build_bitstreams(
             f"FIFO strategy {config.fifo_strategy!r} unknown; use one of {FIFO_STRATEGIES!r}"
         )
     vivado, version = require_vivado()  # before FINN is imported: it reaches for Vivado
+    if version == (2024, 2):
+        log.warning(
+            "Vivado 2024.2: FINN's wide memory streamers cost about 2k LUT more each than with "
+            "2022.2 (finn-plus#152), not in the resource budget; 2022.2 is the documented pin"
+        )
     tool_environment(vivado, version)
     check_fifo_tools()
     ensure_finn_deps()
