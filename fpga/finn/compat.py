@@ -131,6 +131,8 @@ class _LogStream(io.TextIOBase):
     def __init__(self, logger: logging.Logger, level: int) -> None:
         super().__init__()
         self.logger, self.level, self.buffer = logger, level, ""
+        self.lines: list[str] = []
+        """Every line logged (FINN's start-up messages, to name its error)."""
 
     def writable(self) -> bool:
         return True
@@ -141,11 +143,13 @@ class _LogStream(io.TextIOBase):
         for line in lines:
             if line.strip():
                 self.logger.log(self.level, "%s", line.rstrip())
+                self.lines.append(line.strip())
         return len(text)
 
     def flush(self) -> None:
         if self.buffer.strip():
             self.logger.log(self.level, "%s", self.buffer.rstrip())
+            self.lines.append(self.buffer.strip())
         self.buffer = ""
 
 
@@ -301,18 +305,26 @@ def prepare_vivado(build_dir: str | os.PathLike, finn_deps: str | os.PathLike | 
     os.environ["FINN_XSI"] = str(settings.finn_xsi)  # for worker processes (spawn)
     vivado_environment()
     saved = sys.stdout, sys.stderr
-    sys.stdout = _LogStream(log, logging.INFO)  # FINN's status lines (rich) -> our logger
-    sys.stderr = _LogStream(log, logging.WARNING)
+    streams = _LogStream(log, logging.INFO), _LogStream(log, logging.WARNING)
+    sys.stdout, sys.stderr = streams  # FINN's status lines (rich) -> our logger
     try:
         run_finn.prepare_finn(settings, accept_defaults=True, batch=True)
     except SystemExit as exc:
+        for stream in streams:
+            stream.flush()
+        printed = [line for stream in streams for line in stream.lines]
+        if any("XSI" in line for line in printed):
+            raise ToolchainError(
+                f"FINN's start-up failed (exit {exc.code}) building its XSI simulator binding in "
+                f"{str(settings.finn_xsi)!r}: it needs g++, pybind11 and Vivado's "
+                "data/xsim/include (python -m finn.xsi.setup shows the compiler's output)"
+            ) from None
+        errors = [line for line in printed if line.startswith("ERROR")] or printed[-1:]
         raise ToolchainError(
-            f"FINN's start-up failed (exit {exc.code}) building its XSI simulator binding in "
-            f"{str(settings.finn_xsi)!r}: it needs g++, pybind11 and Vivado's "
-            "data/xsim/include (python -m finn.xsi.setup shows the compiler's output)"
+            f"FINN's start-up failed (exit {exc.code}): {errors[0] if errors else 'no message'}"
         ) from None
     finally:
-        for stream in (sys.stdout, sys.stderr):
+        for stream in streams:
             stream.flush()
         sys.stdout, sys.stderr = saved
     missing = [
