@@ -97,7 +97,38 @@ def estimate_shared(args: argparse.Namespace) -> int:
     budget = report["resource_budget"]
     print(f"completed budget ({budget['label']}): one overlay of the engines {budget['verdict']}")
     print(f"shared engines -> {args.out}/{REPORT_FILE}")
+    if args.record:
+        write_record(args.record, report, report_table(report), f"{report['design']}")
     return 0
+
+
+def write_record(prefix: str, report: dict, table: str, design: str) -> None:
+    """``PREFIX.json`` (the report as written) and ``PREFIX.md`` (its tables and the completed
+    budget, generated from the report)."""
+    import json
+    from pathlib import Path
+
+    from fpga.bitstream.budget import budget_markdown
+
+    record = Path(prefix)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    title = f"Bundle {report.get('bundle_id', '?')}: {design}, {report['kind']}"
+    lines = [f"# {title}", "", f"Clock {report['clock_mhz']:g} MHz, part {report['fpga_part']}."]
+    if "config" in report:
+        lines.append(f"Configuration: `{json.dumps(report['config'])}`.")
+    if "cost_model" in report:
+        lines.append(f"Cost model: `{json.dumps(report['cost_model'])}`.")
+    budget = report.get("resource_budget", {})
+    text = "\n".join(lines) + "\n\n" + table + "\n"
+    if "lines" in budget:
+        text += budget_markdown(budget, "Completed resource budget of one overlay").replace(
+            "# Completed", "## Completed", 1
+        )
+    elif budget:
+        text += f"## Completed resource budget\n\n{budget['verdict']}\n"
+    record.with_suffix(".md").write_text(text)
+    print(f"record {record.with_suffix('.json')} and .md")
 
 
 def estimate(args: argparse.Namespace) -> int:
@@ -123,6 +154,8 @@ def estimate(args: argparse.Namespace) -> int:
         f"completed budget ({report['resource_budget']['label']}): one overlay of every engine "
         f"{report['resource_budget']['verdict']}"
     )
+    if args.record:
+        write_record(args.record, report, estimate_table(estimates), report["design"])
     return 0
 
 
@@ -183,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="per-graph: one engine per graph; shared: one per graph shape, weights written at "
         "run time (docs/fpga-architecture.md)",
     )
+    e.add_argument("--record", help="also write the report as RECORD.json and RECORD.md")
     o = commands.add_parser(
         "overlay", help="one overlay of every engine: merge, estimates, deploy folder (no Vivado)"
     )
