@@ -186,7 +186,8 @@ def step_stitched_ip_rtlsim(model: Any, cfg: Any) -> Any:
     (the stitched IP over XSI) on the inputs of :func:`rtlsim_reference`, one image at a time,
     with FINN's liveness watchdog at 1.1 x the critical path + 50 cycles (as FINN sets it): a
     FIFO deadlock stops the build here in minutes instead of on the board after synthesis. Any
-    output that differs from FINN's Python execution fails the build.
+    output that differs from FINN's Python execution fails the build (``FINNUserError``, which
+    FINN's builder logs in one line; :func:`build_bitstreams` then raises :class:`BuildError`).
     """
     from copy import deepcopy
 
@@ -194,6 +195,7 @@ def step_stitched_ip_rtlsim(model: Any, cfg: Any) -> Any:
     from finn.analysis.fpgadataflow.dataflow_performance import dataflow_performance
     from finn.core.onnx_exec import execute_onnx
     from finn.transformation.fpgadataflow.annotate_cycles import AnnotateCycles
+    from finn.util.exception import FINNUserError  # FINN's builder logs it in one line
 
     data = np.load(Path(cfg.output_dir).parent / RTLSIM_FILE)
     sim = deepcopy(model)
@@ -210,16 +212,16 @@ def step_stitched_ip_rtlsim(model: Any, cfg: Any) -> Any:
         try:
             result = execute_onnx(sim, context)
         except Exception as exc:
-            raise BuildError(
-                f"stitched-IP RTL simulation of image {b} failed (a FIFO deadlock stops at the "
-                f"liveness watchdog): {type(exc).__name__}: {exc}"
+            raise FINNUserError(
+                f"stitched-IP RTL simulation of image {b} failed: {type(exc).__name__}: {exc} "
+                "(a FIFO deadlock ends at FINN's liveness watchdog)"
             ) from exc
         for k, name in enumerate(outputs):
             expected = data[f"out{k}"][b : b + 1]
             got = np.asarray(result[name]).reshape(expected.shape)
             if not np.array_equal(got, expected):
                 bad = int(np.count_nonzero(got != expected))
-                raise BuildError(
+                raise FINNUserError(
                     f"stitched-IP RTL simulation differs from FINN's Python execution on "
                     f"output {k} ({name!r}) of image {b}: {bad} of {expected.size} values"
                 )

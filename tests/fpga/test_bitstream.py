@@ -780,3 +780,18 @@ def test_minimal_fifos_are_refused_on_residual_joins(small_overlay):
     assert "\n" not in str(info.value)
     with pytest.raises(flow.BuildError, match="unknown"):
         flow.check_fifo_strategy("largefifo_rtlsim", model)
+
+
+def test_stitched_ip_check_stops_in_one_line_without_a_stitched_ip(small_overlay, tmp_path):
+    """Up to where Vivado is needed: the check loads its reference, sets FINN's rtlsim mode and
+    liveness estimate, and reports FINN's refusal (no stitched IP here) as one FINN user error."""
+    from finn.util.exception import FINNUserError
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    model = ModelWrapper(str(small_overlay.model))
+    flow.rtlsim_reference(model, tmp_path / flow.RTLSIM_FILE, images=1)
+    cfg = flow.backend_config(flow.BitstreamConfig(), tmp_path / "finn")
+    with pytest.raises(FINNUserError, match="stitched-IP RTL simulation of image 0 failed") as info:
+        flow.step_stitched_ip_rtlsim(model, cfg)
+    assert "\n" not in str(info.value)
+    assert model.get_metadata_prop("exec_mode") != "rtlsim"  # the build's model is untouched
