@@ -1,30 +1,42 @@
 # ddi-fpga: the FINN flow (front end + ZedBoard bitstreams) in a container.
 #
-# Vivado is NOT in the image: mount the user's installation at run time and set XILINX_VIVADO,
-#   docker run --rm -v /tools/Xilinx:/tools/Xilinx:ro \
-#     -e XILINX_VIVADO=/tools/Xilinx/Vivado/2022.2 -v "$PWD/runs:/src/ddi-fpga/runs" \
-#     ddi-fpga:latest runs/bundle --out runs/bitstream
-# (`make bitstream BUNDLE=... VIVADO=...` does this). Without Vivado the entrypoint refuses with
-# one line; `--entrypoint python ddi-fpga:latest -m fpga estimate ...` needs no Vivado.
-FROM python:3.11-slim-bookworm
+# Vivado is NOT in the image: mount the user's installation at run time and set XILINX_VIVADO.
+# `make bitstream BUNDLE=... VIVADO=/tools/Xilinx/Vivado/2022.2` runs it as Xilinx/finn's
+# run-docker.sh runs FINN's image: --init (Vivado's child processes are reaped), the caller's
+# uid/gid with /etc/passwd and /etc/group mounted read-only, LD_PRELOAD of libudev (FlexLM),
+# XILINX_LOCAL_USER_DATA=no. Without Vivado the entrypoint refuses with one line;
+# `--entrypoint python ddi-fpga:latest -m fpga estimate ...` needs no Vivado.
+#
+# Ubuntu 22.04: an OS that Vivado 2022.2 and 2024.2 support (Debian is not on their lists).
+FROM ubuntu:22.04
 
-ENV PIP_NO_CACHE_DIR=1 \
+ENV DEBIAN_FRONTEND=noninteractive \
+    TZ=Etc/UTC \
+    PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    FINN_DEPS=/finn_deps
+    FINN_DEPS=/finn_deps \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
 
-# Build tools (FINN's XSI binding and cppsim: g++, cmake; `finn deps update`: git) and the
-# shared libraries that a mounted Vivado 2022.2 / 2024.2 loads on Debian 12.
-# Unpinned on purpose: Debian's point releases replace exact versions (hadolint DL3008).
+# Python 3.11 (finn-plus 1.6.1 needs >= 3.11; its headers for FINN's XSI binding), g++ and
+# make (XSI binding, FIFO-sizing simulation), Boost program_options (finn_xsi's CMakeLists),
+# git (`finn deps update`), libudev (preloaded as in run-docker.sh), and the shared libraries
+# a mounted Vivado 2022.2 / 2024.2 loads on Ubuntu 22.04 (libtinfo5, libncurses5, X11 client
+# libraries, fontconfig, an en_US.UTF-8 locale). Unpinned on purpose: Ubuntu's updates replace
+# exact versions (hadolint DL3008).
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
-        build-essential cmake git make unzip zip locales \
+        python3.11 python3.11-venv python3.11-dev ca-certificates \
+        build-essential make git unzip zip locales \
+        libboost-program-options-dev libudev1 \
         libtinfo5 libncurses5 libx11-6 libxext6 libxrender1 libxtst6 libxi6 \
         libfreetype6 fontconfig \
-    && sed -i 's/^# *en_US.UTF-8/en_US.UTF-8/' /etc/locale.gen && locale-gen \
-    && rm -rf /var/lib/apt/lists/*
+    && locale-gen en_US.UTF-8 \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3.11 -m venv "$VIRTUAL_ENV"
 ENV LANG=en_US.UTF-8 LC_ALL=en_US.UTF-8
 
 WORKDIR /src/ddi-fpga
@@ -33,12 +45,15 @@ WORKDIR /src/ddi-fpga
 # (a CI runner has internet): nothing later may replace it with a multi-GB CUDA build.
 RUN python -m pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 
+# finn_xsi (FINN builds xsi.so into it) and FINN_DEPS must be writable by the caller's uid.
 COPY . .
 RUN python -m pip install -e '.[dev,finn]' \
     && python -m pip install --no-deps finn-plus==1.6.1 \
     && python -c "import torch, finn.builder.build_dataflow_config, fpga.bitstream" \
     && mkdir -p "$FINN_DEPS" \
-    && chmod -R a+rwX "$FINN_DEPS" "$(python -c 'import finn, os; print(os.path.dirname(finn.__file__))')"
+    && chmod -R a+rwX "$FINN_DEPS" \
+        "$(python -c 'import finn, os; print(os.path.dirname(finn.__file__))')" \
+        "$(python -c 'import finn_xsi, os; print(os.path.dirname(finn_xsi.__file__))')"
 
 ENTRYPOINT ["python", "-m", "fpga.bitstream"]
 CMD ["--help"]

@@ -51,6 +51,7 @@ BUNDLE ?=
 VIVADO ?= $(XILINX_VIVADO)
 XILINX_ROOT ?= $(abspath $(VIVADO)/../..)
 BITSTREAM_OUT ?= runs/bitstream
+BITSTREAM_ARGS ?=
 .PHONY: docker-image bitstream
 
 docker-image:  ## build the flow's image (Vivado is mounted at run time, not installed)
@@ -63,9 +64,12 @@ bitstream:  ## the ZedBoard overlay of BUNDLE in Docker (BITSTREAM_OUT/deploy go
 	@docker info >/dev/null 2>&1 || { echo "Docker not available: install Docker and start its daemon (docker info fails)" >&2; exit 1; }
 	@docker image inspect $(IMAGE) >/dev/null 2>&1 || docker build -t $(IMAGE) .
 	mkdir -p $(BITSTREAM_OUT) runs/finn_deps
-	docker run --rm --user $$(id -u):$$(id -g) -e HOME=/tmp \
+	# as Xilinx/finn's run-docker.sh: --init, the caller's uid/gid and its passwd/group, libudev
+	docker run --rm --init --user $$(id -u):$$(id -g) -e HOME=/tmp -e SHELL=/bin/bash \
+		-v /etc/passwd:/etc/passwd:ro -v /etc/group:/etc/group:ro \
+		-e LD_PRELOAD=/lib/x86_64-linux-gnu/libudev.so.1 -e XILINX_LOCAL_USER_DATA=no \
 		-v "$(XILINX_ROOT):$(XILINX_ROOT):ro" \
 		-e XILINX_VIVADO=$(abspath $(VIVADO)) \
 		-v "$(abspath $(BUNDLE)):/in/bundle:ro" -v "$(abspath $(BITSTREAM_OUT)):/out" \
 		-v "$(abspath runs/finn_deps):/finn_deps" \
-		$(IMAGE) /in/bundle --out /out
+		$(IMAGE) /in/bundle --out /out $(BITSTREAM_ARGS)

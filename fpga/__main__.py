@@ -5,7 +5,10 @@
 
 ``estimate`` runs the FINN front end (fpga/finn) on every graph of the bundle and writes
 ``hw_report.json``: per engine (graph) the cycles per image at the bottleneck layer, latency,
-LUT/BRAM18/DSP, and whether one engine per graph fits the XC7Z020 (an estimate, before synthesis).
+LUT/BRAM18/DSP, and whether one engine per graph fits the XC7Z020 (an estimate, before synthesis),
+and ``resource_budget``: the budget of one overlay of every engine with what FINN's estimate
+leaves out (DMAs, interconnect, FIFOs, MVAU_rtl and HLS LUTs) and a verdict with margin
+(fpga/bitstream/budget.py). ``overlay`` builds that overlay (docs/bitstream.md).
 ``emulate`` prints the emulated board's pty path (``board: /dev/pts/7``) and, with ``--meter``,
 the simulated 34465A's (``meter: /dev/pts/8``), then serves until interrupted (docs/board.md).
 """
@@ -91,14 +94,48 @@ def estimate_shared(args: argparse.Namespace) -> int:
         config.target_fps = args.target_fps
     report = build_shared(args.bundle, args.out, config)
     print(report_table(report))
+    budget = report["resource_budget"]
+    print(f"completed budget ({budget['label']}): one overlay of the engines {budget['verdict']}")
     print(f"shared engines -> {args.out}/{REPORT_FILE}")
+    if args.record:
+        write_record(args.record, report, report_table(report), f"{report['design']}")
     return 0
+
+
+def write_record(prefix: str, report: dict, table: str, design: str) -> None:
+    """``PREFIX.json`` (the report as written) and ``PREFIX.md`` (its tables and the completed
+    budget, generated from the report)."""
+    import json
+    from pathlib import Path
+
+    from fpga.bitstream.budget import budget_markdown
+
+    record = Path(prefix)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    title = f"Bundle {report.get('bundle_id', '?')}: {design}, {report['kind']}"
+    lines = [f"# {title}", "", f"Clock {report['clock_mhz']:g} MHz, part {report['fpga_part']}."]
+    if "config" in report:
+        lines.append(f"Configuration: `{json.dumps(report['config'])}`.")
+    if "cost_model" in report:
+        lines.append(f"Cost model: `{json.dumps(report['cost_model'])}`.")
+    budget = report.get("resource_budget", {})
+    text = "\n".join(lines) + "\n\n" + table + "\n"
+    if "lines" in budget:
+        text += budget_markdown(budget, "Completed resource budget of one overlay").replace(
+            "# Completed", "## Completed", 1
+        )
+    elif budget:
+        text += f"## Completed resource budget\n\n{budget['verdict']}\n"
+    record.with_suffix(".md").write_text(text)
+    print(f"record {record.with_suffix('.json')} and .md")
 
 
 def estimate(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
+    from fpga.bitstream.budget import overlay_budget
     from fpga.finn.frontend import FrontendConfig, build_bundle, estimate_table
 
     if args.design == "shared":
@@ -107,11 +144,18 @@ def estimate(args: argparse.Namespace) -> int:
     config = FrontendConfig(clk_period_ns=args.clk_period_ns, target_fps=target_fps)
     estimates = build_bundle(args.bundle, args.out, config)
     report = hardware_report(estimates, args.clk_period_ns)
+    report["resource_budget"] = overlay_budget(Path(args.out), list(estimates), args.clk_period_ns)
     path = Path(args.out) / "hw_report.json"
     path.write_text(json.dumps(report, indent=1) + "\n")
     print(estimate_table(estimates))
     verdict = "fits" if report["fits"] else "does NOT fit"
     print(f"one engine per graph {verdict} the XC7Z020 (FINN estimates) -> {path}")
+    print(
+        f"completed budget ({report['resource_budget']['label']}): one overlay of every engine "
+        f"{report['resource_budget']['verdict']}"
+    )
+    if args.record:
+        write_record(args.record, report, estimate_table(estimates), report["design"])
     return 0
 
 
@@ -124,12 +168,29 @@ def overlay(args: argparse.Namespace) -> int:
         graphs=args.graphs,
         batch_size=args.batch,
     )
+    from fpga.bitstream.budget import budget_markdown
+
     built = prepare_overlay(args.bundle, args.out, config)
     share = ", ".join(f"{k} {100 * v:.1f}%" for k, v in built.estimates["share"].items())
     verdict = "fits" if built.estimates["fits"] else "does NOT fit"
     print(f"{len(built.engines)} engines in one overlay ({share}): {verdict} the XC7Z020")
     for name, (i, o) in built.engines.items():
         print(f"  {name}: idma/odma index {i}/{o}")
+    budget = built.estimates["resource_budget"]
+    totals = ", ".join(f"{k} {100 * v:.1f}%" for k, v in budget["utilization"].items())
+    print(f"completed budget ({budget['label']}): {totals}; {budget['verdict']}")
+    for sc in budget["interconnect"]["smartconnects"]:
+        print(f"  {sc['smartconnect']} -> {sc['hp_port']}: {sc['num_si']} AXI masters")
+    if args.record:
+        import json
+        from pathlib import Path
+
+        record = Path(args.record)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        title = f"Overlay of bundle {built.bundle_id}: {len(built.engines)} engines"
+        record.with_suffix(".json").write_text(json.dumps(built.estimates, indent=1) + "\n")
+        record.with_suffix(".md").write_text(budget_markdown(budget, title))
+        print(f"budget record {record.with_suffix('.json')} and .md")
     print(f"deploy folder {built.deploy} (driver settings predicted; make bitstream builds it)")
     return 0
 
@@ -155,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="per-graph: one engine per graph; shared: one per graph shape, weights written at "
         "run time (docs/fpga-architecture.md)",
     )
+    e.add_argument("--record", help="also write the report as RECORD.json and RECORD.md")
     o = commands.add_parser(
         "overlay", help="one overlay of every engine: merge, estimates, deploy folder (no Vivado)"
     )
@@ -164,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--clk-period-ns", type=float, default=10.0, help="target clock (10: 100 MHz)")
     o.add_argument("--target-fps", type=int, help="FINN folding target per engine (default 1000)")
     o.add_argument("--batch", type=int, default=64, help="images per DMA transfer on the board")
+    o.add_argument("--record", help="also write the budget as RECORD.json and RECORD.md")
     p = commands.add_parser("emulate", help="serve the emulated board on a pty")
     p.add_argument("bundle", help="bundle folder (python -m export)")
     timing = p.add_argument_group("time model")

@@ -522,9 +522,16 @@ def build_shared(
     """Build every engine of the bundle, write ``out_dir/hw_report.json``, return the report."""
     config = config or SharedConfig()
     cost = cost or CostModel(clock_mhz=1e3 / config.clk_period_ns)
+    from fpga.bitstream.budget import overlay_budget
+
     loaded, engines, built = build_engines(bundle, out_dir, config)
     report = shared_report(loaded.manifest, engines, built, cost)
     report["config"] = asdict(config)
+    # FINN's estimate leaves out DMAs, interconnect, FIFOs, MVAU_rtl and HLS LUTs: the
+    # completed budget of one overlay of these engines (fpga/bitstream/budget.py)
+    report["resource_budget"] = overlay_budget(
+        Path(out_dir), [e.name for e in engines], config.clk_period_ns
+    )
     path = Path(out_dir) / REPORT_FILE
     path.write_text(json.dumps(report, indent=1) + "\n")
     log.info("shared-engine report -> %s", path)

@@ -30,11 +30,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--folding-config", help="FINN folding JSON applied after target fps")
     parser.add_argument("--batch", type=int, default=64, help="images per DMA transfer on board")
     parser.add_argument(
+        "--fifo-strategy",
+        default="distributed_sim",
+        help="FINN's FIFO sizing: distributed_sim (its RTL simulation, default), live_fifo; "
+        "force_minimal_fifos is refused on residual joins",
+    )
+    parser.add_argument(
+        "--rtlsim-images",
+        type=int,
+        default=3,
+        help="images per engine through the stitched IP in RTL simulation before synthesis "
+        "(0: skip)",
+    )
+    parser.add_argument(
         "--board-part", help="Vivado board part (default avnet.com:zedboard:part0:1.4)"
     )
     parser.add_argument("--board-repo", help="folder with ZedBoard board files for Vivado")
     parser.add_argument("--check", action="store_true", help="only check Vivado, then exit")
     parser.add_argument("--print-tcl", action="store_true", help="print the shell Tcl, then exit")
+    parser.add_argument(
+        "--engines",
+        type=int,
+        default=1,
+        help="with --print-tcl: engines (IODMA pairs) of the design, for its interconnect",
+    )
     parser.add_argument("--debug", action="store_true", help="re-raise errors with a traceback")
     return parser
 
@@ -51,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[zedboard.BOARD_REPO_ENV] = os.path.abspath(args.board_repo)
     try:
         if args.print_tcl:
-            print(zedboard.render_shell(args.clk_period_ns), end="")
+            zedboard.interconnect_plan(2 * args.engines)  # one line if there are too many
+            print(zedboard.render_shell(args.clk_period_ns, num_aximm=2 * args.engines), end="")
             return 0
         from fpga.bitstream.flow import BitstreamConfig, build_bitstreams, require_vivado
 
@@ -61,12 +81,19 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not args.bundle or not args.out:
             parser.error("BUNDLE and --out are required (or --check / --print-tcl)")
+        from fpga.bitstream.flow import tool_environment
+        from fpga.finn.compat import reexec_for_vivado
+
+        tool_environment(*require_vivado())  # XILINX_HLS too, for its fpo_v7_1 library path
+        reexec_for_vivado()  # once: the loader must see FINN's LD_LIBRARY_PATH (XSI in-process)
         config = BitstreamConfig(
             clk_period_ns=args.clk_period_ns,
             target_fps=args.target_fps or None,
             folding_config_file=args.folding_config,
             graphs=args.graphs,
             batch_size=args.batch,
+            fifo_strategy=args.fifo_strategy,
+            rtlsim_images=args.rtlsim_images,
         )
         files = build_bitstreams(args.bundle, args.out, config)
     except (FinnFrontendError, ExportError, OSError) as exc:

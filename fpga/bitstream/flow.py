@@ -5,16 +5,21 @@
    of their HW partitions into one model with an input and an output per engine
    (``overlay.onnx``), and the deploy folder;
 2. FINN's builder on ``overlay.onnx`` over :data:`BACKEND_STEPS`: FINN's
-   ``step_generate_hardware`` (HLS/RTL code, IP, FIFO sizing) and ``step_create_stitched_ip``,
-   then :func:`step_zedboard_bitfile` (FINN's ``step_synthesize_bitfile`` with the ZedBoard
-   registered: an IODMA pair per engine, the Zynq PS7 block design, synthesis,
-   implementation, ``.bit`` and ``.hwh``), ``step_make_driver`` (``settings.json`` for
-   finn-plus-driver) and ``step_deployment_package``;
+   ``step_generate_hardware`` (HLS/RTL code, IP, FIFO sizing by FINN's RTL simulation) and
+   ``step_create_stitched_ip``, :func:`step_stitched_ip_rtlsim` (a few images through the
+   stitched IP before synthesis: a deadlock fails in minutes), then
+   :func:`step_zedboard_bitfile` (FINN's ``step_synthesize_bitfile`` with the ZedBoard
+   registered: an IODMA pair per engine over HP0, and HP1 beyond 8 engines, the Zynq PS7
+   block design, synthesis, implementation, ``.bit`` and ``.hwh``), ``step_make_driver``
+   (``settings.json`` for finn-plus-driver) and ``step_deployment_package``;
 3. the bitfile and FINN's ``settings.json`` go into the deploy folder, whose
    ``accelerators.json`` then says ``settings_origin: finn build``.
 
 Before anything starts, :func:`require_vivado` checks ``XILINX_VIVADO`` and the version that
-``vivado -version`` prints; each failure is one line (:class:`VivadoError`).
+``vivado -version`` prints, :func:`check_fifo_tools` pip's ``cmake`` and Boost program_options,
+and :func:`fpga.finn.compat.prepare_vivado` prepares FINN as its ``finn`` command does
+(settings, XSI, ``FINN_RTLLIB``/``FINN_CUSTOM_HLS``, ``LD_LIBRARY_PATH``); each failure is one
+line (:class:`VivadoError`, :class:`ToolchainError`).
 """
 
 from __future__ import annotations
@@ -140,9 +145,133 @@ def step_zedboard_bitfile(model: Any, cfg: Any) -> Any:
         return step_synthesize_bitfile(model, cfg)
 
 
+RTLSIM_FILE = "rtlsim_check.npz"
+"""Inputs and expected outputs (FINN's Python execution) of the stitched-IP RTL simulation."""
+RTLSIM_IMAGES = 3
+"""Images per engine that the stitched IP simulates before synthesis."""
+
+
+def rtlsim_reference(model: Any, path: Path, images: int = RTLSIM_IMAGES, seed: int = 0) -> Path:
+    """Write ``images`` inputs per engine of ``model`` (the collapsed overlay: random integer
+    codes over each input's FINN datatype) and the outputs FINN's Python execution gives for
+    them, by position (``in<k>``, ``out<k>``), to ``path``; return it. No Vivado needed."""
+    import numpy as np
+    from qonnx.core.onnx_exec import execute_onnx
+
+    from fpga.finn.frontend import python_model
+
+    runnable = python_model(model)
+    rng = np.random.default_rng(seed)
+    arrays: dict[str, list] = {}
+    for _ in range(images):
+        context = {}
+        for k, tensor in enumerate(runnable.graph.input):
+            dt = runnable.get_tensor_datatype(tensor.name)
+            shape = [1, *runnable.get_tensor_shape(tensor.name)[1:]]
+            codes = rng.integers(int(dt.min()), int(dt.max()) + 1, size=shape)
+            context[tensor.name] = codes.astype(np.float32)
+            arrays.setdefault(f"in{k}", []).append(context[tensor.name])
+        result = execute_onnx(runnable, context)
+        for k, tensor in enumerate(runnable.graph.output):
+            arrays.setdefault(f"out{k}", []).append(result[tensor.name])
+    np.savez(path, **{k: np.concatenate(v) for k, v in arrays.items()})
+    return path
+
+
+def step_stitched_ip_rtlsim(model: Any, cfg: Any) -> Any:
+    """A few images per engine through the stitched IP in Vivado's simulator, before synthesis.
+
+    FINN's own ``STITCHED_IP_RTLSIM`` verification takes one input and one output; the overlay
+    has one of each per engine, so this runs FINN's ``execute_onnx`` with ``exec_mode=rtlsim``
+    (the stitched IP over XSI) on the inputs of :func:`rtlsim_reference`, one image at a time,
+    with FINN's liveness watchdog at 1.1 x the critical path + 50 cycles (as FINN sets it): a
+    FIFO deadlock stops the build here in minutes instead of on the board after synthesis. Any
+    output that differs from FINN's Python execution fails the build (``FINNUserError``, which
+    FINN's builder logs in one line; :func:`build_bitstreams` then raises :class:`BuildError`).
+    """
+    from copy import deepcopy
+
+    import numpy as np
+    from finn.analysis.fpgadataflow.dataflow_performance import dataflow_performance
+    from finn.core.onnx_exec import execute_onnx
+    from finn.transformation.fpgadataflow.annotate_cycles import AnnotateCycles
+    from finn.util.exception import FINNUserError  # FINN's builder logs it in one line
+
+    data = np.load(Path(cfg.output_dir).parent / RTLSIM_FILE)
+    sim = deepcopy(model)
+    sim.set_metadata_prop("exec_mode", "rtlsim")
+    perf = sim.transform(AnnotateCycles()).analysis(dataflow_performance)
+    sim.set_metadata_prop(
+        "rtlsim_liveness_estimate", str(int(np.ceil(perf["critical_path_cycles"] * 1.1 + 50)))
+    )
+    inputs = [t.name for t in sim.graph.input]
+    outputs = [t.name for t in sim.graph.output]
+    images = data["in0"].shape[0]
+    for b in range(images):
+        context = {name: data[f"in{k}"][b : b + 1] for k, name in enumerate(inputs)}
+        try:
+            result = execute_onnx(sim, context)
+        except Exception as exc:
+            raise FINNUserError(
+                f"stitched-IP RTL simulation of image {b} failed: {type(exc).__name__}: {exc} "
+                "(a FIFO deadlock ends at FINN's liveness watchdog)"
+            ) from exc
+        for k, name in enumerate(outputs):
+            expected = data[f"out{k}"][b : b + 1]
+            got = np.asarray(result[name]).reshape(expected.shape)
+            if not np.array_equal(got, expected):
+                bad = int(np.count_nonzero(got != expected))
+                raise FINNUserError(
+                    f"stitched-IP RTL simulation differs from FINN's Python execution on "
+                    f"output {k} ({name!r}) of image {b}: {bad} of {expected.size} values"
+                )
+    log.info("stitched IP: %d images per engine match FINN's Python execution", images)
+    return model
+
+
+FIFO_STRATEGIES = ("distributed_sim", "live_fifo", "force_minimal_fifos")
+"""FINN's ``AutoFIFOSizingMethod`` values; the default is FINN's simulation strategy."""
+JOIN_OPS = ("ElementwiseAdd_hls", "ElementwiseAdd_rtl", "AddStreams_hls")
+
+
+def check_fifo_strategy(strategy: str, model: Any) -> None:
+    """Refuse an unknown FIFO strategy, and minimal FIFOs on a design with residual joins (a
+    join whose skip path holds less than the main path's sliding-window fills deadlocks)."""
+    if strategy not in FIFO_STRATEGIES:
+        raise BuildError(f"FIFO strategy {strategy!r} unknown; use one of {FIFO_STRATEGIES!r}")
+    joins = [n.name for n in model.graph.node if n.op_type in JOIN_OPS]
+    if strategy == "force_minimal_fifos" and joins:
+        raise BuildError(
+            f"FIFO strategy 'force_minimal_fifos' on {len(joins)} residual joins (e.g. "
+            f"{joins[0]!r}) deadlocks; use 'distributed_sim' (FINN's default)"
+        )
+
+
+BOOST_PROGRAM_OPTIONS = "boost/program_options.hpp"
+INCLUDE_DIRS = ("/usr/include", "/usr/local/include")
+
+
+def check_fifo_tools() -> None:
+    """FINN's FIFO sizing simulation builds ``finn_xsi`` with ``python -m cmake`` and Boost
+    program_options: refuse in one line before any work if either is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("cmake") is None:
+        raise ToolchainError(
+            "FIFO sizing runs `python -m cmake`: pip install 'cmake>=4.0.3,<4.1' (the [finn] extra)"
+        )
+    roots = [*os.environ.get("CPATH", "").split(os.pathsep), *INCLUDE_DIRS]
+    if not any((Path(r) / BOOST_PROGRAM_OPTIONS).is_file() for r in roots if r):
+        raise ToolchainError(
+            "FIFO sizing needs Boost program_options (boost/program_options.hpp not found): "
+            "apt-get install libboost-program-options-dev"
+        )
+
+
 BACKEND_STEPS: list = [
     "step_generate_hardware",
     "step_create_stitched_ip",
+    step_stitched_ip_rtlsim,
     step_zedboard_bitfile,
     "step_make_driver",
     "step_deployment_package",
@@ -161,12 +290,21 @@ class BitstreamConfig:
     """Only these bundle graphs (default: every graph with a QONNX file)."""
     batch_size: int = 64
     """Images per DMA transfer on the board (``accelerators.json``)."""
+    fifo_strategy: str = "distributed_sim"
+    """FINN's FIFO sizing (``auto_fifo_strategy``): its RTL simulation by default; minimal
+    FIFOs are refused on designs with residual joins (:func:`check_fifo_strategy`)."""
+    rtlsim_images: int = RTLSIM_IMAGES
+    """Images per engine simulated on the stitched IP before synthesis (0: skip the check)."""
 
 
 def backend_config(config: BitstreamConfig, out_dir: Path) -> Any:
     """FINN's ``DataflowBuildConfig`` for the back end of the collapsed overlay model (it is
     past the front end's estimates: HW layers, specialized, folded)."""
-    from finn.builder.build_dataflow_config import DataflowOutputType, ShellFlowType
+    from finn.builder.build_dataflow_config import (
+        AutoFIFOSizingMethod,
+        DataflowOutputType,
+        ShellFlowType,
+    )
 
     from fpga.finn.frontend import FrontendConfig
 
@@ -177,8 +315,13 @@ def backend_config(config: BitstreamConfig, out_dir: Path) -> Any:
         target_fps=config.target_fps,
         folding_config_file=config.folding_config_file,
     )
-    cfg = frontend.dataflow_config(out_dir, steps=list(BACKEND_STEPS))
+    steps = list(BACKEND_STEPS)
+    if config.rtlsim_images == 0:
+        steps.remove(step_stitched_ip_rtlsim)
+    cfg = frontend.dataflow_config(out_dir, steps=steps)
     cfg.board = ZEDBOARD
+    cfg.auto_fifo_depths = True
+    cfg.auto_fifo_strategy = AutoFIFOSizingMethod(config.fifo_strategy)
     cfg.fpga_part = None  # resolved from the board: FINN's part_map, registered above
     cfg.shell_flow_type = ShellFlowType.VIVADO_ZYNQ
     cfg.generate_outputs = [
@@ -229,12 +372,22 @@ def build_bitstreams(
     from fpga.finn import compat
 
     config = config or BitstreamConfig()
+    if config.fifo_strategy not in FIFO_STRATEGIES:
+        raise BuildError(
+            f"FIFO strategy {config.fifo_strategy!r} unknown; use one of {FIFO_STRATEGIES!r}"
+        )
     vivado, version = require_vivado()  # before FINN is imported: it reaches for Vivado
+    if version == (2024, 2):
+        log.warning(
+            "Vivado 2024.2: FINN's wide memory streamers cost about 2k LUT more each than with "
+            "2022.2 (finn-plus#152), not in the resource budget; 2022.2 is the documented pin"
+        )
     tool_environment(vivado, version)
+    check_fifo_tools()
     ensure_finn_deps()
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    compat.prepare_finn(out / "finn_tmp")
+    compat.prepare_finn(out / "finn_tmp")  # FINN's start-up, as its `finn` command does it
     from finn.builder.build_dataflow import build_dataflow_cfg
     from finn.util.settings import get_settings
 
@@ -254,6 +407,12 @@ def build_bitstreams(
             batch_size=config.batch_size,
         ),
     )
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    overlay_model = ModelWrapper(str(prepared.model))
+    check_fifo_strategy(config.fifo_strategy, overlay_model)
+    if config.rtlsim_images:
+        rtlsim_reference(overlay_model, out / RTLSIM_FILE, config.rtlsim_images)
     build = out / "finn"
     cfg = backend_config(config, build)
     log.info(

@@ -14,7 +14,8 @@ Build folder::
 
     <out>/graphs/<graph>/    the FINN front end of each graph (fpga.finn.to_hw)
     <out>/overlay.onnx       the collapsed model: the back end's input
-    <out>/estimates.json     FINN's estimates per engine and for the whole overlay
+    <out>/estimates.json     FINN's estimates per engine and for the whole overlay, and the
+                             completed resource budget (fpga.bitstream.budget)
     <out>/deploy/            what is copied to the board:
         accelerators.json    bundle id, bitfile, settings, per graph its DMA pair and tail
         tails/<graph>.json   the float tail of each graph (fpga.board.accel.FloatTail)
@@ -229,16 +230,21 @@ def prepare_overlay(
     from qonnx.core.modelwrapper import ModelWrapper
 
     from export.manifest import load_bundle
+    from fpga.bitstream.budget import resource_budget
+    from fpga.bitstream.zedboard import interconnect_plan
     from fpga.finn.frontend import (
         PARENT_FILE,
         XC7Z020,
         FrontendConfig,
         build_bundle,
+        dataflow_model,
         estimate,
     )
 
     config = config or OverlayConfig()
     loaded = load_bundle(bundle)
+    selected = config.graphs or [n for n, g in loaded.manifest.graphs.items() if g.qonnx]
+    interconnect_plan(2 * len(selected))  # refuse before any work: one IODMA pair per engine
     out = Path(out_dir).resolve()
     front = FrontendConfig(
         clk_period_ns=config.clk_period_ns,
@@ -262,6 +268,9 @@ def prepare_overlay(
             for name, (i, o) in engines.items()
         },
     }
+    document["resource_budget"] = resource_budget(
+        dataflow_model(model), whole["total"], len(engines), whole["fpga_part"]
+    )
     (out / ESTIMATES_FILE).write_text(json.dumps(document, indent=1) + "\n")
     deploy = out / DEPLOY_DIR
     settings = predict_driver_settings(model, config.clk_period_ns)

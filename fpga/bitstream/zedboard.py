@@ -66,9 +66,115 @@ UART1 are the ZedBoard preset's: set again so that a build with the wrong board 
 in Vivado's validation instead of running on a wrong memory controller.
 """
 
+MAX_SMARTCONNECT_MASTERS = 16
+"""AXI masters (slave interfaces, ``NUM_SI``) one SmartConnect takes: 1..16 (AMD PG247,
+SmartConnect v1.0 product guide, "NUM_SI")."""
+HP_PORTS = ("S_AXI_HP0", "S_AXI_HP1")
+"""The Zynq-7000 HP ports the IODMAs use, one SmartConnect each (FINN's shell uses HP0 only)."""
+
+
+class InterconnectError(ToolchainError):
+    """The design has more AXI masters than the ZedBoard shell's SmartConnects take."""
+
+
+def interconnect_plan(num_aximm: int) -> list[dict]:
+    """How the shell connects ``num_aximm`` AXI masters (IODMAs: two per engine) to DDR.
+
+    Up to 16 on ``smartconnect_0`` -> HP0, as FINN does; up to 32 split evenly over
+    ``smartconnect_0`` -> HP0 and ``smartconnect_1`` -> HP1, in FINN's master order
+    (``S<k>_AXI`` of ``MakeZYNQProject``: the first half on HP0). The shell Tcl
+    (:func:`shell_template`) computes the same split from ``NUM_AXIMM``. More than 32 raise
+    :class:`InterconnectError` in one line.
+    """
+    limit = MAX_SMARTCONNECT_MASTERS * len(HP_PORTS)
+    if not 1 <= num_aximm <= limit:
+        raise InterconnectError(
+            f"{num_aximm} AXI masters ({num_aximm // 2} engines with an IODMA pair each) exceed "
+            f"{len(HP_PORTS)} SmartConnects x {MAX_SMARTCONNECT_MASTERS} (HP0, HP1); build "
+            "fewer engines per overlay (--graphs)"
+        )
+    count = 1 if num_aximm <= MAX_SMARTCONNECT_MASTERS else 2
+    first = -(-num_aximm // count)  # ceil: as the Tcl's expr {($NUM_AXIMM + n - 1) / n}
+    sizes = [first, num_aximm - first][:count]
+    plan, start = [], 0
+    for i, size in enumerate(sizes):
+        plan.append(
+            {
+                "smartconnect": f"smartconnect_{i}",
+                "hp_port": HP_PORTS[i],
+                "num_si": size,
+                "masters": list(range(start, start + size)),
+            }
+        )
+        start += size
+    return plan
+
+
 # Anchors in finn-plus 1.6.1's custom_zynq_shell_template (the test suite checks they exist).
 _BOARD_ANCHOR = '} else {\n    puts "Unrecognized board"\n}'
 _PS_ANCHOR = "#instantiate axi interconnect, axi smartconnect"
+_NUM_SI_ANCHOR = (
+    "set_property -dict [list CONFIG.NUM_SI $NUM_AXIMM] [get_bd_cells smartconnect_0]\n"
+)
+_RESET_ANCHOR = (
+    "connect_bd_net [get_bd_pins proc_sys_reset_0/interconnect_aresetn] "
+    "[get_bd_pins smartconnect_0/aresetn]\n"
+)
+_IP_END_ANCHOR = "#MLO (Multi-Layer Offload) weight streaming"
+
+# The HP0/HP1 split (no '%': the template is filled with Python's % operator). FINN's
+# MakeZYNQProject connects master k to smartconnect_0/S<k>_AXI; while its IP instantiations
+# run, get_bd_intf_pins maps the masters of the second half to smartconnect_1/S<k - SI0>_AXI.
+_NUM_SI_TCL = f"""if {{$BOARD == "{ZEDBOARD}"}} {{
+    # ddi-fpga: at most {MAX_SMARTCONNECT_MASTERS} AXI masters per SmartConnect (AMD PG247):
+    # up to {MAX_SMARTCONNECT_MASTERS} on smartconnect_0 -> HP0, else split evenly over HP0/HP1.
+    set DDI_MAX_SI {MAX_SMARTCONNECT_MASTERS}
+    if {{$NUM_AXIMM > 2 * $DDI_MAX_SI}} {{
+        error "$NUM_AXIMM AXI masters exceed 2 SmartConnects x $DDI_MAX_SI (HP0, HP1)"
+    }}
+    set DDI_NUM_SC [expr {{$NUM_AXIMM > $DDI_MAX_SI ? 2 : 1}}]
+    set DDI_SI0 [expr {{($NUM_AXIMM + $DDI_NUM_SC - 1) / $DDI_NUM_SC}}]
+    set_property -dict [list CONFIG.NUM_SI $DDI_SI0] [get_bd_cells smartconnect_0]
+    if {{$DDI_NUM_SC == 2}} {{
+        create_bd_cell -type ip -vlnv $smartconnect_vlnv smartconnect_1
+        set_property -dict [list CONFIG.NUM_SI [expr {{$NUM_AXIMM - $DDI_SI0}}]] \\
+            [get_bd_cells smartconnect_1]
+        set_property -dict [list CONFIG.PCW_USE_S_AXI_HP1 {{1}} \\
+            CONFIG.PCW_S_AXI_HP1_DATA_WIDTH {{64}}] [get_bd_cells zynq_ps]
+        proc ddi_route_aximm {{path}} {{
+            global DDI_SI0
+            if {{[regexp {{^/?smartconnect_0/S0*([0-9]+)_AXI$}} $path -> k] && $k >= $DDI_SI0}} {{
+                set j [expr {{$k - $DDI_SI0}}]
+                return "smartconnect_1/S[string range "0$j" end-1 end]_AXI"
+            }}
+            return $path
+        }}
+        rename get_bd_intf_pins ddi_vivado_get_bd_intf_pins
+        proc get_bd_intf_pins {{args}} {{
+            return [ddi_vivado_get_bd_intf_pins {{*}}[lmap a $args {{ddi_route_aximm $a}}]]
+        }}
+    }}
+}} else {{
+    {_NUM_SI_ANCHOR.strip()}
+}}
+"""
+_HP1_TCL = f"""if {{$BOARD == "{ZEDBOARD}" && $DDI_NUM_SC == 2}} {{
+    # ddi-fpga: the second SmartConnect -> HP1, on the fabric clock and reset
+    connect_bd_intf_net [get_bd_intf_pins smartconnect_1/M00_AXI] \\
+        [get_bd_intf_pins zynq_ps/S_AXI_HP1]
+    connect_bd_net [get_bd_pins clk_wiz_0/clk_out1] [get_bd_pins zynq_ps/S_AXI_HP1_ACLK]
+    connect_bd_net [get_bd_pins clk_wiz_0/clk_out1] [get_bd_pins smartconnect_1/aclk]
+    connect_bd_net [get_bd_pins proc_sys_reset_0/interconnect_aresetn] \\
+        [get_bd_pins smartconnect_1/aresetn]
+}}
+"""
+_IP_END_TCL = """if {[llength [info commands ddi_vivado_get_bd_intf_pins]]} {
+    # ddi-fpga: FINN's IP instantiations are done: Vivado's get_bd_intf_pins back
+    rename get_bd_intf_pins {}
+    rename ddi_vivado_get_bd_intf_pins get_bd_intf_pins
+}
+
+"""
 
 
 def board_part() -> str:
@@ -98,7 +204,7 @@ def shell_template(part: str | None = None, board_repo: str | None = None) -> st
     from finn.transformation.fpgadataflow import templates
 
     base = getattr(templates, "_ddi_fpga_original_shell", templates.custom_zynq_shell_template)
-    for anchor in (_BOARD_ANCHOR, _PS_ANCHOR):
+    for anchor in (_BOARD_ANCHOR, _PS_ANCHOR, _NUM_SI_ANCHOR, _RESET_ANCHOR, _IP_END_ANCHOR):
         if base.count(anchor) != 1:
             raise ToolchainError(
                 f"FINN's Zynq shell template has changed (anchor {anchor.splitlines()[0]!r} "
@@ -136,7 +242,10 @@ def shell_template(part: str | None = None, board_repo: str | None = None) -> st
     if "%" in board_branch + ps_block:
         raise ToolchainError(f"board part or repo path must not contain '%': {part!r}, {repo!r}")
     text = base.replace(_BOARD_ANCHOR, board_branch + _BOARD_ANCHOR, 1)
-    return text.replace(_PS_ANCHOR, ps_block + _PS_ANCHOR, 1)
+    text = text.replace(_PS_ANCHOR, ps_block + _PS_ANCHOR, 1)
+    text = text.replace(_NUM_SI_ANCHOR, _NUM_SI_TCL, 1)
+    text = text.replace(_RESET_ANCHOR, _RESET_ANCHOR + _HP1_TCL, 1)
+    return text.replace(_IP_END_ANCHOR, _IP_END_TCL + _IP_END_ANCHOR, 1)
 
 
 @contextlib.contextmanager
@@ -161,11 +270,13 @@ def render_shell(
     num_aximm: int = 2,
     part: str | None = None,
     board_repo: str | None = None,
+    ip_config: str = "# (stitched IP instances and connections)\n",
 ) -> str:
     """The Tcl MakeZYNQProject would write for the ZedBoard (``ip_config.tcl``), for review.
 
-    The fields are filled as in finn-plus 1.6.1's ``MakeZYNQProject.apply``, with an empty IP
-    configuration (the IP instances come from the stitched design at build time).
+    The fields are filled as in finn-plus 1.6.1's ``MakeZYNQProject.apply``; ``ip_config`` is
+    its IP instantiation block (by default a comment: the IP instances come from the stitched
+    design at build time).
     """
     text = shell_template(part, board_repo) % (
         int(1 / (clk_period_ns * 0.001)),
@@ -173,13 +284,13 @@ def render_shell(
         num_aximm,
         ZEDBOARD,
         ZEDBOARD_PART,
-        "# (stitched IP instances and connections)\n",
+        ip_config,
         0,
         0,
         0,
     )
     return (
-        text.replace("$BOARDFILES$", "$FINN_DEPS/board_files")
+        text.replace("$BOARDFILES$", "$::env(FINN_DEPS)/board_files")
         .replace("$PR_CONFIG$", "")
         .replace("$NUM_JOBS$", "2")
     )

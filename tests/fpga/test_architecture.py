@@ -103,6 +103,13 @@ def test_shared_build_fits_and_has_writeable_weights(r14_build):
     )
     assert report["graphs"]["block1"]["weight_load_cycles"] > 0
     assert report["graphs"]["block2"]["weight_load_cycles"] == 0  # fixed weights
+    # the completed budget of one overlay of the engines: an IODMA pair each, and an AXI-lite
+    # slave for each IODMA and each runtime-writeable layer
+    budget = report["resource_budget"]
+    lines = {line["item"]: line for line in budget["lines"]}
+    assert lines["IODMA_hls"]["count"] == 2 * len(report["engines"])
+    assert lines["axi_interconnect_mi"]["count"] == 2 * len(report["engines"]) + 5
+    assert budget["verdict"] and budget["label"].startswith("modelled")
 
 
 def test_report_is_read_by_the_emulator_timing(r14, r14_build):

@@ -20,7 +20,9 @@ def test_estimate_writes_a_report_that_fits_and_times_the_emulator(tmp_path, cap
     from export.bundle import export_bundle
 
     bundle = export_bundle(TRAINED, tmp_path / "bundle", progress=False)
-    assert main(["estimate", str(bundle.path), "--out", str(tmp_path / "hw")]) == 0
+    record = tmp_path / "rec" / "r8"
+    args = ["estimate", str(bundle.path), "--out", str(tmp_path / "hw"), "--record", str(record)]
+    assert main(args) == 0
     out = capsys.readouterr().out
     assert "fits the XC7Z020" in out and "| block1 |" in out
     report = json.loads((tmp_path / "hw" / "hw_report.json").read_text())
@@ -31,6 +33,18 @@ def test_estimate_writes_a_report_that_fits_and_times_the_emulator(tmp_path, cap
         assert g["cycles"] > 0 and g["latency_cycles"] >= g["cycles"]
     timing = HardwareReportTiming.from_json(tmp_path / "hw" / "hw_report.json")
     timing.check(bundle.manifest)  # every engine graph of the bundle has its cycles
+    # the completed budget of one overlay of every engine: FINN's estimate + what it leaves out
+    budget = report["resource_budget"]
+    assert budget["label"].startswith("modelled")
+    items = {line["item"]: line for line in budget["lines"]}
+    assert items["FINN estimate (HW layers)"]["LUT"] == pytest.approx(report["total"]["LUT"])
+    assert items["IODMA_hls"]["count"] == 2 * len(engines)
+    assert len(items["skip-path FIFOs"]["fifos"]) == 3  # ResNet-8: three residual joins
+    assert budget["total"]["LUT"] > 2 * report["total"]["LUT"]
+    assert f"one overlay of every engine {budget['verdict']}" in out
+    assert budget["interconnect"]["axi_masters"] == 14
+    assert json.loads(record.with_suffix(".json").read_text()) == report
+    assert f"Verdict: the overlay {budget['verdict']}." in record.with_suffix(".md").read_text()
 
 
 def test_estimate_refuses_a_missing_bundle_in_one_line(tmp_path, capsys):
