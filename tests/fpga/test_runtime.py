@@ -12,6 +12,7 @@ import os
 import shutil
 import tarfile
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +22,16 @@ from export.executor import BundleExecutor
 from export.manifest import load_bundle
 from fpga.board.runtime import BoardRuntime, BoardRuntimeError, RuntimeConfig
 from fpga.board.store import archive_sha256, pack_bundle
-from host.board import BoardClient, BoardPortError, BoardSilentError, bundle_ref
+from host.board import (
+    BoardClient,
+    BoardPortError,
+    BoardSilentError,
+    BoardVersionError,
+    bundle_ref,
+)
 from wire import protocol as P
 from wire.errors import BoardError, RemoteError
-from wire.link import Client, Server
+from wire.link import Client, Link, Server
 from wire.ports import open_pty_pair
 from wire.protocol import ErrorCode, RunMode
 
@@ -346,6 +353,37 @@ def test_client_port_errors_are_one_line(tmp_path):
     finally:
         board_end.close()
         host_end.close()
+
+
+@pytest.mark.parametrize("old", ["frame", "hello"])
+def test_a_board_of_another_protocol_version_is_refused_in_one_line(old):
+    """A version-1 board answers in a version-1 frame; a version-3 board with VERSION_MISMATCH."""
+    board_end, host_end = open_pty_pair()
+
+    def other_board():
+        link = Link(board_end)
+        request = link.receive(time.monotonic() + 5.0)
+        if old == "frame":
+            error = P.ErrorReply(ErrorCode.VERSION_MISMATCH, "frame of protocol version 2")
+            link.send(P.encode_frame(0xFF, request.seq, error.encode(), flags=1, version=1))
+        else:
+            error = P.ErrorReply(
+                ErrorCode.VERSION_MISMATCH, "host speaks protocol version 2, board 3"
+            )
+            link.send(P.encode_message(error, request.seq, flags=P.FLAG_REPLY))
+
+    thread = threading.Thread(target=other_board)
+    thread.start()
+    try:
+        with BoardClient(host_end.port) as client, pytest.raises(BoardVersionError) as info:
+            client.hello()
+    finally:
+        thread.join()
+        board_end.close()
+        host_end.close()
+    text = str(info.value)
+    assert "\n" not in text and host_end.port in text and "protocol 2" in text
+    assert ("version 1, this side 2" if old == "frame" else "board 3") in text
 
 
 def test_serve_cli_reports_a_missing_port_in_one_line(tmp_path, capsys):
