@@ -40,7 +40,7 @@ train: $(STAMP)  ## train + evaluate the small default models afresh (~55 min on
 bench: $(STAMP)  ## benchmarks; results under measurements/bench/
 	$(PY) -m train.bench --out measurements/bench
 	$(PY) -m export.bench --out measurements/bench
-	$(PY) -m fpga.board.bench --out measurements/bench
+	$(PY) -m wire.bench --out measurements/bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,6 +1,7 @@
 """The host's client of the board runtime: :class:`BoardClient` over a serial port.
 
-Built on :class:`fpga.board.link.Client` (framing, retransmission, sequence numbers) and
+Built on :class:`wire.link.Client` (framing, NAKs and retransmission, frames sized to the line,
+sequence numbers) and
 ``serial.serial_for_url``, so the same code drives a ZedBoard on ``/dev/ttyUSB0``, the emulated
 board on a pty, or a ``socket://`` bridge::
 
@@ -11,11 +12,11 @@ board on a pty, or a ``socket://`` bridge::
         start_ns, end_ns = board.run(1, "iadi")          # board clock, around the run only
         records = board.fetch(1, len(images))            # results_dtype(n_blocks) records
 
-Errors are :class:`fpga.board.errors.BoardError` subclasses with one-line messages: the port
+Errors are :class:`wire.errors.BoardError` subclasses with one-line messages: the port
 missing, busy or not permitted (:class:`BoardPortError`), a board that does not answer HELLO
 (:class:`BoardSilentError`), another protocol version (:class:`BoardVersionError`), a board
 holding another bundle than asked (:class:`BundleMismatchError`), and the board's own refusals
-(:class:`fpga.board.errors.RemoteError`).
+(:class:`wire.errors.RemoteError`).
 """
 
 from __future__ import annotations
@@ -32,16 +33,17 @@ import serial
 
 from export.archive import archive_sha256, pack_bundle
 from export.manifest import load_bundle
-from fpga.board.errors import BoardError, LinkTimeout, RemoteError
-from fpga.board.link import Client
-from fpga.board.ports import port_failure
-from fpga.board.protocol import (
-    DEFAULT_UPLOAD_PAYLOAD,
-    MAX_CHUNK_BYTES,
+from wire.errors import BoardError, LinkTimeout, RemoteError, VersionMismatch
+from wire.link import Client
+from wire.ports import port_failure
+from wire.protocol import (
+    LOAD_CHUNK_HEADER_BYTES,
+    MAX_BLOCKS,
     MAX_PAYLOAD,
     PROTOCOL_VERSION,
     BundleRef,
     ErrorCode,
+    FetchResults,
     Hello,
     HelloReply,
     LoadBegin,
@@ -53,13 +55,17 @@ from fpga.board.protocol import (
     SelectBundle,
     Status,
     StatusReply,
-    fetch_messages,
-    upload_messages,
+    check_images,
+    results_per_frame,
+    upload_chunk,
 )
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RUN_TIMEOUT_S = 3600.0
+# SELECT_BUNDLE builds the bundle's executor (onnxruntime sessions, an overlay): seconds on a
+# board, far beyond the turnaround of other commands, so it is allowed this long per try.
+SELECT_TIMEOUT_S = 10.0
 
 
 class BoardPortError(BoardError):
@@ -104,6 +110,7 @@ class HelloInfo:
     host_receive_s: float
     max_payload_bytes: int
     protocol_version: int
+    backend: str = "cpu"
 
     @property
     def round_trip_s(self) -> float:
@@ -129,8 +136,9 @@ def _mode(mode: str | int | RunMode) -> RunMode:
 class BoardClient:
     """The host end of the board protocol (see the module docstring).
 
-    ``timeout_s`` is the first wait for a reply (the link retransmits ``retries`` times, each
-    wait twice as long); a silent board is reported after the HELLO's tries.
+    ``timeout_s`` is the board's turnaround allowed beyond the line time of a request and its
+    reply (the link resends at once on a NAK; after a silent try it waits twice as long, up to
+    ``retries`` times); a silent board is reported after the HELLO's tries.
     """
 
     def __init__(
@@ -138,8 +146,8 @@ class BoardClient:
         port_url: str,
         *,
         baud_rate: int = 921600,
-        timeout_s: float = 1.0,
-        retries: int = 5,
+        timeout_s: float = 0.05,
+        retries: int = 6,
         exclusive: bool = True,
     ) -> None:
         self.port_url = port_url
@@ -176,14 +184,8 @@ class BoardClient:
                 "runtime is serving this port (`python -m fpga.board serve`), the baud rate "
                 "and the cable"
             ) from None
-        except RemoteError as exc:
-            if exc.code == ErrorCode.VERSION_MISMATCH:
-                raise BoardVersionError(
-                    f"board on {self.port_url!r} speaks another protocol version "
-                    f"({exc.remote_message}); this host speaks {PROTOCOL_VERSION}: update the "
-                    "older side"
-                ) from None
-            raise
+        except VersionMismatch as exc:
+            raise BoardVersionError(f"{exc} (host protocol {PROTOCOL_VERSION})") from None
         received = time.monotonic()
         assert isinstance(reply, HelloReply)
         if reply.protocol_version != PROTOCOL_VERSION:
@@ -193,6 +195,7 @@ class BoardClient:
                 "older side"
             )
         self.max_payload_bytes = reply.max_payload_bytes
+        self.client.sizer.limit(reply.max_payload_bytes)
         info = HelloInfo(
             reply.board_identity,
             reply.bundle,
@@ -201,6 +204,7 @@ class BoardClient:
             received,
             reply.max_payload_bytes,
             reply.protocol_version,
+            reply.backend,
         )
         self.last_hello = info
         return info
@@ -217,7 +221,7 @@ class BoardClient:
         self.n_blocks = len(bundle.manifest.blocks)
         ref = BundleRef(bundle.bundle_id, bundle.sha256)
         try:
-            self.client.request(SelectBundle(ref.bundle_id, ref.sha256))
+            self.client.request(SelectBundle(ref.bundle_id, ref.sha256), timeout_s=SELECT_TIMEOUT_S)
             log.info("board holds bundle %s: selected", ref.bundle_id)
         except RemoteError as exc:
             if exc.code != ErrorCode.UNKNOWN_BUNDLE:
@@ -236,8 +240,6 @@ class BoardClient:
         The board verifies and selects it."""
         bundle = load_bundle(bundle_dir, verify=True)
         archive = pack_bundle(bundle_dir)
-        chunk = min(MAX_CHUNK_BYTES, self.max_payload_bytes - 8)
-        offsets = range(0, len(archive), chunk)
         log.info("loading bundle %s: %d bytes", bundle.bundle_id, len(archive))
         self.client.request(LoadBegin(bundle.bundle_id, len(archive), archive_sha256(archive)))
         bar = None
@@ -245,39 +247,49 @@ class BoardClient:
             from tqdm import tqdm
 
             bar = tqdm(total=len(archive), unit="B", unit_scale=True, desc="load bundle")
+        offset = chunks = 0
         try:
-            for offset in offsets:
-                data = archive[offset : offset + chunk]
-                self.client.request(LoadChunk(offset, data))
+            while offset < len(archive):
+                sent, _ = self.client.request_sized(
+                    lambda size, at=offset: LoadChunk(
+                        at, archive[at : at + size - LOAD_CHUNK_HEADER_BYTES]
+                    )
+                )
+                offset += len(sent.data)
+                chunks += 1
                 if bar is not None:
-                    bar.update(len(data))
+                    bar.update(len(sent.data))
         finally:
             if bar is not None:
                 bar.close()
         # the board unpacks and checks every file's sha256: allow for it
         self.client.request(LoadEnd(bundle.bundle_id), timeout_s=max(30.0, len(archive) / 2e6))
-        return len(offsets)
+        return chunks
 
     # -- batches ---------------------------------------------------------------------------
-    def upload(
-        self,
-        batch_id: int,
-        images: np.ndarray,
-        *,
-        max_payload: int | None = None,
-        progress: bool = False,
-    ) -> int:
-        """Upload uint8 ``images`` (N, H, W, C) as batch ``batch_id``; returns the frame count."""
-        payload = min(max_payload or DEFAULT_UPLOAD_PAYLOAD, self.max_payload_bytes)
-        messages = upload_messages(batch_id, np.ascontiguousarray(images), max_payload=payload)
-        iterator = messages
+    def upload(self, batch_id: int, images: np.ndarray, *, progress: bool = False) -> int:
+        """Upload uint8 ``images`` (N, H, W, C) as batch ``batch_id`` in frames sized to the
+        line; returns the frame count."""
+        images = check_images(images)
+        bar = None
         if progress:
             from tqdm import tqdm
 
-            iterator = tqdm(messages, unit="frame", desc=f"upload batch {batch_id}")
-        for msg in iterator:
-            self.client.request(msg)
-        return len(messages)
+            bar = tqdm(total=images.nbytes, unit="B", unit_scale=True, desc=f"batch {batch_id}")
+        offset = frames = 0
+        try:
+            while offset < images.nbytes:
+                sent, _ = self.client.request_sized(
+                    lambda size, at=offset: upload_chunk(batch_id, images, at, size)
+                )
+                offset += len(sent.data)
+                frames += 1
+                if bar is not None:
+                    bar.update(len(sent.data))
+        finally:
+            if bar is not None:
+                bar.close()
+        return frames
 
     def run(
         self,
@@ -299,15 +311,19 @@ class BoardClient:
 
     def fetch(self, batch_id: int, count: int, *, first_index: int = 0) -> np.ndarray:
         """Results ``first_index .. first_index + count - 1`` of a batch as structured records
-        (:func:`fpga.board.protocol.results_dtype`)."""
-        n_blocks = self.n_blocks
-        if n_blocks is None:
-            n_blocks = 128  # split for the largest records; any network fits
-        parts = []
-        for msg in fetch_messages(
-            batch_id, count, n_blocks, first_index=first_index, max_payload=self.max_payload_bytes
-        ):
-            parts.append(self.client.request(msg).records)
+        (:func:`wire.protocol.results_dtype`), in RESULTS replies sized to the line."""
+        n_blocks = MAX_BLOCKS if self.n_blocks is None else self.n_blocks  # any network fits
+        parts, done = [], 0
+        while done < count:
+            _, reply = self.client.request_sized(
+                lambda size, at=done: FetchResults(
+                    batch_id,
+                    first_index + at,
+                    max(1, min(count - at, results_per_frame(n_blocks, size))),
+                )
+            )
+            parts.append(reply.records)
+            done += reply.count
         return np.concatenate(parts)
 
     def status(self) -> StatusReply:

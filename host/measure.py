@@ -100,7 +100,8 @@ class MeasurementConfig:
     repeats: int = 3
     idle_s: float = 3.0
     label: str = "run"
-    reply_timeout_s: float = 2.0
+    reply_timeout_s: float = 0.05
+    """The board's turnaround allowed beyond line time before a request is sent again."""
     settle_s: float = 0.2
     """Wait after a window before integrating, so the meter's samples cover its end."""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -403,7 +404,7 @@ def _idle(config: MeasurementConfig, run: RunFolder, power: PowerLog) -> float:
 def _rows(
     model: str, repeat: int, first: int, labels: np.ndarray, records: np.ndarray
 ) -> list[dict[str, Any]]:
-    from fpga.board.protocol import unpack_executed
+    from wire.protocol import unpack_executed
 
     executed = unpack_executed(records)
     rows = []

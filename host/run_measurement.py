@@ -38,7 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="none",
         help="power meter KIND:ADDRESS (e.g. keysight34465a:/dev/ttyUSB1), or none (timing only)",
     )
-    link.add_argument("--timeout", type=float, default=2.0, help="first reply timeout in s")
+    link.add_argument(
+        "--timeout",
+        type=float,
+        default=0.05,
+        help="board turnaround in s allowed beyond line time before a resend (default 0.05)",
+    )
     what = p.add_argument_group("what to measure")
     what.add_argument(
         "--model",
@@ -66,12 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from export.errors import ExportError
-    from fpga.board.errors import BoardError
     from host.measure import MeasureError, MeasurementConfig, ModelSpec, check_bundles, measure
     from host.meters import MeterError
     from host.records import RunError, RunFolder
     from measurements.table1 import TableError, write_table
     from train.errors import TrainError
+    from wire.errors import BoardError
 
     errors = (MeasureError, BoardError, MeterError, RunError, ExportError, TrainError, TableError)
     try:

@@ -259,13 +259,13 @@ def main(argv: list[str] | None = None) -> int:
     console.setLevel(logging.WARNING)  # INFO goes to the run folder's log.txt only
     logging.getLogger().addHandler(console)
     from export.errors import ExportError
-    from fpga.board.errors import BoardError
     from fpga.finn.errors import FinnFrontendError
     from host.measure import MeasureError
     from host.meters import MeterError
     from host.records import RunError
     from measurements.table1 import TableError
     from train.errors import TrainError
+    from wire.errors import BoardError
 
     errors = (ReproduceError, ExportError, BoardError, MeasureError, MeterError, RunError,
               TableError, TrainError, FinnFrontendError)  # fmt: skip

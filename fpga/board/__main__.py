@@ -19,7 +19,7 @@ import serial
 
 from export.errors import ExportError
 from fpga.board.errors import BoardError
-from fpga.board.ports import port_failure
+from wire.ports import port_failure
 
 log = logging.getLogger("fpga.board")
 
@@ -37,8 +37,8 @@ def _port_problem(port: str, exc: BaseException) -> str:
 
 def serve(args: argparse.Namespace) -> int:
     """Open the port, build the runtime and serve until SIGINT or SIGTERM."""
-    from fpga.board.link import Server
     from fpga.board.runtime import BoardRuntime, RuntimeConfig, check_finn
+    from wire.link import Server
 
     config = RuntimeConfig(
         store_dir=Path(args.store),

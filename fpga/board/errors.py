@@ -1,65 +1,13 @@
-"""Exceptions raised by the board-side code and by the host<->board link.
+"""The board's errors live in :mod:`wire.errors` (shared with the host); re-exported here so the
+board runtime's own modules keep one short import."""
 
-Every failure derives from :class:`BoardError`; a command-line entry point catches it, prints its
-one-line message and exits with status 1 (``--debug`` re-raises). Messages name the bad value
-with ``{!r}`` and say what to do.
-"""
-
-from __future__ import annotations
-
-
-class BoardError(Exception):
-    """Base class of the errors of ``fpga.board`` (protocol, link, runtime)."""
-
-
-class ProtocolError(BoardError):
-    """A frame or message payload is malformed, out of bounds, or of the wrong type."""
-
-
-class UnknownMessageType(ProtocolError):
-    """A frame carries a message type this protocol version does not define.
-
-    A server answers it with ``ERROR(UNKNOWN_COMMAND)``.
-    """
-
-    def __init__(self, msg_type: int) -> None:
-        super().__init__(
-            f"unknown message type {msg_type!r} (0x{msg_type:02x}); host and board speak "
-            "different protocol versions: update the older side"
-        )
-        self.msg_type = msg_type
-
-
-class LinkError(BoardError):
-    """The serial port failed (closed, unplugged) or the link cannot go on."""
-
-
-class LinkTimeout(LinkError):
-    """No valid reply came back after every retransmission."""
-
-
-class CommandError(BoardError):
-    """Raised by a board-side command handler: the server answers ``ERROR(code, message)``.
-
-    ``code`` is an :class:`fpga.board.protocol.ErrorCode`.
-    """
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-class RemoteError(BoardError):
-    """The board answered a command with an ERROR reply.
-
-    ``code`` is the :class:`fpga.board.protocol.ErrorCode`, ``remote_message`` the board's text.
-    """
-
-    def __init__(self, code: int, remote_message: str, command: str, port: str) -> None:
-        name = getattr(code, "name", str(code))
-        super().__init__(f"board on {port!r} refused {command}: {name}: {remote_message}")
-        self.code = code
-        self.remote_message = remote_message
-        self.command = command
-        self.port = port
+from wire.errors import (  # noqa: F401
+    BoardError,
+    CommandError,
+    LinkError,
+    LinkTimeout,
+    ProtocolError,
+    RemoteError,
+    UnknownMessageType,
+    VersionMismatch,
+)

@@ -1,6 +1,6 @@
 """The board runtime: answers every command of docs/protocol.md on the ZedBoard's ARM.
 
-:class:`BoardRuntime` is the handler that :class:`fpga.board.link.Server` calls with each
+:class:`BoardRuntime` is the handler that :class:`wire.link.Server` calls with each
 decoded command; it returns the reply (``None`` = ACK) or raises
 :class:`~fpga.board.errors.CommandError` to answer ``ERROR(code)``. It holds
 
@@ -38,7 +38,8 @@ from export.errors import ExportError
 from export.executor import BatchResult, BundleExecutor, OnnxRuntimeBackend
 from export.manifest import Bundle, GraphSpec
 from fpga.board.errors import BoardError, CommandError
-from fpga.board.protocol import (
+from fpga.board.store import DEFAULT_MAX_BUNDLE_BYTES, BundleStore, LoadSession
+from wire.protocol import (
     MAX_BATCHES_LISTED,
     MAX_BLOCKS,
     MAX_PAYLOAD,
@@ -68,7 +69,6 @@ from fpga.board.protocol import (
     results_dtype,
     results_per_frame,
 )
-from fpga.board.store import DEFAULT_MAX_BUNDLE_BYTES, BundleStore, LoadSession
 
 if TYPE_CHECKING:
     from fpga.board.accel import OverlaySpec
@@ -296,7 +296,7 @@ class TimedRunner:
 
 
 def pack_results(result: BatchResult) -> np.ndarray:
-    """Executor results -> RESULTS records (:func:`fpga.board.protocol.results_dtype`)."""
+    """Executor results -> RESULTS records (:func:`wire.protocol.results_dtype`)."""
     n, n_blocks = result.executed.shape
     records = np.zeros(n, results_dtype(n_blocks))
     records["prediction"] = result.predictions
@@ -317,7 +317,7 @@ class Batch:
 
     batch_id: int
     images: np.ndarray  # (batch_size, H, W, C) uint8
-    uploaded: np.ndarray  # (batch_size,) bool
+    filled_bytes: int = 0  # bytes 0 .. filled_bytes - 1 of the batch have been uploaded
     results: np.ndarray | None = None  # records of the last run, or None
     run_mode: RunMode | None = None
 
@@ -327,7 +327,7 @@ class Batch:
 
     @property
     def count_uploaded(self) -> int:
-        return int(self.uploaded.sum())
+        return self.filled_bytes // max(1, self.images[0].nbytes)
 
 
 def _fail(code: ErrorCode, text: str) -> CommandError:
@@ -430,6 +430,13 @@ class BoardRuntime:
             batch.results, batch.run_mode = None, None
         log.info("selected bundle %s (%s)", bundle.bundle_id, bundle.sha256[:12])
 
+    @property
+    def backend_name(self) -> str:
+        """HELLO_REPLY's ``backend``: the active executor's backend ``name``, else "cpu"."""
+        backend = getattr(getattr(self.active, "executor", None), "backend", None)
+        name = getattr(backend, "name", None)
+        return name if isinstance(name, str) and name else "cpu"
+
     # -- commands -------------------------------------------------------------------------
     def _hello(self, msg: Hello) -> HelloReply:
         return HelloReply(
@@ -438,6 +445,7 @@ class BoardRuntime:
             board_clock_ns=self.clock_ns(),
             bundle=self.bundle_ref,
             max_payload_bytes=self.config.max_payload_bytes,
+            backend=self.backend_name,
         )
 
     def _load_begin(self, msg: LoadBegin) -> None:
@@ -466,7 +474,7 @@ class BoardRuntime:
 
     def _upload(self, msg: UploadImages) -> None:
         batch = self.batches.get(msg.batch_id)
-        shape = msg.images.shape[1:]
+        shape = msg.image_shape
         if batch is not None and (batch.size != msg.batch_size or batch.images.shape[1:] != shape):
             raise _fail(
                 ErrorCode.BAD_RANGE,
@@ -488,15 +496,17 @@ class BoardRuntime:
                     f"{free} of the board's {self.config.max_image_bytes} image bytes are "
                     "free; RESET the board or upload a smaller batch",
                 )
-            batch = Batch(
-                msg.batch_id,
-                np.zeros((msg.batch_size, *shape), dtype=np.uint8),
-                np.zeros(msg.batch_size, dtype=bool),
-            )
+            batch = Batch(msg.batch_id, np.zeros((msg.batch_size, *shape), dtype=np.uint8))
             self.batches[msg.batch_id] = batch
-        end = msg.first_index + msg.count
-        batch.images[msg.first_index : end] = msg.images
-        batch.uploaded[msg.first_index : end] = True
+        if msg.offset_bytes > batch.filled_bytes:
+            raise _fail(
+                ErrorCode.BAD_RANGE,
+                f"UPLOAD_IMAGES at byte {msg.offset_bytes} of batch {msg.batch_id} leaves a gap "
+                f"after byte {batch.filled_bytes}; send its bytes in order",
+            )
+        end = msg.offset_bytes + len(msg.data)
+        batch.images.reshape(-1)[msg.offset_bytes : end] = np.frombuffer(msg.data, np.uint8)
+        batch.filled_bytes = max(batch.filled_bytes, end)
         batch.results, batch.run_mode = None, None
 
     def _batch(self, batch_id: int) -> Batch:

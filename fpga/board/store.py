@@ -34,7 +34,7 @@ from export.archive import ArchiveError, member_names, unpack_archive
 from export.errors import BundleError
 from export.manifest import Bundle, load_bundle
 from fpga.board.errors import CommandError
-from fpga.board.protocol import ErrorCode
+from wire.protocol import ErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,10 @@ class LoadSession:
         self._hash = hashlib.sha256()
 
     def write(self, offset_bytes: int, data: bytes) -> None:
-        """Append ``data``, which must start at the next byte and end within the total size."""
-        if offset_bytes != self.received_bytes:
+        """Append ``data``, which must start at or before the next byte and end within the total
+        size. Bytes already received are skipped: a chunk resent in smaller frames after its
+        reply was lost repeats them (LOAD_END's sha256 would catch any that differ)."""
+        if offset_bytes > self.received_bytes:
             raise StoreError(
                 ErrorCode.LOAD_OUT_OF_ORDER,
                 f"LOAD_CHUNK at offset {offset_bytes!r}, expected {self.received_bytes}; "
@@ -81,6 +83,7 @@ class LoadSession:
                 f"LOAD_CHUNK ends at byte {offset_bytes + len(data)!r}, past the "
                 f"{self.total_size_bytes} bytes announced in LOAD_BEGIN; LOAD_BEGIN again",
             )
+        data = data[self.received_bytes - offset_bytes :]
         self._file.write(data)
         self._hash.update(data)
         self.received_bytes += len(data)

@@ -20,6 +20,10 @@ RUN_DONE's timestamps are the modelled start and end on the board's clock (the h
 ``speed`` (default 1) is modelled seconds per host second: 0.1 plays a run ten times slower,
 so measurement windows are ten times longer. Power is unchanged, so the host measures times
 and energies that are the modelled ones divided by ``speed`` (records keep both).
+
+``faults`` (settings of :class:`wire.ports.FaultyPort`, e.g. ``{"byte_error_rate": 1e-3}``)
+puts a faulty cable between the host and the board: bytes are damaged in both directions at the
+board's end, so the host's link has to recover from what a bad line does.
 """
 
 from __future__ import annotations
@@ -42,13 +46,13 @@ from export.archive import archive_sha256, pack_bundle
 from export.executor import BundleExecutor
 from export.manifest import Manifest, load_bundle
 from fpga.board.errors import LinkError
-from fpga.board.link import Server
-from fpga.board.ports import open_pty_pair
-from fpga.board.protocol import MAX_IDENTITY_BYTES, truncate_utf8
 from fpga.board.runtime import BoardRuntime, RunOutcome, RuntimeConfig
 from fpga.emulator import EmulatorError
 from fpga.emulator.power import PowerTrace
 from fpga.emulator.timing import ARM, HardwareReportTiming, MacRateTiming, Phase, TimingModel
+from wire.link import Server
+from wire.ports import FaultyPort, open_pty_pair
+from wire.protocol import MAX_IDENTITY_BYTES, truncate_utf8
 
 log = logging.getLogger(__name__)
 
@@ -273,6 +277,7 @@ class EmulatedBoard:
         max_image_bytes: int | None = None,
         board_clock_origin_s: float = 100.0,
         baudrate: int = 921600,
+        faults: dict | None = None,
     ) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.timing = timing or MacRateTiming()
@@ -281,6 +286,8 @@ class EmulatedBoard:
         self.want_meter = meter
         self.meter_config = meter_config
         self.baudrate = baudrate
+        self.faults = faults
+        self.cable: FaultyPort | None = None
         self._own_store = store_dir is None
         self.store_dir = Path(store_dir) if store_dir else None
         self.max_image_bytes = max_image_bytes
@@ -343,7 +350,9 @@ class EmulatedBoard:
         board_end, host_end = open_pty_pair(baudrate=self.baudrate)
         self._ports = (board_end, host_end)  # host_end stays open: master reads never hit EIO
         self.address = host_end.port
-        self.server = Server(board_end)
+        if self.faults is not None:  # a faulty cable: damage both directions at the board's end
+            self.cable = FaultyPort(board_end, damage_writes=True, **self.faults)
+        self.server = Server(self.cable or board_end)
         self.runner.stopping.clear()
         self._thread = threading.Thread(target=self._serve, name="emulated-board", daemon=True)
         self._thread.start()

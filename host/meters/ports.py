@@ -10,8 +10,8 @@ from typing import Any
 
 import serial
 
-from fpga.board.ports import port_failure
 from host.meters.base import MeterPortError
+from wire.ports import port_failure
 
 
 def port_error(address: str, exc: BaseException) -> MeterPortError:

@@ -252,10 +252,10 @@ def test_board_runtime_on_the_emulated_overlay(bundle, overlay_build, emulated, 
     import threading
 
     from fpga.board.accel import load_overlay
-    from fpga.board.link import Server
-    from fpga.board.ports import open_pty_pair
     from fpga.board.runtime import BoardRuntime, RuntimeConfig
     from host.board import BoardClient
+    from wire.link import Server
+    from wire.ports import open_pty_pair
 
     def executor(selected: Bundle) -> BundleExecutor:
         overlay, accelerators = load_overlay(selected, overlay_build.deploy, overlay=emulated)

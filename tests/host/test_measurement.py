@@ -146,3 +146,38 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_records(bundles, tmp_path
     assert rows(a) == rows(b)  # per-image results: none lost, none duplicated
     summary = json.loads((run_dir / "summary.json").read_text())
     assert [m["images"] for m in summary["models"]] == [120, 120]
+
+
+def test_a_run_through_a_faulty_cable_gives_a_clean_runs_results(bundles, tmp_path):
+    """Host harness -> cable flipping, dropping and duplicating bytes at 1e-3 and stalling, both
+    ways -> emulated board: the run completes with the clean run's per-image results."""
+    bundle = str(bundles["iadi60"])
+    models = [ModelSpec("full", bundle, "full"), ModelSpec("iadi60", bundle)]
+    cable = {
+        "seed": 15,
+        "byte_error_rate": 1e-3,
+        "drop_rate": 2.5e-4,
+        "duplicate_rate": 2.5e-4,
+        "stall_s": 0.02,
+        "stall_every_bytes": 10_000,
+    }
+    runs = {}
+    for name, faults in (("clean", None), ("faulty", cable)):
+        with EmulatedBoard(bundle, meter=True, faults=faults) as board:
+            config = _config(
+                board, bundles, models=models, images=24, images_per_window=12, repeats=1,
+                idle_s=0.3, baud_rate=4_000_000,
+            )  # fmt: skip
+            runs[name] = RunFolder.create(tmp_path, name, config.to_dict())
+            measure(config, runs[name], progress=False)
+            if faults is not None:
+                damage = board.cable.stats
+                link = board.server.stats
+    assert damage.bits_flipped > 10 and damage.bytes_dropped > 0 and damage.stalls > 0
+    assert damage.bytes_duplicated > 0 and link.naks_sent > 0  # damage was seen and recovered
+
+    def rows(run):
+        return sorted(tuple(r.values()) for r in run.read_results())
+
+    assert len(rows(runs["clean"])) == 2 * 24
+    assert rows(runs["faulty"]) == rows(runs["clean"])

@@ -10,6 +10,8 @@ the slave by name, exactly as it opens ``/dev/ttyUSB0`` for a real board.
 
 :func:`port_failure` says why a port could not be opened, for the one-line errors of the board
 runtime, the host's board client and the meter drivers.
+
+This module runs on the board too: stdlib, numpy and pyserial only.
 """
 
 from __future__ import annotations
@@ -170,24 +172,30 @@ def open_pty_pair(
 
 @dataclass
 class FaultStats:
-    """What a :class:`FaultyPort` did to the bytes it delivered."""
+    """What a :class:`FaultyPort` did to the bytes it delivered (both directions together)."""
 
     bytes_read: int = 0  # bytes read from the wrapped port
+    bytes_written: int = 0  # bytes handed to write (before damage)
     bits_flipped: int = 0
     bytes_dropped: int = 0
     bytes_duplicated: int = 0
     stalls: int = 0
 
+    @property
+    def faults(self) -> int:
+        return self.bits_flipped + self.bytes_dropped + self.bytes_duplicated + self.stalls
+
 
 class FaultyPort:
-    """Wraps a port and damages the bytes it reads, reproducibly (seeded).
+    """Wraps a port and damages the bytes it reads (and, with ``damage_writes``, those it
+    writes), reproducibly (seeded): a faulty cable at one end of a line.
 
-    Each byte read from the wrapped port is, independently, dropped (``drop_rate``), delivered
-    twice (``duplicate_rate``) and/or has one random bit flipped (``byte_error_rate``). A stall
-    stops delivery for ``stall_s`` seconds (reads return nothing; the wrapped port keeps the
-    bytes, so they arrive late): after every ``stall_every_bytes`` bytes if that is set, and
-    whenever :meth:`stall` is called. Writes pass through untouched; wrap both ends of a line to
-    damage both directions.
+    Each byte is, independently, dropped (``drop_rate``), delivered twice (``duplicate_rate``)
+    and/or has one random bit flipped (``byte_error_rate``). A stall stops delivery for
+    ``stall_s`` seconds (reads return nothing and the wrapped port keeps the bytes, so they
+    arrive late; a write waits): after every ``stall_every_bytes`` bytes if that is set, and
+    whenever :meth:`stall` is called. With ``line_baud`` a write takes the time a UART at that
+    rate (8N1) takes to send the bytes, so that a pty behaves like a line of that rate.
     """
 
     def __init__(
@@ -200,6 +208,8 @@ class FaultyPort:
         duplicate_rate: float = 0.0,
         stall_s: float = 0.0,
         stall_every_bytes: int = 0,
+        damage_writes: bool = False,
+        line_baud: int | None = None,
     ) -> None:
         for name, rate in (
             ("byte_error_rate", byte_error_rate),
@@ -208,17 +218,23 @@ class FaultyPort:
         ):
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"FaultyPort {name} {rate!r} is not a probability in [0, 1]")
+        if line_baud is not None and line_baud <= 0:
+            raise ValueError(f"FaultyPort line_baud {line_baud!r} must be positive")
         self.inner = port
         self.byte_error_rate = byte_error_rate
         self.drop_rate = drop_rate
         self.duplicate_rate = duplicate_rate
         self.stall_s = stall_s
         self.stall_every_bytes = stall_every_bytes
+        self.damage_writes = damage_writes
+        self.line_baud = line_baud
         self.stats = FaultStats()
         self._rng = np.random.default_rng(seed)
+        self._write_rng = np.random.default_rng([seed, 1])
         self._pending = bytearray()  # duplicated bytes beyond what read(n) may return
         self._stall_until = 0.0
         self._next_stall_at = stall_every_bytes or None
+        self._line_free_at = 0.0  # when the paced line has sent everything written
 
     # The attributes a Link uses are forwarded to the wrapped port.
     @property
@@ -231,7 +247,7 @@ class FaultyPort:
 
     @property
     def baudrate(self) -> int | None:
-        return getattr(self.inner, "baudrate", None)
+        return self.line_baud or getattr(self.inner, "baudrate", None)
 
     @property
     def port(self) -> str:
@@ -255,13 +271,35 @@ class FaultyPort:
             time.sleep(min(left, timeout if timeout is not None else left))
             return b""
         if not self._pending:
-            self._pending += self._damage(self.inner.read(size))
+            data = self.inner.read(size)
+            self.stats.bytes_read += len(data)
+            self._pending += self._damage(data, self._rng)
         out = bytes(self._pending[:size])
         del self._pending[:size]
         return out
 
     def write(self, data: bytes) -> int | None:
-        return self.inner.write(data)
+        n = len(data)
+        self.stats.bytes_written += n
+        if self.damage_writes:
+            data = self._damage(bytes(data), self._write_rng)
+            left = self._stall_until - time.monotonic()
+            if left > 0:
+                time.sleep(left)
+        if not self.line_baud:
+            self.inner.write(data)
+            return n
+        # Pace: about 2 ms of line time per piece, each sent when the line would be free.
+        piece = max(1, self.line_baud // 5000)
+        self._line_free_at = max(self._line_free_at, time.monotonic())
+        for start in range(0, len(data), piece):
+            chunk = data[start : start + piece]
+            self.inner.write(chunk)
+            self._line_free_at += len(chunk) * 10 / self.line_baud
+            delay = self._line_free_at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        return n
 
     def flush(self) -> None:
         flush = getattr(self.inner, "flush", None)
@@ -271,14 +309,13 @@ class FaultyPort:
     def close(self) -> None:
         self.inner.close()
 
-    def _damage(self, data: bytes) -> bytes:
+    def _damage(self, data: bytes, rng: np.random.Generator) -> bytes:
         if not data:
             return data
         n = len(data)
-        self.stats.bytes_read += n
         # Four draws per byte from one stream, so the damage does not depend on how the bytes
         # were split into reads: (n, [drop, duplicate, flip, which bit]).
-        draws = self._rng.random((n, 4))
+        draws = rng.random((n, 4))
         bits = (draws[:, 3] * 8).astype(np.uint8)
         arr = np.frombuffer(data, dtype=np.uint8).copy()
         flip = draws[:, 2] < self.byte_error_rate
@@ -289,7 +326,8 @@ class FaultyPort:
         self.stats.bytes_dropped += int(drop.sum())
         self.stats.bytes_duplicated += int(dup.sum())
         out = np.repeat(arr, np.where(drop, 0, np.where(dup, 2, 1))).tobytes()
-        if self._next_stall_at is not None and self.stats.bytes_read >= self._next_stall_at:
+        seen = self.stats.bytes_read + self.stats.bytes_written
+        if self._next_stall_at is not None and seen >= self._next_stall_at:
             self._next_stall_at += self.stall_every_bytes
             self.stall(self.stall_s)
             log.debug("%s: stalling %.3f s", self.port, self.stall_s)

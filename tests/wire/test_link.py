@@ -1,6 +1,7 @@
-"""Tests of fpga.board.link over real pseudo-terminals and sockets: every command round-trips,
-a faulty line loses nothing and executes nothing twice, errors come back typed, and the server
-survives garbage and handler bugs."""
+"""Tests of wire.link over real pseudo-terminals and sockets: every command round-trips, a faulty
+line loses nothing and executes nothing twice, damaged frames are NAKed and resent at once,
+frames shrink and grow with the line, errors come back typed, and the server survives garbage
+and handler bugs."""
 
 from __future__ import annotations
 
@@ -13,10 +14,18 @@ import numpy as np
 import pytest
 import serial
 
-from fpga.board import protocol as P
-from fpga.board.errors import CommandError, LinkError, LinkTimeout, ProtocolError, RemoteError
-from fpga.board.link import (
+from wire import protocol as P
+from wire.errors import (
+    CommandError,
+    LinkError,
+    LinkTimeout,
+    ProtocolError,
+    RemoteError,
+    VersionMismatch,
+)
+from wire.link import (
     Client,
+    FrameSizer,
     Link,
     Server,
     line_time_s,
@@ -24,8 +33,8 @@ from fpga.board.link import (
     round_trip_s,
     wire_overhead,
 )
-from fpga.board.ports import FaultyPort, FdPort, open_pty_pair
-from fpga.board.protocol import ErrorCode, MessageType
+from wire.ports import FaultyPort, FdPort, open_pty_pair
+from wire.protocol import ErrorCode, MessageType
 
 SHA = "ab" * 32
 BUNDLE = P.BundleRef("resnet8-w4a4", SHA)
@@ -93,7 +102,7 @@ COMMANDS = [
     (P.LoadChunk(0, bytes(1000)), P.Ack),
     (P.LoadEnd("resnet8-w4a4"), P.Ack),
     (P.SelectBundle("resnet8-w4a4", SHA), P.Ack),
-    (P.UploadImages(7, 10, 0, np.ones((5, 32, 32, 3), np.uint8)), P.Ack),
+    (P.UploadImages(7, 10, (32, 32, 3), 0, bytes(5 * 3072)), P.Ack),
     (P.RunBatch(7, P.RunMode.DDI, budget_macs=10**6, repeats=2), P.RunDone),
     (P.FetchResults(7, 0, 10), P.Results),
     (P.Status(), P.StatusReply),
@@ -160,14 +169,13 @@ def test_faulty_line_every_reply_right_and_nothing_executed_twice(pty):
     board_faulty = FaultyPort(board_port, seed=2, stall_s=0.3, stall_every_bytes=3_000, **faults)
     board = FakeBoard()
     images = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
-    with serving(board_faulty, board, poll_s=0.01) as server:
+    with serving(board_faulty, board) as server:
         client = Client(
             host_faulty,
             reply_timeout_s=0.05,
             backoff=1.5,
             max_timeout_s=0.5,
             retries=40,
-            poll_s=0.01,
             first_seq=2**32 - 5,  # wraps around during the run
         )
         assert client.request(P.Hello(1)).host_nonce == 1
@@ -181,7 +189,7 @@ def test_faulty_line_every_reply_right_and_nothing_executed_twice(pty):
                 cmd = P.FetchResults(i, i, 3)
                 assert client.request(cmd) == P.Results(i, i, _records(i, i, 3))
             elif kind == 2:
-                cmd = P.UploadImages(i, 2, 0, images + i % 7)
+                cmd = P.UploadImages(i, 2, (4, 4, 3), 0, (images + i % 7).tobytes())
                 assert client.request(cmd) == P.Ack(MessageType.UPLOAD_IMAGES)
             else:
                 cmd = P.LoadChunk(i, bytes([i % 256]) * 40)
@@ -194,8 +202,8 @@ def test_faulty_line_every_reply_right_and_nothing_executed_twice(pty):
     assert host_faulty.stats.stalls >= 1 and board_faulty.stats.stalls >= 1
     assert host_faulty.stats.bits_flipped + board_faulty.stats.bits_flipped > 0
     assert host_faulty.stats.bytes_dropped + board_faulty.stats.bytes_dropped > 0
-    assert client.stats.retransmissions > 0
-    assert server.stats.duplicates_answered > 0
+    assert client.stats.retransmissions > 0 and client.stats.naks_received > 0
+    assert server.stats.duplicates_answered > 0 and server.stats.naks_sent > 0
     assert server.link.decoder.stats.crc_errors + client.link.decoder.stats.crc_errors > 0
 
 
@@ -302,8 +310,8 @@ def test_handler_errors_come_back_typed_and_the_server_goes_on(pty):
             client.request(P.LoadEnd("b"))
         with pytest.raises(RemoteError, match=r"INTERNAL: RuntimeError: undecodable \? byte"):
             client.request(P.LoadBegin("b", 1, SHA))
-        with pytest.raises(RemoteError, match="VERSION_MISMATCH"):
-            client.request(P.Hello(1, protocol_version=2))
+        with pytest.raises(VersionMismatch, match="host speaks protocol version 3, board 2"):
+            client.request(P.Hello(1, protocol_version=3))
         assert client.request(P.Status()) == P.StatusReply(P.BoardState.IDLE, 0)
 
 
@@ -313,7 +321,7 @@ def test_handler_errors_come_back_typed_and_the_server_goes_on(pty):
         (P.encode_frame(0x55, 1, b""), ErrorCode.UNKNOWN_COMMAND),
         (P.encode_frame(MessageType.STATUS, 2, b"\x01"), ErrorCode.MALFORMED),
         (P.encode_frame(MessageType.RUN_BATCH, 3, b"\x01\x02"), ErrorCode.MALFORMED),
-        (P.encode_frame(MessageType.STATUS, 4, b"", version=2), ErrorCode.VERSION_MISMATCH),
+        (P.encode_frame(MessageType.STATUS, 4, b"", version=1), ErrorCode.VERSION_MISMATCH),
         (P.encode_message(P.StatusReply(0, 0), 5), ErrorCode.UNKNOWN_COMMAND),
     ],
 )
@@ -347,7 +355,7 @@ def test_link_timeout_names_port_and_command(pty):
     with pytest.raises(LinkTimeout) as info:
         client.request(P.RunBatch(1))
     message = str(info.value)
-    assert host_port.port in message and "RUN_BATCH" in message and "3 tries" in message
+    assert host_port.port in message and "RUN_BATCH" in message and "3 failed tries" in message
     assert "\n" not in message and time.monotonic() - started < 5.0
     assert client.stats.retransmissions == 2
 
@@ -401,19 +409,148 @@ def test_faulty_port_is_reproducible():
 
 
 def test_wire_overhead_is_within_three_percent():
-    cost = wire_overhead(10_000)  # CIFAR-10's test set in the default 16 KiB frames
-    assert cost.frames == 2_000 and cost.payload_bytes == 30_720_000
-    assert cost.host_to_board_bytes == 2_000 * (19 + 30 + 5 * 3072)
-    assert cost.board_to_host_bytes == 2_000 * (19 + 1)
-    assert cost.overhead_fraction <= 0.005
-    one_per_frame = wire_overhead(10, max_payload=3072 + P.UPLOAD_HEADER_BYTES)
-    assert one_per_frame.frames == 10
-    assert one_per_frame.wire_bytes_per_payload_byte == pytest.approx((3072 + 69) / 3072)
-    assert one_per_frame.overhead_fraction <= 0.03
-    assert cost.line_time_s(115200) == pytest.approx(cost.host_to_board_bytes * 10 / 115200)
+    cost = wire_overhead(10_000, max_payload=16 * 1024)  # CIFAR-10's test set, 16 KiB frames
+    data = 16 * 1024 - P.UPLOAD_HEADER_BYTES
+    assert cost.frames == -(-30_720_000 // data) and cost.payload_bytes == 30_720_000
+    assert cost.host_to_board_bytes == 30_720_000 + cost.frames * (19 + P.UPLOAD_HEADER_BYTES)
+    assert cost.board_to_host_bytes == cost.frames * (19 + 1)
+    assert cost.overhead_fraction <= 0.004
+    small = wire_overhead(10, max_payload=256)  # the smallest frames a FrameSizer makes
+    assert small.wire_bytes_per_payload_byte == pytest.approx(
+        (small.frames * (19 + 18 + 20) + 30_720) / 30_720
+    )
     assert line_time_s(3072, 115200) == pytest.approx(0.2667, abs=1e-4)
     assert line_time_s(3072, 921600) == pytest.approx(0.0333, abs=1e-4)
-    assert wire_overhead(7).frames == 2
+
+
+def test_frame_sizer_halves_on_failure_and_grows_back():
+    sizer = FrameSizer(16384, start=4096)
+    for _ in range(10):
+        sizer.failure()
+    assert sizer.payload == sizer.smallest == 256
+    for _ in range(200):
+        sizer.success()
+    assert sizer.payload == 16384
+    sizer.limit(2048)
+    assert sizer.payload == 2048 == sizer.max_payload
+    with pytest.raises(ValueError, match="min_payload"):
+        FrameSizer(100, min_payload=256)
+
+
+def test_a_damaged_request_is_naked_and_resent_at_once(pty):
+    """One flipped payload bit: the board NAKs, the client resends, no timeout is waited for."""
+    board_port, host_port = pty
+    board = FakeBoard()
+    with serving(board_port, board) as server:
+        client = Client(host_port, reply_timeout_s=5.0)  # a timeout would take 5 s
+        started = time.monotonic()
+        original = client.link.send
+        calls = []
+
+        def flip_first(data):
+            calls.append(len(data))
+            if len(calls) == 1:
+                data = bytearray(data)
+                data[40] ^= 0x10
+            original(bytes(data))
+
+        client.link.send = flip_first
+        assert client.request(P.LoadChunk(0, bytes(500))) == P.Ack(MessageType.LOAD_CHUNK)
+        assert time.monotonic() - started < 1.0
+    assert server.stats.naks_sent == 1 and client.stats.naks_received == 1
+    assert client.stats.retransmissions == 1 and client.stats.timeouts == 0
+    assert board.executed == [P.LoadChunk(0, bytes(500))]
+
+
+def test_a_damaged_reply_is_naked_and_resent_from_the_cache(pty):
+    board_port, host_port = pty
+    board = FakeBoard()
+    server = Server(board_port)
+    original = server.link.send
+    sent = []
+
+    def flip_first_reply(data):
+        sent.append(data)
+        if len(sent) == 1:
+            data = bytearray(data)
+            data[-3] ^= 0x01  # the payload CRC
+        original(bytes(data))
+
+    server.link.send = flip_first_reply
+    thread = threading.Thread(target=server.serve_forever, args=(board,), daemon=True)
+    thread.start()
+    try:
+        client = Client(host_port, reply_timeout_s=5.0)
+        started = time.monotonic()
+        assert client.request(P.FetchResults(1, 0, 5)) == P.Results(1, 0, _records(1, 0, 5))
+        assert time.monotonic() - started < 1.0
+    finally:
+        server.stop()
+        thread.join(timeout=5.0)
+    assert client.stats.naks_sent == 1 and server.stats.replies_resent == 1
+    assert board.executed == [P.FetchResults(1, 0, 5)]  # resent, not executed again
+
+
+def test_a_dropped_byte_costs_the_short_gap_not_a_timeout(pty):
+    board_port, host_port = pty
+    board = FakeBoard()
+    with serving(board_port, board) as server:
+        client = Client(host_port, reply_timeout_s=5.0)
+        original = client.link.send
+        calls = []
+
+        def drop_one(data):
+            calls.append(len(data))
+            original(data[:100] + data[101:] if len(calls) == 1 else data)
+
+        client.link.send = drop_one
+        started = time.monotonic()
+        assert client.request(P.LoadChunk(0, bytes(1000))) == P.Ack(MessageType.LOAD_CHUNK)
+        assert time.monotonic() - started < 1.0
+    assert server.stats.idle_flushes >= 1 and server.stats.naks_sent == 1
+
+
+def test_sized_requests_shrink_on_a_bad_line_and_grow_on_a_clean_one(pty):
+    board_port, host_port = pty
+    got = bytearray(60 * 3072)
+
+    def store(msg):
+        if isinstance(msg, P.UploadImages):
+            got[msg.offset_bytes : msg.offset_bytes + len(msg.data)] = msg.data
+
+    images = np.random.default_rng(5).integers(0, 256, (60, 32, 32, 3), dtype=np.uint8)
+    bad = FaultyPort(board_port, seed=3, byte_error_rate=2e-3)
+    with serving(bad, store):
+        client = Client(host_port)
+        for _ in range(3):  # once over the bad line, then twice over the healed one
+            offset = 0
+            while offset < images.nbytes:
+                sent, _ = client.request_sized(
+                    lambda size, at=offset: P.upload_chunk(1, images, at, size)
+                )
+                offset += len(sent.data)
+            assert bytes(got) == images.tobytes()
+            if bad.byte_error_rate:
+                assert client.sizer.smallest <= 512 and client.stats.resized > 0
+                bad.byte_error_rate = 0.0
+    assert client.sizer.payload == client.sizer.max_payload  # grown back to 16 KiB
+
+
+def test_a_board_of_another_version_is_refused_in_one_line(pty):
+    board_port, host_port = pty
+
+    def old_board():
+        link = Link(board_port)
+        request = link.receive(time.monotonic() + 5.0)
+        error = P.ErrorReply(ErrorCode.VERSION_MISMATCH, "frame of protocol version 2; board 1")
+        link.send(P.encode_frame(0xFF, request.seq, error.encode(), flags=1, version=1))
+
+    thread = threading.Thread(target=old_board)
+    thread.start()
+    with pytest.raises(VersionMismatch) as info:
+        Client(host_port).request(P.Hello(1))
+    thread.join()
+    assert "version 1, this side 2" in str(info.value) and "\n" not in str(info.value)
 
 
 def test_round_trip_latency(pty):

@@ -1,17 +1,19 @@
-"""Tests of fpga.board.frame and fpga.board.protocol: every message round-trips, the frame
-decoder resynchronises after garbage with bounded memory, malformed payloads raise ProtocolError
-and nothing else."""
+"""Tests of wire.frame and wire.protocol: every message round-trips, layouts come from the field
+tables, the frame decoder resynchronises after garbage with bounded memory and reports damaged
+frames, malformed payloads raise ProtocolError and nothing else."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fpga.board import protocol as P
-from fpga.board.errors import BoardError, ProtocolError, UnknownMessageType
-from fpga.board.protocol import (
+from wire import protocol as P
+from wire.errors import BoardError, ProtocolError, UnknownMessageType, VersionMismatch
+from wire.protocol import (
     FRAME_OVERHEAD_BYTES,
     MAX_FRAME_BYTES,
     MAX_PAYLOAD,
@@ -50,14 +52,14 @@ def _records(n: int, n_blocks: int, seed: int = 0) -> np.ndarray:
 
 EXAMPLES = [
     P.Hello(host_nonce=2**64 - 1),
-    P.HelloReply(7, "zedboard xc7z020 / emulated", 123_456_789, BUNDLE, 32768),
+    P.HelloReply(7, "zedboard xc7z020 / emulated", 123_456_789, BUNDLE, 32768, backend="finn"),
     P.HelloReply(0, "", -5, None),
     P.LoadBegin("resnet8-w4a4", 10_000_000, SHA.upper()),
     P.LoadChunk(4096, bytes(range(256)) * 3),
     P.LoadEnd("resnet8-w4a4"),
     P.SelectBundle("résnet-74 ✓", SHA),
-    P.UploadImages(3, 100, 10, np.arange(2 * 32 * 32 * 3, dtype=np.uint8).reshape(2, 32, 32, 3)),
-    P.UploadImages(4, 1, 0, np.full((1, 5, 7, 1), 9, np.uint8)),
+    P.UploadImages(3, 100, (32, 32, 3), 3072 * 10 + 5, bytes(range(256)) * 9),
+    P.UploadImages(4, 1, (5, 7, 1), 0, b"\x09" * 35),
     P.RunBatch(3, P.RunMode.IADI, budget_macs=2**64 - 1, repeats=5),
     P.RunBatch(3),
     P.RunDone(3, -10, 2**62, 500),
@@ -69,6 +71,7 @@ EXAMPLES = [
     P.StatusReply(BoardState.READY, 2**40, BUNDLE, (P.BatchInfo(3, 100, 12), P.BatchInfo(4, 1, 1))),
     P.StatusReply(BoardState.IDLE, 0),
     P.Reset(),
+    P.Nak(),
     P.Ack(MessageType.UPLOAD_IMAGES),
     P.ErrorReply(P.ErrorCode.BUNDLE_HASH_MISMATCH, "sha256 differs", MessageType.LOAD_END),
     P.ErrorReply(999, "a code from a newer board"),
@@ -111,10 +114,14 @@ def test_fields_are_normalised_and_typed():
         lambda: P.LoadBegin("x" * 65, 10, SHA),
         lambda: P.LoadChunk(0, b""),
         lambda: P.LoadChunk(0, bytes(P.MAX_CHUNK_BYTES + 1)),
-        lambda: P.UploadImages(1, 2, 1, np.zeros((2, 4, 4, 3), np.uint8)),  # beyond the batch
-        lambda: P.UploadImages(1, 99, 0, np.zeros((2, 4, 4, 3), np.float32)),
-        lambda: P.UploadImages(1, 99, 0, np.zeros((4, 4, 3), np.uint8)),
-        lambda: P.UploadImages(1, 99, 0, np.zeros((22, 32, 32, 3), np.uint8)),  # > MAX_PAYLOAD
+        lambda: P.UploadImages(1, 2, (4, 4, 3), 90, bytes(7)),  # beyond the batch
+        lambda: P.UploadImages(1, 2, (4, 4, 3), 0, b""),
+        lambda: P.UploadImages(1, 2, (4, 4), 0, b"x"),
+        lambda: P.UploadImages(1, 2, (4, 0, 3), 0, b"x"),
+        lambda: P.UploadImages(1, 0, (4, 4, 3), 0, b"x"),
+        lambda: P.UploadImages(1, 2**20, (1024, 1024, 3), 0, b"x"),  # > 4 GiB
+        lambda: P.UploadImages(1, 99, (32, 32, 3), 0, bytes(P.MAX_UPLOAD_DATA + 1)),
+        lambda: P.HelloReply(1, "board", 0, backend=""),
         lambda: P.RunBatch(1, mode=7),
         lambda: P.RunBatch(1, repeats=0),
         lambda: P.RunDone(1, 10, 9, 1),
@@ -125,6 +132,7 @@ def test_fields_are_normalised_and_typed():
         lambda: P.StatusReply(0, 0, batches=[P.BatchInfo(1, 1, 1)] * 257),
         lambda: P.BatchInfo(1, 2, 3),
         lambda: P.Ack(MessageType.ACK),
+        lambda: P.Ack(MessageType.NAK),
         lambda: P.ErrorReply(1, "x" * 1025),
         lambda: P.results_dtype(129),
     ],
@@ -158,18 +166,39 @@ def test_results_records_and_masks():
     assert sum(r.count for r in small) == 100
 
 
-def test_upload_messages_split_by_image_within_the_limit():
+def test_upload_messages_split_at_any_byte_within_the_limit():
     images = np.random.default_rng(0).integers(0, 256, (23, 32, 32, 3), dtype=np.uint8)
-    for max_payload in (3200, P.DEFAULT_UPLOAD_PAYLOAD, MAX_PAYLOAD):
+    for max_payload in (256, 3200, 16 * 1024, MAX_PAYLOAD):
         msgs = P.upload_messages(5, images, max_payload=max_payload)
         assert all(len(m.encode()) <= max_payload for m in msgs)
-        assert all(m.batch_size == 23 for m in msgs)
-        np.testing.assert_array_equal(np.concatenate([m.images for m in msgs]), images)
-        assert [m.first_index for m in msgs] == list(np.cumsum([0] + [m.count for m in msgs])[:-1])
-    assert P.images_per_frame((32, 32, 3)) == 5
-    assert P.images_per_frame((32, 32, 3), MAX_PAYLOAD) == 21
-    with pytest.raises(ProtocolError, match="does not fit"):
-        P.images_per_frame((256, 256, 3))
+        assert all(m.batch_size == 23 and m.image_shape == (32, 32, 3) for m in msgs)
+        assert b"".join(m.data for m in msgs) == images.tobytes()
+        assert [m.offset_bytes for m in msgs] == list(
+            np.cumsum([0] + [len(m.data) for m in msgs])[:-1]
+        )
+    chunk = P.upload_chunk(5, images, 1000, 300)
+    assert chunk.offset_bytes == 1000 and chunk.data == images.tobytes()[1000:1282]
+    with pytest.raises(ProtocolError, match="uint8"):
+        P.upload_messages(5, images.astype(np.float32))
+    with pytest.raises(ProtocolError, match="holds no"):
+        P.upload_chunk(5, images, 0, P.UPLOAD_HEADER_BYTES)
+
+
+def test_layouts_come_from_the_field_tables():
+    """Each layout is declared once: the table packs, unpacks and writes the docstring line."""
+    for cls in MESSAGE_CLASSES.values():
+        assert f"Layout: ``{cls.layout()}``" in cls.__doc__
+    layouts = P.layouts()
+    assert layouts["HELLO"] == "protocol_version u8 | host_nonce u64"
+    assert "backend text8 (<= 32 B)" in layouts["HELLO_REPLY"]
+    assert layouts["UPLOAD_IMAGES"].startswith("batch_id u32 | batch_size u32 | image_shape")
+    assert layouts["STATUS"] == layouts["NAK"] == "empty"
+    # the payload is the fields in table order: HELLO is version then nonce
+    assert P.Hello(0x0102, 2).encode() == bytes([2, 2, 1, 0, 0, 0, 0, 0, 0])
+    # docs/protocol.md lists the same layouts
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    for name, layout in layouts.items():
+        assert f"- {name}: `{layout}`" in doc, name
 
 
 def test_error_about_is_one_bounded_line():
@@ -201,7 +230,7 @@ def test_damaged_payloads_raise_protocol_error_only(msg):
             damaged[n] ^= xor
             _decode_or_protocol_error(msg.TYPE, bytes(damaged))
     _decode_or_protocol_error(msg.TYPE, payload + b"\x00")
-    if payload and not isinstance(msg, P.LoadChunk):  # a chunk's data is the rest of the payload
+    if payload and not isinstance(msg, (P.LoadChunk, P.UploadImages)):  # data: the rest
         with pytest.raises(ProtocolError):  # every other layout is exact: trailing bytes refused
             type(msg).decode(payload + b"\x00")
 
@@ -216,8 +245,8 @@ def test_unknown_type_and_other_version():
     with pytest.raises(UnknownMessageType) as info:
         P.decode_message(Frame(0x55, 1, b""))
     assert info.value.msg_type == 0x55 and isinstance(info.value, BoardError)
-    with pytest.raises(ProtocolError, match="version 2"):
-        P.decode_message(Frame(MessageType.STATUS, 1, b"", version=2))
+    with pytest.raises(VersionMismatch, match="version 1, this side 2"):
+        P.decode_message(Frame(MessageType.STATUS, 1, b"", version=1))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -227,7 +256,7 @@ def test_unknown_type_and_other_version():
 def test_frame_layout():
     frame = encode_frame(0x09, 0x01020304, b"abc", flags=0x01)
     assert frame[:2] == SYNC == b"\xa5\x5a"
-    assert frame[2:5] == bytes([1, 0x09, 0x01])
+    assert frame[2:5] == bytes([P.PROTOCOL_VERSION, 0x09, 0x01]) and P.PROTOCOL_VERSION == 2
     assert frame[5:9] == bytes([4, 3, 2, 1]) and frame[9:13] == bytes([3, 0, 0, 0])
     assert frame[15:18] == b"abc" and len(frame) == FRAME_OVERHEAD_BYTES + 3 == 22
     with pytest.raises(ProtocolError, match="split the message"):
@@ -260,6 +289,26 @@ def test_decoder_rescans_inside_a_corrupt_frame():
     decoder = FrameDecoder()
     assert decoder.feed(bytes(header_hit)) == [] and decoder.stats.crc_errors == 1
     assert decoder.buffered_bytes < P.HEADER_BYTES
+
+
+def test_decoder_reports_the_header_of_a_damaged_or_short_frame():
+    """What a NAK needs: the sequence number of a frame whose payload did not arrive intact."""
+    bad = bytearray(encode_frame(6, 41, bytes(300), flags=P.FLAG_REPLY))
+    bad[100] ^= 0x04  # payload bit flip
+    short = encode_frame(3, 42, bytes(300))
+    short = short[:50] + short[51:]  # one byte dropped: the frame never completes
+    decoder = FrameDecoder()
+    assert decoder.feed(bytes(bad) + short) == []
+    assert decoder.damaged == [P.Damaged(6, 41, P.FLAG_REPLY, P.PROTOCOL_VERSION)]
+    assert decoder.damaged[0].is_reply and decoder.wanted_bytes == 1
+    decoder.damaged.clear()
+    assert decoder.flush() == [] and decoder.damaged == [P.Damaged(3, 42, 0, P.PROTOCOL_VERSION)]
+    header_hit = bytearray(encode_frame(1, 43, b"payload"))
+    header_hit[6] ^= 0x01  # the sequence number itself is damaged: nothing to report
+    decoder = FrameDecoder()
+    decoder.feed(bytes(header_hit))
+    decoder.flush()
+    assert decoder.damaged == []
 
 
 def test_decoder_refuses_oversize_and_flushes_stalled_frames():

@@ -10,11 +10,14 @@ A frame is ``SYNC | header | header CRC | payload | payload CRC`` (see docs/prot
     5       4     sequence number, uint32 LE
     9       4     payload length, uint32 LE, <= MAX_PAYLOAD
     13      2     CRC-16/CCITT-FALSE of bytes 0..12, LE
-    15      n     payload (a message, encoded by fpga.board.protocol)
+    15      n     payload (a message, encoded by wire.protocol)
     15+n    4     CRC-32 (zlib) of the payload, LE
 
 The header CRC lets a reader reject a corrupt length at once instead of waiting for up to
-MAX_PAYLOAD bytes that will never come. This module is stdlib only and runs on the board.
+MAX_PAYLOAD bytes that will never come, and tells it which frame was damaged when only the
+payload is: the decoder reports such a frame's header (:class:`Damaged`) so that the link can
+ask for it again at once (a NAK) instead of waiting for a timeout. This module is stdlib only
+and runs on the board.
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from fpga.board.errors import ProtocolError
+from wire.errors import ProtocolError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: NAK, byte-range UPLOAD_IMAGES, HELLO_REPLY backend
 SYNC = b"\xa5\x5a"
 MAX_PAYLOAD = 64 * 1024  # bytes; bounds every allocation and every wait of a reader
 FLAG_REPLY = 0x01  # set on every frame the board sends
@@ -93,6 +96,21 @@ def encode_frame(
     )
 
 
+@dataclass(frozen=True)
+class Damaged:
+    """A frame whose header was intact but whose payload was not (bad payload CRC, or bytes
+    missing when the line went idle): who sent it and under which sequence number."""
+
+    msg_type: int
+    seq: int
+    flags: int
+    version: int
+
+    @property
+    def is_reply(self) -> bool:
+        return bool(self.flags & FLAG_REPLY)
+
+
 @dataclass
 class DecoderStats:
     """What a :class:`FrameDecoder` delivered and dropped since it was made."""
@@ -111,8 +129,12 @@ class FrameDecoder:
     marker; if its header CRC is bad, its length exceeds ``max_payload``, or its payload CRC is
     bad, one byte is dropped and the scan restarts at the byte after the bad sync, so a frame
     hidden inside a corrupt one is still found. The buffer never holds more than
-    ``max_buffered_bytes``; it holds less than one frame between calls.
+    ``max_buffered_bytes``; it holds less than one frame between calls. The header of a frame
+    whose payload was damaged, or abandoned by :meth:`flush`, is appended to ``damaged`` (the
+    caller drains it; at most ``MAX_DAMAGED`` are kept).
     """
+
+    MAX_DAMAGED = 64
 
     def __init__(self, max_payload: int = MAX_PAYLOAD) -> None:
         if not 0 <= max_payload <= MAX_PAYLOAD:
@@ -120,6 +142,7 @@ class FrameDecoder:
         self.max_payload = max_payload
         self.stats = DecoderStats()
         self._buf = bytearray()
+        self.damaged: list[Damaged] = []
         self._chunk = FRAME_OVERHEAD_BYTES + max_payload  # bytes appended per parse step
 
     @property
@@ -165,11 +188,18 @@ class FrameDecoder:
         while self._buf:
             if self._buf.startswith(SYNC):
                 self.stats.abandoned += 1
+                if len(self._buf) >= HEADER_BYTES:  # _parse keeps a full header only if valid
+                    self._report(self._buf)
                 self._discard(1)
             self._parse(frames)
             if self._buf and not self._buf.startswith(SYNC):  # half a sync marker at the end
                 self._discard(len(self._buf))
         return frames
+
+    def _report(self, buf: bytearray) -> None:
+        _, version, msg_type, flags, seq, _ = _HEADER.unpack_from(buf)
+        if len(self.damaged) < self.MAX_DAMAGED:
+            self.damaged.append(Damaged(msg_type, seq, flags, version))
 
     def _discard(self, n: int) -> None:
         del self._buf[:n]
@@ -203,6 +233,7 @@ class FrameDecoder:
             (payload_crc,) = _U32.unpack_from(buf, end)
             if zlib.crc32(payload) != payload_crc:
                 self.stats.crc_errors += 1
+                self._report(buf)
                 self._discard(1)
                 continue
             del buf[: end + TRAILER_BYTES]
