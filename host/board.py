@@ -104,6 +104,8 @@ class HelloInfo:
     host_receive_s: float
     max_payload_bytes: int
     protocol_version: int
+    backend: str = "emulated"
+    """What runs the graphs, as the board says: ``cpu``, ``finn`` or ``emulated``."""
 
     @property
     def round_trip_s(self) -> float:
@@ -201,6 +203,7 @@ class BoardClient:
             received,
             reply.max_payload_bytes,
             reply.protocol_version,
+            reply.backend,
         )
         self.last_hello = info
         return info

@@ -44,6 +44,7 @@ from fpga.board.frame import (  # noqa: F401
 MAX_BUNDLE_BYTES = 1 << 31  # a bundle (bitstreams + weights) larger than 2 GiB is refused
 MAX_ID_BYTES = 64  # bundle id, UTF-8
 MAX_IDENTITY_BYTES = 128  # board identity string, UTF-8
+BOARD_BACKENDS = ("cpu", "finn", "emulated")  # HELLO_REPLY.backend: who runs the graphs
 MAX_ERROR_BYTES = 1024  # ERROR message text, UTF-8
 MAX_BLOCKS = 128  # executed-blocks bitmask width
 MAX_BATCHES_LISTED = 256  # STATUS_REPLY batch list
@@ -378,8 +379,12 @@ class HelloReply(Message):
     """HELLO_REPLY: who the board is, what it holds, and its clock.
 
     Layout: ``protocol_version u8 | host_nonce u64 | board_clock_ns i64 | max_payload_bytes u32 |
-    board_identity (u8 length + UTF-8) | bundle (u8 0/1 [+ sha256 32 B + u8 length + UTF-8])``.
-    ``host_nonce`` echoes HELLO's, so a reply to an earlier session is recognised.
+    board_identity (u8 length + UTF-8) | bundle (u8 0/1 [+ sha256 32 B + u8 length + UTF-8]) |
+    backend (u8 length + ASCII)``. ``host_nonce`` echoes HELLO's, so a reply to an earlier
+    session is recognised. ``backend`` says what runs the graphs: ``cpu`` (onnxruntime on the
+    ARM), ``finn`` (FINN engines on a real overlay) or ``emulated`` (the emulated board or an
+    emulated PL); the host labels energy by it (host/measure.py). Its default is ``emulated``,
+    the label that can never pass for a hardware measurement.
     """
 
     TYPE: ClassVar[MessageType] = MessageType.HELLO_REPLY
@@ -389,9 +394,14 @@ class HelloReply(Message):
     bundle: BundleRef | None = None
     max_payload_bytes: int = MAX_PAYLOAD
     protocol_version: int = PROTOCOL_VERSION
+    backend: str = "emulated"
 
     def __post_init__(self) -> None:
         o = "HelloReply"
+        if self.backend not in BOARD_BACKENDS:
+            raise ProtocolError(
+                f"{o}.backend {self.backend!r} is none of {', '.join(BOARD_BACKENDS)}"
+            )
         _set(self, "host_nonce", _uint(o, "host_nonce", self.host_nonce, 64))
         _text(o, "board_identity", self.board_identity, MAX_IDENTITY_BYTES)
         _set(
@@ -416,7 +426,8 @@ class HelloReply(Message):
             self.board_clock_ns,
             self.max_payload_bytes,
         )
-        return head + _pack_text(self.board_identity) + _pack_bundle(self.bundle)
+        tail = _pack_bundle(self.bundle) + _pack_text(self.backend)
+        return head + _pack_text(self.board_identity) + tail
 
     @classmethod
     def decode(cls, payload: bytes) -> HelloReply:
@@ -424,8 +435,9 @@ class HelloReply(Message):
         version, nonce, clock_ns, max_payload = r.unpack("BQqI", "header")
         identity = r.text("board_identity")
         bundle = r.bundle("bundle")
+        backend = r.text("backend")
         r.end()
-        return cls(nonce, identity, clock_ns, bundle, max_payload, version)
+        return cls(nonce, identity, clock_ns, bundle, max_payload, version, backend)
 
 
 @dataclass(frozen=True)

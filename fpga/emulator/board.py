@@ -354,7 +354,9 @@ class EmulatedBoard:
         config = RuntimeConfig(store_dir=self.store_dir, identity=self._identity(), threads=1)
         if self.max_image_bytes is not None:
             config.max_image_bytes = self.max_image_bytes
-        self.runtime = BoardRuntime(config, runner=self.runner, clock_ns=self.board_clock_ns)
+        self.runtime = BoardRuntime(
+            config, runner=self.runner, clock_ns=self.board_clock_ns, backend="emulated"
+        )
         archive = pack_bundle(self.bundle_dir)  # preload through the path a LOAD takes
         session = self.runtime.store.begin(bundle.bundle_id, len(archive), archive_sha256(archive))
         session.write(0, archive)

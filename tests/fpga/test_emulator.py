@@ -198,6 +198,7 @@ def test_emulate_cli_serves_a_board_and_a_meter(bundle_dir):
         with BoardClient(board_line.split()[1], timeout_s=5.0) as client:
             hello = client.hello()
             assert "speed 0.5" in hello.identity
+            assert hello.backend == "emulated"
             assert hello.bundle.bundle_id == load_bundle(bundle_dir).bundle_id
     finally:
         proc.terminate()
