@@ -171,7 +171,7 @@ def markdown(table: dict[str, Any]) -> str:
         for k in models:
             a = (p["results"][lo][k][kind] - base[k][kind]) * 100
             b = (p["results"][hi][k][kind] - base[k][kind]) * 100
-            out.append(f"{a:+.1f} / {b:+.1f}")
+            out.append(f"{a + 0.0:+.1f} / {b + 0.0:+.1f}".replace("-0.0", "+0.0"))
         return " | ".join(out)
 
     for p in table["parameters"]:

@@ -242,12 +242,13 @@ def _findings(rows: list[Row]) -> list[str]:
         return ["No model besides the reference was measured."]
     out = []
     gaps = [r.compute_savings - r.realized_compute_savings for r in rows]
-    if max(gaps) > 0:
+    short = [g for g in gaps if g > 0]
+    if short:
         out.append(
             "The hardware realizes less compute savings than the model counts in "
-            f"{sum(g > 0 for g in gaps)} of {len(rows)} rows (by {min(gaps):.1%} to "
-            f"{max(gaps):.1%} of the backbone's MACs): those models' channel masks save MACs "
-            "in the cost model that the dense engines still compute."
+            f"{len(short)} of {len(rows)} rows (by {min(short):.1%} to {max(short):.1%} of the "
+            "backbone's MACs): those models' channel masks save MACs in the cost model that "
+            "the dense engines still compute."
         )
     else:
         out.append("In every row the hardware realizes all the compute savings the model counts.")
@@ -301,17 +302,18 @@ def markdown(rows: list[Row], meta: dict[str, Any]) -> str:
             f"{pct(r.energy_savings)} | {rep} | {ratio} | {pct(r.accuracy)} "
             f"({pct(lo)}..{pct(hi)}) | {r.energy_per_image_j * 1e3:.4f} | {r.repeats} | {paper} |"
         )
+    lines += [""]
+    for sentence in _findings(rows):
+        lines += [sentence, ""]
     lines += [
-        "",
-        *_findings(rows),
-        "",
         "Compute savings (model): executed MACs of the cost model against the plain backbone, "
         "gates included; masked channels count as saved. Realized by the hardware: the same "
         "with every running block counted whole (dense engines compute masked channels), so "
         "only skipped blocks and early exits count. Energy savings: 1 - E/E_reference per "
         f"repeat (paired), mean over {rows[0].repeats if rows else 0} repeats; the energy "
         f"repeatability interval is a Student-t 95% interval over those repeats, which run the "
-        f"same {meta['images']} images again ({reps} per run): it measures how repeatable the "
+        f"same {meta['images']} images again ({reps} repeats per run): it measures how "
+        "repeatable the "
         "measurement is, not how savings vary over images. Accuracy: a 95% Wilson interval "
         f"over the {rows[0].accuracy_images if rows else 0} distinct test images. The paper's "
         "column is its Table I row with the nearest compute savings (within 5 points); its "
