@@ -234,7 +234,8 @@ def _summary(
         realized = _realized_macs(manifest, rows).astype(np.float64)
         # the interval is over distinct test images: the first repeat's rows (repeats run the
         # same images; whether they answered alike is recorded beside it)
-        first = [r for r in rows if int(r["repeat"]) == min(int(x["repeat"]) for x in rows)]
+        first_repeat = min((int(r["repeat"]) for r in rows), default=0)
+        first = [r for r in rows if int(r["repeat"]) == first_repeat]
         correct = sum(int(r["prediction"]) == int(r["label"]) for r in first)
         answers: dict[str, set[str]] = {}
         for r in rows:
