@@ -356,6 +356,15 @@ def write_csv(rows: list[Row], meta: dict[str, Any], path: Path) -> None:
             )  # fmt: skip
 
 
+def _families(rows: list[Row]) -> dict[str, list[Row]]:
+    """Rows by gating family, read from their bundle ids (``NAME-GATING-DIGEST``), in order."""
+    out: dict[str, list[Row]] = {}
+    for r in rows:
+        parts = r.bundle_id.split("-")
+        out.setdefault(parts[1] if len(parts) >= 3 else "", []).append(r)
+    return out
+
+
 def plot(rows: list[Row], meta: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -367,31 +376,35 @@ def plot(rows: list[Row], meta: dict[str, Any], path: Path) -> None:
     pc = [p["compute_savings"] * 100 for p in PAPER]
     ax1.plot(pc, [p["energy_savings"] * 100 for p in PAPER], "s--", label="paper (ResNet74-IADI)")
     ax1.plot([0, 100], [0, 100], ":", color="grey", lw=0.8, label="energy = compute savings")
-    yerr = [
-        0 if math.isnan(r.energy_repeatability_ci95) else r.energy_repeatability_ci95 * 100
-        for r in rows
-    ]
-    energy = [r.energy_savings * 100 for r in rows]
-    ax1.errorbar([r.compute_savings * 100 for r in rows], energy, yerr=yerr, fmt="o-",
-                 capsize=3, label=f"ours vs model compute savings ({source})")  # fmt: skip
-    ax1.plot([r.realized_compute_savings * 100 for r in rows], energy, "x", ms=8,
-             label=f"ours vs realized compute savings ({source})")  # fmt: skip
-    low = min([0.0] + [e - 5 for e in energy])
+    ax2.plot(pc, [p["accuracy"] * 100 for p in PAPER], "s--", label="paper (ResNet74-IADI)")
+    markers = iter("o^Dv")
+    for family, group in _families(rows).items():
+        m = next(markers, "o")
+        name = f"ours, {family}" if family else "ours"
+        yerr = [
+            0 if math.isnan(r.energy_repeatability_ci95) else r.energy_repeatability_ci95 * 100
+            for r in group
+        ]
+        energy = [r.energy_savings * 100 for r in group]
+        ax1.errorbar([r.compute_savings * 100 for r in group], energy, yerr=yerr, fmt=m + "-",
+                     capsize=3, label=f"{name} vs model compute savings ({source})")  # fmt: skip
+        ax1.plot([r.realized_compute_savings * 100 for r in group], energy, m, mfc="none", ms=9,
+                 label=f"{name} vs realized compute savings")  # fmt: skip
+        acc = [r.accuracy * 100 for r in group]
+        acc_err = [
+            [a - r.accuracy_ci95[0] * 100 for a, r in zip(acc, group, strict=True)],
+            [r.accuracy_ci95[1] * 100 - a for a, r in zip(acc, group, strict=True)],
+        ]
+        ax2.errorbar([r.compute_savings * 100 for r in group], acc, yerr=acc_err, fmt=m + "-",
+                     capsize=3, label=f"{name} (95% interval over images)")  # fmt: skip
+    low = min([0.0] + [r.energy_savings * 100 - 5 for r in rows])
     ax1.set(
         xlabel="compute savings (%)", ylabel="energy savings (%)", xlim=(0, 100), ylim=(low, 100)
     )
     ax1.axhline(0, color="grey", lw=0.5)
-    ax1.legend(fontsize=7)
-    ax2.plot(pc, [p["accuracy"] * 100 for p in PAPER], "s--", label="paper (ResNet74-IADI)")
-    acc = [r.accuracy * 100 for r in rows]
-    acc_err = [
-        [a - r.accuracy_ci95[0] * 100 for a, r in zip(acc, rows, strict=True)],
-        [r.accuracy_ci95[1] * 100 - a for a, r in zip(acc, rows, strict=True)],
-    ]
-    ax2.errorbar([r.compute_savings * 100 for r in rows], acc, yerr=acc_err, fmt="o-",
-                 capsize=3, label="ours (95% interval over images)")  # fmt: skip
+    ax1.legend(fontsize=6)
     ax2.set(xlabel="compute savings, model (%)", ylabel="accuracy (%)", xlim=(0, 100))
-    ax2.legend(fontsize=7)
+    ax2.legend(fontsize=6)
     fig.suptitle(title(meta), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
