@@ -32,7 +32,11 @@ def emulate(args: argparse.Namespace) -> int:
     from fpga.emulator.board import EmulatedBoard, PowerModel
     from fpga.emulator.timing import HardwareReportTiming, MacRateTiming
 
-    gate = {"arm_gate_s_per_call": args.arm_gate_us * 1e-6, "arm_macs_per_s": args.arm_macs_per_s}
+    gate = {
+        "arm_gate_s_per_call": args.arm_gate_us * 1e-6,
+        "arm_macs_per_s": args.arm_macs_per_s,
+        "arm_marshal_s_per_value": args.arm_marshal_ns * 1e-9,
+    }
     power = PowerModel.from_json(args.power_model) if args.power_model else PowerModel()
     if args.hw_report:
         timing = HardwareReportTiming.from_json(args.hw_report, **gate)
@@ -239,6 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     timing.add_argument(
         "--arm-macs-per-s", type=float, default=300e6, help="ARM rate for gate MACs (MAC/s)"
+    )
+    timing.add_argument(
+        "--arm-marshal-ns",
+        type=float,
+        default=50.0,
+        help="ARM time per value moved to or from an engine (ns)",
     )
     timing.add_argument(
         "--speed",

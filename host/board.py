@@ -110,7 +110,8 @@ class HelloInfo:
     host_receive_s: float
     max_payload_bytes: int
     protocol_version: int
-    backend: str = "cpu"
+    backend: str = "emulated"
+    """What runs the graphs, as the board says: ``cpu``, ``finn`` or ``emulated``."""
 
     @property
     def round_trip_s(self) -> float:

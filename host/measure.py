@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import platform
 import threading
 import time
@@ -231,6 +232,15 @@ def _summary(
         preds = np.array([int(r["prediction"]) for r in rows])
         truth = np.array([int(r["label"]) for r in rows])
         macs = np.array([int(r["macs"]) for r in rows], dtype=np.float64)
+        realized = _realized_macs(manifest, rows).astype(np.float64)
+        # the interval is over distinct test images: the first repeat's rows (repeats run the
+        # same images; whether they answered alike is recorded beside it)
+        first_repeat = min((int(r["repeat"]) for r in rows), default=0)
+        first = [r for r in rows if int(r["repeat"]) == first_repeat]
+        correct = sum(int(r["prediction"]) == int(r["label"]) for r in first)
+        answers: dict[str, set[str]] = {}
+        for r in rows:
+            answers.setdefault(r["image_index"], set()).add(r["prediction"])
         energy, seconds = [], []
         for rep in range(config.repeats):
             ws = [w for w in windows if w["model"] == m.key and w["repeat"] == rep]
@@ -246,9 +256,15 @@ def _summary(
                 "budget_macs": m.budget_macs,
                 "images": len(rows),
                 "accuracy": float((preds == truth).mean()) if len(rows) else float("nan"),
+                "accuracy_images": len(first),
+                "accuracy_correct": correct,
+                "accuracy_ci95": list(wilson_interval(correct, len(first))),
+                "predictions_repeatable": all(len(a) == 1 for a in answers.values()),
                 "mean_macs": float(macs.mean()) if len(rows) else float("nan"),
                 "full_macs": manifest.full_macs,
                 "compute_savings": float(1 - macs.mean() / manifest.full_macs),
+                "realized_mean_macs": float(realized.mean()) if len(rows) else float("nan"),
+                "realized_compute_savings": float(1 - realized.mean() / manifest.full_macs),
                 "energy_per_image_j": energy,
                 "latency_per_image_s": seconds,
             }
@@ -272,12 +288,57 @@ def check_bundles(config: MeasurementConfig) -> dict[str, Any]:
     return bundles
 
 
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion: accuracy over ``n`` test images (nan if n = 0)."""
+    from scipy.stats import binomtest
+
+    if n == 0:
+        return math.nan, math.nan
+    ci = binomtest(successes, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def _realized_macs(manifest, rows: list[dict[str, str]]) -> np.ndarray:
+    """Per result row, the MACs dense engines execute (export/accounting.py)."""
+    from export.accounting import realized_macs
+
+    if not rows:
+        return np.zeros(0, dtype=np.int64)
+    executed = np.array([[c == "1" for c in r["executed_blocks"]] for r in rows], dtype=bool)
+    channels = np.array(
+        [[int(c) for c in r["channels_per_block"].split(";")] for r in rows], dtype=np.int64
+    )
+    macs = np.array([int(r["macs"]) for r in rows], dtype=np.int64)
+    return realized_macs(manifest, macs, executed, channels)
+
+
+SOURCE_FILE = "source.json"
+
+
+def _record_source(run: RunFolder, source: dict[str, Any]) -> None:
+    """Write what the board and meter said they are into the run folder; a resumed run must
+    find the same (one run folder never mixes energy sources)."""
+    path = run.path / SOURCE_FILE
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved != source:
+            diff = sorted(k for k in set(saved) | set(source) if saved.get(k) != source.get(k))
+            raise MeasureError(
+                f"run {str(run.path)!r} was measured with another board or meter "
+                f"({', '.join(diff)}: {saved!r} then, {source!r} now); resume it on the same "
+                "set-up or start a new run"
+            )
+        return
+    path.write_text(json.dumps(source, indent=1) + "\n")
+
+
 def measure(config: MeasurementConfig, run: RunFolder, *, progress: bool = True) -> dict[str, Any]:
     """Measure every window of ``config`` not yet committed in ``run``; return the summary."""
     from tqdm.auto import tqdm
 
     from host.board import BoardClient
-    from host.meters import open_meter
+    from host.meters import open_meter, parse_meter_spec
+    from host.provenance import ProvenanceError, energy_source
     from train.data import load_cifar10
 
     config.validate()
@@ -298,12 +359,26 @@ def measure(config: MeasurementConfig, run: RunFolder, *, progress: bool = True)
                         for h in hellos]  # fmt: skip
         meter = open_meter(config.meter)
         power = PowerLog(meter, run)
-        energy_source = "none" if config.meter == "none" else (
-            "emulated" if "emulated" in identity.lower() else "measured"
-        )  # fmt: skip
+        source = {
+            "board_backend": hellos[0].backend,
+            "meter_kind": parse_meter_spec(config.meter)[0],
+            "meter_simulated": meter.simulated,
+        }
+        try:
+            source["energy_source"] = energy_source(
+                source["board_backend"], source["meter_kind"], source["meter_simulated"]
+            )
+        except ProvenanceError as exc:
+            meter.close()
+            raise MeasureError(str(exc)) from None
+        try:
+            _record_source(run, source)
+        except MeasureError:
+            meter.close()
+            raise
         meta = {
             "label": config.label,
-            "energy_source": energy_source,
+            **source,
             "reference": config.reference,
             "board": identity,
             "meter": meter.identify() if config.meter != "none" else "none",

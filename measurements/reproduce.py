@@ -7,19 +7,22 @@
    ``--train``, the same recipe trained afresh (``python -m train.reproduce``, ~55 min on 2
    cores). To fill the paper's 50/70/80% rows, the 60% model's gates are also calibrated to those
    savings (train/calibrate.py: one logit offset, un-augmented training images), without
-   fine-tuning: those rows say so.
+   fine-tuning: those rows say so. Beside MGL2S, layer-only IADI: no layer-only model is
+   trained here, so the 60% model's layer gate alone (its channel gates removed, every running
+   block at full width) is calibrated to 40% and 60% (``layer-calNN``), without fine-tuning.
 2. **Bundles.** Each checkpoint is exported (``python -m export``); a bundle already exported from
    the same checkpoint (same sha256) is reused.
 3. **Board and meter.** The emulated board (fpga/emulator) serves the real protocol on a
    pseudo-terminal and models time and power: engine times from FINN's estimates of the
-   network's engines (``python -m fpga estimate``, run here on the reference bundle: one engine
-   per graph at 100 MHz), gates on the ARM; a simulated Keysight 34465A on a second
-   pseudo-terminal samples that power.
+   network's engines (``python -m fpga estimate``, run here on the reference bundle) or from
+   ``--hw-report``/``--mac-rate``, dense whatever the channel mask, gates and marshalling on
+   the ARM; a simulated Keysight 34465A on a second pseudo-terminal samples that power.
 4. **Measurement.** ``host/run_measurement.py``'s harness, unchanged, measures every model:
    idle power, timed windows of different images, energy per inference, accuracy.
-5. **Table I** (``table1.md``, ``.csv``, ``.png``), labelled as emulated, and a ground-truth check:
+5. **Table I** (``table1.md``, ``.csv``, ``.png``), labelled as emulated, a ground-truth check:
    every window's measured energy against the energy the emulator modelled
-   (``ground_truth.json``).
+   (``ground_truth.json``), and the sensitivity of the energy savings to every emulator
+   parameter at -50%/+50% (``sensitivity.md``, measurements/sensitivity.py).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ log = logging.getLogger("measurements.reproduce")
 RECORDED = Path("measurements/train/resnet8-w4a4")
 TRAINED = {"base": "base", "iadi40": "iadi-40", "iadi60": "iadi-60"}
 CALIBRATED = (0.5, 0.7, 0.8)
+LAYER_ONLY = (0.4, 0.6)
 
 
 class ReproduceError(Exception):
@@ -87,7 +91,50 @@ def _checkpoints(args: argparse.Namespace, work: Path) -> dict[str, Path]:
             "calibration": cal.to_dict(),
         }
         save_checkpoint(path, model, phase="calibrated", config=payload["config"], metrics=metrics)
+    for s in args.layer_only:
+        key = f"layer-cal{round(s * 100)}"
+        path = work / "calibrated" / f"{key}.pt"
+        ckpts[key] = path
+        if path.is_file():
+            continue
+        if batches is None:
+            train = load_cifar10("train", args.data)
+            batches = list(CifarLoader(train, 500, train=False, limit=1000))
+        model = _layer_only(payload)
+        full = model.costs().full
+        with torch.no_grad():
+            cal = calibrate_gates(model, batches, 1.0 - s, lambda o, full=full: o.macs / full)
+        metrics = {
+            "derived_from": str(ckpts["iadi60"]),
+            "layer_only_from_mgl2s": True,
+            "calibrated_to_savings": s,
+            "calibration": cal.to_dict(),
+        }
+        save_checkpoint(path, model, phase="calibrated", config=payload["config"], metrics=metrics)
     return ckpts
+
+
+def _layer_only(payload: dict):
+    """The MGL2S checkpoint's network with its layer gate alone (``gating="layer"``): every
+    weight but the channel gates', which are dropped, so a running block runs at full width."""
+    from train.model import create_model
+
+    spec = payload["model"]
+    if spec["kwargs"].get("gating") != "mgl2s":
+        raise ReproduceError(
+            f"the layer-only rows need an MGL2S checkpoint, not gating "
+            f"{spec['kwargs'].get('gating')!r}; pass --layer-only with no values to skip them"
+        )
+    model = create_model(spec["name"], **{**spec["kwargs"], "gating": "layer"})
+    state = {k: v for k, v in payload["state_dict"].items() if not k.startswith("channel_gates.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("scaling_impl.value")]
+    if missing or unexpected:
+        raise ReproduceError(
+            f"the layer-only network does not take the checkpoint's weights: missing "
+            f"{missing[:3]!r}, unexpected {unexpected[:3]!r}"
+        )
+    return model.eval()
 
 
 def _bundles(ckpts: dict[str, Path], work: Path) -> dict[str, Path]:
@@ -127,16 +174,50 @@ def _estimate(bundle: Path, out: Path) -> Path:
     return path
 
 
+def _timing_note(timing) -> str:
+    """What the emulator's engine times came from, read off the timing model itself."""
+    from fpga.emulator.timing import HardwareReportTiming
+
+    if isinstance(timing, HardwareReportTiming):
+        report = timing.report
+        shared = sorted(
+            name
+            for name, e in (report.get("engines") or {}).items()
+            if len(e.get("serves", [])) > 1
+        )
+        graphs = len(timing.cycles)
+        layout = (
+            f"{len(shared)} engine(s) shared by several graphs ({', '.join(shared)})"
+            if shared
+            else f"one engine for each of its {graphs} graphs"
+        )
+        loads = sum(1 for v in timing.weight_load_cycles.values() if v)
+        return (
+            f"Engine times: {report.get('kind', 'hardware report')} at "
+            f"{timing.clock_mhz:g} MHz, {layout}; weight loads charged for {loads} graph(s)."
+        )
+    return f"Engine times: every engine at {timing.macs_per_s:g} MAC/s (an assumed rate)."
+
+
 def _notes(args: argparse.Namespace, timing) -> list[str]:
     notes = [
-        f"Emulator timing: {timing!r}. Engines: FINN estimates (one engine per graph, 100 MHz); "
-        "layer and channel gates run on the ARM (float, onnxruntime) at the emulator's assumed "
-        "rate: see docs/board.md for the power and time parameters and their sources."
+        f"Emulator timing: {timing!r}. {_timing_note(timing)} A running block is charged its "
+        "engine's dense time whatever its channel mask; layer and channel gates run on the ARM "
+        "(float, onnxruntime) and every engine call adds the ARM's marshalling, at the rates "
+        "above: see docs/board.md for the parameters and their sources, and sensitivity.md for "
+        "how the savings move with each."
     ]
     if args.calibrate:
         notes.append(
             "`iadi60-calNN`: the `iadi60` model with its gates calibrated to NN% compute savings "
             "(one logit offset on 1,000 training images), without fine-tuning."
+        )
+    if args.layer_only:
+        notes.append(
+            "`layer-calNN`: layer-only IADI made from the `iadi60` MGL2S model by dropping its "
+            "channel gates (every running block at full width) and calibrating its layer gate to "
+            "NN% compute savings (one logit offset on 1,000 training images), without "
+            "fine-tuning; not a model trained layer-only."
         )
     return notes
 
@@ -176,6 +257,8 @@ def run(args: argparse.Namespace) -> Path:
     from fpga.emulator.timing import HardwareReportTiming, MacRateTiming
     from host.measure import MeasurementConfig, ModelSpec, measure
     from host.records import RunFolder
+    from measurements.sensitivity import sensitivity
+    from measurements.sensitivity import write as write_sensitivity
     from measurements.table1 import write_table
 
     out = Path(args.out)
@@ -220,6 +303,8 @@ def run(args: argparse.Namespace) -> Path:
     print("4/4 Table I", file=sys.stderr)
     paths = write_table([run_folder.path], out / "table1")
     shutil.copy(run_folder.path / "ground_truth.json", out / "table1" / "ground_truth.json")
+    print("   sensitivity of the energy savings to the emulator's parameters", file=sys.stderr)
+    write_sensitivity(sensitivity(run_folder.path, timing, board.power), out / "table1")
     if report:
         shutil.copy(report, out / "table1" / "hw_report.json")
     print(f"done in {time.monotonic() - start:.0f} s: {paths['md']}", file=sys.stderr)
@@ -237,6 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="*",
         default=list(CALIBRATED),
         help="further savings for the 60%% model's gates (default 0.5 0.7 0.8)",
+    )
+    p.add_argument(
+        "--layer-only",
+        type=float,
+        nargs="*",
+        default=list(LAYER_ONLY),
+        help="savings for layer-only versions of the 60%% model (default 0.4 0.6)",
     )
     p.add_argument(
         "--hw-report", help="hardware report for the emulator (default: FINN estimates, made now)"

@@ -62,6 +62,7 @@ MAX_BUNDLE_BYTES = 1 << 31  # a bundle (bitstreams + weights) larger than 2 GiB 
 MAX_ID_BYTES = 64  # bundle id, UTF-8
 MAX_IDENTITY_BYTES = 128  # board identity string, UTF-8
 MAX_BACKEND_BYTES = 32  # backend name in HELLO_REPLY ("cpu", "finn", "emulated")
+BOARD_BACKENDS = ("cpu", "finn", "emulated")  # HELLO_REPLY.backend: who runs the graphs
 MAX_ERROR_BYTES = 1024  # ERROR message text, UTF-8
 MAX_BLOCKS = 128  # executed-blocks bitmask width
 MAX_BATCHES_LISTED = 256  # STATUS_REPLY batch list
@@ -188,7 +189,10 @@ class HelloReply(Message):
 
     ``host_nonce`` echoes HELLO's, so a reply to an earlier session is recognised;
     ``board_clock_ns`` is the board's monotonic clock when it answered; ``backend`` says what
-    executes the graphs (``cpu``, ``finn`` or ``emulated``).
+    executes the graphs: ``cpu`` (numpy on the ARM), ``finn`` (FINN engines on a real overlay)
+    or ``emulated`` (the emulated board or an emulated PL). The host labels energy by it
+    (host/provenance.py); its default is ``emulated``, the label that can never pass for a
+    hardware measurement.
     """
 
     TYPE = MessageType.HELLO_REPLY
@@ -198,7 +202,7 @@ class HelloReply(Message):
     bundle: BundleRef | None = None
     max_payload_bytes: int = MAX_PAYLOAD
     protocol_version: int = PROTOCOL_VERSION
-    backend: str = "cpu"
+    backend: str = "emulated"
     LAYOUT = (
         ("protocol_version", Int("B")),
         ("host_nonce", Int("Q")),
@@ -208,6 +212,12 @@ class HelloReply(Message):
         ("backend", Text(MAX_BACKEND_BYTES, ident=True)),
         ("bundle", Struct(BundleRef, optional=True)),
     )
+
+    def check(self) -> None:
+        if self.backend not in BOARD_BACKENDS:
+            raise ProtocolError(
+                f"HelloReply.backend {self.backend!r} is none of {', '.join(BOARD_BACKENDS)}"
+            )
 
 
 @record

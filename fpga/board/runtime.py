@@ -349,7 +349,9 @@ class BoardRuntime:
 
     ``runner`` times batches (default :class:`TimedRunner`), ``clock_ns`` is the board clock of
     HELLO_REPLY (it must be the runner's clock), ``executor_factory(bundle)`` builds the
-    executor of a selected bundle (default: the configured backend).
+    executor of a selected bundle (default: the configured backend). ``backend`` is what
+    HELLO_REPLY reports runs the graphs (default ``config.backend``; the emulated board and an
+    emulated PL say ``emulated``).
     """
 
     def __init__(
@@ -359,8 +361,10 @@ class BoardRuntime:
         runner: BatchRunner | None = None,
         clock_ns: Callable[[], int] = time.monotonic_ns,
         executor_factory: Callable[[Bundle], BundleExecutor] | None = None,
+        backend: str | None = None,
     ) -> None:
         self.config = config
+        self.backend = config.backend if backend is None else backend
         self.store = BundleStore(config.store_dir, max_bundle_bytes=config.max_bundle_bytes)
         self.clock_ns = clock_ns
         self.runner: BatchRunner = runner or TimedRunner(clock_ns)
@@ -430,13 +434,6 @@ class BoardRuntime:
             batch.results, batch.run_mode = None, None
         log.info("selected bundle %s (%s)", bundle.bundle_id, bundle.sha256[:12])
 
-    @property
-    def backend_name(self) -> str:
-        """HELLO_REPLY's ``backend``: the active executor's backend ``name``, else "cpu"."""
-        backend = getattr(getattr(self.active, "executor", None), "backend", None)
-        name = getattr(backend, "name", None)
-        return name if isinstance(name, str) and name else "cpu"
-
     # -- commands -------------------------------------------------------------------------
     def _hello(self, msg: Hello) -> HelloReply:
         return HelloReply(
@@ -445,7 +442,7 @@ class BoardRuntime:
             board_clock_ns=self.clock_ns(),
             bundle=self.bundle_ref,
             max_payload_bytes=self.config.max_payload_bytes,
-            backend=self.backend_name,
+            backend=self.backend,
         )
 
     def _load_begin(self, msg: LoadBegin) -> None:

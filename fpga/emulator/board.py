@@ -64,45 +64,64 @@ START_LEAD_S = 0.005  # a run starts this long after the executor finished
 class PowerModel:
     """Power of the emulated ZedBoard, as drawn from its 12 V supply (watts).
 
-    The defaults are assumptions of the right order, not measurements; replace them with your
-    board's numbers (``--power-model JSON`` with these field names) and the PL's per-engine
-    dynamic power from Vivado's ``report_power`` (``dynamic_power_w`` per graph in the hardware
-    report, see :meth:`with_report`).
+    Static power (drawn at all times) is the sum of its parts; dynamic power is added while a
+    unit works. docs/board.md ("Power model") gives each default's source or says that it is
+    an assumption; replace them with your board's numbers (``--power-model JSON`` with these
+    field names) and the PL's per-engine dynamic power from Vivado's ``report_power``
+    (``dynamic_power_w`` per graph in the hardware report, see :meth:`with_report`).
 
     Attributes:
-        static_w: Everything that does not depend on the work: the board idling under PYNQ
-            Linux with the bitstream loaded (regulators, DDR, PS idle, PL static, LEDs, USB-UART).
-            ZedBoard reports put an idle board at about 0.25 A from 12 V: 3.0 W.
-        arm_active_w: Extra power while the ARM computes a gate (one Cortex-A9 core busy rather
-            than idle at 667 MHz; of the order of Xilinx Power Estimator's PS figures): 0.4 W.
+        ps_idle_w: The processing system idling under PYNQ Linux (both Cortex-A9 cores in WFI,
+            L2, OCM, the PS peripherals that Linux keeps on).
+        pl_static_w: The PL's static power with the bitstream loaded (leakage, clock trees).
+        ddr_idle_w: The DDR3 chips and the PS DDR controller idling (refresh, termination).
+        board_other_w: Everything else on the board: regulator losses, the USB-UART, LEDs,
+            oscillators, the OLED and audio parts.
+        arm_active_w: Extra power while the ARM computes (a gate, or the marshalling of an
+            engine call): one Cortex-A9 core busy rather than idle at 667 MHz.
         arm_poll_w: Extra ARM power while an engine runs: PYNQ's DMA ``wait()`` polls, so one
-            core stays busy while it waits. Same as ``arm_active_w`` by default.
+            core stays busy while it waits.
         engine_dynamic_w: PL dynamic power of an engine while it computes (logic, BRAM, DSP,
-            DMA and HP port traffic); 0.5 W is of the order Vivado estimates for a folded FINN
-            engine on the XC7Z020. Engines are idle (static only) otherwise.
+            the IODMAs and the HP port). Engines are idle (static only) otherwise.
+        ddr_active_w: Extra DDR power while data moves (an engine's DMA, the ARM's buffers).
         engine_dynamic_w_by_graph: Per-graph overrides of ``engine_dynamic_w``.
     """
 
-    static_w: float = 3.0
+    ps_idle_w: float = 1.2
+    pl_static_w: float = 0.3
+    ddr_idle_w: float = 0.5
+    board_other_w: float = 1.0
     arm_active_w: float = 0.4
     arm_poll_w: float = 0.4
     engine_dynamic_w: float = 0.5
+    ddr_active_w: float = 0.2
     engine_dynamic_w_by_graph: dict[str, float] = field(default_factory=dict)
 
+    SCALARS = (
+        "ps_idle_w",
+        "pl_static_w",
+        "ddr_idle_w",
+        "board_other_w",
+        "arm_active_w",
+        "arm_poll_w",
+        "engine_dynamic_w",
+        "ddr_active_w",
+    )
+
     def __post_init__(self) -> None:
-        values = {
-            "static_w": self.static_w,
-            "arm_active_w": self.arm_active_w,
-            "arm_poll_w": self.arm_poll_w,
-            "engine_dynamic_w": self.engine_dynamic_w,
-            **{
-                f"engine_dynamic_w_by_graph[{k!r}]": v
-                for k, v in self.engine_dynamic_w_by_graph.items()
-            },
+        values = {name: getattr(self, name) for name in self.SCALARS}
+        values |= {
+            f"engine_dynamic_w_by_graph[{k!r}]": v
+            for k, v in self.engine_dynamic_w_by_graph.items()
         }
         for name, value in values.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise EmulatorError(f"PowerModel.{name}={value!r} must be a power >= 0 W")
+
+    @property
+    def static_w(self) -> float:
+        """Power drawn at all times: PS idle + PL static + DDR idle + the rest of the board."""
+        return self.ps_idle_w + self.pl_static_w + self.ddr_idle_w + self.board_other_w
 
     def engine_w(self, graph: str) -> float:
         """Dynamic PL power of the engine running ``graph``."""
@@ -111,8 +130,8 @@ class PowerModel:
     def phase_w(self, phase: Phase) -> float:
         """Total board power during ``phase``."""
         if phase.unit == ARM:
-            return self.static_w + self.arm_active_w
-        return self.static_w + self.engine_w(phase.graph) + self.arm_poll_w
+            return self.static_w + self.arm_active_w + self.ddr_active_w
+        return self.static_w + self.engine_w(phase.graph) + self.arm_poll_w + self.ddr_active_w
 
     def dynamic_w(self, phase: Phase) -> float:
         """Power above static during ``phase``."""
@@ -326,7 +345,8 @@ class EmulatedBoard:
 
     # -- lifecycle -------------------------------------------------------------------------
     def _identity(self) -> str:
-        text = f"emulated ZedBoard (ddi-fpga; {self.timing!r}; speed {self.speed:g})"
+        # the timing model's parameters are in the run's config (describe()), not in HELLO
+        text = f"emulated ZedBoard (ddi-fpga; speed {self.speed:g}; {type(self.timing).__name__})"
         return truncate_utf8(text, MAX_IDENTITY_BYTES)
 
     def start(self) -> str:
@@ -341,7 +361,9 @@ class EmulatedBoard:
         config = RuntimeConfig(store_dir=self.store_dir, identity=self._identity(), threads=1)
         if self.max_image_bytes is not None:
             config.max_image_bytes = self.max_image_bytes
-        self.runtime = BoardRuntime(config, runner=self.runner, clock_ns=self.board_clock_ns)
+        self.runtime = BoardRuntime(
+            config, runner=self.runner, clock_ns=self.board_clock_ns, backend="emulated"
+        )
         archive = pack_bundle(self.bundle_dir)  # preload through the path a LOAD takes
         session = self.runtime.store.begin(bundle.bundle_id, len(archive), archive_sha256(archive))
         session.write(0, archive)
@@ -404,7 +426,7 @@ def describe(board: EmulatedBoard) -> dict:
     """The emulator's settings as a JSON-ready dict (for a run folder's config)."""
     return {
         "timing": repr(board.timing),
-        "power_model": dataclasses.asdict(board.power),
+        "power_model": {**dataclasses.asdict(board.power), "static_w": board.power.static_w},
         "speed": board.speed,
         "board_offset_ns": board.board_offset_ns,
     }

@@ -119,7 +119,9 @@ class SimulatedMeterConfig:
         dig_option: Whether the DIG option is fitted (NPLC 0.001, 0.002, 0.006).
         sample_overhead_s: Time per measurement beyond the aperture (approximate).
         auto_trigger_delay_s: The trigger delay used while TRIG:DEL:AUTO is ON (approximate).
-        manufacturer, model, serial_number, firmware: The four fields of the *IDN? reply.
+        manufacturer, model, serial_number, firmware: The four fields of the *IDN? reply. The
+            serial number starts with ``SIM``, which no Keysight serial does: the host's driver
+            reads the instrument as simulated (``Keysight34465A.simulated``).
     """
 
     supply_v: float = 12.0
@@ -135,7 +137,7 @@ class SimulatedMeterConfig:
     auto_trigger_delay_s: float = 1e-3
     manufacturer: str = "Keysight Technologies"
     model: str = "34465A"
-    serial_number: str = "MY59001234"
+    serial_number: str = "SIM0000001"  # "SIM...": the host's driver reads it as simulated
     firmware: str = "A.03.02-03.15-03.02-00.52-04-02"
 
     def __post_init__(self) -> None:

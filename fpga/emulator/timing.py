@@ -10,25 +10,37 @@ phase                  unit    when
 ``stem``               engine  always
 ``layer_gate{i}``      arm     gated modes, for every block the image reached
 ``channel_gate{i}``    arm     gated modes, for every block that ran
-``block{i}``           engine  the block ran; its time scales with its kept channels
+``block{i}``           engine  the block ran: its full dense time, whatever its mask
 ``shortcut{i}``        engine  a downsampling block was skipped (identity skips cost 0)
 ``exit{j}``/``head``   engine  the classifier that answered
+``io:{graph}``         arm     before every engine phase: the ARM's marshalling of it
 =====================  ======  ==========================================================
 
-Engines are the FINN accelerators in the PL; gates (an LSTM step and a small CNN with a
-sigmoid, which FINN cannot compile) run on the ARM, each call costing ``arm_gate_s_per_call``
-(onnxruntime's per-call overhead on a Cortex-A9) plus its MACs at ``arm_macs_per_s``. Phases
-run one after another; an image's time is their sum and a batch's the sum over its images.
+Engines are the FINN accelerators in the PL. A FINN engine is a fixed-shape dataflow pipeline:
+it streams every channel of every pixel whatever the channel mask says, so a running block is
+charged its **dense** time (``engine_s``); only a skipped block saves engine time. An engine
+phase lasts the longer of its compute and its DMA transfer (``dma_bytes_per_s``: the IODMAs
+stream while the engine computes), plus the time to load its weights when the engine's weights
+are written at run time (``weight_load_s``; 0 for an engine per graph, whose weights are in the
+bitstream). Around every engine call the ARM converts the float input to integer codes, packs
+it for the DMA, unpacks the output and applies the graph's float tail (fpga/board/accel.py):
+``arm_marshal_s_per_value`` per input and output value, an ``io:`` phase on the ARM.
 
-A block keeping ``r`` of its output channels does ``conv1 * r + conv2 * r**2 + shortcut`` of
-its MACs (export.manifest.BlockSpec.body_macs); both models scale its dense time by that
-fraction of its dense MACs.
+Gates (an LSTM step and a small CNN with a sigmoid, which FINN cannot compile today) run on the
+ARM, each call costing ``arm_gate_s_per_call`` (onnxruntime's per-call overhead on a
+Cortex-A9) plus its MACs at ``arm_macs_per_s``. Phases run one after another; an image's time
+is their sum and a batch's the sum over its images.
 
 - :class:`MacRateTiming`: every engine computes ``macs_per_s`` (default 1 GMAC/s: an
   assumption of the order of a folded FINN ResNet-8 engine on the XC7Z020 at 100 MHz; replace
   it with the FPGA estimate as soon as there is one).
 - :class:`HardwareReportTiming`: per-graph cycle counts at ``clock_mhz`` from the FPGA estimate
-  report (``{"clock_mhz": 100.0, "graphs": {"stem": {"cycles": 12345}, ...}}``).
+  report (``{"clock_mhz": 100.0, "graphs": {"stem": {"cycles": 12345}, ...}}``); a graph's
+  ``weight_load_cycles``, where present (engines shared by several blocks), are charged on
+  every call.
+
+The parameters and where their values come from are in docs/board.md ("Time and power model");
+:attr:`TimingModel.params` lists them by name (the sensitivity table varies them).
 
 In ``ddi`` mode an image that halted is charged the layer gates up to the later of its last
 executed block and its exit's block: the executor does not report gates evaluated after that
@@ -37,6 +49,7 @@ executed block and its exit's block: the executor does not report gates evaluate
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -51,6 +64,13 @@ from fpga.emulator import EmulatorError
 
 ARM = "arm"
 ENGINE = "engine"
+IO_PREFIX = "io:"
+
+# Defaults; docs/board.md ("Time and power model") gives the reasoning and sources.
+ARM_GATE_S_PER_CALL = 100e-6
+ARM_MACS_PER_S = 300e6
+ARM_MARSHAL_S_PER_VALUE = 50e-9
+DMA_BYTES_PER_S = 800e6
 
 
 @dataclass(frozen=True)
@@ -62,34 +82,92 @@ class Phase:
     duration_s: float
 
 
+def _rate(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise EmulatorError(f"{name}={value!r} must be > 0 (inf: free)")
+    return float(value)
+
+
+def _seconds(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise EmulatorError(f"{name}={value!r} must be a number of seconds >= 0")
+    if not (math.isfinite(value) and value >= 0):
+        raise EmulatorError(f"{name}={value!r} must be a number of seconds >= 0")
+    return float(value)
+
+
 class TimingModel:
     """Base: per-image phases from the executor's results (see the module docstring)."""
 
-    def __init__(self, arm_gate_s_per_call: float = 100e-6, arm_macs_per_s: float = 300e6):
-        if not (math.isfinite(arm_gate_s_per_call) and arm_gate_s_per_call >= 0):
-            raise EmulatorError(f"arm_gate_s_per_call={arm_gate_s_per_call!r} must be >= 0 seconds")
-        if not arm_macs_per_s > 0:
-            raise EmulatorError(f"arm_macs_per_s={arm_macs_per_s!r} must be > 0 (inf: free)")
-        self.arm_gate_s_per_call = float(arm_gate_s_per_call)
-        self.arm_macs_per_s = float(arm_macs_per_s)
+    def __init__(
+        self,
+        arm_gate_s_per_call: float = ARM_GATE_S_PER_CALL,
+        arm_macs_per_s: float = ARM_MACS_PER_S,
+        arm_marshal_s_per_value: float = ARM_MARSHAL_S_PER_VALUE,
+        dma_bytes_per_s: float = DMA_BYTES_PER_S,
+    ):
+        self.arm_gate_s_per_call = _seconds("arm_gate_s_per_call", arm_gate_s_per_call)
+        self.arm_macs_per_s = _rate("arm_macs_per_s", arm_macs_per_s)
+        self.arm_marshal_s_per_value = _seconds("arm_marshal_s_per_value", arm_marshal_s_per_value)
+        self.dma_bytes_per_s = _rate("dma_bytes_per_s", dma_bytes_per_s)
 
     # -- what a subclass provides ----------------------------------------------------------
     def engine_s(self, manifest: Manifest, graph: str) -> float:
-        """Seconds the engine of ``graph`` takes for one image, dense."""
+        """Seconds the engine of ``graph`` computes one image (dense: FINN engines are)."""
         raise NotImplementedError
+
+    def weight_load_s(self, manifest: Manifest, graph: str) -> float:
+        """Seconds to load ``graph``'s weights into its engine per call (0: in the bitstream)."""
+        return 0.0
+
+    # -- parameters ------------------------------------------------------------------------
+    PARAMS = ("arm_gate_s_per_call", "arm_macs_per_s", "arm_marshal_s_per_value", "dma_bytes_per_s")
+
+    @property
+    def params(self) -> dict[str, float]:
+        """The model's scalar parameters by name."""
+        return {name: getattr(self, name) for name in self.PARAMS}
+
+    def with_params(self, **changes: float) -> TimingModel:
+        """A copy with some parameters changed (checked as the constructor checks them)."""
+        unknown = sorted(set(changes) - set(self.PARAMS))
+        if unknown:
+            raise EmulatorError(
+                f"timing parameter(s) {unknown!r} unknown; known: {', '.join(self.PARAMS)}"
+            )
+        out = copy.copy(self)
+        for name, value in changes.items():
+            check = _rate if name.endswith("_per_s") else _seconds
+            setattr(out, name, check(name, value))
+        return out
 
     # -- derived ---------------------------------------------------------------------------
     def gate_s(self, macs: int) -> float:
         """Seconds one gate call of ``macs`` MACs takes on the ARM."""
         return self.arm_gate_s_per_call + macs / self.arm_macs_per_s
 
-    def block_s(self, manifest: Manifest, index: int, kept_channels: int) -> float:
-        """Seconds block ``index`` takes keeping ``kept_channels`` output channels."""
-        block = manifest.blocks[index]
-        r = kept_channels / block.out_channels
-        dense = block.conv1_macs + block.conv2_macs + block.shortcut_macs
-        work = block.conv1_macs * r + block.conv2_macs * r * r + block.shortcut_macs
-        return self.engine_s(manifest, block.graph) * (work / dense if dense else 1.0)
+    @staticmethod
+    def _io(manifest: Manifest, graph: str) -> tuple[int, float]:
+        """Values and bytes (at their datatypes' widths) an engine call moves per image: the
+        first input (a block's channel mask is not streamed: the engine is dense) and every
+        output."""
+        spec = manifest.graphs[graph]
+        values, bits = 0, 0
+        for tensor in (spec.inputs[0], *spec.outputs):
+            n = math.prod(d for d in tensor.shape if isinstance(d, int))
+            values += n
+            bits += n * tensor.datatype.bits
+        return values, bits / 8
+
+    def engine_phases(self, manifest: Manifest, graph: str) -> list[Phase]:
+        """One engine call for one image: the ARM's marshalling, then the engine's phase."""
+        values, nbytes = self._io(manifest, graph)
+        compute = max(self.engine_s(manifest, graph), nbytes / self.dma_bytes_per_s)
+        busy = compute + self.weight_load_s(manifest, graph)
+        return [
+            Phase(ARM, IO_PREFIX + graph, values * self.arm_marshal_s_per_value),
+            Phase(ENGINE, graph, busy),
+        ]
 
     def image_phases(
         self,
@@ -99,8 +177,10 @@ class TimingModel:
         exit_index: int,
         gated: bool,
     ) -> list[Phase]:
-        """The phases of one image: ``executed`` and ``channels`` are its (blocks,) rows."""
-        phases = [Phase(ENGINE, manifest.stem, self.engine_s(manifest, manifest.stem))]
+        """The phases of one image: ``executed`` and ``channels`` are its (blocks,) rows.
+
+        ``channels`` does not change the time: a running block's engine is dense."""
+        phases = self.engine_phases(manifest, manifest.stem)
         ran = np.flatnonzero(executed)
         if exit_index >= 0:
             reach = max(manifest.exits[exit_index].after_block, int(ran[-1]) if ran.size else -1)
@@ -113,13 +193,11 @@ class TimingModel:
                 if gated and block.channel_gate:
                     gate_s = self.gate_s(block.channel_gate_macs)
                     phases.append(Phase(ARM, block.channel_gate, gate_s))
-                phases.append(Phase(ENGINE, block.graph, self.block_s(manifest, i, channels[i])))
+                phases += self.engine_phases(manifest, block.graph)
             elif block.shortcut is not None:
-                phases.append(
-                    Phase(ENGINE, block.shortcut, self.engine_s(manifest, block.shortcut))
-                )
+                phases += self.engine_phases(manifest, block.shortcut)
         head = manifest.head if exit_index < 0 else manifest.exits[exit_index].graph
-        phases.append(Phase(ENGINE, head, self.engine_s(manifest, head)))
+        phases += self.engine_phases(manifest, head)
         return phases
 
     def batch_phases(self, manifest: Manifest, result: BatchResult, mode: str) -> list[list[Phase]]:
@@ -138,17 +216,17 @@ class TimingModel:
             [sum(p.duration_s for p in ph) for ph in self.batch_phases(manifest, result, mode)]
         )
 
+    def _args(self) -> str:
+        return ", ".join(f"{k}={v:g}" for k, v in self.params.items())
+
 
 class MacRateTiming(TimingModel):
     """Every engine computes at ``macs_per_s``; gates on the ARM (see the module docstring)."""
 
-    def __init__(
-        self,
-        macs_per_s: float = 1e9,
-        arm_gate_s_per_call: float = 100e-6,
-        arm_macs_per_s: float = 300e6,
-    ) -> None:
-        super().__init__(arm_gate_s_per_call, arm_macs_per_s)
+    PARAMS = ("macs_per_s", *TimingModel.PARAMS)
+
+    def __init__(self, macs_per_s: float = 1e9, **kwargs: float) -> None:
+        super().__init__(**kwargs)
         if not (math.isfinite(macs_per_s) and macs_per_s > 0):
             raise EmulatorError(f"macs_per_s={macs_per_s!r} must be a positive rate")
         self.macs_per_s = float(macs_per_s)
@@ -157,30 +235,29 @@ class MacRateTiming(TimingModel):
         return manifest.graphs[graph].macs / self.macs_per_s
 
     def __repr__(self) -> str:
-        return (
-            f"MacRateTiming(macs_per_s={self.macs_per_s:g}, arm_gate_s_per_call="
-            f"{self.arm_gate_s_per_call:g}, arm_macs_per_s={self.arm_macs_per_s:g})"
-        )
+        return f"MacRateTiming({self._args()})"
 
 
 class HardwareReportTiming(TimingModel):
     """Engine times from the FPGA estimate report: ``cycles / clock_mhz`` per graph.
 
     The report is JSON: ``{"clock_mhz": float, "graphs": {NAME: {"cycles": int, ...}}}`` with an
-    entry for every engine graph the bundle runs (stem, blocks, shortcuts, exits, head). Extra
-    fields are ignored; ``dynamic_power_w`` per graph, if present, is read by
-    :meth:`fpga.emulator.board.PowerModel.with_report`.
+    entry for every engine graph the bundle runs (stem, blocks, shortcuts, exits, head). A
+    graph's ``weight_load_cycles`` (an engine shared by blocks, weights written per call) are
+    charged on every call; other fields are ignored, except ``dynamic_power_w`` per graph, read
+    by :meth:`fpga.emulator.board.PowerModel.with_report`.
     """
+
+    PARAMS = ("clock_mhz", *TimingModel.PARAMS)
 
     def __init__(
         self,
         report: dict,
-        arm_gate_s_per_call: float = 100e-6,
-        arm_macs_per_s: float = 300e6,
         *,
         source: str = "the hardware report",
+        **kwargs: float,
     ) -> None:
-        super().__init__(arm_gate_s_per_call, arm_macs_per_s)
+        super().__init__(**kwargs)
         self.source = source
         clock = report.get("clock_mhz") if isinstance(report, dict) else None
         if isinstance(clock, bool) or not isinstance(clock, (int, float)) or not clock > 0:
@@ -190,11 +267,18 @@ class HardwareReportTiming(TimingModel):
             raise EmulatorError(f"{source}: 'graphs' {graphs!r:.60} is not an object of graphs")
         self.clock_mhz = float(clock)
         self.cycles: dict[str, int] = {}
+        self.weight_load_cycles: dict[str, int] = {}
         for name, entry in graphs.items():
             cycles = entry.get("cycles") if isinstance(entry, dict) else None
             if isinstance(cycles, bool) or not isinstance(cycles, int) or cycles < 0:
                 raise EmulatorError(f"{source}: graphs.{name}.cycles {cycles!r} is not a count")
             self.cycles[name] = cycles
+            load = entry.get("weight_load_cycles", 0)
+            if isinstance(load, bool) or not isinstance(load, int) or load < 0:
+                raise EmulatorError(
+                    f"{source}: graphs.{name}.weight_load_cycles {load!r} is not a count"
+                )
+            self.weight_load_cycles[name] = load
         self.report = report
 
     @classmethod
@@ -227,5 +311,15 @@ class HardwareReportTiming(TimingModel):
                 f"{manifest.bundle_id!r}"
             ) from None
 
+    def weight_load_s(self, manifest: Manifest, graph: str) -> float:
+        return self.weight_load_cycles.get(graph, 0) / (self.clock_mhz * 1e6)
+
+    def with_params(self, **changes: float) -> TimingModel:
+        clock = changes.pop("clock_mhz", None)
+        out = super().with_params(**changes)
+        if clock is not None:
+            out.clock_mhz = _rate("clock_mhz", clock)
+        return out
+
     def __repr__(self) -> str:
-        return f"HardwareReportTiming({self.source}, clock_mhz={self.clock_mhz:g})"
+        return f"HardwareReportTiming({self.source}, {self._args()})"

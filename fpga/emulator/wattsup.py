@@ -51,7 +51,8 @@ class SimulatedWattsUpConfig:
         line_frequency_hz: The mains frequency it reports.
         cost_per_kwh: Tariff for the cost fields (the meter's user setting).
         version_fields: The arguments of the ``#v`` reply (an assumption: model, memory,
-            hardware major, minor, firmware major, minor, firmware date, checksum).
+            hardware major, minor, firmware major, minor, firmware date, checksum), and a last
+            field ``simulated`` that no real meter sends: the host's driver reads it.
         corrupt_records: Data records (0-based index since logging started) to send damaged:
             ``"truncate"`` (cut short, no ``;``), ``"garble"`` (watts not a number) or
             ``"count"`` (fewer fields than announced).
@@ -61,7 +62,10 @@ class SimulatedWattsUpConfig:
     power_factor: float = 0.55
     line_frequency_hz: float = 50.0
     cost_per_kwh: float = 0.0
-    version_fields: tuple[str, ...] = ("1", "32000", "1", "2", "1", "9", "20100315", "0")
+    version_fields: tuple[str, ...] = (
+        *("1", "32000", "1", "2", "1", "9", "20100315", "0"),
+        "simulated",  # no real meter sends it: the host's driver reads the meter as simulated
+    )
     corrupt_records: dict[int, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -85,6 +85,14 @@ class PowerMeter(abc.ABC):
     def identify(self) -> str:
         """The instrument's identity (for SCPI instruments, the *IDN? reply)."""
 
+    @property
+    @abc.abstractmethod
+    def simulated(self) -> bool:
+        """Whether the instrument is a software stand-in, as the instrument itself says (read
+        when the meter is opened, e.g. from its *IDN? reply); a real instrument says False.
+        A run is labelled measured only with a meter that is not simulated (host/measure.py).
+        """
+
     @abc.abstractmethod
     def start(self) -> None:
         """Begin continuous sampling."""
@@ -196,6 +204,11 @@ class NullMeter(PowerMeter):
     def identify(self) -> str:
         """Says that no meter is used."""
         return "none (no power meter: timing only)"
+
+    @property
+    def simulated(self) -> bool:
+        """No instrument, so none simulated: a run without a meter has no energy at all."""
+        return False
 
     def start(self) -> None:
         """Nothing to start."""

@@ -182,6 +182,12 @@ class Joulescope(PowerMeter):
         """The device's name (model and serial number)."""
         return f"Joulescope {self._device}" if self._device is not None else "Joulescope"
 
+    @property
+    def simulated(self) -> bool:
+        """False: this driver opens a real Joulescope through its package (there is no
+        stand-in for it here)."""
+        return False
+
     def start(self) -> None:
         """Start streaming; blocks arrive on the joulescope package's thread."""
         if self._running:

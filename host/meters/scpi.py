@@ -49,6 +49,8 @@ QUES_SAMPLE_TIMING = 1 << 2
 QUES_MEMORY_OVERFLOW = 1 << 14
 MANUFACTURERS = ("Keysight Technologies", "Agilent Technologies")
 MODELS = ("34465A", "34470A")  # same SCPI command set for what this driver uses
+SIMULATED_SERIAL_PREFIX = "SIM"
+"""A *IDN? serial number starting so marks a simulated instrument (fpga/emulator/meter.py)."""
 
 
 @dataclass
@@ -392,6 +394,16 @@ class Keysight34465A(PowerMeter):
     def identify(self) -> str:
         """The instrument's *IDN? reply."""
         return self.query("*IDN?")
+
+    @property
+    def simulated(self) -> bool:
+        """True when the *IDN? reply read at :meth:`open` has a serial number starting with
+        ``SIM``: the simulated 34465A (fpga/emulator/meter.py) answers so; Keysight's serial
+        numbers start with two letters of the country of manufacture (``MY``...)."""
+        if not self._idn:
+            raise MeterError(f"power meter at {self.address!r} is not open; call open() first")
+        fields = [f.strip() for f in self._idn.split(",")]
+        return len(fields) > 2 and fields[2].upper().startswith(SIMULATED_SERIAL_PREFIX)
 
     def configure(self) -> None:
         """Send the configuration (docs/power-meter.md, "Command sequence") and verify it."""

@@ -76,6 +76,10 @@ WATTS_PER_COUNT = 0.1  # W is reported in tenths of a watt
 MAX_RECORD_BYTES = 512  # longer without a ';': line noise, not a record
 
 
+SIMULATED_FIELD = "simulated"
+"""A ``#v`` version-record field that marks a simulated meter (fpga/emulator/wattsup.py)."""
+
+
 @dataclass
 class WattsUpConfig:
     """Settings of the Watts Up? PRO driver; every field may be passed to ``open_meter``.
@@ -286,6 +290,15 @@ class WattsUp(PowerMeter):
     def identify(self) -> str:
         """``"Watts Up? (version record ...)"``: the fields of the meter's ``#v`` reply."""
         return f"Watts Up? (version record {self._version})"
+
+    @property
+    def simulated(self) -> bool:
+        """True when the ``#v`` version record read at :meth:`open` has a field ``simulated``:
+        the simulated Watts Up? (fpga/emulator/wattsup.py) sends one; a real meter's fields
+        are numbers."""
+        if not self._version:
+            raise MeterError(f"Watts Up? at {self.address!r} is not open; call open() first")
+        return SIMULATED_FIELD in (f.strip().lower() for f in self._version.split(","))
 
     def start(self) -> None:
         """Start external logging every ``sample_interval_s`` and read records in the background."""

@@ -267,6 +267,7 @@ def test_board_runtime_on_the_emulated_overlay(bundle, overlay_build, emulated, 
     runtime = BoardRuntime(
         RuntimeConfig(store_dir=tmp_path / "store", backend="cpu", threads=1),
         executor_factory=executor,
+        backend="emulated",  # the PL is the stand-in: HELLO must not claim a real overlay
     )
     board_end, host_end = open_pty_pair()
     server = Server(board_end)
@@ -274,6 +275,7 @@ def test_board_runtime_on_the_emulated_overlay(bundle, overlay_build, emulated, 
     thread.start()
     try:
         with BoardClient(host_end.port, timeout_s=30.0) as client:
+            assert client.hello().backend == "emulated"
             client.ensure_bundle(bundle.path, progress=False)
             client.upload(1, images)
             client.run(1, "full")

@@ -16,7 +16,7 @@ from export.executor import BundleExecutor
 from export.manifest import load_bundle
 from fpga.emulator import EmulatorError
 from fpga.emulator.board import EmulatedBoard, PowerModel
-from fpga.emulator.timing import ARM, ENGINE, HardwareReportTiming, MacRateTiming
+from fpga.emulator.timing import ARM, ENGINE, IO_PREFIX, HardwareReportTiming, MacRateTiming
 from host.board import BoardClient
 from tests.fpga.test_runtime import ROOT, shared_bundle
 
@@ -78,10 +78,11 @@ def test_power_trace_integrates_to_the_power_models_energy(emulated, reference, 
         for image in phases:
             for p in image:
                 if p.unit == ARM:
-                    dynamic += model.arm_active_w * p.duration_s
+                    dynamic += (model.arm_active_w + model.ddr_active_w) * p.duration_s
                 else:
                     assert p.unit == ENGINE
-                    dynamic += (model.engine_dynamic_w + model.arm_poll_w) * p.duration_s
+                    busy_w = model.engine_dynamic_w + model.arm_poll_w + model.ddr_active_w
+                    dynamic += busy_w * p.duration_s
         t0, t1 = record.host_start_s, record.host_end_s
         truth = board.ground_truth_energy_j(t0, t1)
         assert truth == pytest.approx(model.static_w * duration + dynamic, rel=1e-9)
@@ -89,8 +90,10 @@ def test_power_trace_integrates_to_the_power_models_energy(emulated, reference, 
         assert record.dynamic_energy_j == pytest.approx(dynamic, rel=1e-9)
         # outside the run the board draws static power only
         assert board.ground_truth_energy_j(t1, t1 + 0.01) == pytest.approx(model.static_w * 0.01)
-        if mode == "full":
-            assert all(p.unit == ENGINE for image in phases for p in image)  # no gates
+        if mode == "full":  # no gates: the ARM only marshals each engine call
+            assert all(
+                p.unit == ENGINE or p.graph.startswith(IO_PREFIX) for image in phases for p in image
+            )
 
 
 def test_skipped_work_saves_energy(emulated):
@@ -102,13 +105,15 @@ def test_skipped_work_saves_energy(emulated):
     assert per_image["iadi"].mean() < 0.6 * per_image["full"].mean()
     # an image's energy is its time at a power between static + ARM and static + engine
     model, t = board.power, iadi.image_time_s
-    low_w = model.static_w + model.arm_active_w
-    high_w = model.static_w + model.engine_dynamic_w + model.arm_poll_w
+    low_w = model.static_w + model.arm_active_w + model.ddr_active_w
+    high_w = model.static_w + model.engine_dynamic_w + model.arm_poll_w + model.ddr_active_w
     assert np.all((low_w * t <= per_image["iadi"] + 1e-12) & (per_image["iadi"] <= high_w * t))
     assert np.all(per_image["full"] == pytest.approx(per_image["full"][0]))
 
 
-def test_hardware_report_timing_scales_blocks_by_their_macs(reference, images):
+def test_engines_are_charged_dense_whatever_the_mask(reference, images):
+    """A running block costs its full engine time whatever its channel mask (FINN's engines
+    are dense); only a skipped block saves it. Weight loads and DMA are charged on top."""
     manifest = reference.manifest
     engines = [manifest.stem, manifest.head] + [b.graph for b in manifest.blocks]
     engines += [b.shortcut for b in manifest.blocks if b.shortcut]
@@ -119,19 +124,37 @@ def test_hardware_report_timing_scales_blocks_by_their_macs(reference, images):
     hw = HardwareReportTiming(report)
     hw.check(manifest)
     block = manifest.blocks[1]
-    dense = block.conv1_macs + block.conv2_macs + block.shortcut_macs
-    half = block.out_channels // 2
-    expected = (block.conv1_macs * 0.5 + block.conv2_macs * 0.25 + block.shortcut_macs) / dense
-    assert hw.block_s(manifest, 1, half) == pytest.approx(expected * dense / 1e9, rel=1e-12)
+    nb = len(manifest.blocks)
+    executed = np.ones(nb, dtype=bool)
+    full = np.array([b.out_channels for b in manifest.blocks])
+    for channels in (full, full // 2, np.ones(nb, dtype=np.int64)):
+        phases = hw.image_phases(manifest, executed, channels, -1, gated=False)
+        (engine,) = [p for p in phases if p.graph == block.graph]
+        assert engine.duration_s == pytest.approx(manifest.graphs[block.graph].macs / 1e9)
+    # every engine call has its marshalling phase on the ARM, as long as its values say
+    io = [p for p in phases if p.graph.startswith(IO_PREFIX)]
+    assert len(io) == sum(p.unit == ENGINE for p in phases) == nb + 2
+    assert all(p.unit == ARM and p.duration_s > 0 for p in io)
     result = reference.run(images, "iadi")
     assert hw.image_times_s(manifest, result, "iadi") == pytest.approx(
         MacRateTiming(1e9).image_times_s(manifest, result, "iadi"), rel=1e-12
     )
+    # a shared engine's weight load is charged on every call
+    report["graphs"][block.graph]["weight_load_cycles"] = 5000
+    loaded = HardwareReportTiming(report).image_phases(manifest, executed, full, -1, False)
+    (engine,) = [p for p in loaded if p.graph == block.graph]
+    assert engine.duration_s == pytest.approx(manifest.graphs[block.graph].macs / 1e9 + 5e-6)
+    # a DMA slower than the engine bounds the phase from below
+    slow = hw.with_params(dma_bytes_per_s=1.0)
+    (engine,) = [p for p in slow.engine_phases(manifest, block.graph) if p.unit == ENGINE]
+    assert engine.duration_s > 1.0
     del report["graphs"]["block2"]
     with pytest.raises(EmulatorError, match=r"no cycles for graph\(s\) \['block2'\]"):
         HardwareReportTiming(report).check(manifest)
     with pytest.raises(EmulatorError, match="clock_mhz 0 is not a positive frequency"):
         HardwareReportTiming({"clock_mhz": 0, "graphs": {}})
+    with pytest.raises(EmulatorError, match="dma_bytes_per_s=0"):
+        hw.with_params(dma_bytes_per_s=0)
 
 
 def test_simulated_meter_reads_the_emulated_boards_mean_power(bundle_dir, images):
@@ -175,6 +198,7 @@ def test_emulate_cli_serves_a_board_and_a_meter(bundle_dir):
         with BoardClient(board_line.split()[1], timeout_s=5.0) as client:
             hello = client.hello()
             assert "speed 0.5" in hello.identity
+            assert hello.backend == "emulated"
             assert hello.bundle.bundle_id == load_bundle(bundle_dir).bundle_id
     finally:
         proc.terminate()

@@ -216,7 +216,7 @@ def test_idn_and_keyword_forms(make_sim):
     sim, client = make_sim()
     assert sim.address.startswith("/dev/pts/")
     idn = client.query("*IDN?")
-    assert re.fullmatch(r"Keysight Technologies,34465A,MY\d{8},A\.\d\d\.\d\d(-[\d.]+)+", idn)
+    assert re.fullmatch(r"Keysight Technologies,34465A,SIM\d{7},A\.\d\d\.\d\d(-[\d.]+)+", idn)
     assert client.query("*idn?") == idn  # case-insensitive
     client.write("configure:current:dc 1")
     client.write("SENSe:CURRent:DC:NPLCycles 0.02")

@@ -109,6 +109,7 @@ def test_every_command_round_trips(bundle_dir, reference, tmp_path):
     with board(store) as (runtime, port), BoardClient(port, timeout_s=5.0) as client:
         hello = client.hello()
         assert hello.bundle is None and hello.identity.startswith("ddi-fpga runtime on")
+        assert hello.backend == "cpu"  # onnxruntime on the ARM, as configured
         assert hello.host_send_s * 1e9 <= hello.board_clock_ns <= hello.host_receive_s * 1e9
         assert client.status().state == P.BoardState.IDLE
 

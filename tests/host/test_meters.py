@@ -22,6 +22,7 @@ from fpga.emulator.power import ConstantPower, PowerSource, PowerTrace
 from host.meters import (
     Keysight34465A,
     MeterConfigError,
+    MeterError,
     MeterIdentityError,
     MeterOverRangeError,
     MeterPortError,
@@ -169,7 +170,7 @@ def test_wrong_instrument_is_one_line(simulator):
     with pytest.raises(MeterIdentityError) as info:
         open_meter(f"keysight34465a:{sim.address}", **FAST)
     assert _one_line(info.value) == (
-        f"{sim.address!r} answered *IDN? with 'Keysight Technologies,34461A,MY59001234,"
+        f"{sim.address!r} answered *IDN? with 'Keysight Technologies,34461A,SIM0000001,"
         "A.03.02-03.15-03.02-00.52-04-02', not a Keysight 34465A or 34470A; check the meter's "
         "address"
     )
@@ -182,7 +183,8 @@ def test_identify_and_configuration_read_back(simulator):
     sim = simulator(ConstantPower(3.0))
     with open_meter(f"keysight34465a:{sim.address}", **FAST) as meter:
         assert isinstance(meter, Keysight34465A)
-        assert meter.identify().startswith("Keysight Technologies,34465A,MY")
+        assert meter.identify().startswith("Keysight Technologies,34465A,SIM")
+        assert meter.simulated  # the stand-in says so in its *IDN? serial number
         settings = meter.query(
             "CONF?;:CURR:DC:NPLC?;ZERO:AUTO?;:CURR:DC:RANG:AUTO?;:TRIG:SOUR?;DEL?;COUN?;"
             ":SAMP:SOUR?;TIM?;COUN?"
@@ -384,3 +386,17 @@ def test_malformed_blocks_raise_one_line(reply, error, fragment):
     _one_line(info.value)
     with pytest.raises(MeterProtocolError, match="are not numbers"):
         parse_readings(b"+1.0,abc")
+
+
+def test_simulated_is_read_from_the_instrument(simulator):
+    """The driver believes the instrument: a serial number of Keysight's form reads as a real
+    meter, the stand-in's default ``SIM...`` as simulated; the sim kind is simulated too."""
+    real_looking = simulator(ConstantPower(3.0), serial_number="MY59001234")
+    with open_meter(f"keysight34465a:{real_looking.address}", **FAST) as meter:
+        assert meter.simulated is False
+    with open_meter("sim:2.0", **FAST) as meter:
+        assert meter.simulated is True
+    with open_meter("none") as meter:
+        assert meter.simulated is False
+    with pytest.raises(MeterError, match="not open"):
+        _ = Keysight34465A(real_looking.address).simulated

@@ -108,7 +108,8 @@ def test_34465a_over_a_visa_socket_reads_constant_power():
         address = f"TCPIP0::127.0.0.1::{port}::SOCKET"
         with open_meter(f"keysight34465a:{address}", timeout_s=5.0) as meter:
             assert isinstance(meter._transport, VisaTransport)
-            assert meter.identify().startswith("Keysight Technologies,34465A,MY")
+            assert meter.identify().startswith("Keysight Technologies,34465A,SIM")
+            assert meter.simulated
             t, p, _ = _record(meter, 0.5)
     assert t.size > 300  # 1 ms samples
     assert np.all(np.diff(t) > 0)
@@ -188,7 +189,10 @@ def test_wattsup_identifies_itself(wattsup):
     sim = wattsup(ConstantPower(3.0))
     with open_meter(f"wattsup:{sim.address}") as meter:
         assert isinstance(meter, WattsUp)
-        assert meter.identify() == "Watts Up? (version record 1,32000,1,2,1,9,20100315,0)"
+        assert meter.identify() == (
+            "Watts Up? (version record 1,32000,1,2,1,9,20100315,0,simulated)"
+        )
+        assert meter.simulated  # read from the stand-in's version record
     assert sim.packets_received[:2] == ["#V,R,0", "#H,R,0"]
 
 

@@ -54,6 +54,8 @@ EXAMPLES = [
     P.Hello(host_nonce=2**64 - 1),
     P.HelloReply(7, "zedboard xc7z020 / emulated", 123_456_789, BUNDLE, 32768, backend="finn"),
     P.HelloReply(0, "", -5, None),
+    P.HelloReply(1, "zedboard", 0, None, backend="finn"),
+    P.HelloReply(1, "a PC", 0, None, backend="cpu"),
     P.LoadBegin("resnet8-w4a4", 10_000_000, SHA.upper()),
     P.LoadChunk(4096, bytes(range(256)) * 3),
     P.LoadEnd("resnet8-w4a4"),
@@ -106,6 +108,7 @@ def test_fields_are_normalised_and_typed():
     "build",
     [
         lambda: P.Hello(-1),
+        lambda: P.HelloReply(1, "zedboard", 0, None, backend="fpga"),
         lambda: P.Hello(True),
         lambda: P.LoadBegin("b", 0, SHA),
         lambda: P.LoadBegin("b", 10, "12ab"),
