@@ -22,7 +22,7 @@ integer codes back. This module is the adapter between the two:
   ``rint(x / scale)`` codes (checked integer and in range) -> NHWC -> the accelerator -> the
   float tail -> the twin's float NCHW output. Blocks take a channel mask that the dense HW
   graph does not: :meth:`GraphAccelerator.accepts` is true only when every mask is all ones,
-  and :class:`fpga.board.runtime.FinnBackend` runs the other calls on onnxruntime.
+  and :class:`fpga.board.runtime.FinnBackend` runs the other calls on the ARM (numpy).
 - :func:`load_overlay`: all of it for one bundle.
 
 Runs on PYNQ (Python 3.10, numpy 1.x): only numpy at module level; pynq and finn-plus-driver
@@ -474,7 +474,7 @@ class GraphAccelerator:
     ``run(inputs)`` takes the executor's inputs (float NCHW ``x``, and for blocks the channel
     mask) and returns ``[output]`` as the graph's onnxruntime twin does. ``accepts(inputs)`` is
     false when a mask drops channels: the dense engine cannot run that call (the backend runs it
-    on onnxruntime; logged once per graph).
+    on the ARM; logged once per graph).
     """
 
     def __init__(self, graph: Any, accelerator: Accelerator, tail: FloatTail | str | Path):
@@ -499,7 +499,7 @@ class GraphAccelerator:
             self._warned = True
             log.info(
                 "graph %s: a channel mask drops channels; the dense engine runs only all-ones "
-                "masks, so such calls run on onnxruntime",
+                "masks, so such calls run on the ARM (numpy programs)",
                 self.graph.name,
             )
         return False
