@@ -209,7 +209,9 @@ class _Lowering:
         if w_name in self.weight_codes:
             codes, scale, zero = self.weight_codes[w_name]
             if scale.size not in (1, codes.shape[0]):
-                raise self.fail(node, "has weight scales that are neither per tensor nor per channel")
+                raise self.fail(
+                    node, "has weight scales that are neither per tensor nor per channel"
+                )
             attrs["weight"] = self.keep(codes)
             attrs["weight_scale"] = self.keep(np.broadcast_to(scale, (codes.shape[0],)))
             attrs["weight_zero_point"] = self.keep(np.broadcast_to(zero, (codes.shape[0],)))

@@ -227,11 +227,11 @@ class Program:
                 f"program {self.name!r} takes {len(self.inputs)} inputs "
                 f"({', '.join(self.inputs)}), got {len(inputs)}"
             )
-        values: dict[str, np.ndarray] = dict(zip(self.inputs, inputs))
+        values: dict[str, np.ndarray] = dict(zip(self.inputs, inputs, strict=True))
         for node in self.nodes:
             args = [values[t] for t in node["inputs"]]
             results = OPS[node["op"]](args, node["attrs"], self.constants)
-            values.update(zip(node["outputs"], results))
+            values.update(zip(node["outputs"], results, strict=True))
         return [np.ascontiguousarray(values[t]) for t in self.outputs]
 
     # -- the .npz file ---------------------------------------------------------------------

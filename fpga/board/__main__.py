@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--overlay-batch", type=int, help="images per DMA transfer (default: the overlay's)"
     )
-    run.add_argument("--threads", type=int, help="unused (the numpy backend uses numpy's BLAS threads)")
+    run.add_argument("--threads", type=int, help="unused (numpy's BLAS picks its threads)")
     run.add_argument("--max-images", type=int, default=20_000, help="image memory, in CIFAR images")
     run.add_argument("--max-bundle-mb", type=int, default=512, help="largest bundle archive")
     run.add_argument("--identity", help="board identity reported in HELLO")
