@@ -129,6 +129,15 @@ class _Lowering:
                 self.gemm(node, a)
             elif op in _BINARY:
                 self.binary(node, _BINARY[op])
+            elif op == "MaxPool":
+                kernel, strides = list(a["kernel_shape"]), list(a.get("strides", [1, 1]))
+                if any(a.get("pads", [0])) or len(set(strides)) != 1 or a.get("ceil_mode", 0):
+                    raise self.fail(node, "pads, rounds up or has unequal strides")
+                if any(d != 1 for d in a.get("dilations", [1, 1])) or len(node.output) > 1:
+                    raise self.fail(node, "is dilated or returns indices")
+                self.emit(
+                    "maxpool", [node.input[0]], [node.output[0]], kernel=kernel, stride=strides[0]
+                )
             elif op == "Where":
                 self.emit("where", list(node.input), [node.output[0]])
             elif op == "Split":

@@ -155,6 +155,20 @@ def _binary(fn: Callable[[Any, Any], np.ndarray]):
     return op
 
 
+def op_maxpool(ins: Sequence[np.ndarray], a: dict[str, Any], k: dict[str, np.ndarray]) -> list:
+    (x,) = ins
+    kh, kw = a["kernel"]
+    st = a["stride"]
+    n, c, h, w = x.shape
+    ho, wo = (h - kh) // st + 1, (w - kw) // st + 1
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    sn, sc, sh, sw = x.strides
+    win = np.lib.stride_tricks.as_strided(  # (N, C, Ho, Wo, kh, kw)
+        x, (n, c, ho, wo, kh, kw), (sn, sc, sh * st, sw * st, sh, sw), writeable=False
+    )
+    return [win.max(axis=(4, 5))]
+
+
 def op_split(ins: Sequence[np.ndarray], a: dict[str, Any], k: dict[str, np.ndarray]) -> list:
     (x,) = ins
     bounds = np.cumsum(a["split"])[:-1]
@@ -182,6 +196,7 @@ OPS: dict[str, Callable[..., list]] = {
     "greater": _binary(np.greater),
     "where": op_where,
     "split": op_split,
+    "maxpool": op_maxpool,
     "squeeze": lambda ins, a, k: [np.squeeze(ins[0], axis=tuple(a["axes"]))],
     "unsqueeze": lambda ins, a, k: [np.expand_dims(ins[0], tuple(a["axes"]))],
     "clip": lambda ins, a, k: [np.clip(ins[0], a["low"], a["high"]).astype(ins[0].dtype)],

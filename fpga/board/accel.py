@@ -8,9 +8,9 @@ integer codes back. This module is the adapter between the two:
   build (:mod:`fpga.bitstream.overlay`): which bundle the overlay was built from, its bitfile,
   FINN's driver ``settings.json``, and per bundle graph the engine's DMA pair (the index of its
   input and output in FINN's ``io_shape_dict``) and its float tail.
-- :func:`open_finn_overlay`: the overlay through finn-plus's PYNQ driver (the
-  ``finn-plus-driver`` package: ``FINNDMAOverlay`` made from ``settings.json``, as its
-  command line does).
+- :func:`open_finn_overlay`: the overlay through pynq alone
+  (:class:`fpga.board.finnio.PynqDmaOverlay`: FINN's stream packing in numpy, CMA buffers and
+  IODMA registers through pynq), made from FINN's ``settings.json``.
 - :class:`DmaEngine`: one engine of that overlay as an :class:`Accelerator`,
   ``execute(codes_nhwc) -> out_nhwc``: FINN's folding and bit packing, then only this engine's
   input and output DMA started.
@@ -25,8 +25,8 @@ integer codes back. This module is the adapter between the two:
   and :class:`fpga.board.runtime.FinnBackend` runs the other calls on the ARM (numpy).
 - :func:`load_overlay`: all of it for one bundle.
 
-Runs on PYNQ (Python 3.10, numpy 1.x): only numpy at module level; pynq and finn-plus-driver
-are imported when an overlay is opened.
+Runs on PYNQ (Python 3.10, numpy >= 1.21): only numpy at module level; pynq is imported when an
+overlay is opened.
 """
 
 from __future__ import annotations
@@ -196,11 +196,12 @@ class OverlaySpec:
 
 
 # ----------------------------------------------------------------------------------------------
-# FINN's PYNQ driver (finn-plus-driver)
+# The overlay (FINN's DMA driver interface)
 
 
 class DmaOverlay(Protocol):
-    """What :class:`DmaEngine` uses of finn-plus-driver's ``FINNDMAOverlay``.
+    """What :class:`DmaEngine` uses of a FINN DMA overlay (the interface of finn-plus-driver's
+    ``FINNDMAOverlay``; on the board :class:`fpga.board.finnio.PynqDmaOverlay`).
 
     ``idma[i]``/``odma[o]`` are the IODMAs' register maps (``read(offset)``,
     ``write(offset, value)``), ``ibuf_packed_device[i]``/``obuf_packed_device[o]`` their
@@ -228,19 +229,19 @@ class DmaOverlay(Protocol):
 def open_finn_overlay(
     spec: OverlaySpec, *, batch_size: int | None = None, download: bool = True
 ) -> DmaOverlay:
-    """The overlay through finn-plus-driver's ``FINNDMAOverlay``: downloads the bitfile (unless
-    ``download`` is false) and allocates the DMA buffers of ``batch_size`` images.
-
-    The class and its keyword arguments come from ``settings.json`` as finn-plus-driver's own
-    command line takes them (runtime weights from ``runtime_weights/`` beside it).
+    """The overlay through pynq alone (:class:`fpga.board.finnio.PynqDmaOverlay`): downloads
+    the bitfile (unless ``download`` is false) and allocates the DMA buffers of ``batch_size``
+    images. finn-plus-driver is not used: it imports qonnx, onnx and matplotlib, which a PYNQ
+    image for the ZedBoard (armv7l) cannot install.
     """
+    from fpga.board.finnio import FinnIoError, PynqDmaOverlay
+
     try:
         import pynq  # noqa: F401 - only present on a PYNQ image
-        from finn_plus_driver import get_driver_class
     except ImportError as exc:
         raise AcceleratorError(
-            f"the finn backend needs pynq and finn-plus-driver on the board ({exc}); "
-            "docs/board.md says how to install them, or run with --backend cpu"
+            f"the finn backend needs pynq on the board ({exc}); docs/board.md says how to "
+            "install it, or run with --backend cpu"
         ) from None
     bitfile = spec.root / spec.bitfile
     if not bitfile.is_file():
@@ -254,17 +255,18 @@ def open_finn_overlay(
             "not written by FINN's build of this bitfile; rebuild with `make bitstream`"
         )
     info = spec.driver_information()
-    kwargs = {k: v for k, v in info.items() if k not in ("driver_type", "fclk_mhz")}
-    kwargs.setdefault("runtime_weight_dir", str(spec.root / "runtime_weights"))
-    kwargs["batch_size"] = batch_size or spec.batch_size
-    try:
-        overlay = get_driver_class(info["driver_type"])(
-            str(bitfile), download=download, fclk_mhz=info.get("fclk_mhz", 100.0), **kwargs
-        )
-    except Exception as exc:  # pynq raises RuntimeError, OSError, KeyError (missing IP)...
+    weights = spec.root / "runtime_weights"
+    if weights.is_dir() and any(weights.iterdir()):
         raise AcceleratorError(
-            f"FINN's driver cannot open {str(bitfile)!r}: {type(exc).__name__}: {exc}"
-        ) from None
+            f"{str(weights)!r} holds runtime-writable weights, which the board runtime does not "
+            "load; build the overlay with weights in the bitstream"
+        )
+    try:
+        overlay = PynqDmaOverlay(
+            info, batch_size or spec.batch_size, bitfile=bitfile, download=download
+        )
+    except FinnIoError as exc:
+        raise AcceleratorError(str(exc)) from None
     log.info(
         "overlay %s: %d engines, batch %d", bitfile.name, len(spec.engines), overlay.batch_size
     )
@@ -347,7 +349,7 @@ class DmaEngine:
 def _container(datatype: Any) -> type:
     """The numpy dtype FINN's packer takes fastest for a FINN ``DataType``."""
     name = getattr(datatype, "name", str(datatype))
-    bits = getattr(datatype, "bitwidth", lambda: 32)()
+    bits = getattr(datatype, "bits", None) or getattr(datatype, "bitwidth", lambda: 32)()
     if name.startswith("UINT") and bits <= 8:
         return np.uint8
     if name.startswith("INT") and bits <= 8:
