@@ -161,10 +161,10 @@ class Accelerator(Protocol):
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]: ...
 
 
-def check_finn(overlays: Sequence[str | Path]) -> list[OverlaySpec]:
-    """Raise one line unless pynq can be imported and every overlay folder has its
-    ``accelerators.json`` (the finn backend); return them. The bitfile is checked when it is
-    opened."""
+def check_finn(overlays: Sequence[str | Path], batch_size: int | None = None) -> list[OverlaySpec]:
+    """Raise one line unless pynq can be imported, every overlay folder has its
+    ``accelerators.json`` and the CMA pool holds their DMA buffers (the finn backend); return
+    them. The bitfile is checked when it is opened."""
     from fpga.board.accel import AcceleratorError, OverlaySpec
 
     try:
@@ -180,9 +180,27 @@ def check_finn(overlays: Sequence[str | Path]) -> list[OverlaySpec]:
             "`make bitstream` wrote), once per bundle"
         )
     try:
-        return [OverlaySpec.load(folder) for folder in overlays]
+        specs = [OverlaySpec.load(folder) for folder in overlays]
+        check_cma(specs, batch_size)
     except AcceleratorError as exc:
         raise BoardRuntimeError(str(exc)) from None
+    return specs
+
+
+def check_cma(
+    specs: Sequence[OverlaySpec], batch_size: int | None = None, meminfo: str | None = None
+) -> None:
+    """Raise one line unless the CMA pool's free bytes hold every overlay's DMA buffers
+    (``meminfo``: the text of /proc/meminfo, read when None)."""
+    from fpga.board.doctor import FAIL, check_cma as verdict
+    from fpga.board.finnio import buffer_bytes
+
+    need = sum(
+        buffer_bytes(spec.driver_information(), batch_size or spec.batch_size) for spec in specs
+    )
+    result = verdict(need, meminfo)
+    if result.status == FAIL:
+        raise BoardRuntimeError(f"CMA: {result.detail}")
 
 
 class FinnBackend:
@@ -235,7 +253,9 @@ def make_backend(config: RuntimeConfig, bundle: Bundle) -> Backend:
     if config.backend == "finn":
         from fpga.board.accel import AcceleratorError, load_overlay
 
-        built = {spec.bundle_id: spec.root for spec in check_finn(config.overlays)}
+        built = {
+            spec.bundle_id: spec.root for spec in check_finn(config.overlays, config.overlay_batch)
+        }
         if bundle.bundle_id not in built:
             raise BoardRuntimeError(
                 f"no overlay was built from bundle {bundle.bundle_id!r} (overlays for "
