@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from fpga.board.doctor import main as doctor, requirement_problem
+    from fpga.board.doctor import main as doctor
+    from fpga.board.doctor import requirement_problem
 
     if args.command == "doctor":
         return doctor(args)

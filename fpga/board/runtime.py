@@ -192,7 +192,8 @@ def check_cma(
 ) -> None:
     """Raise one line unless the CMA pool's free bytes hold every overlay's DMA buffers
     (``meminfo``: the text of /proc/meminfo, read when None)."""
-    from fpga.board.doctor import FAIL, check_cma as verdict
+    from fpga.board.doctor import FAIL
+    from fpga.board.doctor import check_cma as verdict
     from fpga.board.finnio import buffer_bytes
 
     need = sum(
