@@ -44,6 +44,7 @@ bench: $(STAMP)  ## benchmarks; results under measurements/bench/
 	$(PY) -m train.bench --out measurements/bench
 	$(PY) -m export.bench --out measurements/bench
 	$(PY) -m fpga.board.bench --out measurements/bench
+	$(PY) -m fpga.board.arm_bench --out measurements/bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -76,19 +76,26 @@ class StreamType:
         return (1 << (self.bits - 1)) - 1 if self.signed else (1 << self.bits) - 1
 
 
+def _container(bits: int) -> type:
+    return np.uint8 if bits <= 8 else np.uint16 if bits <= 16 else np.uint32
+
+
 def _words(values: np.ndarray, t: StreamType) -> np.ndarray:
-    """Integer values -> their ``bits``-wide unsigned patterns (uint64), checked in range."""
+    """Integer values -> their ``bits``-wide unsigned patterns (the smallest uint container),
+    checked integer and in range."""
     v = np.asarray(values)
-    if v.dtype.kind == "f" and v.size and not np.all(v == np.rint(v)):
-        raise FinnIoError(f"values for a {t.name} stream are not integers")
-    v = v.astype(np.int64)
-    if v.size and (v.min() < t.low or v.max() > t.high):
-        raise FinnIoError(
-            f"values span [{v.min()}, {v.max()}], outside {t.name}'s [{t.low}, {t.high}]"
-        )
+    if v.size:
+        low, high = v.min(), v.max()
+        if low < t.low or high > t.high:
+            raise FinnIoError(
+                f"values span [{low:.0f}, {high:.0f}], outside {t.name}'s [{t.low}, {t.high}]"
+            )
+        if v.dtype.kind == "f" and not np.array_equal(v, np.rint(v)):
+            raise FinnIoError(f"values for a {t.name} stream are not integers")
+    ints = v.astype(np.int16 if t.bits <= 8 else np.int64)
     if t.name == "BIPOLAR":
-        v = (v + 1) // 2
-    return (v & ((1 << t.bits) - 1)).astype(np.uint64)
+        ints = (ints + 1) // 2
+    return (ints & ((1 << t.bits) - 1)).astype(_container(t.bits))
 
 
 def packed_bytes(n: int, bits: int) -> int:
@@ -104,12 +111,14 @@ def pack(values: np.ndarray, datatype: StreamType | str) -> np.ndarray:
     nbytes = packed_bytes(n, t.bits)
     if 8 % t.bits == 0:  # 1, 2, 4, 8 bits: k whole values per byte
         k = 8 // t.bits
-        padded = np.zeros((*lead, nbytes * k), dtype=np.uint8)
-        padded[..., :n] = u
-        groups = padded.reshape(*lead, nbytes, k)
-        shifts = (np.arange(k, dtype=np.uint8) * t.bits).astype(np.uint8)
-        return np.bitwise_or.reduce(groups << shifts, axis=-1).astype(np.uint8)
+        if n % k:
+            u = np.concatenate([u, np.zeros((*lead, k - n % k), np.uint8)], axis=-1)
+        out = u[..., 0::k].copy()
+        for j in range(1, k):  # a few whole-array shifts: faster than a reduce over k
+            out |= u[..., j::k] << np.uint8(j * t.bits)
+        return out
     # any other width: every value's bits, least significant first, then one packbits
+    u = u.astype(np.uint64)
     bits = (u[..., None] >> np.arange(t.bits, dtype=np.uint64)) & np.uint64(1)
     flat = np.zeros((*lead, nbytes * 8), dtype=np.uint8)
     flat[..., : n * t.bits] = bits.reshape(*lead, n * t.bits)
@@ -131,10 +140,11 @@ def unpack(packed: np.ndarray, datatype: StreamType | str, n: int) -> np.ndarray
         )
     if 8 % t.bits == 0:
         k = 8 // t.bits
-        shifts = (np.arange(k, dtype=np.uint8) * t.bits).astype(np.uint8)
         mask = np.uint8((1 << t.bits) - 1)
-        u = ((p[..., None] >> shifts) & mask).reshape(*lead, nbytes * k)[..., :n]
-        u = u.astype(np.int64)
+        u = np.empty((*lead, nbytes * k), dtype=np.int16)
+        for j in range(k):
+            u[..., j::k] = (p >> np.uint8(j * t.bits)) & mask
+        u = u[..., :n]
     else:
         bits = np.unpackbits(p, axis=-1, bitorder="little")[..., : n * t.bits]
         bits = bits.reshape(*lead, n, t.bits).astype(np.int64)
@@ -156,6 +166,9 @@ def _shapes(io: dict[str, Any], key: str, batch: int) -> list[tuple[int, ...]]:
 
 class PynqDmaOverlay:
     """A FINN ``zynq-iodma`` overlay: ``batch_size`` images per buffer, pynq only.
+
+    ``partial_batches``: a call of fewer images than ``batch_size`` is folded, packed and
+    copied for just those images (the DMA moves only them: its count register), not padded.
 
     ``info`` is ``driver_information`` of FINN's ``settings.json``
     (:meth:`fpga.board.accel.OverlaySpec.driver_information`). On the board the bitfile is
@@ -215,6 +228,8 @@ class PynqDmaOverlay:
             ) from None
         self.obuf_packed = [np.empty(s, dtype=np.uint8) for s in self._shape["oshape_packed"]]
 
+    partial_batches = True
+
     def buffer_shapes(self) -> list[tuple[int, ...]]:
         return [*self._shape["ishape_packed"], *self._shape["oshape_packed"]]
 
@@ -250,26 +265,28 @@ class PynqDmaOverlay:
         return self._shape["ishape_normal"][ind]
 
     def fold_input(self, ibuf_normal: np.ndarray, ind: int = 0) -> np.ndarray:
-        return np.asarray(ibuf_normal).reshape(self._shape["ishape_folded"][ind])
+        x = np.asarray(ibuf_normal)
+        return x.reshape(len(x), *self._shape["ishape_folded"][ind][1:])
 
     def pack_input(self, ibuf_folded: np.ndarray, ind: int = 0) -> np.ndarray:
         return pack(ibuf_folded, self._idt[ind])
 
     def copy_input_data_to_device(self, data: np.ndarray, ind: int = 0) -> None:
         buffer = self.ibuf_packed_device[ind]
-        np.copyto(buffer, data)
+        np.copyto(buffer[: len(data)], data)
         getattr(buffer, "flush", lambda: None)()  # write the CPU cache back before the DMA
 
     def copy_output_data_from_device(self, data: np.ndarray, ind: int = 0) -> None:
         buffer = self.obuf_packed_device[ind]
         getattr(buffer, "invalidate", lambda: None)()  # drop stale cache lines after the DMA
-        np.copyto(data, buffer)
+        np.copyto(data, buffer[: len(data)])
 
     def unpack_output(self, obuf_packed: np.ndarray, ind: int = 0) -> np.ndarray:
         return unpack(obuf_packed, self._odt[ind], self._shape["oshape_folded"][ind][-1])
 
     def unfold_output(self, obuf_folded: np.ndarray, ind: int = 0) -> np.ndarray:
-        return np.asarray(obuf_folded).reshape(self._shape["oshape_normal"][ind])
+        y = np.asarray(obuf_folded)
+        return y.reshape(len(y), *self._shape["oshape_normal"][ind][1:])
 
 
 def buffer_bytes(info: dict[str, Any], batch_size: int) -> int:
