@@ -310,17 +310,16 @@ def _markdown(d: dict[str, Any]) -> str:
     x86 = d["measured_x86_s_per_image"]
     a9 = d["modelled_a9_s_per_image"]
     ms = 1e3
-    rows = [
-        f"| {k} | {x86.get(k, 0) * ms:.3f} | {a9.get(k, 0) * ms:.3f} |"
-        for k in ("gates", "marshalling", *(f"marshalling: {p}" for p in MARSHALLING))
-        + ("driver", "tails", "adapter_total", "masked_blocks")
-    ]
+    keys = ["gates", "marshalling", *(f"marshalling: {p}" for p in MARSHALLING)]
+    keys += ["driver", "tails", "adapter_total", "masked_blocks"]
+    rows = [f"| {k} | {x86.get(k, 0) * ms:.3f} | {a9.get(k, 0) * ms:.3f} |" for k in keys]
     goal = d["adapter_over_pl"]
     dense = d["adapter_over_pl_dense"]
     speed = d["cpu_backend_images_per_s"]
     return "\n".join(
         [
-            f"# ARM work per image: {d['bundle']} ({d['mode']}, {d['images']} CIFAR-10 test images)",
+            f"# ARM work per image: {d['bundle']} ({d['mode']}, {d['images']} CIFAR-10 test "
+            "images)",
             "",
             f"Measured on this machine ({d['machine']['cpu']}, {d['machine']['cores']} cores, "
             f"numpy {d['machine']['numpy']}); the Cortex-A9 column is MODELLED: x86 time x "
