@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import gzip
 import io
 import logging
 import sys
@@ -136,17 +137,24 @@ def board_modules(root: Path = ROOT) -> list[Path]:
 
 
 def board_files(root: Path = ROOT) -> list[Path]:
-    """:func:`board_modules` and the runtime's data files (the systemd unit)."""
-    return [*board_modules(root), Path("fpga/board/ddi-board.service")]
+    """:func:`board_modules` and the runtime's data files (the systemd unit, the installer)."""
+    data = [Path("fpga/board/ddi-board.service"), Path("fpga/board/install.sh")]
+    return [*board_modules(root), *data]
 
 
 def write_archive(out: Path, root: Path = ROOT) -> Path:
     """A ``.tar.gz`` of :func:`board_files` under ``ddi-fpga/`` (what docs/board.md installs)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".part")
-    with tarfile.open(tmp, "w:gz") as tar:
+    # gzip without its own name and time stamp: the same files give the same archive
+    with (
+        open(tmp, "wb") as raw,
+        gzip.GzipFile("", "wb", fileobj=raw, mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
         for rel in board_files(root):
             info = tar.gettarinfo(str(root / rel), f"ddi-fpga/{rel.as_posix()}")
+            info.mtime = 0
             info.uid = info.gid = 0
             info.uname = info.gname = "root"
             with open(root / rel, "rb") as f:

@@ -64,3 +64,31 @@ def test_the_runtime_starts_with_host_packages_blocked(tmp_path):
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "ok   python" in out.stdout and "ok   numpy" in out.stdout
+
+
+def test_the_archive_holds_a_runtime_that_runs_on_its_own(tmp_path):
+    """`python -m fpga.board.deploy --out` -> unpack -> the doctor runs from the unpacked tree
+    (which comes first on the path: the modules are the archive's)."""
+    import tarfile
+
+    from fpga.board.deploy import board_files, write_archive
+
+    archive = write_archive(tmp_path / "ddi-board.tar.gz")
+    again = write_archive(tmp_path / "again.tar.gz")
+    assert archive.read_bytes() == again.read_bytes()  # the same files give the same archive
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+        tar.extractall(tmp_path / "board", filter="data")
+    assert sorted(names) == sorted(f"ddi-fpga/{p.as_posix()}" for p in board_files())
+    assert "ddi-fpga/fpga/board/install.sh" in names
+    tree = tmp_path / "board" / "ddi-fpga"
+    code = (
+        "import sys, fpga.board.__main__ as m\n"
+        f"assert m.__file__.startswith({str(tree)!r}), m.__file__\n"
+        f"sys.exit(m.main(['doctor', '--store', {str(tmp_path / 's')!r}]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tree, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "checks passed" in out.stdout.splitlines()[-1]
