@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 OUT ?= runs/table1
 TRAIN_OUT ?= runs/resnet8-w4a4
 
-.PHONY: setup test lint format reproduce train bench clean
+.PHONY: setup test arm-root lint format reproduce train bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,10 +19,13 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-test: $(STAMP)  ## lint, then the test suite (Vivado/Docker/board/GPU/slow tests deselected)
+test: $(STAMP) arm-root  ## lint, then the test suite (Vivado/Docker/board/GPU/slow tests deselected)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest
+
+arm-root:  ## Debian's armhf python3 + numpy and qemu-arm-static for tests/arm (needs root + apt)
+	bash tests/arm/prepare.sh
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
@@ -41,6 +44,7 @@ bench: $(STAMP)  ## benchmarks; results under measurements/bench/
 	$(PY) -m train.bench --out measurements/bench
 	$(PY) -m export.bench --out measurements/bench
 	$(PY) -m wire.bench --out measurements/bench
+	$(PY) -m fpga.board.arm_bench --out measurements/bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

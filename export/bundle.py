@@ -262,6 +262,15 @@ class _Writer:
         self.graphs: dict[str, dict[str, Any]] = {}
         self.qcdq, self.qonnx = _exporters()
 
+    def lower(self, name: str, onnx_file: str) -> dict[str, str]:
+        """Write the numpy program of a twin (export/lower.py) and return its file entry."""
+        from export.lower import lower
+
+        numpy_file = f"{name}.npz"
+        program = lower(str(self.folder / onnx_file), name)
+        (self.folder / numpy_file).write_bytes(program.to_bytes())
+        return {"file": numpy_file, "sha256": sha256_file(self.folder / numpy_file)}
+
     def add(
         self,
         name: str,
@@ -299,6 +308,7 @@ class _Writer:
             "name": name,
             "kind": kind,
             "onnx": {"file": onnx_file, "sha256": sha256_file(self.folder / onnx_file)},
+            "numpy": self.lower(name, onnx_file),
             "qonnx": None,
             "inputs": [_spec(n, t, d, True) for n, (t, d) in args.items()],
             "outputs": [

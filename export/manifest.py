@@ -25,7 +25,8 @@ import numpy as np
 from export.errors import BundleError
 
 FORMAT = "ddi-fpga-bundle"
-VERSION = 1
+VERSION = 2
+"""2: every graph also has a numpy program (``numpy``, export/program.py) that the board runs."""
 MANIFEST = "manifest.json"
 GRAPH_KINDS = ("stem", "block", "shortcut", "layer_gate", "channel_gate", "exit", "head", "full")
 BATCH = "N"  # symbolic batch dimension of the onnxruntime twins
@@ -100,8 +101,10 @@ class GraphSpec:
     """One graph of the bundle.
 
     ``onnx`` is the plain ONNX twin that onnxruntime runs (standard operators, batch dimension
-    ``"N"``); ``qonnx`` is the QONNX graph of the same computation for FINN (batch 1, dense:
-    blocks take no channel mask), or None for graphs FINN does not compile (the gates).
+    ``"N"``); ``numpy`` the same computation lowered to a numpy program (:mod:`export.program`,
+    weights as integer codes, BN folded), which the board's ARM runs; ``qonnx`` is the QONNX graph
+    of the same computation for FINN (batch 1, dense: blocks take no channel mask), or None for
+    graphs FINN does not compile (the gates).
     """
 
     name: str
@@ -112,6 +115,8 @@ class GraphSpec:
     outputs: tuple[TensorSpec, ...]
     macs: int
     """MACs per image of the dense graph."""
+    numpy: FileRef | None = None
+    """The numpy program (``.npz``); always present from manifest version 2 on."""
 
 
 @dataclass(frozen=True)
@@ -229,6 +234,8 @@ class Manifest:
         refs: list[FileRef] = []
         for g in self.graphs.values():
             refs.append(g.onnx)
+            if g.numpy is not None:
+                refs.append(g.numpy)
             if g.qonnx is not None:
                 refs.append(g.qonnx)
         return refs
@@ -329,7 +336,8 @@ def manifest_from_dict(data: Any, origin: str = "<memory>") -> Manifest:
     if version != VERSION:
         raise BundleError(
             f"bundle {origin!r} has manifest version {version!r}; this code reads version "
-            f"{VERSION}: re-export it with this version of ddi-fpga"
+            f"{VERSION}: re-export it with this version of ddi-fpga "
+            "(python -m export CKPT --out DIR)"
         )
     graphs: dict[str, GraphSpec] = {}
     gr = r.sub("graphs")
@@ -344,6 +352,7 @@ def manifest_from_dict(data: Any, origin: str = "<memory>") -> Manifest:
             kind=kind,
             onnx=_fileref(g.sub("onnx")),
             qonnx=None if qonnx is None else _fileref(g.sub("qonnx")),
+            numpy=_fileref(g.sub("numpy")),
             inputs=tuple(_tensor(t) for t in g.items("inputs")),
             outputs=tuple(_tensor(t) for t in g.items("outputs")),
             macs=_count(g, "macs"),

@@ -2,9 +2,13 @@
 
     python -m fpga.board serve --port /dev/ttyPS1 --baud 921600 \\
         --store /home/xilinx/ddi-bundles [--backend cpu]
+    python -m fpga.board doctor --port /dev/ttyPS1 --store /home/xilinx/ddi-bundles \\
+        [--overlay DIR]
 
-Serves until interrupted (SIGINT/SIGTERM). A user error prints one line and exits 1
-(``--debug`` re-raises). Runs on PYNQ: Python 3.10.
+``serve`` serves until interrupted (SIGINT/SIGTERM); ``doctor`` prints one verdict per check
+(fpga/board/doctor.py). A user error prints one line and exits 1 (``--debug`` re-raises). Runs
+on PYNQ: Python >= 3.10, numpy >= 1.21; this module imports only the standard library before it
+has checked them.
 """
 
 from __future__ import annotations
@@ -15,17 +19,13 @@ import signal
 import sys
 from pathlib import Path
 
-import serial
-
-from export.errors import ExportError
-from fpga.board.errors import BoardError
-from wire.ports import port_failure
-
 log = logging.getLogger("fpga.board")
 
 
 def _port_problem(port: str, exc: BaseException) -> str:
     """One line naming ``port`` and saying what to do about ``exc``."""
+    from wire.ports import port_failure
+
     why = port_failure(
         exc,
         missing="does not exist; check the device name (ls /dev/tty*) and docs/board.md",
@@ -37,6 +37,9 @@ def _port_problem(port: str, exc: BaseException) -> str:
 
 def serve(args: argparse.Namespace) -> int:
     """Open the port, build the runtime and serve until SIGINT or SIGTERM."""
+    import serial
+
+    from fpga.board.errors import BoardError
     from fpga.board.runtime import BoardRuntime, RuntimeConfig, check_finn
     from wire.link import Server
 
@@ -51,7 +54,9 @@ def serve(args: argparse.Namespace) -> int:
         identity=args.identity or "",
     )
     if config.backend == "finn":
-        check_finn(config.overlays)  # fail at start, not at the first SELECT_BUNDLE
+        check_finn(
+            config.overlays, config.overlay_batch
+        )  # fail at start, not at the first SELECT_BUNDLE
     runtime = BoardRuntime(config)
     try:
         port = serial.serial_for_url(args.port, baudrate=args.baud, timeout=0.05, exclusive=True)
@@ -77,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="log debug messages, re-raise")
     commands = parser.add_subparsers(dest="command", required=True)
+    d = commands.add_parser("doctor", help="check this board: versions, pynq, CMA, UART, files")
+    d.add_argument("--port", help="the UART the runtime will serve")
+    d.add_argument("--store", help="bundle store folder: check every stored bundle")
+    d.add_argument("--bundle", action="append", metavar="DIR", help="a bundle folder to check")
+    d.add_argument("--overlay", action="append", metavar="DIR", help="an overlay's deploy folder")
+    d.add_argument("--overlay-batch", type=int, help="images per DMA transfer (CMA check)")
     p = commands.add_parser("serve", help="serve the host<->board protocol on a serial port")
     line = p.add_argument_group("serial line")
     line.add_argument("--port", required=True, help="serial device or pyserial URL")
@@ -93,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--overlay-batch", type=int, help="images per DMA transfer (default: the overlay's)"
     )
-    run.add_argument("--threads", type=int, help="onnxruntime threads (default: every core)")
+    run.add_argument("--threads", type=int, help="unused (numpy's BLAS picks its threads)")
     run.add_argument("--max-images", type=int, default=20_000, help="image memory, in CIFAR images")
     run.add_argument("--max-bundle-mb", type=int, default=512, help="largest bundle archive")
     run.add_argument("--identity", help="board identity reported in HELLO")
@@ -107,6 +118,18 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from fpga.board.doctor import main as doctor
+    from fpga.board.doctor import requirement_problem
+
+    if args.command == "doctor":
+        return doctor(args)
+    problem = requirement_problem()
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
+    from export.errors import ExportError
+    from fpga.board.errors import BoardError
+
     try:
         return serve(args)
     except (BoardError, ExportError) as exc:

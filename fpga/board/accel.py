@@ -8,9 +8,9 @@ integer codes back. This module is the adapter between the two:
   build (:mod:`fpga.bitstream.overlay`): which bundle the overlay was built from, its bitfile,
   FINN's driver ``settings.json``, and per bundle graph the engine's DMA pair (the index of its
   input and output in FINN's ``io_shape_dict``) and its float tail.
-- :func:`open_finn_overlay`: the overlay through finn-plus's PYNQ driver (the
-  ``finn-plus-driver`` package: ``FINNDMAOverlay`` made from ``settings.json``, as its
-  command line does).
+- :func:`open_finn_overlay`: the overlay through pynq alone
+  (:class:`fpga.board.finnio.PynqDmaOverlay`: FINN's stream packing in numpy, CMA buffers and
+  IODMA registers through pynq), made from FINN's ``settings.json``.
 - :class:`DmaEngine`: one engine of that overlay as an :class:`Accelerator`,
   ``execute(codes_nhwc) -> out_nhwc``: FINN's folding and bit packing, then only this engine's
   input and output DMA started.
@@ -22,11 +22,11 @@ integer codes back. This module is the adapter between the two:
   ``rint(x / scale)`` codes (checked integer and in range) -> NHWC -> the accelerator -> the
   float tail -> the twin's float NCHW output. Blocks take a channel mask that the dense HW
   graph does not: :meth:`GraphAccelerator.accepts` is true only when every mask is all ones,
-  and :class:`fpga.board.runtime.FinnBackend` runs the other calls on onnxruntime.
+  and :class:`fpga.board.runtime.FinnBackend` runs the other calls on the ARM (numpy).
 - :func:`load_overlay`: all of it for one bundle.
 
-Runs on PYNQ (Python 3.10, numpy 1.x): only numpy at module level; pynq and finn-plus-driver
-are imported when an overlay is opened.
+Runs on PYNQ (Python 3.10, numpy >= 1.21): only numpy at module level; pynq is imported when an
+overlay is opened.
 """
 
 from __future__ import annotations
@@ -196,11 +196,12 @@ class OverlaySpec:
 
 
 # ----------------------------------------------------------------------------------------------
-# FINN's PYNQ driver (finn-plus-driver)
+# The overlay (FINN's DMA driver interface)
 
 
 class DmaOverlay(Protocol):
-    """What :class:`DmaEngine` uses of finn-plus-driver's ``FINNDMAOverlay``.
+    """What :class:`DmaEngine` uses of a FINN DMA overlay (the interface of finn-plus-driver's
+    ``FINNDMAOverlay``; on the board :class:`fpga.board.finnio.PynqDmaOverlay`).
 
     ``idma[i]``/``odma[o]`` are the IODMAs' register maps (``read(offset)``,
     ``write(offset, value)``), ``ibuf_packed_device[i]``/``obuf_packed_device[o]`` their
@@ -228,19 +229,19 @@ class DmaOverlay(Protocol):
 def open_finn_overlay(
     spec: OverlaySpec, *, batch_size: int | None = None, download: bool = True
 ) -> DmaOverlay:
-    """The overlay through finn-plus-driver's ``FINNDMAOverlay``: downloads the bitfile (unless
-    ``download`` is false) and allocates the DMA buffers of ``batch_size`` images.
-
-    The class and its keyword arguments come from ``settings.json`` as finn-plus-driver's own
-    command line takes them (runtime weights from ``runtime_weights/`` beside it).
+    """The overlay through pynq alone (:class:`fpga.board.finnio.PynqDmaOverlay`): downloads
+    the bitfile (unless ``download`` is false) and allocates the DMA buffers of ``batch_size``
+    images. finn-plus-driver is not used: it imports qonnx, onnx and matplotlib, which a PYNQ
+    image for the ZedBoard (armv7l) cannot install.
     """
+    from fpga.board.finnio import FinnIoError, PynqDmaOverlay
+
     try:
         import pynq  # noqa: F401 - only present on a PYNQ image
-        from finn_plus_driver import get_driver_class
     except ImportError as exc:
         raise AcceleratorError(
-            f"the finn backend needs pynq and finn-plus-driver on the board ({exc}); "
-            "docs/board.md says how to install them, or run with --backend cpu"
+            f"the finn backend needs pynq on the board ({exc}); docs/board.md says how to "
+            "install it, or run with --backend cpu"
         ) from None
     bitfile = spec.root / spec.bitfile
     if not bitfile.is_file():
@@ -254,17 +255,18 @@ def open_finn_overlay(
             "not written by FINN's build of this bitfile; rebuild with `make bitstream`"
         )
     info = spec.driver_information()
-    kwargs = {k: v for k, v in info.items() if k not in ("driver_type", "fclk_mhz")}
-    kwargs.setdefault("runtime_weight_dir", str(spec.root / "runtime_weights"))
-    kwargs["batch_size"] = batch_size or spec.batch_size
-    try:
-        overlay = get_driver_class(info["driver_type"])(
-            str(bitfile), download=download, fclk_mhz=info.get("fclk_mhz", 100.0), **kwargs
-        )
-    except Exception as exc:  # pynq raises RuntimeError, OSError, KeyError (missing IP)...
+    weights = spec.root / "runtime_weights"
+    if weights.is_dir() and any(weights.iterdir()):
         raise AcceleratorError(
-            f"FINN's driver cannot open {str(bitfile)!r}: {type(exc).__name__}: {exc}"
-        ) from None
+            f"{str(weights)!r} holds runtime-writable weights, which the board runtime does not "
+            "load; build the overlay with weights in the bitstream"
+        )
+    try:
+        overlay = PynqDmaOverlay(
+            info, batch_size or spec.batch_size, bitfile=bitfile, download=download
+        )
+    except FinnIoError as exc:
+        raise AcceleratorError(str(exc)) from None
     log.info(
         "overlay %s: %d engines, batch %d", bitfile.name, len(spec.engines), overlay.batch_size
     )
@@ -288,7 +290,8 @@ class DmaEngine:
     first, then input; address, image count, start; done polled on the output).
 
     A batch larger than the overlay's ``batch_size`` runs in chunks; a shorter chunk is padded
-    for packing, and only its images are moved (the count register).
+    for packing (unless the overlay has ``partial_batches``: it packs and copies just the images
+    it moves), and only its images are moved (the count register).
     """
 
     def __init__(
@@ -309,16 +312,18 @@ class DmaEngine:
                 f"{tuple(codes.shape[1:])!r}"
             )
         codes = codes.astype(_container(ov.idt(i)), copy=False)
+        partial = getattr(ov, "partial_batches", False)  # packs just the images it moves
         outputs = []
         for start in range(0, len(codes), b):
             chunk = codes[start : start + b]
             n = len(chunk)
-            if n < b:
+            if n < b and not partial:
                 chunk = np.concatenate([chunk, np.zeros((b - n, *shape[1:]), chunk.dtype)])
             ov.copy_input_data_to_device(ov.pack_input(ov.fold_input(chunk, ind=i), ind=i), ind=i)
             self._transfer(n)
-            ov.copy_output_data_from_device(ov.obuf_packed[o], ind=o)
-            out = ov.unfold_output(ov.unpack_output(ov.obuf_packed[o], ind=o), ind=o)
+            packed = ov.obuf_packed[o][:n] if partial else ov.obuf_packed[o]
+            ov.copy_output_data_from_device(packed, ind=o)
+            out = ov.unfold_output(ov.unpack_output(packed, ind=o), ind=o)
             outputs.append(np.asarray(out)[:n])
         return np.concatenate(outputs)
 
@@ -347,7 +352,7 @@ class DmaEngine:
 def _container(datatype: Any) -> type:
     """The numpy dtype FINN's packer takes fastest for a FINN ``DataType``."""
     name = getattr(datatype, "name", str(datatype))
-    bits = getattr(datatype, "bitwidth", lambda: 32)()
+    bits = getattr(datatype, "bits", None) or getattr(datatype, "bitwidth", lambda: 32)()
     if name.startswith("UINT") and bits <= 8:
         return np.uint8
     if name.startswith("INT") and bits <= 8:
@@ -474,7 +479,7 @@ class GraphAccelerator:
     ``run(inputs)`` takes the executor's inputs (float NCHW ``x``, and for blocks the channel
     mask) and returns ``[output]`` as the graph's onnxruntime twin does. ``accepts(inputs)`` is
     false when a mask drops channels: the dense engine cannot run that call (the backend runs it
-    on onnxruntime; logged once per graph).
+    on the ARM; logged once per graph).
     """
 
     def __init__(self, graph: Any, accelerator: Accelerator, tail: FloatTail | str | Path):
@@ -499,27 +504,37 @@ class GraphAccelerator:
             self._warned = True
             log.info(
                 "graph %s: a channel mask drops channels; the dense engine runs only all-ones "
-                "masks, so such calls run on onnxruntime",
+                "masks, so such calls run on the ARM (numpy programs)",
                 self.graph.name,
             )
         return False
 
     def codes(self, x: np.ndarray) -> np.ndarray:
-        """Float NCHW input -> integer codes, NHWC (checked integer and in the datatype's range)."""
-        q = np.asarray(x, dtype=np.float64) / self.scale
+        """Float NCHW input -> integer codes, NHWC (checked integer and in the datatype's range).
+
+        In float32, in place: the input is ``code * scale`` rounded to float32, so ``x / scale``
+        lies within a few float32 ulps of the code (the check allows CODE_TOLERANCE).
+        """
+        q = np.divide(np.asarray(x, dtype=np.float32), np.float32(self.scale), dtype=np.float32)
         codes = np.rint(q)
         name = self.graph.inputs[0].datatype.name
-        if q.size and np.max(np.abs(q - codes)) > CODE_TOLERANCE:
-            raise AcceleratorError(
-                f"graph {self.graph.name!r}: input / scale {self.scale!r} is not integer (off by "
-                f"{np.max(np.abs(q - codes)):.3g}); the input is not {name} codes"
-            )
+        if q.size:
+            q -= codes
+            off = float(np.max(np.abs(q)))
+            if off > CODE_TOLERANCE:
+                raise AcceleratorError(
+                    f"graph {self.graph.name!r}: input / scale {self.scale!r} is not integer "
+                    f"(off by {off:.3g}); the input is not {name} codes"
+                )
         if q.size and (codes.min() < self.low or codes.max() > self.high):
             raise AcceleratorError(
                 f"graph {self.graph.name!r}: input codes span [{codes.min():.0f}, "
                 f"{codes.max():.0f}], outside {name}'s [{self.low}, {self.high}]"
             )
-        return np.ascontiguousarray(np.transpose(codes, NCHW_TO_NHWC).astype(np.int32))
+        small = self.low >= -(1 << 15) and self.high < (1 << 15)
+        return np.ascontiguousarray(
+            np.transpose(codes, NCHW_TO_NHWC), dtype=np.int16 if small else np.int32
+        )
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         out = self.accelerator.execute(self.codes(inputs[0]))

@@ -15,10 +15,12 @@ line in between); the emulated board (:mod:`fpga.emulator.board`) passes a runne
 time and power instead, and serves this same class.
 
 Which engine runs a graph is the executor's *backend* (``run(graph_spec, inputs)``): ``cpu``
-runs the onnxruntime twins on the ARM; ``finn`` (:class:`FinnBackend`) takes a PYNQ overlay
-and routes the graphs that have an accelerator to it, the rest (the gates) to the ARM.
+runs the bundle's numpy programs on the ARM (:class:`export.program.NumpyBackend`); ``finn``
+(:class:`FinnBackend`) takes a PYNQ overlay and routes the graphs that have an accelerator to it,
+the rest (the gates, masked blocks) to the numpy programs.
 
-Runs on PYNQ: Python 3.10, numpy 1.x, onnxruntime, pynq (``finn`` only); neither torch nor FINN.
+Runs on PYNQ: Python 3.10, numpy >= 1.21, pynq (``finn`` only); no onnxruntime, onnx, qonnx,
+torch or FINN (PyPI has no armv7l build of onnxruntime or onnx).
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from export.errors import ExportError
-from export.executor import BatchResult, BundleExecutor, OnnxRuntimeBackend
+from export.executor import BatchResult, BundleExecutor
 from export.manifest import Bundle, GraphSpec
+from export.program import NumpyBackend
 from fpga.board.errors import BoardError, CommandError
 from fpga.board.store import DEFAULT_MAX_BUNDLE_BYTES, BundleStore, LoadSession
 from wire.protocol import (
@@ -94,7 +97,7 @@ class RuntimeConfig:
 
     Attributes:
         store_dir: Folder of the bundle store (created if missing).
-        backend: ``cpu`` (onnxruntime on the ARM) or ``finn`` (PYNQ overlay + ARM for gates).
+        backend: ``cpu`` (numpy programs on the ARM) or ``finn`` (PYNQ overlay + ARM for gates).
         overlays: Deploy folders of FINN overlays for the ``finn`` backend, one per bundle
             (each with its ``accelerators.json``, bitfile and FINN's ``settings.json``).
         overlay_batch: Images per DMA transfer (default: the overlay's ``batch_size``).
@@ -102,7 +105,8 @@ class RuntimeConfig:
             CIFAR-10 images, 61.4 MB of the ZedBoard's 512 MB).
         max_bundle_bytes: Largest bundle archive accepted by LOAD_BEGIN.
         max_payload_bytes: Largest frame payload the board accepts (told to the host in HELLO).
-        threads: onnxruntime threads (None: every core; the ZedBoard has two).
+        threads: Unused by the numpy backend (numpy's BLAS picks its threads; kept for the
+            command line's compatibility).
         identity: The board identity in HELLO_REPLY (default: "ddi-fpga runtime on HOSTNAME").
     """
 
@@ -150,17 +154,17 @@ class Accelerator(Protocol):
     """One FINN engine in the overlay: runs one graph kind on a batch (float32 in and out,
     ``integer * scale`` values as the manifest's datatypes say).
 
-    It may also have ``accepts(inputs) -> bool``: when false, that call runs on onnxruntime
+    It may also have ``accepts(inputs) -> bool``: when false, that call runs on the ARM
     (:class:`fpga.board.accel.GraphAccelerator` refuses channel masks that drop channels).
     """
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]: ...
 
 
-def check_finn(overlays: Sequence[str | Path]) -> list[OverlaySpec]:
-    """Raise one line unless pynq can be imported and every overlay folder has its
-    ``accelerators.json`` (the finn backend); return them. The bitfile is checked when it is
-    opened."""
+def check_finn(overlays: Sequence[str | Path], batch_size: int | None = None) -> list[OverlaySpec]:
+    """Raise one line unless pynq can be imported, every overlay folder has its
+    ``accelerators.json`` and the CMA pool holds their DMA buffers (the finn backend); return
+    them. The bitfile is checked when it is opened."""
     from fpga.board.accel import AcceleratorError, OverlaySpec
 
     try:
@@ -176,9 +180,28 @@ def check_finn(overlays: Sequence[str | Path]) -> list[OverlaySpec]:
             "`make bitstream` wrote), once per bundle"
         )
     try:
-        return [OverlaySpec.load(folder) for folder in overlays]
+        specs = [OverlaySpec.load(folder) for folder in overlays]
+        check_cma(specs, batch_size)
     except AcceleratorError as exc:
         raise BoardRuntimeError(str(exc)) from None
+    return specs
+
+
+def check_cma(
+    specs: Sequence[OverlaySpec], batch_size: int | None = None, meminfo: str | None = None
+) -> None:
+    """Raise one line unless the CMA pool's free bytes hold every overlay's DMA buffers
+    (``meminfo``: the text of /proc/meminfo, read when None)."""
+    from fpga.board.doctor import FAIL
+    from fpga.board.doctor import check_cma as verdict
+    from fpga.board.finnio import buffer_bytes
+
+    need = sum(
+        buffer_bytes(spec.driver_information(), batch_size or spec.batch_size) for spec in specs
+    )
+    result = verdict(need, meminfo)
+    if result.status == FAIL:
+        raise BoardRuntimeError(f"CMA: {result.detail}")
 
 
 class FinnBackend:
@@ -188,7 +211,7 @@ class FinnBackend:
     ``head``, ``exit0``...) to an :class:`Accelerator` (on the board the
     :class:`fpga.board.accel.GraphAccelerator`s of :func:`fpga.board.accel.load_overlay`).
     Graphs without one (the layer and channel gates, which FINN cannot compile), and calls the
-    accelerator does not ``accepts`` (channel masks), run on onnxruntime, as in ``cpu``.
+    accelerator does not ``accepts`` (channel masks), run on the numpy programs, as in ``cpu``.
     ``overlay`` is kept for the life of the backend (its DMA buffers).
     """
 
@@ -202,7 +225,7 @@ class FinnBackend:
     ) -> None:
         self.overlay = overlay
         self.accelerators: dict[str, Accelerator] = dict(accelerators)
-        self.cpu = OnnxRuntimeBackend(bundle, threads=threads)
+        self.cpu = NumpyBackend(bundle)
         unknown = sorted(set(self.accelerators) - set(bundle.manifest.graphs))
         if unknown:
             raise BoardRuntimeError(
@@ -231,7 +254,9 @@ def make_backend(config: RuntimeConfig, bundle: Bundle) -> Backend:
     if config.backend == "finn":
         from fpga.board.accel import AcceleratorError, load_overlay
 
-        built = {spec.bundle_id: spec.root for spec in check_finn(config.overlays)}
+        built = {
+            spec.bundle_id: spec.root for spec in check_finn(config.overlays, config.overlay_batch)
+        }
         if bundle.bundle_id not in built:
             raise BoardRuntimeError(
                 f"no overlay was built from bundle {bundle.bundle_id!r} (overlays for "
@@ -245,7 +270,7 @@ def make_backend(config: RuntimeConfig, bundle: Bundle) -> Backend:
         except AcceleratorError as exc:
             raise BoardRuntimeError(str(exc)) from None
         return FinnBackend(bundle, accelerators, overlay=overlay, threads=config.threads)
-    return OnnxRuntimeBackend(bundle, threads=config.threads)
+    return NumpyBackend(bundle)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,371 @@
+"""Benchmark: the ARM's work per image on a ZedBoard, and the numpy CPU backend's speed.
+
+    python -m fpga.board.arm_bench --out measurements/bench          (make bench runs it)
+
+For the ResNet-8 IADI bundle (the recorded IADI-60 run) in ``iadi`` mode on real CIFAR-10 test
+images, with the FINN backend as the board runs it (fpga.board.finnio's ``PynqDmaOverlay``,
+the DMA engines of fpga.board.accel, the numpy programs for everything the PL does not run), it
+times on this x86 machine, per image:
+
+- ``gates``: the layer-gate LSTM steps and channel gates (numpy programs);
+- ``marshalling``: float -> integer codes, FINN folding and packing, unpacking, buffer copies;
+- ``driver``: the IODMA register sequence of each engine call (the PL's own time excluded);
+- ``tails``: the float tails after each engine;
+- ``masked_blocks``: blocks whose channel mask drops channels, which the dense FINN engines
+  cannot run (HARDWARE.md), so they run on the ARM's numpy programs: reported apart, since
+  they are not the adapter's overhead but work the PL does not do.
+
+The PL is a stand-in whose engines are FINN's Python execution of each HW partition (the
+emulated overlay); its time is measured and subtracted. The PL time per image is modelled from
+FINN's estimates: each engine call costs its ``max_cycles`` per image at the overlay's clock
+(engines stream a batch at their bottleneck rate), summed over the calls the run made.
+
+x86 -> Cortex-A9 at 667 MHz: a factor measured in the same run, the single-thread float32
+matrix-multiply rate of this machine (numpy, a 512x512 product) over the Cortex-A9's NEON peak
+of 4 float32 flops per cycle (2.67 GFLOP/s at 667 MHz; measured 3.999 GFLOP/s at 1 GHz on a
+PandaBoard's Cortex-A9: http://gruntthepeon.free.fr/blog/index.php/2011/05/26/54-arm-cortex-a9-peak-flops).
+Real code reaches less than peak, so the scaled ARM times are lower bounds; work dominated by
+Python's interpreter rather than by numpy kernels may scale by another factor.
+
+Same run: images/s of the numpy CPU backend against onnxruntime's on this machine. Everything
+runs on one thread (numpy's BLAS limited with threadpoolctl, onnxruntime with one intra-op
+thread).
+Writes ``arm_work.json`` and ``arm_work.md`` into ``--out``; figures are measured on this
+machine (x86) or modelled (Cortex-A9 scaling, PL time from FINN estimates), and say which.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[2]
+CHECKPOINT = ROOT / "measurements" / "train" / "resnet8-w4a4" / "iadi-60" / "final.pt"
+A9_CLOCK_HZ = 667e6
+A9_FLOPS_PER_CYCLE = 4.0
+"""Cortex-A9 NEON: one 4-wide float32 multiply-accumulate every 2 cycles = 4 flops/cycle."""
+MARSHALLING = ("codes", "fold", "pack", "copies", "unpack")
+A9_SOURCE = (
+    "Cortex-A9 NEON peak 4 float32 flop/cycle (3.999 GFLOP/s measured at 1 GHz, "
+    "http://gruntthepeon.free.fr/blog/index.php/2011/05/26/54-arm-cortex-a9-peak-flops)"
+)
+
+
+def sgemm_gflops(n: int = 512, repeats: int = 20) -> float:
+    """This machine's float32 matrix-multiply rate (median of ``repeats`` products of two
+    independent n x n matrices; call it under ``threadpool_limits(1)`` for one thread)."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n)).astype(np.float32) for _ in range(2))
+    a @ b  # warm up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / float(np.median(times)) / 1e9
+
+
+class Clock:
+    """Seconds spent per category; ``exclude`` time is subtracted from the running category."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.excluded = 0.0
+
+    def wrap(self, obj: Any, name: str, category: str) -> None:
+        original = getattr(obj, name)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            before = self.excluded
+            t = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                spent = time.perf_counter() - t - (self.excluded - before)
+                self.seconds[category] += spent
+
+        setattr(obj, name, timed)
+
+
+def _pl(emulated: Any, io: dict[str, Any], clock: Clock):
+    """(allocate, ip) for :class:`fpga.board.finnio.PynqDmaOverlay`, backed by ``emulated``'s
+    engines; the engine's time is excluded from the ARM's."""
+    from fpga.board.accel import AP_DONE, AP_IDLE, AP_START, DMA_COUNT, DMA_CTRL
+    from fpga.board.finnio import StreamType, pack, unpack
+
+    buffers: list[Any] = []
+    index = {n: i for i, n in enumerate(io["idma_names"])}
+    odma_of = dict(enumerate(io["odma_names"]))
+    registers: dict[str, Any] = {}
+
+    class Buffer(np.ndarray):
+        device_address = 0
+
+    class Registers:
+        def __init__(self, name: str) -> None:
+            self.name, self.values, self.ctrl = name, {}, AP_IDLE
+
+        def read(self, offset: int) -> int:
+            if offset != DMA_CTRL:
+                return self.values.get(offset, 0)
+            value = self.ctrl
+            self.ctrl &= ~AP_DONE
+            return value
+
+        def write(self, offset: int, value: int) -> None:
+            if offset == DMA_CTRL and value & AP_START:
+                self.ctrl &= ~AP_IDLE
+                if self.name in index:
+                    run(self)
+            elif offset != DMA_CTRL:
+                self.values[offset] = int(value)
+
+    def allocate(shape: Any, dtype: Any) -> Any:
+        buffer = np.zeros(shape, dtype).view(Buffer)
+        buffer.device_address = 0x1000_0000 + 0x100_0000 * len(buffers)
+        buffers.append(buffer)
+        return buffer
+
+    def ip(name: str) -> Any:
+        return registers.setdefault(name, Registers(name))
+
+    def at(address: int) -> Any:
+        return next(b for b in buffers if b.device_address == address)
+
+    def run(idma: Any) -> None:
+        t = time.perf_counter()
+        k = index[idma.name]
+        n = idma.values[DMA_COUNT]
+        o, engine = emulated.engines[k]
+        address = idma.values.get(0x10, 0) | (idma.values.get(0x14, 0) << 32)
+        folded = io["ishape_folded"][k]
+        codes = unpack(np.asarray(at(address))[:n], StreamType.parse(io["idt"][k]), folded[-1])
+        codes = codes.reshape(n, *io["ishape_normal"][k][1:])
+        out = np.concatenate([engine(codes[j : j + 1]) for j in range(n)])
+        odma = registers[odma_of[o]]
+        target = at(odma.values.get(0x10, 0) | (odma.values.get(0x14, 0) << 32))
+        shape = (n, *io["oshape_folded"][o][1:])
+        target[:n] = pack(out.reshape(shape), StreamType.parse(io["odt"][o])).reshape(
+            target[:n].shape
+        )
+        idma.ctrl = odma.ctrl = AP_DONE | AP_IDLE
+        clock.excluded += time.perf_counter() - t
+
+    return allocate, ip
+
+
+def run(images: int, out: Path, work: Path) -> dict[str, Any]:
+    import onnxruntime
+
+    from export.bundle import export_bundle
+    from export.executor import BundleExecutor
+    from export.manifest import load_bundle
+    from export.program import NumpyBackend
+    from fpga.bitstream.overlay import prepare_overlay
+    from fpga.board import accel
+    from fpga.board.finnio import PynqDmaOverlay
+    from fpga.board.runtime import FinnBackend
+    from fpga.emulator.overlay import EmulatedDmaOverlay
+    from train.data import load_cifar10
+
+    test = load_cifar10("test")
+    bundle = load_bundle(export_bundle(CHECKPOINT, work / "iadi60", progress=False).path)
+    m = bundle.manifest
+    imgs = test.images[:images]
+
+    # -- the numpy CPU backend against onnxruntime, same images, same run --------------------
+    cpu_n = min(len(test.images), 2000)
+    speed: dict[str, float] = {}
+    executors = {
+        "numpy": BundleExecutor(bundle, backend=NumpyBackend(bundle)),
+        "onnxruntime_1_thread": BundleExecutor(bundle, threads=1),
+    }
+    for name, ex in executors.items():
+        ex.run(test.images[:64], mode="iadi")  # warm up
+        t = time.perf_counter()
+        ex.run(test.images[:cpu_n], mode="iadi")
+        speed[name] = cpu_n / (time.perf_counter() - t)
+
+    # -- the FINN backend's ARM work --------------------------------------------------------
+    build = prepare_overlay(bundle.path, work / "overlay")
+    spec = accel.OverlaySpec.load(build.deploy)
+    info = spec.driver_information()
+    emulated = EmulatedDmaOverlay.from_build(build.out)
+    clock = Clock()
+    allocate, ip = _pl(emulated, info["io_shape_dict"], clock)
+    overlay = PynqDmaOverlay(info, spec.batch_size, allocate=allocate, ip=ip)
+    overlay, accelerators = accel.load_overlay(bundle, build.deploy, overlay=overlay)
+    backend = FinnBackend(bundle, accelerators, overlay=overlay)
+    kind = {name: g.kind for name, g in m.graphs.items()}
+    calls: dict[str, int] = defaultdict(int)
+    numpy_run = backend.cpu.run
+
+    def cpu_run(graph: Any, inputs: Any) -> Any:
+        category = "gates" if kind[graph.name] in ("layer_gate", "channel_gate") else "masked"
+        t = time.perf_counter()
+        try:
+            return numpy_run(graph, inputs)
+        finally:
+            clock.seconds["gates" if category == "gates" else "masked_blocks"] += (
+                time.perf_counter() - t
+            )
+
+    backend.cpu.run = cpu_run
+    for name, acc in accelerators.items():
+        engine = acc.accelerator
+        clock.wrap(acc, "codes", "marshalling: codes")
+        clock.wrap(acc.tail, "apply", "tails")
+        clock.wrap(engine, "_transfer", "driver")
+        original = acc.run
+
+        def counted(inputs: Any, _name: str = name, _run: Any = original) -> Any:
+            calls[_name] += len(inputs[0])
+            return _run(inputs)
+
+        acc.run = counted
+    for method, part in (
+        ("fold_input", "fold"),
+        ("pack_input", "pack"),
+        ("copy_input_data_to_device", "copies"),
+        ("copy_output_data_from_device", "copies"),
+        ("unpack_output", "unpack"),
+        ("unfold_output", "fold"),
+    ):
+        clock.wrap(overlay, method, f"marshalling: {part}")
+    t = time.perf_counter()
+    result = BundleExecutor(bundle, backend=backend).run(imgs, mode="iadi")
+    wall = time.perf_counter() - t - clock.excluded
+    reference = executors["numpy"].run(imgs, mode="iadi")
+    assert np.array_equal(result.predictions, reference.predictions)
+
+    estimates = json.loads((build.out / "estimates.json").read_text())
+    period_s = float(estimates["overlay"]["clk_period_ns"]) * 1e-9
+    cycles = {n: int(e["max_cycles"]) for n, e in estimates["engines"].items()}
+    pl_s = sum(cycles[n] * c for n, c in calls.items()) * period_s / len(imgs)
+    # what the PL would take if it could run every block that ran (masks ignored)
+    executed = result.executed.sum(axis=0)
+    dense_calls = dict(calls)
+    for i, block in enumerate(m.blocks):
+        dense_calls[block.graph] = int(executed[i])
+    pl_dense_s = sum(cycles[n] * c for n, c in dense_calls.items()) * period_s / len(imgs)
+
+    gflops = sgemm_gflops()
+    a9 = A9_CLOCK_HZ * A9_FLOPS_PER_CYCLE / 1e9
+    factor = gflops / a9
+    per_image = {k: v / len(imgs) for k, v in clock.seconds.items()}
+    per_image["marshalling"] = sum(v for k, v in per_image.items() if k.startswith("marsh"))
+    adapter = sum(per_image.get(k, 0.0) for k in ("gates", "marshalling", "driver", "tails"))
+    doc = {
+        "benchmark": "arm_work",
+        "bundle": m.bundle_id,
+        "mode": "iadi",
+        "images": len(imgs),
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "onnxruntime": onnxruntime.__version__,
+        },
+        "measured_x86_s_per_image": {
+            **per_image,
+            "adapter_total": adapter,
+            "run_wall_minus_pl": wall / len(imgs),
+        },
+        "engine_images": dict(calls),
+        "x86_sgemm_gflops_1_thread": gflops,
+        "cortex_a9_peak_gflops": a9,
+        "cortex_a9_source": A9_SOURCE,
+        "x86_to_a9_factor": factor,
+        "modelled_a9_s_per_image": {k: v * factor for k, v in per_image.items()}
+        | {"adapter_total": adapter * factor},
+        "modelled_pl_s_per_image_finn_estimates": pl_s,
+        "modelled_pl_dense_s_per_image_finn_estimates": pl_dense_s,
+        "adapter_over_pl": adapter * factor / pl_s if pl_s else None,
+        "adapter_over_pl_dense": adapter * factor / pl_dense_s if pl_dense_s else None,
+        "cpu_backend_images_per_s": speed,
+        "numpy_over_onnxruntime": speed["numpy"] / speed["onnxruntime_1_thread"],
+        "cpu_backend_images": cpu_n,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "arm_work.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (out / "arm_work.md").write_text(_markdown(doc))
+    return doc
+
+
+def _markdown(d: dict[str, Any]) -> str:
+    x86 = d["measured_x86_s_per_image"]
+    a9 = d["modelled_a9_s_per_image"]
+    ms = 1e3
+    keys = ["gates", "marshalling", *(f"marshalling: {p}" for p in MARSHALLING)]
+    keys += ["driver", "tails", "adapter_total", "masked_blocks"]
+    rows = [f"| {k} | {x86.get(k, 0) * ms:.3f} | {a9.get(k, 0) * ms:.3f} |" for k in keys]
+    goal = d["adapter_over_pl"]
+    dense = d["adapter_over_pl_dense"]
+    speed = d["cpu_backend_images_per_s"]
+    return "\n".join(
+        [
+            f"# ARM work per image: {d['bundle']} ({d['mode']}, {d['images']} CIFAR-10 test "
+            "images)",
+            "",
+            f"Measured on this machine ({d['machine']['cpu']}, {d['machine']['cores']} cores, "
+            f"numpy {d['machine']['numpy']}); the Cortex-A9 column is MODELLED: x86 time x "
+            f"{d['x86_to_a9_factor']:.1f}, this machine's one-thread float32 matmul rate "
+            f"({d['x86_sgemm_gflops_1_thread']:.1f} GFLOP/s) over the {d['cortex_a9_source']} "
+            f"at 667 MHz ({d['cortex_a9_peak_gflops']:.2f} GFLOP/s): a lower bound.",
+            "",
+            "| ARM work | x86 ms/image (measured) | Cortex-A9 667 MHz ms/image (modelled) |",
+            "|---|---|---|",
+            *rows,
+            "",
+            f"PL time per image from FINN's estimates (engines the run used: "
+            f"{', '.join(f'{k} x{v}' for k, v in sorted(d['engine_images'].items()))} images): "
+            f"{d['modelled_pl_s_per_image_finn_estimates'] * ms:.3f} ms; with every executed "
+            f"block on the PL (masks ignored): "
+            f"{d['modelled_pl_dense_s_per_image_finn_estimates'] * ms:.3f} ms.",
+            f"ARM adapter work (gates, marshalling, driver, tails) over PL time: "
+            f"{goal:.1%} (goal <= 10%: {'met' if goal <= 0.1 else 'NOT met'}); over the dense "
+            f"PL time: {dense:.1%}.",
+            "Masked blocks run on the ARM because FINN's dense engines cannot skip channels; "
+            "they are listed apart.",
+            "",
+            f"CPU backend, same run, {d['cpu_backend_images']} images, iadi mode: numpy "
+            f"{speed['numpy']:.0f} images/s, onnxruntime (1 thread) "
+            f"{speed['onnxruntime_1_thread']:.0f} images/s: numpy at "
+            f"{d['numpy_over_onnxruntime']:.2f}x onnxruntime.",
+            "",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fpga.board.arm_bench", description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("measurements/bench"))
+    parser.add_argument("--images", type=int, default=64, help="images through the FINN path")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    # One thread everywhere (numpy's BLAS too): the figures compare one x86 core with one A9
+    # core, and onnxruntime runs with one thread. threadpoolctl comes with scikit-learn (finn).
+    from threadpoolctl import threadpool_limits
+
+    with tempfile.TemporaryDirectory(prefix="arm-bench-") as work, threadpool_limits(1):
+        doc = run(args.images, args.out, Path(work))
+    print((args.out / "arm_work.md").read_text())
+    return 0 if doc else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

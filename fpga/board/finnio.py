@@ -1,0 +1,300 @@
+"""FINN's IODMA overlays with pynq alone: the stream formats in numpy, the buffers and registers.
+
+finn-plus-driver cannot be installed on a PYNQ image for the ZedBoard: its ``get_driver_class``
+imports the whole ``overlays`` package, which imports qonnx (hence onnx, which PyPI does not build
+for armv7l) and matplotlib (HARDWARE.md). What the board needs of it is small and is written here
+against FINN's documented formats:
+
+- :func:`pack` / :func:`unpack`: FINN's packed stream layout, as ``finn.util.data_packing``'s
+  ``finnpy_to_packed_bytearray`` / ``packed_bytearray_to_finnpy`` make it with the flags the
+  driver uses (``reverse_inner=True, reverse_endian=True``): the innermost (folded) dimension
+  of ``n`` values of ``b`` bits is one little-endian word ``sum(v[i] << (i * b))`` (two's
+  complement for signed types), padded to whole bytes. Vectorized: one shift-and-or over the
+  array for widths dividing 8, one ``packbits`` for the others; a host test checks them bit for
+  bit against FINN's.
+- :class:`PynqDmaOverlay`: the overlay's IODMA register maps and CMA buffers through ``pynq``
+  (``pynq.Overlay``, ``pynq.allocate``), with :mod:`fpga.board.accel`'s ``DmaOverlay``
+  interface, so :class:`fpga.board.accel.DmaEngine` drives it with FINN's register sequence.
+  ``allocate`` and ``ip`` can be given instead of pynq (a stand-in of the PL's registers).
+
+Runs on the board: standard library and numpy (>= 1.21); pynq only when an overlay is opened.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fpga.board.errors import BoardError
+
+log = logging.getLogger(__name__)
+
+
+class FinnIoError(BoardError):
+    """A FINN stream or overlay cannot be packed, unpacked or opened (one line)."""
+
+
+@dataclass(frozen=True)
+class StreamType:
+    """A FINN integer ``DataType`` as the driver's settings name it (``DataType['UINT4']``)."""
+
+    name: str
+    bits: int
+    signed: bool
+
+    @classmethod
+    def parse(cls, text: str) -> StreamType:
+        name = str(text)
+        if "[" in name:  # settings.json stores "DataType['UINT4']"
+            name = name[name.index("[") + 1 : name.index("]")].strip("'\"")
+        if name == "BINARY":
+            return cls(name, 1, False)
+        if name == "BIPOLAR":
+            return cls(name, 1, True)
+        for prefix, signed in (("UINT", False), ("INT", True)):
+            digits = name[len(prefix) :]
+            if name.startswith(prefix) and digits.isdigit() and 1 <= int(digits) <= 32:
+                return cls(name, int(digits), signed)
+        raise FinnIoError(
+            f"stream datatype {text!r} is not BINARY, BIPOLAR, INTk or UINTk (k <= 32); the "
+            "board's packer handles FINN's integer streams only"
+        )
+
+    @property
+    def low(self) -> int:
+        return -1 if self.name == "BIPOLAR" else (-(1 << (self.bits - 1)) if self.signed else 0)
+
+    @property
+    def high(self) -> int:
+        if self.name == "BIPOLAR":
+            return 1
+        return (1 << (self.bits - 1)) - 1 if self.signed else (1 << self.bits) - 1
+
+
+def _container(bits: int) -> type:
+    return np.uint8 if bits <= 8 else np.uint16 if bits <= 16 else np.uint32
+
+
+def _words(values: np.ndarray, t: StreamType) -> np.ndarray:
+    """Integer values -> their ``bits``-wide unsigned patterns (the smallest uint container),
+    checked integer and in range."""
+    v = np.asarray(values)
+    if v.size:
+        low, high = v.min(), v.max()
+        if low < t.low or high > t.high:
+            raise FinnIoError(
+                f"values span [{low:.0f}, {high:.0f}], outside {t.name}'s [{t.low}, {t.high}]"
+            )
+        if v.dtype.kind == "f" and not np.array_equal(v, np.rint(v)):
+            raise FinnIoError(f"values for a {t.name} stream are not integers")
+    ints = v.astype(np.int16 if t.bits <= 8 else np.int64)
+    if t.name == "BIPOLAR":
+        ints = (ints + 1) // 2
+    return (ints & ((1 << t.bits) - 1)).astype(_container(t.bits))
+
+
+def packed_bytes(n: int, bits: int) -> int:
+    """Bytes of one packed word of ``n`` values of ``bits`` bits."""
+    return (n * bits + 7) // 8
+
+
+def pack(values: np.ndarray, datatype: StreamType | str) -> np.ndarray:
+    """Folded integer values ``(..., n)`` -> FINN's packed bytes ``(..., ceil(n * b / 8))``."""
+    t = datatype if isinstance(datatype, StreamType) else StreamType.parse(datatype)
+    u = _words(values, t)
+    lead, n = u.shape[:-1], u.shape[-1]
+    nbytes = packed_bytes(n, t.bits)
+    if 8 % t.bits == 0:  # 1, 2, 4, 8 bits: k whole values per byte
+        k = 8 // t.bits
+        if n % k:
+            u = np.concatenate([u, np.zeros((*lead, k - n % k), np.uint8)], axis=-1)
+        out = u[..., 0::k].copy()
+        for j in range(1, k):  # a few whole-array shifts: faster than a reduce over k
+            out |= u[..., j::k] << np.uint8(j * t.bits)
+        return out
+    # any other width: every value's bits, least significant first, then one packbits
+    u = u.astype(np.uint64)
+    bits = (u[..., None] >> np.arange(t.bits, dtype=np.uint64)) & np.uint64(1)
+    flat = np.zeros((*lead, nbytes * 8), dtype=np.uint8)
+    flat[..., : n * t.bits] = bits.reshape(*lead, n * t.bits)
+    return np.packbits(flat, axis=-1, bitorder="little")
+
+
+def unpack(packed: np.ndarray, datatype: StreamType | str, n: int) -> np.ndarray:
+    """FINN's packed bytes ``(..., nbytes)`` -> ``n`` integer values per word, as float32
+    (what FINN's driver returns)."""
+    t = datatype if isinstance(datatype, StreamType) else StreamType.parse(datatype)
+    p = np.asarray(packed)
+    if p.dtype != np.uint8:
+        raise FinnIoError(f"packed data must be uint8, not {p.dtype}")
+    lead, nbytes = p.shape[:-1], p.shape[-1]
+    if nbytes != packed_bytes(n, t.bits):
+        raise FinnIoError(
+            f"{nbytes} bytes per word cannot hold exactly {n} {t.name} values "
+            f"({packed_bytes(n, t.bits)} bytes do)"
+        )
+    if 8 % t.bits == 0:
+        k = 8 // t.bits
+        mask = np.uint8((1 << t.bits) - 1)
+        u = np.empty((*lead, nbytes * k), dtype=np.int16)
+        for j in range(k):
+            u[..., j::k] = (p >> np.uint8(j * t.bits)) & mask
+        u = u[..., :n]
+    else:
+        bits = np.unpackbits(p, axis=-1, bitorder="little")[..., : n * t.bits]
+        bits = bits.reshape(*lead, n, t.bits).astype(np.int64)
+        u = (bits << np.arange(t.bits, dtype=np.int64)).sum(axis=-1)
+    if t.name == "BIPOLAR":
+        u = 2 * u - 1
+    elif t.signed:
+        u = np.where(u >= (1 << (t.bits - 1)), u - (1 << t.bits), u)
+    return u.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# The overlay through pynq
+
+
+def _shapes(io: dict[str, Any], key: str, batch: int) -> list[tuple[int, ...]]:
+    return [(batch, *(int(d) for d in s[1:])) for s in io[key]]
+
+
+class PynqDmaOverlay:
+    """A FINN ``zynq-iodma`` overlay: ``batch_size`` images per buffer, pynq only.
+
+    ``partial_batches``: a call of fewer images than ``batch_size`` is folded, packed and
+    copied for just those images (the DMA moves only them: its count register), not padded.
+
+    ``info`` is ``driver_information`` of FINN's ``settings.json``
+    (:meth:`fpga.board.accel.OverlaySpec.driver_information`). On the board the bitfile is
+    downloaded with ``pynq.Overlay`` (PL clock ``fclk_mhz`` set through ``pynq.Clocks``), buffers
+    come from ``pynq.allocate`` (CMA, physically contiguous) and the IODMAs' register maps are
+    the overlay's IP objects named in ``idma_names``/``odma_names``. ``allocate(shape, dtype)``
+    and ``ip(name)`` replace pynq (a stand-in of the PL).
+    """
+
+    def __init__(
+        self,
+        info: dict[str, Any],
+        batch_size: int,
+        *,
+        bitfile: str | Path | None = None,
+        download: bool = True,
+        allocate: Callable[..., Any] | None = None,
+        ip: Callable[[str], Any] | None = None,
+    ) -> None:
+        io = dict(info["io_shape_dict"])
+        self.batch_size = int(batch_size)
+        self._idt = [StreamType.parse(t) for t in io["idt"]]
+        self._odt = [StreamType.parse(t) for t in io["odt"]]
+        b = self.batch_size
+        self._shape = {
+            k: _shapes(io, k, b)
+            for k in (
+                "ishape_normal",
+                "ishape_folded",
+                "ishape_packed",
+                "oshape_normal",
+                "oshape_folded",
+                "oshape_packed",
+            )
+        }
+        if allocate is None or ip is None:
+            allocate, ip = self._open_pynq(bitfile, download, float(info.get("fclk_mhz", 100.0)))
+        try:
+            self.idma = [ip(name) for name in io["idma_names"]]
+            self.odma = [ip(name) for name in io["odma_names"]]
+            self.ibuf_packed_device = [
+                allocate(shape=s, dtype=np.uint8) for s in self._shape["ishape_packed"]
+            ]
+            self.obuf_packed_device = [
+                allocate(shape=s, dtype=np.uint8) for s in self._shape["oshape_packed"]
+            ]
+        except (AttributeError, KeyError) as exc:
+            raise FinnIoError(
+                f"the overlay lacks an IODMA that settings.json names ({exc}); the bitfile and "
+                "settings.json come from different builds"
+            ) from None
+        except (MemoryError, RuntimeError) as exc:
+            need = sum(int(np.prod(s)) for s in self.buffer_shapes())
+            raise FinnIoError(
+                f"cannot allocate {need / 1e6:.1f} MB of DMA buffers ({type(exc).__name__}: "
+                f"{exc}); free CMA (python -m fpga.board doctor) or lower --overlay-batch"
+            ) from None
+        self.obuf_packed = [np.empty(s, dtype=np.uint8) for s in self._shape["oshape_packed"]]
+
+    partial_batches = True
+
+    def buffer_shapes(self) -> list[tuple[int, ...]]:
+        return [*self._shape["ishape_packed"], *self._shape["oshape_packed"]]
+
+    @staticmethod
+    def _open_pynq(bitfile: Any, download: bool, fclk_mhz: float):
+        try:
+            import pynq
+        except ImportError:
+            raise FinnIoError(
+                "the finn backend needs the pynq package (a PYNQ image; docs/board.md), or run "
+                "with --backend cpu"
+            ) from None
+        if bitfile is None or not Path(bitfile).is_file():
+            raise FinnIoError(f"the overlay's bitfile {str(bitfile)!r} is missing")
+        try:
+            overlay = pynq.Overlay(str(bitfile), download=download)
+            if download:
+                pynq.Clocks.fclk0_mhz = fclk_mhz
+        except Exception as exc:  # pynq raises RuntimeError, OSError, ValueError...
+            raise FinnIoError(
+                f"pynq cannot open {str(bitfile)!r}: {type(exc).__name__}: {exc}"
+            ) from None
+        return pynq.allocate, lambda name: getattr(overlay, name)
+
+    # --- fpga.board.accel.DmaOverlay ------------------------------------------------------
+    def idt(self, ind: int = 0) -> StreamType:
+        return self._idt[ind]
+
+    def odt(self, ind: int = 0) -> StreamType:
+        return self._odt[ind]
+
+    def ishape_normal(self, ind: int = 0) -> tuple[int, ...]:
+        return self._shape["ishape_normal"][ind]
+
+    def fold_input(self, ibuf_normal: np.ndarray, ind: int = 0) -> np.ndarray:
+        x = np.asarray(ibuf_normal)
+        return x.reshape(len(x), *self._shape["ishape_folded"][ind][1:])
+
+    def pack_input(self, ibuf_folded: np.ndarray, ind: int = 0) -> np.ndarray:
+        return pack(ibuf_folded, self._idt[ind])
+
+    def copy_input_data_to_device(self, data: np.ndarray, ind: int = 0) -> None:
+        buffer = self.ibuf_packed_device[ind]
+        np.copyto(buffer[: len(data)], data)
+        getattr(buffer, "flush", lambda: None)()  # write the CPU cache back before the DMA
+
+    def copy_output_data_from_device(self, data: np.ndarray, ind: int = 0) -> None:
+        buffer = self.obuf_packed_device[ind]
+        getattr(buffer, "invalidate", lambda: None)()  # drop stale cache lines after the DMA
+        np.copyto(data, buffer[: len(data)])
+
+    def unpack_output(self, obuf_packed: np.ndarray, ind: int = 0) -> np.ndarray:
+        return unpack(obuf_packed, self._odt[ind], self._shape["oshape_folded"][ind][-1])
+
+    def unfold_output(self, obuf_folded: np.ndarray, ind: int = 0) -> np.ndarray:
+        y = np.asarray(obuf_folded)
+        return y.reshape(len(y), *self._shape["oshape_normal"][ind][1:])
+
+
+def buffer_bytes(info: dict[str, Any], batch_size: int) -> int:
+    """CMA bytes the overlay's DMA buffers take at ``batch_size`` images (doctor's check)."""
+    io = dict(info["io_shape_dict"])
+    shapes: Sequence[tuple[int, ...]] = [
+        *_shapes(io, "ishape_packed", batch_size),
+        *_shapes(io, "oshape_packed", batch_size),
+    ]
+    # pynq allocates whole pages per buffer
+    return sum(((int(np.prod(s)) + 4095) // 4096) * 4096 for s in shapes)

@@ -1,0 +1,95 @@
+"""A numpy stand-in of the PL's IODMA registers that answers with engine outputs recorded on the
+host (by FINN's execution of each engine, fpga.emulator.overlay). Runs on the emulated ARM: numpy
+only. It checks what the board's driver does: the packed input bytes of every call must be the
+ones recorded for that engine, the buffers' addresses and image counts must be programmed, the
+output DMA started before the input DMA; then it writes the recorded output bytes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+AP_START, AP_DONE, AP_IDLE = 0x1, 0x2, 0x4
+CTRL, ADDR_LO, ADDR_HI, COUNT = 0x00, 0x10, 0x14, 0x1C
+
+
+class Buffer(np.ndarray):
+    device_address = 0
+    flushed = 0
+
+    def flush(self):
+        self.flushed += 1
+
+    def invalidate(self):
+        pass
+
+
+class Registers:
+    def __init__(self, pl, name):
+        self.pl, self.name, self.values, self.ctrl = pl, name, {}, AP_IDLE
+
+    def read(self, offset):
+        if offset != CTRL:
+            return self.values.get(offset, 0)
+        value = self.ctrl
+        self.ctrl &= ~AP_DONE  # clear on read, as HLS's ap_ctrl_hs
+        return value
+
+    def write(self, offset, value):
+        if offset == CTRL and value & AP_START:
+            self.ctrl &= ~AP_IDLE
+            self.pl.started(self)
+        elif offset != CTRL:
+            self.values[offset] = int(value)
+
+    @property
+    def address(self):
+        return self.values.get(ADDR_LO, 0) | (self.values.get(ADDR_HI, 0) << 32)
+
+
+class RecordedPL:
+    """``recording``: npz with, per call j, ``engine_j`` = (input DMA, output DMA, images),
+    ``in_j`` and ``out_j`` = the packed bytes of those images. DMAs are numbered by their place
+    in settings.json's ``idma_names``/``odma_names`` (``io``), as FINN's driver numbers them."""
+
+    def __init__(self, recording, io):
+        self.index = {name: i for i, name in enumerate(io["idma_names"])}
+        self.index.update({name: i for i, name in enumerate(io["odma_names"])})
+        self.odma_name = dict(enumerate(io["odma_names"]))
+        self.calls = {}
+        n = len([k for k in recording.files if k.startswith("engine_")])
+        for j in range(n):
+            k, o, images = (int(v) for v in recording[f"engine_{j}"])
+            key = (k, recording[f"in_{j}"].tobytes())
+            self.calls[key] = (o, images, recording[f"out_{j}"])
+        self.buffers, self.dmas, self.next_address, self.served = [], {}, 0x1000_0000, 0
+
+    def allocate(self, shape, dtype):
+        buffer = np.zeros(shape, dtype).view(Buffer)
+        buffer.device_address = self.next_address
+        self.next_address += (buffer.nbytes + 0xFFF) & ~0xFFF
+        self.buffers.append(buffer)
+        return buffer
+
+    def ip(self, name):
+        return self.dmas.setdefault(name, Registers(self, name))
+
+    def _buffer_at(self, address):
+        return next(b for b in self.buffers if b.device_address == address)
+
+    def started(self, dma):
+        if not dma.name.startswith("idma"):
+            return  # an output DMA waits for its engine
+        k = self.index[dma.name]
+        n = dma.values.get(COUNT, 0)
+        data = np.asarray(self._buffer_at(dma.address))[:n]
+        found = self.calls.get((k, data.tobytes()))
+        if found is None:
+            raise AssertionError(f"input DMA {k}: packed bytes of {n} images were not recorded")
+        o, images, out = found
+        odma = self.dmas[self.odma_name[o]]
+        if images != n or odma.ctrl & AP_IDLE or odma.values.get(COUNT) != n:
+            raise AssertionError(f"output DMA {o} is not waiting for {n} images")
+        target = self._buffer_at(odma.address)
+        target[:n] = out.reshape(target[:n].shape)
+        dma.ctrl = odma.ctrl = AP_DONE | AP_IDLE
+        self.served += 1

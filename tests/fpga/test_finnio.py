@@ -1,0 +1,52 @@
+"""The board's FINN stream packing (fpga.board.finnio) bit for bit against FINN's own."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fpga.board.finnio import FinnIoError, StreamType, pack, unpack
+
+data_packing = pytest.importorskip("finn.util.data_packing", reason="finn-plus not installed")
+from qonnx.core.datatype import DataType  # noqa: E402 - after the skip
+
+TYPES = [
+    "BINARY", "BIPOLAR", "UINT2", "UINT3", "UINT4", "INT4", "INT5", "UINT7", "UINT8", "INT8",
+    "UINT12", "INT16", "INT24", "UINT32", "INT32",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", TYPES)
+@pytest.mark.parametrize("shape", [(4, 8, 8, 2, 9), (3, 1, 10), (2, 5, 16), (1, 7)])
+def test_pack_and_unpack_equal_finn_data_packing(name, shape):
+    t = StreamType.parse(f"DataType['{name}']")
+    rng = np.random.default_rng(len(name) * 100 + len(shape))
+    values = rng.integers(t.low, t.high + 1, shape, dtype=np.int64)
+    if name == "BIPOLAR":
+        values = np.where(values == 0, 1, values)
+    values = values.astype(np.float32)
+    dt = DataType[name]
+    want = data_packing.finnpy_to_packed_bytearray(
+        values, dt, reverse_inner=True, reverse_endian=True
+    )
+    got = pack(values, t)
+    assert got.dtype == np.uint8 and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+    back = data_packing.packed_bytearray_to_finnpy(
+        np.ascontiguousarray(want), dt, shape, reverse_inner=True, reverse_endian=True
+    )
+    mine = unpack(np.ascontiguousarray(want), t, shape[-1])
+    np.testing.assert_array_equal(mine, back)
+    np.testing.assert_array_equal(mine, values)
+
+
+def test_bad_streams_are_one_line():
+    with pytest.raises(FinnIoError, match="outside UINT4's") as info:
+        pack(np.array([[16.0]]), "UINT4")
+    assert "\n" not in str(info.value)
+    with pytest.raises(FinnIoError, match="not integers"):
+        pack(np.array([[0.5]]), "UINT4")
+    with pytest.raises(FinnIoError, match="FIXED"):
+        StreamType.parse("DataType['FIXED<8,4>']")
+    with pytest.raises(FinnIoError, match="cannot hold exactly 5"):
+        unpack(np.zeros((1, 2), np.uint8), "UINT4", 5)
