@@ -43,7 +43,11 @@ def _add_training(p: argparse.ArgumentParser, phase: str) -> None:
     g.add_argument("--out", required=True, help="run folder (created; resumed if it has last.pt)")
     if phase == "base":
         g.add_argument("--model", default=d.model, help=f"registered model (default {d.model})")
-        g.add_argument("--init", help="continue from this checkpoint")
+        g.add_argument(
+            "--init",
+            help="continue from this checkpoint (a float one starts quantization-aware "
+            "training unless --float)",
+        )
     else:
         g.add_argument("--init", required=True, help="checkpoint to start from")
     g.add_argument(
@@ -54,6 +58,19 @@ def _add_training(p: argparse.ArgumentParser, phase: str) -> None:
     g.add_argument("--momentum", type=float, default=d.momentum)
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)
     g.add_argument("--lr-schedule", choices=("cosine", "constant"), default=d.lr_schedule)
+    g.add_argument(
+        "--lr-warmup-steps",
+        type=int,
+        default=d.lr_warmup_steps,
+        help="linear learning-rate warm-up steps before the schedule (default 0)",
+    )
+    g.add_argument(
+        "--label-smoothing",
+        type=float,
+        default=d.label_smoothing,
+        help="label smoothing of the cross-entropy (default 0, e.g. 0.1)",
+    )
+    g.add_argument("--channels-last", action="store_true", help="train in the NHWC memory format")
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument(
         "--checkpoint-every",
@@ -117,6 +134,9 @@ def _config(args: argparse.Namespace, phase: str):
         "momentum": args.momentum,
         "weight_decay": args.weight_decay,
         "lr_schedule": args.lr_schedule,
+        "lr_warmup_steps": args.lr_warmup_steps,
+        "label_smoothing": args.label_smoothing,
+        "channels_last": args.channels_last,
         "seed": args.seed,
         "checkpoint_every_steps": args.checkpoint_every,
         "train_limit": args.train_limit,

@@ -182,16 +182,19 @@ def _load_state(model: DDIResNet, state: dict, name: str) -> tuple[list[str], li
 _ADDED_PARTS = ("layer_gates.", "gate_rnn.", "channel_gates.", "exits.")
 
 
-def load_backbone(model: DDIResNet, payload: dict) -> None:
+def load_backbone(model: DDIResNet, payload: dict, *, quantize: bool = False) -> None:
     """Load a checkpoint into a model that may add gates or exits to the checkpoint's network.
 
     Everything the checkpoint has must fit the model; only gate and exit parameters may be new.
+    ``quantize=True`` also accepts a float checkpoint for a quantized model of the same network
+    (quantization-aware training from float pre-training): weights and BN carry over, and the
+    quantizers' own parameters start afresh.
     """
     source = payload["model"]
     target = model.spec()
-    if source["name"] != target["name"] or source["kwargs"].get("quant") != target["kwargs"].get(
-        "quant"
-    ):
+    source_quant, target_quant = source["kwargs"].get("quant"), target["kwargs"].get("quant")
+    from_float = quantize and source_quant is None and target_quant is not None
+    if source["name"] != target["name"] or (source_quant != target_quant and not from_float):
         raise CheckpointError(
             f"checkpoint holds {source['name']!r} with quant={source['kwargs'].get('quant')!r}, "
             f"not {target['name']!r} with quant={target['kwargs'].get('quant')!r}; start from a "
@@ -199,6 +202,8 @@ def load_backbone(model: DDIResNet, payload: dict) -> None:
         )
     missing, unexpected = _load_state(model, payload["state_dict"], target["name"])
     missing = [k for k in missing if not k.startswith(_ADDED_PARTS)]
+    if from_float:  # Brevitas' quantizer state (scales, zero points) is new in the QAT model
+        missing = [k for k in missing if "_quant." not in k]
     if missing or unexpected:
         raise CheckpointError(
             f"checkpoint backbone does not fit {target['name']!r}: missing {missing[:3]!r}, "

@@ -25,7 +25,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,15 @@ class TrainConfig:
     weight_decay: float = 1e-4
     lr_schedule: str = "cosine"
     """'cosine' (to 0 over ``steps``) or 'constant'."""
+    lr_warmup_steps: int = 0
+    """Main stage: steps of linear learning-rate warm-up from ``lr / lr_warmup_steps`` to ``lr``
+    before the schedule (which then runs over the remaining steps)."""
+    label_smoothing: float = 0.0
+    """Label smoothing of every cross-entropy term (0 = plain cross-entropy)."""
+    channels_last: bool = False
+    """Train in the channels-last memory format (NHWC), faster for convolutions on some CPUs."""
+    amp: bool = False
+    """Mixed precision on CUDA: forward and loss under bfloat16 autocast (ignored on the CPU)."""
     resource: str = "macs"
     """What E measures: 'macs' or 'energy' (Eq. 6 model)."""
     alpha: float = 0.0
@@ -123,6 +132,14 @@ class TrainConfig:
             )
         if self.lr_schedule not in ("cosine", "constant"):
             raise ConfigError(f"lr_schedule {self.lr_schedule!r} must be 'cosine' or 'constant'")
+        if not 0 <= self.lr_warmup_steps < self.steps:
+            raise ConfigError(
+                f"lr_warmup_steps {self.lr_warmup_steps!r} must be in [0, steps={self.steps})"
+            )
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(
+                f"label_smoothing {self.label_smoothing!r} must be in [0, 1), e.g. 0.1"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -220,9 +237,14 @@ class ResourceCost:
 # ---------------------------------------------------------------------------------------------
 
 
-def _lr_at(cfg: TrainConfig, step: int, total: int) -> float:
+def _lr_at(cfg: TrainConfig, step: int, total: int, warmup: int = 0) -> float:
+    """Learning rate at ``step`` of ``total``: linear warm-up over ``warmup`` steps, then the
+    schedule (cosine to 0, or constant) over the remaining ``total - warmup`` steps."""
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
     if cfg.lr_schedule == "constant":
         return cfg.lr
+    step, total = step - warmup, total - warmup
     return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * min(step, total) / total))
 
 
@@ -234,10 +256,17 @@ def _build(cfg: TrainConfig) -> tuple[DDIResNet, dict | None]:
         else None
     )
     if cfg.phase == "base":
-        if cfg.init:
-            payload = load_checkpoint(cfg.init)
-            return build_model(payload), payload
-        return create_model(cfg.model, gating="none", exits=False, quant=quant), None
+        if not cfg.init:
+            return create_model(cfg.model, gating="none", exits=False, quant=quant), None
+        payload = load_checkpoint(cfg.init)
+        if quant is not None and payload["model"]["kwargs"].get("quant") is None:
+            # Float pre-training, then quantization-aware training: the float weights start the
+            # quantized network; its activation scales start from their statistics phase.
+            kwargs = {**payload["model"]["kwargs"], "quant": quant}
+            model = create_model(payload["model"]["name"], **kwargs)
+            load_backbone(model, payload, quantize=True)
+            return model, payload
+        return build_model(payload), payload
     payload = load_checkpoint(cfg.init)
     kwargs = dict(payload["model"]["kwargs"])
     if cfg.phase == "iadi":
@@ -286,6 +315,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model, self.init_payload = _build(cfg)
         self.model.to(self.device)
+        self.amp = cfg.amp and self.device.type == "cuda"
+        if cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.net: nn.Module = self.model  # DDP-wrapped per stage by _prepare_stage()
         self.resource = ResourceCost(self.model, cfg.resource)
         self.controller: AlphaController | None = None
@@ -311,6 +343,11 @@ class Trainer:
         self.calibrations: list[dict[str, Any]] = []
         self.step = 0  # steps done in the current stage
         self.epoch, self.batch_in_epoch = 0, 0
+        # Wall and CPU time of the segments before this one (a resumed run), and this segment's
+        # start: a resumed run reports the sum over its segments.
+        self.wall_before_s, self.segment_start = 0.0, time.time()
+        self.cpu_before_s, self.segment_cpu_start = 0.0, time.process_time()
+        self.images_seen = 0  # training images through the optimizer, all stages
         self._prepare_stage()
 
     # -- setup ---------------------------------------------------------------------------------
@@ -387,7 +424,21 @@ class Trainer:
             "controller": self.controller.state_dict() if self.controller else None,
             "calibrations": self.calibrations,
             "torch_rng": torch.get_rng_state(),
+            "train_wall_time_s": self.wall_time_s(),
+            "train_cpu_time_s": self.cpu_time_s(),
+            "train_images_seen": self.images_seen,
         }
+
+    def wall_time_s(self) -> float:
+        """Training wall time so far, summed over every resumed segment of the run."""
+        return self.wall_before_s + (time.time() - self.segment_start)
+
+    def cpu_time_s(self) -> float:
+        """CPU time of this process's threads so far (all cores), summed over the segments.
+
+        On a shared machine the wall time grows with the other load; the CPU time does not.
+        """
+        return self.cpu_before_s + (time.process_time() - self.segment_cpu_start)
 
     def save(
         self, name: str, metrics: dict[str, Any] | None = None, *, resumable: bool = True
@@ -413,8 +464,12 @@ class Trainer:
         saved = dict(payload["config"])
         mine = self.cfg.to_dict()
         ignored = {"device", "out_dir", "data", "extra", "checkpoint_every_steps"}
+        # A setting added after the checkpoint was written counts as its default there.
+        defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
         diff = {
-            k: (saved.get(k), v) for k, v in mine.items() if k not in ignored and saved.get(k) != v
+            k: (saved.get(k, defaults.get(k)), v)
+            for k, v in mine.items()
+            if k not in ignored and saved.get(k, defaults.get(k)) != v
         }
         if diff:
             raise ConfigError(
@@ -430,6 +485,9 @@ class Trainer:
         self.batch_in_epoch = int(state["batch_in_epoch"])
         self.alpha = float(state["alpha"])
         self.calibrations = list(state.get("calibrations") or [])
+        self.wall_before_s = float(state.get("train_wall_time_s", 0.0))
+        self.cpu_before_s = float(state.get("train_cpu_time_s", 0.0))
+        self.images_seen = int(state.get("train_images_seen", 0))
         if self.controller and state.get("controller"):
             self.controller.load_state_dict(state["controller"])
         torch.set_rng_state(state["torch_rng"])
@@ -448,11 +506,12 @@ class Trainer:
             self.batch_in_epoch = 0
 
     def _loss(self, out: DDIOutput, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        ce = F.cross_entropy(out.logits, y)
+        smooth = self.cfg.label_smoothing
+        ce = F.cross_entropy(out.logits, y, label_smoothing=smooth)
         loss = ce
         stats: dict[str, float] = {"ce": float(ce.detach())}
         if out.exit_logits:
-            exit_ce = sum(F.cross_entropy(e, y) for e in out.exit_logits)
+            exit_ce = sum(F.cross_entropy(e, y, label_smoothing=smooth) for e in out.exit_logits)
             loss = loss + exit_ce  # Eq. 4: plain sum of the branch losses
             stats["exit_ce"] = float(exit_ce.detach())
         cost = self.resource(out).mean()
@@ -482,10 +541,10 @@ class Trainer:
         if self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
         resumed = self.try_resume()
+        self.segment_start, self.segment_cpu_start = time.time(), time.process_time()
         if self.dist.main and not resumed:
             (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         log = (self.out / "log.jsonl").open("a") if self.dist.main else None
-        started = time.time()
         batches = self._batches()
         try:
             while True:
@@ -501,8 +560,7 @@ class Trainer:
         finally:
             if log:
                 log.close()
-        wall = time.time() - started
-        metrics = self.final_metrics(wall)
+        metrics = self.final_metrics(self.wall_time_s(), self.cpu_time_s())
         if self.dist.main:
             self.save("final.pt", metrics, resumable=False)
             (self.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -526,17 +584,21 @@ class Trainer:
             x, y = next(batches)
             lr = cfg.lr
             if self.stage == "main":
-                lr = _lr_at(cfg, self.step, total)
+                lr = _lr_at(cfg, self.step, total, cfg.lr_warmup_steps)
             elif self.stage == "finetune":
                 lr = 0.1 * _lr_at(cfg, self.step, total)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            out = self.net(x)
-            loss, stats = self._loss(out, y)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", torch.bfloat16, enabled=self.amp):
+                out = self.net(x)
+                loss, stats = self._loss(out, y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             self.step += 1
+            self.images_seen += len(y)
             stats.update(step=self.step, stage=self.stage, lr=lr, loss=float(loss.detach()))
             if log and (self.step % 20 == 0 or self.step == total):
                 log.write(json.dumps(stats) + "\n")
@@ -561,12 +623,14 @@ class Trainer:
         bar.close()
         self.save("last.pt")
 
-    def final_metrics(self, wall_s: float) -> dict[str, Any]:
+    def final_metrics(self, wall_s: float, cpu_s: float | None = None) -> dict[str, Any]:
         cfg = self.cfg
         metrics: dict[str, Any] = {
             "phase": cfg.phase,
             "model": unwrap(self.model).spec(),
             "train_wall_time_s": round(wall_s, 1),
+            "train_cpu_time_s": None if cpu_s is None else round(cpu_s, 1),
+            "train_images_seen": self.images_seen,
             "alpha": self.alpha,
             "calibrations": self.calibrations,
             "data": self.data_source,

@@ -41,3 +41,14 @@ def test_phases_run_on_the_gpu_and_decide_like_the_cpu(tmp_path):
         gpu = model.cuda()(x.cuda())
     agree = (cpu.block_gates == gpu.block_gates.cpu()).float().mean()
     assert agree > 0.98  # float differences may flip a decision that sits on the threshold
+
+
+def test_one_step_of_the_gpu_recipe_runs_with_amp(tmp_path):
+    from train.reproduce import RECIPES, steps
+
+    table = dict(steps(RECIPES["resnet74-gpu"], tmp_path, {"device": "cuda"}))
+    cfg = table["float"]
+    short = {**cfg.to_dict(), "steps": 2, "lr_warmup_steps": 1, "train_limit": 512}
+    metrics = train(TrainConfig(**{**short, "eval_limit": 500}))
+    assert cfg.amp and metrics["machine"]["device"].startswith("cuda")
+    assert metrics["model"]["name"] == "resnet74"

@@ -204,3 +204,61 @@ def test_checkpoint_round_trip_keeps_decisions(tmp_path):
     x = torch.rand(8, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(x).block_gates, again(x).block_gates)
+
+
+def test_wall_time_is_summed_over_resumed_segments(tmp_path, monkeypatch):
+    import time as real_time
+    from types import SimpleNamespace
+
+    import train.loop as loop
+
+    offset = [0.0]
+    clock = SimpleNamespace(
+        time=lambda: real_time.time() + offset[0], process_time=real_time.process_time
+    )
+    monkeypatch.setattr(loop, "time", clock)
+    cfg = dict(phase="base", out_dir=str(tmp_path), model="resnet8", quant=False, steps=4)
+    cfg.update(checkpoint_every_steps=2, **SMALL)
+    original = Trainer._loss
+
+    def slow_then_interrupt(self, out, y):
+        offset[0] += 1000.0  # the first segment "takes" 1000 s per step
+        if self.step == 2:
+            raise KeyboardInterrupt
+        return original(self, out, y)
+
+    monkeypatch.setattr(Trainer, "_loss", slow_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**cfg))
+    first = load_checkpoint(tmp_path / "last.pt")["train_state"]["train_wall_time_s"]
+    assert first >= 2000.0
+    monkeypatch.setattr(Trainer, "_loss", original)
+    metrics = train(TrainConfig(**cfg))
+    # The first segment up to its checkpoint (2 x 1000 s) plus the second; the last segment
+    # alone would be seconds.
+    assert metrics["train_wall_time_s"] >= first >= 2000.0
+    assert 0.0 < metrics["train_cpu_time_s"] < 1000.0  # CPU time is not the patched clock
+
+
+def test_qat_starts_from_float_weights(base_checkpoint, tmp_path):
+    cfg = TrainConfig(phase="base", out_dir=str(tmp_path), init=str(base_checkpoint), steps=1)
+    trainer = Trainer(cfg)
+    assert trainer.model.spec()["kwargs"]["quant"]["weight_bits"] == 4
+    float_state = load_checkpoint(base_checkpoint)["state_dict"]
+    quant_state = trainer.model.state_dict()
+    for key in ("stem.0.weight", "blocks.0.conv1.weight", "blocks.0.bn1.running_mean"):
+        assert torch.equal(float_state[key], quant_state[key]), key
+
+
+def test_learning_rate_warms_up_linearly_then_follows_the_cosine():
+    from train.loop import _lr_at
+
+    cfg = TrainConfig(phase="base", out_dir="x", lr=0.1, steps=110, lr_warmup_steps=10)
+    assert _lr_at(cfg, 0, 110, 10) == pytest.approx(0.01)
+    assert _lr_at(cfg, 9, 110, 10) == pytest.approx(0.1)
+    assert _lr_at(cfg, 10, 110, 10) == pytest.approx(0.1)
+    assert _lr_at(cfg, 60, 110, 10) == pytest.approx(0.05)
+    with pytest.raises(ConfigError, match="lr_warmup_steps"):
+        TrainConfig(phase="base", out_dir="x", steps=10, lr_warmup_steps=10)
+    with pytest.raises(ConfigError, match="label_smoothing"):
+        TrainConfig(phase="base", out_dir="x", label_smoothing=1.0)
