@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import sys
 import tarfile
 from pathlib import Path
 
@@ -68,19 +67,43 @@ def archive_sha256(archive: bytes) -> str:
     return hashlib.sha256(archive).hexdigest()
 
 
-def _require_filters() -> None:
-    # The member checks are tarfile's own "data" extraction filter (PEP 706): no absolute names,
-    # no '..' or links leading out of the destination, no devices, sane permissions. It exists
-    # from Python 3.11.4 and 3.10.12; PYNQ 3.0.1's image is Ubuntu 22.04, whose python3.10
-    # package is 3.10.12 with its updates (the 22.04 release shipped 3.10.4, without filters).
-    # Checked: tarfile.data_filter exists on this project's Python 3.11; an older board Python
-    # is refused here in one line rather than extracting without checks.
-    if not hasattr(tarfile, "data_filter"):
-        version = ".".join(map(str, sys.version_info[:3]))
+# The member checks are tarfile's own "data" extraction filter (PEP 706) where this Python has
+# it: no absolute names, no '..' or links leading out of the destination, no devices, sane
+# permissions. It exists from Python 3.11.4 and 3.10.12. PYNQ 3.0.1's Ubuntu 22.04 has 3.10.12
+# with its updates, but the 22.04 release shipped 3.10.4 and Debian 12 ships 3.11.2, neither
+# with filters; there the same checks are made by hand for the one kind of member this format
+# allows (a regular file), which is then written from its data rather than by tarfile.
+_HAS_FILTERS = hasattr(tarfile, "data_filter")
+
+
+def _checked_name(member: tarfile.TarInfo, dest: Path) -> str:
+    """The name ``member`` extracts to under ``dest``, or ArchiveError (one line)."""
+    if _HAS_FILTERS:
+        try:
+            return tarfile.data_filter(member, str(dest)).name
+        except tarfile.FilterError as exc:
+            raise ArchiveError(
+                f"bundle archive member {member.name!r} is refused ({exc}); {_PACK_HINT}"
+            ) from None
+    parts = member.name.split("/")
+    if member.name.startswith("/") or any(p in ("", ".", "..") for p in parts):
         raise ArchiveError(
-            f"this Python ({version}) lacks tarfile's extraction filters, needed to unpack "
-            "bundle archives safely; install Python 3.10.12+ or 3.11.4+ (apt upgrade python3.10)"
+            f"bundle archive member {member.name!r} is refused (not a plain relative path); "
+            f"{_PACK_HINT}"
         )
+    return member.name
+
+
+def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path, name: str) -> None:
+    if _HAS_FILTERS:
+        tar.extract(member, dest, filter="data")
+        return
+    target = dest / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    source = tar.extractfile(member)
+    assert source is not None  # a regular file (checked by the caller)
+    with source, open(target, "xb") as out:
+        out.write(source.read())
 
 
 def unpack_archive(archive_path: str | os.PathLike, dest: str | os.PathLike) -> None:
@@ -91,7 +114,6 @@ def unpack_archive(archive_path: str | os.PathLike, dest: str | os.PathLike) -> 
     :class:`ArchiveError` with one line naming the first refused member (or a file that is not a
     tar archive); what was extracted before stays in ``dest`` for the caller to remove.
     """
-    _require_filters()
     dest = Path(dest)
     try:
         with tarfile.open(str(archive_path), mode="r:") as tar:
@@ -105,19 +127,14 @@ def unpack_archive(archive_path: str | os.PathLike, dest: str | os.PathLike) -> 
                     raise ArchiveError(
                         f"bundle archive member {member.name!r} is not a regular file; {_PACK_HINT}"
                     )
-                try:
-                    name = tarfile.data_filter(member, str(dest)).name  # as it would extract
-                except tarfile.FilterError as exc:
-                    raise ArchiveError(
-                        f"bundle archive member {member.name!r} is refused ({exc}); {_PACK_HINT}"
-                    ) from None
+                name = _checked_name(member, dest)
                 if name in seen:
                     raise ArchiveError(
                         f"bundle archive member {member.name!r} appears twice; {_PACK_HINT}"
                     )
                 seen.add(name)
                 try:
-                    tar.extract(member, dest, filter="data")
+                    _extract(tar, member, dest, name)
                 except OSError as exc:  # e.g. a file named '.' or under a file's name
                     raise ArchiveError(
                         f"bundle archive member {member.name!r} cannot be extracted "

@@ -71,9 +71,19 @@ def _checkpoints(args: argparse.Namespace, work: Path) -> dict[str, Path]:
                 "`python -m train.reproduce` run, or --train"
             )
     payload = load_checkpoint(ckpts["iadi60"])
-    batches = None
-    for s in args.calibrate:
-        key = f"iadi60-cal{round(s * 100)}"
+    batches: list | None = None
+    derived = [
+        (f"iadi60-cal{round(s * 100)}", s, lambda: build_model(payload), {}) for s in args.calibrate
+    ] + [
+        (
+            f"layer-cal{round(s * 100)}",
+            s,
+            lambda: _layer_only(payload),
+            {"derived_from": str(ckpts["iadi60"]), "layer_only_from_mgl2s": True},
+        )
+        for s in args.layer_only
+    ]
+    for key, savings, make, extra in derived:
         path = work / "calibrated" / f"{key}.pt"
         ckpts[key] = path
         if path.is_file():
@@ -81,33 +91,15 @@ def _checkpoints(args: argparse.Namespace, work: Path) -> dict[str, Path]:
         if batches is None:
             train = load_cifar10("train", args.data)
             batches = list(CifarLoader(train, 500, train=False, limit=1000))
-        model = build_model(payload).eval()
+        model = make().eval()
         full = model.costs().full
         with torch.no_grad():
-            cal = calibrate_gates(model, batches, 1.0 - s, lambda o, full=full: o.macs / full)
+            cal = calibrate_gates(model, batches, 1.0 - savings, lambda o, full=full: o.macs / full)
+        # The calibrated MGL2S models keep the source's metrics; layer-only ones are new models.
         metrics = {
-            **payload.get("metrics", {}),
-            "calibrated_to_savings": s,
-            "calibration": cal.to_dict(),
-        }
-        save_checkpoint(path, model, phase="calibrated", config=payload["config"], metrics=metrics)
-    for s in args.layer_only:
-        key = f"layer-cal{round(s * 100)}"
-        path = work / "calibrated" / f"{key}.pt"
-        ckpts[key] = path
-        if path.is_file():
-            continue
-        if batches is None:
-            train = load_cifar10("train", args.data)
-            batches = list(CifarLoader(train, 500, train=False, limit=1000))
-        model = _layer_only(payload)
-        full = model.costs().full
-        with torch.no_grad():
-            cal = calibrate_gates(model, batches, 1.0 - s, lambda o, full=full: o.macs / full)
-        metrics = {
-            "derived_from": str(ckpts["iadi60"]),
-            "layer_only_from_mgl2s": True,
-            "calibrated_to_savings": s,
+            **({} if extra else payload.get("metrics", {})),
+            **extra,
+            "calibrated_to_savings": savings,
             "calibration": cal.to_dict(),
         }
         save_checkpoint(path, model, phase="calibrated", config=payload["config"], metrics=metrics)

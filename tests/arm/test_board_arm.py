@@ -62,8 +62,9 @@ def _run(python, tree, bundle, tmp: Path, name: str) -> list[dict[str, str]]:
         run = RunFolder.create(tmp / f"runs-{name}", name, config.to_dict())
         try:
             summary = measure(config, run, progress=False)
-        except Exception:
-            raise AssertionError((tmp / f"board-{name}.log").read_text()) from None
+        except Exception as exc:
+            log = (tmp / f"board-{name}.log").read_text()
+            raise AssertionError(f"{exc!r}; board log:\n{log}") from None
         assert proc.poll() is None, (tmp / f"board-{name}.log").read_text()
     assert summary["models"][1]["compute_savings"] > 0.3
     return run.read_results()

@@ -83,6 +83,7 @@ def test_files_are_written_and_labelled(tmp_path, capsys):
     assert (tmp_path / "t" / "table1.png").stat().st_size > 1000
     _, meta = build_table([run])
     assert "\n" not in title(meta) and title(meta).endswith("emulated")
+    assert len(title(meta)) <= 80, title(meta)  # one short line; details go in the Markdown
 
 
 def test_sentences_follow_the_data(tmp_path):
