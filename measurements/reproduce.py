@@ -195,7 +195,7 @@ def _notes(args: argparse.Namespace, timing) -> list[str]:
     notes = [
         f"Emulator timing: {timing!r}. {_timing_note(timing)} A running block is charged its "
         "engine's dense time whatever its channel mask; layer and channel gates run on the ARM "
-        "(float, onnxruntime) and every engine call adds the ARM's marshalling, at the rates "
+        "(float, numpy programs) and every engine call adds the ARM's marshalling, at the rates "
         "above: see docs/board.md for the parameters and their sources, and sensitivity.md for "
         "how the savings move with each."
     ]

@@ -27,9 +27,9 @@ it for the DMA, unpacks the output and applies the graph's float tail (fpga/boar
 ``arm_marshal_s_per_value`` per input and output value, an ``io:`` phase on the ARM.
 
 Gates (an LSTM step and a small CNN with a sigmoid, which FINN cannot compile today) run on the
-ARM, each call costing ``arm_gate_s_per_call`` (onnxruntime's per-call overhead on a
-Cortex-A9) plus its MACs at ``arm_macs_per_s``. Phases run one after another; an image's time
-is their sum and a batch's the sum over its images.
+ARM, each call costing ``arm_gate_s_per_call`` (the per-call overhead of a gate's numpy
+program on a Cortex-A9, an assumption) plus its MACs at ``arm_macs_per_s``. Phases run one
+after another; an image's time is their sum and a batch's the sum over its images.
 
 - :class:`MacRateTiming`: every engine computes ``macs_per_s`` (default 1 GMAC/s: an
   assumption of the order of a folded FINN ResNet-8 engine on the XC7Z020 at 100 MHz; replace
