@@ -23,6 +23,9 @@ integer codes back. This module is the adapter between the two:
   float tail -> the twin's float NCHW output. Blocks take a channel mask that the dense HW
   graph does not: :meth:`GraphAccelerator.accepts` is true only when every mask is all ones,
   and :class:`fpga.board.runtime.FinnBackend` runs the other calls on the ARM (numpy).
+- :class:`Carried`: an engine's output codes (and the packed bytes its output DMA wrote) kept
+  beside the float output, so that the next engine takes them as they are
+  (:meth:`GraphAccelerator.run_carried`; :class:`fpga.board.runtime.FinnBackend` passes them on).
 - :func:`load_overlay`: all of it for one bundle.
 
 Runs on PYNQ (Python 3.10, numpy >= 1.21): only numpy at module level; pynq is imported when an
