@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 OUT ?= runs/table1
 TRAIN_OUT ?= runs/resnet8-w4a4
 
-.PHONY: setup test arm-root lint format reproduce train bench clean
+.PHONY: setup test arm-root old-numpy lint format reproduce train bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,13 +19,16 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-test: $(STAMP) arm-root  ## lint, then the test suite (Vivado/Docker/board/GPU/slow tests deselected)
+test: $(STAMP) arm-root old-numpy  ## lint, then the test suite (Vivado/Docker/board/GPU/slow tests deselected)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest
 
 arm-root:  ## Debian's armhf python3 + numpy and qemu-arm-static for tests/arm (needs root + apt)
 	bash tests/arm/prepare.sh
+
+old-numpy: $(STAMP)  ## a venv with numpy 1.23.2 (the oldest for CPython 3.11) + pyserial (needs PyPI)
+	$(PY) -m tests.fpga.old_numpy_env
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

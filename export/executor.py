@@ -23,6 +23,10 @@ the gates and answers with the final classifier; ``ddi`` applies the gates and t
 each block, an image that already passed an exit halts if doing that work and then running its
 latest exit would exceed the budget; at the end it uses the final classifier if the budget allows.
 Only an image that has not reached its first exit can overspend (reported as ``over_budget``).
+
+A backend may have ``take(x, rows)``: the executor gathers the rows of a tensor it passes to a
+graph with it instead of ``x[rows]`` (the board's FINN backend keeps the rows' integer codes
+with them, :class:`fpga.board.runtime.FinnBackend`).
 """
 
 from __future__ import annotations
@@ -185,9 +189,13 @@ class BundleExecutor:
             )
         (x,) = self._run(m.stem, m.preprocess.apply(images))  # (N, C, H, W)
 
+        gather = getattr(self.backend, "take", None)  # a backend may keep rows' codes too
+
         def take(a: np.ndarray, rows: np.ndarray) -> np.ndarray:
             """``a[rows]`` without the copy when ``rows`` is every image (rows are sorted)."""
-            return a if rows.size == len(a) else a[rows]
+            if rows.size == len(a):
+                return a
+            return a[rows] if gather is None else gather(a, rows)
 
         def halt_if(rows: np.ndarray, extra: np.ndarray | int) -> np.ndarray:
             """Halt the images in ``rows`` whose ``extra`` work would break the budget."""
@@ -237,7 +245,7 @@ class BundleExecutor:
                 y = x if block.shortcut is None else np.zeros(out_shape, dtype=np.float32)
             if run.size and run.size < n:
                 y = y.copy() if y is x else y
-                (y[run],) = self._run(block.graph, x[run], mask)
+                (y[run],) = self._run(block.graph, take(x, run), mask)
             if run.size:
                 executed[run, i] = True
                 channels[run, i] = kept

@@ -23,6 +23,9 @@ integer codes back. This module is the adapter between the two:
   float tail -> the twin's float NCHW output. Blocks take a channel mask that the dense HW
   graph does not: :meth:`GraphAccelerator.accepts` is true only when every mask is all ones,
   and :class:`fpga.board.runtime.FinnBackend` runs the other calls on the ARM (numpy).
+- :class:`Carried`: an engine's output codes (and the packed bytes its output DMA wrote) kept
+  beside the float output, so that the next engine takes them as they are
+  (:meth:`GraphAccelerator.run_carried`; :class:`fpga.board.runtime.FinnBackend` passes them on).
 - :func:`load_overlay`: all of it for one bundle.
 
 Runs on PYNQ (Python 3.10, numpy >= 1.21): only numpy at module level; pynq is imported when an
@@ -42,6 +45,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fpga.board.errors import BoardError
+from fpga.board.finnio import padding_mask
 
 log = logging.getLogger(__name__)
 
@@ -303,6 +307,29 @@ class DmaEngine:
         self.timeout_s = timeout_s
 
     def execute(self, codes: np.ndarray) -> np.ndarray:
+        return self.run_packed(codes)[0]
+
+    @property
+    def input_stream(self) -> tuple[Any, ...] | None:
+        """The input DMA's packed word format (:meth:`PynqDmaOverlay.stream`), or None."""
+        stream = getattr(self.overlay, "stream", None)
+        return stream("input", self.input) if stream else None
+
+    @property
+    def output_stream(self) -> tuple[Any, ...] | None:
+        stream = getattr(self.overlay, "stream", None)
+        return stream("output", self.output) if stream else None
+
+    def run_packed(
+        self, codes: np.ndarray, packed_in: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``execute`` that can skip folding and packing and keeps what the output DMA wrote.
+
+        ``packed_in``: the input already in this DMA's packed format (another engine's packed
+        output with the same :attr:`input_stream`), one row per image of ``codes``. Returns the
+        output codes and, when the overlay describes its streams (:attr:`output_stream`), a
+        copy of the packed output bytes, one row per image (else None).
+        """
         ov, i, o = self.overlay, self.input, self.output
         b = int(ov.batch_size)
         shape = tuple(ov.ishape_normal(i))
@@ -311,21 +338,39 @@ class DmaEngine:
                 f"engine (DMA {i}->{o}) takes images of shape {shape[1:]!r}, got "
                 f"{tuple(codes.shape[1:])!r}"
             )
+        if packed_in is not None and len(packed_in) != len(codes):
+            raise AcceleratorError(
+                f"engine (DMA {i}->{o}): {len(packed_in)} packed images for {len(codes)} codes"
+            )
         codes = codes.astype(_container(ov.idt(i)), copy=False)
         partial = getattr(ov, "partial_batches", False)  # packs just the images it moves
-        outputs = []
+        keep = self.output_stream is not None
+        mask = None
+        if keep:
+            name, folded = self.output_stream
+            mask = padding_mask(name, folded[-1])
+        outputs, packed_out = [], []
         for start in range(0, len(codes), b):
-            chunk = codes[start : start + b]
-            n = len(chunk)
-            if n < b and not partial:
-                chunk = np.concatenate([chunk, np.zeros((b - n, *shape[1:]), chunk.dtype)])
-            ov.copy_input_data_to_device(ov.pack_input(ov.fold_input(chunk, ind=i), ind=i), ind=i)
+            n = min(b, len(codes) - start)
+            if packed_in is not None:
+                data = packed_in[start : start + n]
+                if n < b and not partial:
+                    data = np.concatenate([data, np.zeros((b - n, *data.shape[1:]), np.uint8)])
+            else:
+                chunk = codes[start : start + b]
+                if n < b and not partial:
+                    chunk = np.concatenate([chunk, np.zeros((b - n, *shape[1:]), chunk.dtype)])
+                data = ov.pack_input(ov.fold_input(chunk, ind=i), ind=i)
+            ov.copy_input_data_to_device(data, ind=i)
             self._transfer(n)
             packed = ov.obuf_packed[o][:n] if partial else ov.obuf_packed[o]
             ov.copy_output_data_from_device(packed, ind=o)
             out = ov.unfold_output(ov.unpack_output(packed, ind=o), ind=o)
             outputs.append(np.asarray(out)[:n])
-        return np.concatenate(outputs)
+            if keep:  # a copy (the host buffer is reused), padding bits cleared as pack's
+                kept = np.array(packed[:n]) if mask is None else packed[:n] & mask
+                packed_out.append(kept)
+        return np.concatenate(outputs), (np.concatenate(packed_out) if keep else None)
 
     def _transfer(self, n: int) -> None:
         ov, i, o = self.overlay, self.input, self.output
@@ -473,6 +518,39 @@ def _perm(node: Any) -> tuple[int, ...]:
 # One bundle graph on one accelerator
 
 
+@dataclass(frozen=True)
+class Carried:
+    """An engine's output in the form the next engine takes, kept beside its float tensor.
+
+    The float tensor is ``transpose(codes, NHWC->NCHW) * scale`` (float32: the output's tail is
+    that ``Mul`` and ``Transpose``). An engine whose input scale is ``scale`` takes ``codes``
+    as they are: ``rint(x / scale)`` of that float tensor gives them back exactly (``x / scale``
+    lies within 2 float32 ulps of each code), so the float -> codes work is not done. ``packed``
+    is what the output DMA wrote, per image, in the word format ``stream``; an input DMA of the
+    same format takes those bytes without folding and packing.
+    """
+
+    codes: np.ndarray
+    scale: np.float32
+    packed: np.ndarray | None = None
+    stream: tuple[Any, ...] | None = None
+
+    def take(self, rows: np.ndarray) -> Carried:
+        packed = None if self.packed is None else self.packed[rows]
+        return Carried(self.codes[rows], self.scale, packed, self.stream)
+
+
+def _code_scale(tail: FloatTail) -> np.float32 | None:
+    """``c`` when the tail is exactly ``Mul(c)`` (one scalar) then NHWC -> NCHW, else None."""
+    ops = tail.ops
+    if len(ops) != 2 or ops[0]["op"] != "Mul" or ops[1]["op"] != "Transpose":
+        return None
+    value = np.asarray(ops[0]["value"], dtype=np.float32)
+    if value.size != 1 or tuple(ops[1]["perm"]) != (0, 3, 1, 2):
+        return None
+    return np.float32(value.reshape(()))
+
+
 class GraphAccelerator:
     """Runs one bundle graph (``GraphSpec``) on an :class:`Accelerator` with its float tail.
 
@@ -495,6 +573,12 @@ class GraphAccelerator:
         self.scale = float(datatype.scale)
         self.low, self.high = datatype.integer_range()
         self._warned = False
+        self.carry_scale = _code_scale(self.tail)
+        out_type = graph.outputs[0].datatype
+        small = out_type.is_integer and out_type.bits <= 15
+        self._out_container = np.int16 if small else np.int32
+        """The scale of this graph's output codes when its tail is only ``Mul`` + ``Transpose``
+        (blocks, stem, shortcuts): then :meth:`run_carried` returns them as :class:`Carried`."""
 
     def accepts(self, inputs: Sequence[np.ndarray]) -> bool:
         """True when every input after ``x`` (the channel mask) is all ones."""
@@ -537,8 +621,47 @@ class GraphAccelerator:
         )
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        out = self.accelerator.execute(self.codes(inputs[0]))
-        return [self.tail.apply(out)]
+        return self.run_carried(inputs)[0]
+
+    def takes(self, carried: Carried) -> bool:
+        """Whether ``carried`` are this graph's input codes as they are (same scale, in range;
+        otherwise the float input is converted, and refused there if it is not codes)."""
+        codes = carried.codes
+        return (
+            carried.scale == np.float32(self.scale)
+            and codes.size > 0
+            and int(codes.min()) >= self.low
+            and int(codes.max()) <= self.high
+        )
+
+    def run_carried(
+        self, inputs: Sequence[np.ndarray], carried: Carried | None = None
+    ) -> tuple[list[np.ndarray], Carried | None]:
+        """:meth:`run`, taking the input as ``carried`` (codes and maybe packed bytes of the
+        engine that computed ``inputs[0]``) when :meth:`takes` it, and returning the output's
+        :class:`Carried` too (None when the tail is not a plain rescale)."""
+        engine = self.accelerator
+        run_packed = getattr(engine, "run_packed", None)
+        packed_in = None
+        if carried is not None and self.takes(carried):
+            codes = carried.codes
+            same_words = carried.stream is not None and carried.stream == getattr(
+                engine, "input_stream", None
+            )
+            if run_packed is not None and same_words:
+                packed_in = carried.packed
+        else:
+            codes = self.codes(inputs[0])
+        if run_packed is not None:
+            out, packed_out = run_packed(codes, packed_in)
+            stream = engine.output_stream
+        else:
+            out, packed_out, stream = engine.execute(codes), None, None
+        y = self.tail.apply(out)
+        if self.carry_scale is None:
+            return [y], None
+        codes_out = np.asarray(out).astype(self._out_container)
+        return [y], Carried(codes_out, self.carry_scale, packed_out, stream)
 
 
 # ----------------------------------------------------------------------------------------------

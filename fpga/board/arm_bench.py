@@ -15,6 +15,14 @@ times on this x86 machine, per image:
   cannot run (HARDWARE.md), so they run on the ARM's numpy programs: reported apart, since
   they are not the adapter's overhead but work the PL does not do.
 
+``marshalling`` is all of an engine call's ARM work but the driver and the tail (its listed
+parts and the rest: casts, the kept packed output, the carry's bookkeeping). The FINN path runs
+with the engines passing their output codes on to the next engine (``--carry on``, the board's
+default, :class:`fpga.board.runtime.FinnBackend`) and without (``off``), in ``iadi`` mode and in
+``full`` mode (every block dense on its engine), interleaved, ``--repeats`` times each (median
+per category): the marshalling both ways, side by side, with the results checked bit-identical.
+The headline table is ``iadi`` with the last way run (``on`` by default).
+
 The PL is a stand-in whose engines are FINN's Python execution of each HW partition (the
 emulated overlay); its time is measured and subtracted. The PL time per image is modelled from
 FINN's estimates: each engine call costs its ``max_cycles`` per image at the overlay's clock
@@ -57,7 +65,7 @@ CHECKPOINT = ROOT / "measurements" / "train" / "resnet8-w4a4" / "iadi-60" / "fin
 A9_CLOCK_HZ = 667e6
 A9_FLOPS_PER_CYCLE = 4.0
 """Cortex-A9 NEON: one 4-wide float32 multiply-accumulate every 2 cycles = 4 flops/cycle."""
-MARSHALLING = ("codes", "fold", "pack", "copies", "unpack")
+MARSHALLING = ("codes", "fold", "pack", "copies", "unpack", "carry", "other")
 A9_SOURCE = (
     "Cortex-A9 NEON peak 4 float32 flop/cycle (3.999 GFLOP/s measured at 1 GHz, "
     "http://gruntthepeon.free.fr/blog/index.php/2011/05/26/54-arm-cortex-a9-peak-flops)"
@@ -167,7 +175,93 @@ def _pl(emulated: Any, io: dict[str, Any], clock: Clock):
     return allocate, ip
 
 
-def run(images: int, out: Path, work: Path) -> dict[str, Any]:
+MODES = ("iadi", "full")
+"""``iadi``: the bundle as measured (gates on the ARM, masked blocks there too); ``full``: every
+block dense, so every engine runs and each one's output feeds the next engine."""
+
+
+def finn_work(
+    bundle: Any, build: Any, emulated: Any, imgs: np.ndarray, mode: str, carry: bool
+) -> dict[str, Any]:
+    """One run of the FINN backend as the board runs it, its ARM time per image by category
+    (the stand-in PL's time excluded)."""
+    from export.executor import BundleExecutor
+    from fpga.board import accel
+    from fpga.board.finnio import PynqDmaOverlay
+    from fpga.board.runtime import FinnBackend
+
+    spec = accel.OverlaySpec.load(build.deploy)
+    info = spec.driver_information()
+    clock = Clock()
+    allocate, ip = _pl(emulated, info["io_shape_dict"], clock)
+    overlay = PynqDmaOverlay(info, spec.batch_size, allocate=allocate, ip=ip)
+    overlay, accelerators = accel.load_overlay(bundle, build.deploy, overlay=overlay)
+    backend = FinnBackend(bundle, accelerators, overlay=overlay, carry=carry)
+    kind = {name: g.kind for name, g in bundle.manifest.graphs.items()}
+    calls: dict[str, int] = defaultdict(int)
+    numpy_run = backend.cpu.run
+
+    def cpu_run(graph: Any, inputs: Any) -> Any:
+        gate = kind[graph.name] in ("layer_gate", "channel_gate")
+        t = time.perf_counter()
+        try:
+            return numpy_run(graph, inputs)
+        finally:
+            clock.seconds["gates" if gate else "masked_blocks"] += time.perf_counter() - t
+
+    backend.cpu.run = cpu_run
+    for name, acc in accelerators.items():
+        engine = acc.accelerator
+        clock.wrap(acc, "codes", "marshalling: codes")
+        clock.wrap(acc.tail, "apply", "tails")
+        clock.wrap(engine, "_transfer", "driver")
+        clock.wrap(acc, "run_carried", "engine calls")  # all of a call's ARM work
+        original = acc.run_carried
+
+        def counted(inputs: Any, *args: Any, _name: str = name, _run: Any = original) -> Any:
+            calls[_name] += len(inputs[0])
+            return _run(inputs, *args)
+
+        acc.run_carried = counted
+    for method, part in (
+        ("fold_input", "fold"),
+        ("pack_input", "pack"),
+        ("copy_input_data_to_device", "copies"),
+        ("copy_output_data_from_device", "copies"),
+        ("unpack_output", "unpack"),
+        ("unfold_output", "fold"),
+    ):
+        clock.wrap(overlay, method, f"marshalling: {part}")
+    take = accel.Carried.take
+    clock.wrap(accel.Carried, "take", "marshalling: carry")  # rows of carried codes
+    try:
+        t = time.perf_counter()
+        result = BundleExecutor(bundle, backend=backend).run(imgs, mode=mode)
+        wall = time.perf_counter() - t - clock.excluded
+    finally:
+        accel.Carried.take = take
+    per_image = {k: v / len(imgs) for k, v in clock.seconds.items()}
+    # marshalling: everything of an engine call but the driver and the tail (so the carry's
+    # bookkeeping, the output codes and the kept packed bytes count too)
+    calls_s = per_image.pop("engine calls", 0.0)
+    per_image["marshalling"] = (
+        calls_s
+        - per_image.get("driver", 0.0)
+        - per_image.get("tails", 0.0)
+        + per_image.get("marshalling: carry", 0.0)
+    )
+    listed = sum(per_image.get(f"marshalling: {p}", 0.0) for p in MARSHALLING if p != "other")
+    per_image["marshalling: other"] = per_image["marshalling"] - listed
+    return {"result": result, "calls": dict(calls), "wall": wall, "per_image": per_image}
+
+
+def run(
+    images: int,
+    out: Path,
+    work: Path,
+    carries: tuple[bool, ...] = (False, True),
+    repeats: int = 3,
+) -> dict[str, Any]:
     import onnxruntime
 
     from export.bundle import export_bundle
@@ -175,9 +269,6 @@ def run(images: int, out: Path, work: Path) -> dict[str, Any]:
     from export.manifest import load_bundle
     from export.program import NumpyBackend
     from fpga.bitstream.overlay import prepare_overlay
-    from fpga.board import accel
-    from fpga.board.finnio import PynqDmaOverlay
-    from fpga.board.runtime import FinnBackend
     from fpga.emulator.overlay import EmulatedDmaOverlay
     from train.data import load_cifar10
 
@@ -199,57 +290,38 @@ def run(images: int, out: Path, work: Path) -> dict[str, Any]:
         ex.run(test.images[:cpu_n], mode="iadi")
         speed[name] = cpu_n / (time.perf_counter() - t)
 
-    # -- the FINN backend's ARM work --------------------------------------------------------
+    # -- the FINN backend's ARM work, engines passing codes on (carry) and not, same run -------
     build = prepare_overlay(bundle.path, work / "overlay")
-    spec = accel.OverlaySpec.load(build.deploy)
-    info = spec.driver_information()
     emulated = EmulatedDmaOverlay.from_build(build.out)
-    clock = Clock()
-    allocate, ip = _pl(emulated, info["io_shape_dict"], clock)
-    overlay = PynqDmaOverlay(info, spec.batch_size, allocate=allocate, ip=ip)
-    overlay, accelerators = accel.load_overlay(bundle, build.deploy, overlay=overlay)
-    backend = FinnBackend(bundle, accelerators, overlay=overlay)
-    kind = {name: g.kind for name, g in m.graphs.items()}
-    calls: dict[str, int] = defaultdict(int)
-    numpy_run = backend.cpu.run
-
-    def cpu_run(graph: Any, inputs: Any) -> Any:
-        category = "gates" if kind[graph.name] in ("layer_gate", "channel_gate") else "masked"
-        t = time.perf_counter()
-        try:
-            return numpy_run(graph, inputs)
-        finally:
-            clock.seconds["gates" if category == "gates" else "masked_blocks"] += (
-                time.perf_counter() - t
-            )
-
-    backend.cpu.run = cpu_run
-    for name, acc in accelerators.items():
-        engine = acc.accelerator
-        clock.wrap(acc, "codes", "marshalling: codes")
-        clock.wrap(acc.tail, "apply", "tails")
-        clock.wrap(engine, "_transfer", "driver")
-        original = acc.run
-
-        def counted(inputs: Any, _name: str = name, _run: Any = original) -> Any:
-            calls[_name] += len(inputs[0])
-            return _run(inputs)
-
-        acc.run = counted
-    for method, part in (
-        ("fold_input", "fold"),
-        ("pack_input", "pack"),
-        ("copy_input_data_to_device", "copies"),
-        ("copy_output_data_from_device", "copies"),
-        ("unpack_output", "unpack"),
-        ("unfold_output", "fold"),
-    ):
-        clock.wrap(overlay, method, f"marshalling: {part}")
-    t = time.perf_counter()
-    result = BundleExecutor(bundle, backend=backend).run(imgs, mode="iadi")
-    wall = time.perf_counter() - t - clock.excluded
-    reference = executors["numpy"].run(imgs, mode="iadi")
-    assert np.array_equal(result.predictions, reference.predictions)
+    repeated: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for _ in range(repeats):  # interleaved, so that both ways see the same machine load
+        for mode in MODES:
+            for carry in carries:
+                repeated[f"{mode}, carry {'on' if carry else 'off'}"].append(
+                    finn_work(bundle, build, emulated, imgs, mode, carry)
+                )
+    runs: dict[str, dict[str, Any]] = {}
+    for key, rs in repeated.items():  # the median of each category over the repeats
+        for r in rs[1:]:
+            assert np.array_equal(r["result"].logits, rs[0]["result"].logits), key
+        names = sorted({k for r in rs for k in r["per_image"]})
+        runs[key] = {
+            **rs[0],
+            "wall": float(np.median([r["wall"] for r in rs])),
+            "per_image": {
+                k: float(np.median([r["per_image"].get(k, 0.0) for r in rs])) for k in names
+            },
+        }
+    for key, r in runs.items():  # bit-identical whatever the carrying
+        same = runs[f"{key.split(',')[0]}, carry {'on' if carries[0] else 'off'}"]["result"]
+        for field in ("predictions", "logits", "macs", "executed", "channels"):
+            assert np.array_equal(getattr(r["result"], field), getattr(same, field)), key
+        reference = executors["numpy"].run(imgs, mode=key.split(",")[0])
+        assert np.array_equal(r["result"].predictions, reference.predictions), key
+    main_key = f"iadi, carry {'on' if carries[-1] else 'off'}"
+    main = runs[main_key]
+    result, calls, wall = main["result"], main["calls"], main["wall"]
+    per_image = main["per_image"]
 
     estimates = json.loads((build.out / "estimates.json").read_text())
     period_s = float(estimates["overlay"]["clk_period_ns"]) * 1e-9
@@ -265,14 +337,13 @@ def run(images: int, out: Path, work: Path) -> dict[str, Any]:
     gflops = sgemm_gflops()
     a9 = A9_CLOCK_HZ * A9_FLOPS_PER_CYCLE / 1e9
     factor = gflops / a9
-    per_image = {k: v / len(imgs) for k, v in clock.seconds.items()}
-    per_image["marshalling"] = sum(v for k, v in per_image.items() if k.startswith("marsh"))
     adapter = sum(per_image.get(k, 0.0) for k in ("gates", "marshalling", "driver", "tails"))
     doc = {
         "benchmark": "arm_work",
         "bundle": m.bundle_id,
         "mode": "iadi",
         "images": len(imgs),
+        "finn_repeats": repeats,
         "machine": {
             "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(),
@@ -296,6 +367,20 @@ def run(images: int, out: Path, work: Path) -> dict[str, Any]:
         "modelled_pl_dense_s_per_image_finn_estimates": pl_dense_s,
         "adapter_over_pl": adapter * factor / pl_s if pl_s else None,
         "adapter_over_pl_dense": adapter * factor / pl_dense_s if pl_dense_s else None,
+        "carry": main_key.split(", ")[1],
+        "finn_runs_x86_s_per_image": {
+            key: {
+                **{
+                    k: r["per_image"].get(k, 0.0)
+                    for k in ("marshalling", *(f"marshalling: {p}" for p in MARSHALLING))
+                },
+                "gates": r["per_image"].get("gates", 0.0),
+                "driver": r["per_image"].get("driver", 0.0),
+                "tails": r["per_image"].get("tails", 0.0),
+                "engine_images": r["calls"],
+            }
+            for key, r in runs.items()
+        },
         "cpu_backend_images_per_s": speed,
         "numpy_over_onnxruntime": speed["numpy"] / speed["onnxruntime_1_thread"],
         "cpu_backend_images": cpu_n,
@@ -342,6 +427,8 @@ def _markdown(d: dict[str, Any]) -> str:
             "Masked blocks run on the ARM because FINN's dense engines cannot skip channels; "
             "they are listed apart.",
             "",
+            *_carry_table(d),
+            "",
             f"CPU backend, same run, {d['cpu_backend_images']} images, iadi mode: numpy "
             f"{speed['numpy']:.0f} images/s, onnxruntime (1 thread) "
             f"{speed['onnxruntime_1_thread']:.0f} images/s: numpy at "
@@ -351,18 +438,66 @@ def _markdown(d: dict[str, Any]) -> str:
     )
 
 
+def _carry_table(d: dict[str, Any]) -> list[str]:
+    runs = d["finn_runs_x86_s_per_image"]
+    if len(runs) < 2:
+        return [f"Engines pass codes on: {d['carry']} (run with --carry both to compare)."]
+    keys = list(runs)
+    parts = ["marshalling", *(f"marshalling: {p}" for p in MARSHALLING), "tails"]
+    rows = [
+        f"| {p} | " + " | ".join(f"{runs[k].get(p, 0.0) * 1e3:.4f}" for k in keys) + " |"
+        for p in parts
+    ]
+    lines = [
+        "Marshalling with the engines passing their output codes (and packed bytes of the same "
+        "word format) on to the next engine (`carry on`, the board's default) and without "
+        f"(`carry off`): measured side by side in this run, x86 ms/image, the median of "
+        f"{d['finn_repeats']} interleaved runs each; results bit-identical (checked). Carrying "
+        "applies where an engine's output, or rows of it, is the next engine's input; a tensor "
+        "the executor assembles from several graphs' outputs (a block run by some images and "
+        "skipped by others) is converted from floats.",
+        "",
+        "| x86 ms/image | " + " | ".join(keys) + " |",
+        "|---|" + "---|" * len(keys),
+        *rows,
+    ]
+    for mode in MODES:
+        off, on = runs.get(f"{mode}, carry off"), runs.get(f"{mode}, carry on")
+        if off and on and off["marshalling"] > 0:
+            lines += [
+                "",
+                f"{mode}: marshalling {off['marshalling'] * 1e3:.4f} -> "
+                f"{on['marshalling'] * 1e3:.4f} ms/image "
+                f"({on['marshalling'] / off['marshalling'] - 1:+.0%}).",
+            ]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fpga.board.arm_bench", description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("measurements/bench"))
     parser.add_argument("--images", type=int, default=64, help="images through the FINN path")
+    parser.add_argument(
+        "--carry",
+        choices=("both", "on", "off"),
+        default="both",
+        help="engines pass codes on to the next engine (the board's default: on); both: run "
+        "the FINN path both ways, side by side (default)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="FINN-path runs per way (median per category)"
+    )
     args = parser.parse_args(argv)
+    if args.images < 1 or args.repeats < 1:
+        parser.error(f"--images {args.images} and --repeats {args.repeats} must be >= 1")
+    carries = {"both": (False, True), "on": (True,), "off": (False,)}[args.carry]
     logging.basicConfig(level=logging.WARNING)
     # One thread everywhere (numpy's BLAS too): the figures compare one x86 core with one A9
     # core, and onnxruntime runs with one thread. threadpoolctl comes with scikit-learn (finn).
     from threadpoolctl import threadpool_limits
 
     with tempfile.TemporaryDirectory(prefix="arm-bench-") as work, threadpool_limits(1):
-        doc = run(args.images, args.out, Path(work))
+        doc = run(args.images, args.out, Path(work), carries, args.repeats)
     print((args.out / "arm_work.md").read_text())
     return 0 if doc else 1
 

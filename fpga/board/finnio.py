@@ -125,6 +125,19 @@ def pack(values: np.ndarray, datatype: StreamType | str) -> np.ndarray:
     return np.packbits(flat, axis=-1, bitorder="little")
 
 
+def padding_mask(datatype: StreamType | str, n: int) -> np.ndarray | None:
+    """Per byte of a packed word of ``n`` values, the bits that hold values (:func:`pack`
+    writes zeros in the rest); None when the word has no padding bits. ``packed & mask`` makes
+    bytes written by the PL, whose padding bits FINN does not specify, equal to :func:`pack`'s."""
+    t = datatype if isinstance(datatype, StreamType) else StreamType.parse(datatype)
+    used = (n * t.bits) % 8
+    if not used:
+        return None
+    mask = np.full(packed_bytes(n, t.bits), 0xFF, dtype=np.uint8)
+    mask[-1] = (1 << used) - 1
+    return mask
+
+
 def unpack(packed: np.ndarray, datatype: StreamType | str, n: int) -> np.ndarray:
     """FINN's packed bytes ``(..., nbytes)`` -> ``n`` integer values per word, as float32
     (what FINN's driver returns)."""
@@ -253,6 +266,15 @@ class PynqDmaOverlay:
                 f"pynq cannot open {str(bitfile)!r}: {type(exc).__name__}: {exc}"
             ) from None
         return pynq.allocate, lambda name: getattr(overlay, name)
+
+    def stream(self, side: str, ind: int = 0) -> tuple[str, tuple[int, ...]] | None:
+        """The packed word format of input or output DMA ``ind``: its datatype and folded shape
+        without the batch. Equal formats have equal bytes for equal values (padding bits
+        cleared, :func:`padding_mask`), so an engine's packed output can be another's packed
+        input as it is."""
+        t = (self._idt if side == "input" else self._odt)[ind]
+        folded = self._shape["ishape_folded" if side == "input" else "oshape_folded"][ind]
+        return t.name, tuple(int(d) for d in folded[1:])
 
     # --- fpga.board.accel.DmaOverlay ------------------------------------------------------
     def idt(self, ind: int = 0) -> StreamType:

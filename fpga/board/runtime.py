@@ -213,7 +213,18 @@ class FinnBackend:
     Graphs without one (the layer and channel gates, which FINN cannot compile), and calls the
     accelerator does not ``accepts`` (channel masks), run on the numpy programs, as in ``cpu``.
     ``overlay`` is kept for the life of the backend (its DMA buffers).
+
+    ``carry`` (default on): an engine's output stays in the engines' integer form beside the
+    float tensor the executor gets (:class:`fpga.board.accel.Carried`: its codes, and the packed
+    bytes its output DMA wrote). When that tensor, or rows of it (:meth:`take`), is the next
+    engine's input, the engine takes the codes (and, in the same word format, the packed bytes)
+    as they are: no float -> codes conversion, no folding or packing. The floats are still made
+    once per output, for the gates and the executor. Results are bit-identical either way. A
+    carried tensor is made read-only, so nothing can change it behind its codes.
     """
+
+    CARRIED = 4
+    """Tensors remembered with their codes (the latest ones; a batch's tensors are short-lived)."""
 
     def __init__(
         self,
@@ -222,8 +233,11 @@ class FinnBackend:
         *,
         overlay: object | None = None,
         threads: int | None = None,
+        carry: bool = True,
     ) -> None:
         self.overlay = overlay
+        self.carry = carry
+        self._carried: dict[int, tuple[np.ndarray, object]] = {}
         self.accelerators: dict[str, Accelerator] = dict(accelerators)
         self.cpu = NumpyBackend(bundle)
         unknown = sorted(set(self.accelerators) - set(bundle.manifest.graphs))
@@ -242,7 +256,47 @@ class FinnBackend:
         accepts = getattr(accelerator, "accepts", None)
         if accelerator is None or (accepts is not None and not accepts(inputs)):
             return self.cpu.run(graph, inputs)
-        return accelerator.run(inputs)
+        run_carried = getattr(accelerator, "run_carried", None)
+        if not self.carry or run_carried is None:
+            return accelerator.run(inputs)
+        outputs, carried = run_carried(inputs, self._carried_of(inputs[0]))
+        if carried is not None:
+            self._remember(outputs[0], carried)
+        return outputs
+
+    def take(self, x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``x[rows]`` (the executor's gather), keeping the rows' codes when ``x`` has them."""
+        y = x[rows]
+        entry = self._carried.get(id(x)) if self.carry else None
+        if entry is not None and entry[0] is x:
+            # the rows' codes are gathered only if an engine takes y (gates take rows too)
+            self._remember(y, (entry[1], rows))
+        return y
+
+    def _carried_of(self, x: np.ndarray):
+        entry = self._carried.get(id(x))
+        if entry is None or entry[0] is not x:
+            return None
+        carried = entry[1]
+        if isinstance(carried, tuple):  # rows of another carried tensor: gathered now, once
+            carried = _gather(carried)
+            self._carried[id(x)] = (x, carried)
+        return carried
+
+    def _remember(self, y: np.ndarray, carried: object) -> None:
+        y.flags.writeable = False
+        self._carried.pop(id(y), None)
+        self._carried[id(y)] = (y, carried)
+        while len(self._carried) > self.CARRIED:
+            self._carried.pop(next(iter(self._carried)))
+
+
+def _gather(carried):
+    """A :class:`fpga.board.accel.Carried`, or ``(parent, rows)`` of one: its rows."""
+    if isinstance(carried, tuple):
+        parent, rows = carried
+        return _gather(parent).take(rows)
+    return carried
 
 
 def make_backend(config: RuntimeConfig, bundle: Bundle) -> Backend:

@@ -298,3 +298,100 @@ def test_board_runtime_on_the_emulated_overlay(bundle, overlay_build, emulated, 
     for name in (m.stem, *(b.graph for b in m.blocks), "head"):
         k = overlay_build.engines[name][0]
         assert emulated.images_run[k] - runs[k] >= len(images), name
+
+
+@needs_cifar10
+def test_engines_pass_codes_and_packed_bytes_on(bundle, overlay_build, emulated, images):
+    """Carrying (the default): each engine's output codes, and its packed output bytes where the
+    next input DMA has the same word format, go straight to the next engine. The board's own
+    driver (PynqDmaOverlay) over a stand-in of the PL's registers that checks every packed input
+    against what FINN's packing gave for that call (recorded with carrying off): the bytes, the
+    results and the logits are identical, and only the stem's input is converted from floats."""
+    from fpga.board.accel import GraphAccelerator, OverlaySpec, load_overlay
+    from fpga.board.finnio import PynqDmaOverlay
+    from tests.arm.pl_standin import RecordedPL
+
+    recording: dict[str, np.ndarray] = {}
+    run_engine = emulated._run
+
+    def recorded(k: int) -> None:
+        n = emulated.idma[k].count
+        packed_in = np.array(emulated.ibuf_packed_device[k][:n])
+        run_engine(k)
+        o = emulated.engines[k][0]
+        j = len(recording) // 3
+        recording[f"engine_{j}"] = np.array([k, o, n])
+        recording[f"in_{j}"] = packed_in
+        recording[f"out_{j}"] = np.array(emulated.obuf_packed_device[o][:n])
+
+    emulated._run = recorded
+    try:
+        overlay, accelerators = load_overlay(bundle, overlay_build.deploy, overlay=emulated)
+        backend = FinnBackend(bundle, accelerators, overlay=overlay, carry=False)
+        want = BundleExecutor(bundle, backend=backend).run(images, mode="full")
+    finally:
+        emulated._run = run_engine
+
+    spec = OverlaySpec.load(overlay_build.deploy)
+    info = spec.driver_information()
+    counts = {"codes": 0, "pack": 0}
+    codes, pack_input = GraphAccelerator.codes, PynqDmaOverlay.pack_input
+
+    def counted_codes(self, x):
+        counts["codes"] += 1
+        return codes(self, x)
+
+    def counted_pack(self, folded, ind=0):
+        counts["pack"] += 1
+        return pack_input(self, folded, ind)
+
+    results = {}
+    for carry in (False, True):
+        pl = RecordedPL(np.load(_saved(recording)), info["io_shape_dict"])
+        board = PynqDmaOverlay(info, emulated.batch_size, allocate=pl.allocate, ip=pl.ip)
+        overlay, accelerators = load_overlay(bundle, overlay_build.deploy, overlay=board)
+        for acc in accelerators.values():
+            acc.codes = counted_codes.__get__(acc)
+        board.pack_input = counted_pack.__get__(board)
+        counts.update(codes=0, pack=0)
+        backend = FinnBackend(bundle, accelerators, overlay=overlay, carry=carry)
+        got = BundleExecutor(bundle, backend=backend).run(images, mode="full")
+        results[carry] = (got, dict(counts), pl.served)
+    engines = len(accelerators)
+    chunks = -(-len(images) // emulated.batch_size)
+    for carry, (got, _, served) in results.items():
+        assert served == len(recording) // 3, carry  # every call's packed input as recorded
+        np.testing.assert_array_equal(got.logits, want.logits)
+        np.testing.assert_array_equal(got.predictions, want.predictions)
+        np.testing.assert_array_equal(got.macs, want.macs)
+    (_, off, _), (_, on, _) = results[False], results[True]
+    assert off["codes"] >= 5 and off["pack"] == off["codes"] * chunks  # stem, 3 blocks, head...
+    assert on["codes"] == 1  # the stem's input: the preprocessed images
+    assert on["pack"] < off["pack"], (on, off)  # some packed outputs went on as they were
+    assert engines >= 5
+
+    # rows of a carried tensor (the executor's gather for the images that run a block)
+    m = bundle.manifest
+    rows = np.array([0, 2, 3, 5])
+    outs = {}
+    for carry in (False, True):
+        overlay, accelerators = load_overlay(bundle, overlay_build.deploy, overlay=emulated)
+        backend = FinnBackend(bundle, accelerators, overlay=overlay, carry=carry)
+        (x,) = backend.run(m.graphs[m.stem], [m.preprocess.apply(images)])
+        assert not x.flags.writeable or not carry  # a carried tensor cannot change
+        xs = backend.take(x, rows)
+        block = accelerators[m.blocks[0].graph]
+        block.codes = counted_codes.__get__(block)
+        counts["codes"] = 0
+        (outs[carry],) = backend.run(m.graphs[m.blocks[0].graph], [xs, np.ones((4, 16), "f4")])
+        assert counts["codes"] == (0 if carry else 1), carry
+    np.testing.assert_array_equal(outs[True], outs[False])
+
+
+def _saved(arrays: dict[str, np.ndarray]):
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    buf.seek(0)
+    return buf

@@ -50,3 +50,24 @@ def test_bad_streams_are_one_line():
         StreamType.parse("DataType['FIXED<8,4>']")
     with pytest.raises(FinnIoError, match="cannot hold exactly 5"):
         unpack(np.zeros((1, 2), np.uint8), "UINT4", 5)
+
+
+@pytest.mark.parametrize("name", ["UINT4", "INT4", "UINT3", "INT5", "BIPOLAR", "INT8"])
+def test_padding_mask_clears_what_the_pl_may_set(name):
+    """Bytes with whatever the PL leaves in a word's padding bits, masked, are pack's bytes."""
+    from fpga.board.finnio import padding_mask
+
+    t = StreamType.parse(name)
+    rng = np.random.default_rng(3)
+    values = rng.integers(t.low, t.high + 1, (2, 4, 3)).astype(np.float32)
+    if name == "BIPOLAR":
+        values = np.where(values == 0, 1, values).astype(np.float32)
+    want = pack(values, t)
+    mask = padding_mask(t, 3)
+    if (3 * t.bits) % 8 == 0:
+        assert mask is None
+        return
+    dirty = want | (~mask & rng.integers(0, 256, want.shape, dtype=np.uint8))
+    assert not np.array_equal(dirty, want)
+    np.testing.assert_array_equal(dirty & mask, want)
+    np.testing.assert_array_equal(unpack(dirty & mask, t, 3), values)
