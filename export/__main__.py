@@ -101,11 +101,9 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from cifar.reader import load_cifar10
     from export.executor import BundleExecutor
     from export.manifest import load_bundle
-
-    # train.data imports torch for its loader, but loading arrays needs only numpy.
-    from train.data import load_cifar10
 
     bundle = load_bundle(args.bundle)
     test = load_cifar10("test", args.data)
@@ -134,11 +132,12 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from cifar.errors import DataError
     from train.errors import TrainError
 
     try:
         return {"export": _export, "verify": _verify, "run": _run}[command](args)
-    except (ExportError, TrainError) as exc:
+    except (ExportError, TrainError, DataError) as exc:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)

@@ -277,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in (QUICK if args.quick else DEFAULTS).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    from cifar.errors import DataError
     from train.errors import TrainError
 
     try:
@@ -289,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
             if not 0.0 < s < 1.0:
                 raise ExportError(f"--savings {s!r} must lie strictly between 0 and 1")
         report = run(args, "python -m export.bench " + shlex.join(argv))
-    except (ExportError, TrainError) as exc:
+    except (ExportError, TrainError, DataError) as exc:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)

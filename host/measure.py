@@ -336,10 +336,10 @@ def measure(config: MeasurementConfig, run: RunFolder, *, progress: bool = True)
     """Measure every window of ``config`` not yet committed in ``run``; return the summary."""
     from tqdm.auto import tqdm
 
+    from cifar.reader import load_cifar10
     from host.board import BoardClient
     from host.meters import open_meter, parse_meter_spec
     from host.provenance import ProvenanceError, energy_source
-    from train.data import load_cifar10
 
     config.validate()
     test = load_cifar10("test", config.data)

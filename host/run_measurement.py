@@ -70,15 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from cifar.errors import DataError
     from export.errors import ExportError
     from host.measure import MeasureError, MeasurementConfig, ModelSpec, check_bundles, measure
     from host.meters import MeterError
     from host.records import RunError, RunFolder
     from measurements.table1 import TableError, write_table
-    from train.errors import TrainError
     from wire.errors import BoardError
 
-    errors = (MeasureError, BoardError, MeterError, RunError, ExportError, TrainError, TableError)
+    errors = (MeasureError, BoardError, MeterError, RunError, ExportError, DataError, TableError)
     try:
         models = [ModelSpec.parse(text) for text in args.model]
         config = MeasurementConfig(

@@ -342,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     console = logging.StreamHandler()
     console.setLevel(logging.WARNING)  # INFO goes to the run folder's log.txt only
     logging.getLogger().addHandler(console)
+    from cifar.errors import DataError
     from export.errors import ExportError
     from fpga.finn.errors import FinnFrontendError
     from host.measure import MeasureError
@@ -352,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     from wire.errors import BoardError
 
     errors = (ReproduceError, ExportError, BoardError, MeasureError, MeterError, RunError,
-              TableError, TrainError, FinnFrontendError)  # fmt: skip
+              TableError, TrainError, DataError, FinnFrontendError)  # fmt: skip
     try:
         md = run(args)
     except errors as exc:

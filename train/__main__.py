@@ -18,7 +18,7 @@ import logging
 import sys
 from pathlib import Path
 
-from train.errors import TrainError
+from train.errors import DataError, TrainError
 
 logger = logging.getLogger("train")
 
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"compute savings {test.get('compute_savings', 0.0):.1%}, "
                 f"wall {metrics['train_wall_time_s']:.0f} s -> {args.out}"
             )
-    except TrainError as exc:
+    except (TrainError, DataError) as exc:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)

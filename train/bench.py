@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from train.errors import ConfigError, TrainError
+from train.errors import ConfigError, DataError, TrainError
 from train.model import DDIResNet, create_model
 
 logger = logging.getLogger("train.bench")
@@ -473,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         _positive("warmup", args.warmup, 0)
         _positive("threads", args.threads, 1)
         run(args, "python -m train.bench " + shlex.join(argv))
-    except TrainError as exc:
+    except (TrainError, DataError) as exc:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)

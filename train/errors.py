@@ -1,16 +1,17 @@
 """Exceptions raised by the training stage.
 
-Every user-facing failure derives from :class:`TrainError`; the command-line entry points catch
-it, print its one-line message and exit with status 1 (``--debug`` re-raises).
+Every user-facing failure of the stage derives from :class:`TrainError`; the command-line entry
+points catch it and the CIFAR-10 reader's :class:`~cifar.errors.DataError` (re-exported here),
+print the one-line message and exit with status 1 (``--debug`` re-raises).
 """
+
+from cifar.errors import DataError
+
+__all__ = ["CheckpointError", "ConfigError", "DataError", "TrainError"]
 
 
 class TrainError(Exception):
     """Base class of the errors that the training stage reports to its user."""
-
-
-class DataError(TrainError):
-    """CIFAR-10 could not be found, read or verified."""
 
 
 class CheckpointError(TrainError):

@@ -25,7 +25,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,8 @@ class TrainConfig:
     out_dir: str
     """Run folder: config.json, log.jsonl, last.pt, final.pt, metrics.json."""
     model: str = "resnet20"
-    """Registered model name (resnet8, 14, 20, 38, 74, 110); taken from ``init`` if given."""
+    """Registered model name (resnet8, 14, 20, 38, 74, 110). With ``init``, the checkpoint's
+    model is built and the trainer sets this field to its name, so config.json records what ran."""
     init: str | None = None
     """Checkpoint to start from: required for iadi (a base model) and ddi (an IADI model)."""
     gating: str = "mgl2s"
@@ -314,6 +315,12 @@ class Trainer:
         self.out = Path(cfg.out_dir)
         torch.manual_seed(cfg.seed)
         self.model, self.init_payload = _build(cfg)
+        if self.init_payload is not None:
+            # The init checkpoint decides the backbone (_build), not the field's default.
+            built = self.init_payload["model"]["name"]
+            if built != cfg.model:
+                logger.info("model %s comes from --init %s (not %s)", built, cfg.init, cfg.model)
+            self.cfg = cfg = replace(cfg, model=built)
         self.model.to(self.device)
         self.amp = cfg.amp and self.device.type == "cuda"
         if cfg.channels_last:
@@ -464,6 +471,10 @@ class Trainer:
         saved = dict(payload["config"])
         mine = self.cfg.to_dict()
         ignored = {"device", "out_dir", "data", "extra", "checkpoint_every_steps"}
+        if self.cfg.init:
+            # the init checkpoint decides the model; runs saved before the trainer recorded it
+            # hold the field's default there
+            ignored.add("model")
         # A setting added after the checkpoint was written counts as its default there.
         defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
         diff = {

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from train.checkpoint import build_model, load_checkpoint
-from train.errors import ConfigError, TrainError
+from train.errors import ConfigError, DataError, TrainError
 from train.evaluate import evaluate_on_test, plot_skip_ratios
 from train.loop import TrainConfig, setup_distributed, train
 
@@ -402,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         report = run(args)
-    except TrainError as exc:
+    except (TrainError, DataError) as exc:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)

@@ -193,6 +193,9 @@ def test_ddi_phase_adds_exits_and_trains_them(base_checkpoint, tmp_path):
     )
     model = build_model(load_checkpoint(tmp_path / "ddi" / "final.pt"))
     assert model.has_exits and model.gating == "mgl2s"
+    # the model comes from --init: the configs record the ResNet-8 that ran, not the default
+    for phase in ("iadi", "ddi"):
+        assert json.loads((tmp_path / phase / "config.json").read_text())["model"] == "resnet8"
     assert len(metrics["test"]["exits"]) == len(model.exit_positions) == 2
     assert [a["budget_macs"] for a in metrics["test"]["anytime"]][-1] == model.costs().full
 
@@ -242,7 +245,9 @@ def test_wall_time_is_summed_over_resumed_segments(tmp_path, monkeypatch):
 
 def test_qat_starts_from_float_weights(base_checkpoint, tmp_path):
     cfg = TrainConfig(phase="base", out_dir=str(tmp_path), init=str(base_checkpoint), steps=1)
+    assert cfg.model == "resnet20"  # the field's default; the init checkpoint is a ResNet-8
     trainer = Trainer(cfg)
+    assert trainer.cfg.model == trainer.model.spec()["name"] == "resnet8"
     assert trainer.model.spec()["kwargs"]["quant"]["weight_bits"] == 4
     float_state = load_checkpoint(base_checkpoint)["state_dict"]
     quant_state = trainer.model.state_dict()
