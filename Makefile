@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OUT ?= runs/table1
-TRAIN_OUT ?= runs/resnet8-w4a4
+TRAIN_OUT ?= measurements/train/resnet20-w4a4
 
 .PHONY: setup test arm-root old-numpy lint format reproduce train bench clean
 
@@ -40,7 +40,7 @@ format: $(STAMP)
 reproduce: $(STAMP)  ## the main job: Table I on the emulated board and simulated meter
 	$(PY) -m measurements.reproduce --out $(OUT)
 
-train: $(STAMP)  ## train + evaluate the small default models afresh (~55 min on 2 cores)
+train: $(STAMP)  ## the training recipe (docs/training.md): ~5 CPU-hours on 2 cores, resumes where it stopped
 	$(PY) -m train.reproduce --out $(TRAIN_OUT)
 
 bench: $(STAMP)  ## benchmarks; results under measurements/bench/
