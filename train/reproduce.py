@@ -264,7 +264,9 @@ def summarize(recipe_name: str, table: list[tuple[str, TrainConfig]], out: Path)
 
 
 def _pct(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:.{digits}%}"
+    if value is None:
+        return "-"
+    return f"{round(value, digits + 3) + 0.0:.{digits}%}"  # + 0.0: no "-0.0%" from rounding
 
 
 def _markdown(report: dict[str, Any]) -> str:
