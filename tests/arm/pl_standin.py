@@ -12,6 +12,28 @@ AP_START, AP_DONE, AP_IDLE = 0x1, 0x2, 0x4
 CTRL, ADDR_LO, ADDR_HI, COUNT = 0x00, 0x10, 0x14, 0x1C
 
 
+def record_calls(emulated):
+    """Host side: wrap the emulated overlay's engine runs (fpga.emulator.overlay) so that each
+    call's engine, packed input and packed output land in the returned dict, in the layout
+    :class:`RecordedPL` reads. Returns ``(recording, original_run)``; put ``original_run`` back
+    as ``emulated._run`` to stop recording."""
+    recording: dict[str, np.ndarray] = {}
+    run_engine = emulated._run
+
+    def recorded(k: int) -> None:  # what the PL got and gave, call by call
+        n = emulated.idma[k].count
+        packed_in = np.array(emulated.ibuf_packed_device[k][:n])
+        run_engine(k)
+        o = emulated.engines[k][0]
+        j = len(recording) // 3
+        recording[f"engine_{j}"] = np.array([k, o, n])
+        recording[f"in_{j}"] = packed_in
+        recording[f"out_{j}"] = np.array(emulated.obuf_packed_device[o][:n])
+
+    emulated._run = recorded
+    return recording, run_engine
+
+
 class Buffer(np.ndarray):
     device_address = 0
     flushed = 0

@@ -98,25 +98,13 @@ def test_the_finn_data_path_on_armv7l(arm_python, board_tree, tmp_path):
     from fpga.board.accel import load_overlay
     from fpga.board.runtime import FinnBackend
     from fpga.emulator.overlay import EmulatedDmaOverlay
+    from tests.arm.pl_standin import record_calls
     from train.data import load_cifar10
 
     bundle = load_bundle(export_bundle(BASE, tmp_path / "base", progress=False).path)
     build = prepare_overlay(bundle.path, tmp_path / "overlay")
     emulated = EmulatedDmaOverlay.from_build(build.out)
-    recording: dict[str, np.ndarray] = {}
-    run_engine = emulated._run
-
-    def recorded(k: int) -> None:  # what the PL got and gave, call by call
-        n = emulated.idma[k].count
-        packed_in = np.array(emulated.ibuf_packed_device[k][:n])
-        run_engine(k)
-        o = emulated.engines[k][0]
-        j = len(recording) // 3
-        recording[f"engine_{j}"] = np.array([k, o, n])
-        recording[f"in_{j}"] = packed_in
-        recording[f"out_{j}"] = np.array(emulated.obuf_packed_device[o][:n])
-
-    emulated._run = recorded
+    recording, _ = record_calls(emulated)
     images = load_cifar10("test").images[:8]
     overlay, accelerators = load_overlay(bundle, build.deploy, overlay=emulated)
     want = BundleExecutor(bundle, backend=FinnBackend(bundle, accelerators, overlay=overlay)).run(

@@ -309,22 +309,9 @@ def test_engines_pass_codes_and_packed_bytes_on(bundle, overlay_build, emulated,
     results and the logits are identical, and only the stem's input is converted from floats."""
     from fpga.board.accel import GraphAccelerator, OverlaySpec, load_overlay
     from fpga.board.finnio import PynqDmaOverlay
-    from tests.arm.pl_standin import RecordedPL
+    from tests.arm.pl_standin import RecordedPL, record_calls
 
-    recording: dict[str, np.ndarray] = {}
-    run_engine = emulated._run
-
-    def recorded(k: int) -> None:
-        n = emulated.idma[k].count
-        packed_in = np.array(emulated.ibuf_packed_device[k][:n])
-        run_engine(k)
-        o = emulated.engines[k][0]
-        j = len(recording) // 3
-        recording[f"engine_{j}"] = np.array([k, o, n])
-        recording[f"in_{j}"] = packed_in
-        recording[f"out_{j}"] = np.array(emulated.obuf_packed_device[o][:n])
-
-    emulated._run = recorded
+    recording, run_engine = record_calls(emulated)
     try:
         overlay, accelerators = load_overlay(bundle, overlay_build.deploy, overlay=emulated)
         backend = FinnBackend(bundle, accelerators, overlay=overlay, carry=False)
