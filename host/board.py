@@ -243,26 +243,12 @@ class BoardClient:
         archive = pack_bundle(bundle_dir)
         log.info("loading bundle %s: %d bytes", bundle.bundle_id, len(archive))
         self.client.request(LoadBegin(bundle.bundle_id, len(archive), archive_sha256(archive)))
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(archive), unit="B", unit_scale=True, desc="load bundle")
-        offset = chunks = 0
-        try:
-            while offset < len(archive):
-                sent, _ = self.client.request_sized(
-                    lambda size, at=offset: LoadChunk(
-                        at, archive[at : at + size - LOAD_CHUNK_HEADER_BYTES]
-                    )
-                )
-                offset += len(sent.data)
-                chunks += 1
-                if bar is not None:
-                    bar.update(len(sent.data))
-        finally:
-            if bar is not None:
-                bar.close()
+        chunks = self._send_sized(
+            len(archive),
+            lambda at, size: LoadChunk(at, archive[at : at + size - LOAD_CHUNK_HEADER_BYTES]),
+            desc="load bundle",
+            progress=progress,
+        )
         # the board unpacks and checks every file's sha256: allow for it
         self.client.request(LoadEnd(bundle.bundle_id), timeout_s=max(30.0, len(archive) / 2e6))
         return chunks
@@ -272,24 +258,28 @@ class BoardClient:
         """Upload uint8 ``images`` (N, H, W, C) as batch ``batch_id`` in frames sized to the
         line; returns the frame count."""
         images = check_images(images)
-        bar = None
-        if progress:
-            from tqdm import tqdm
+        return self._send_sized(
+            images.nbytes,
+            lambda at, size: upload_chunk(batch_id, images, at, size),
+            desc=f"batch {batch_id}",
+            progress=progress,
+        )
 
-            bar = tqdm(total=images.nbytes, unit="B", unit_scale=True, desc=f"batch {batch_id}")
+    def _send_sized(self, total_bytes: int, chunk_at, *, desc: str, progress: bool) -> int:
+        """Send ``total_bytes`` as messages ``chunk_at(offset, frame_size)`` in frames sized to
+        the line (``Client.request_sized``), each carrying ``data`` from ``offset``; returns the
+        frame count."""
+        from tqdm import tqdm
+
         offset = frames = 0
-        try:
-            while offset < images.nbytes:
-                sent, _ = self.client.request_sized(
-                    lambda size, at=offset: upload_chunk(batch_id, images, at, size)
-                )
+        with tqdm(
+            total=total_bytes, unit="B", unit_scale=True, desc=desc, disable=not progress
+        ) as bar:
+            while offset < total_bytes:
+                sent, _ = self.client.request_sized(lambda size, at=offset: chunk_at(at, size))
                 offset += len(sent.data)
                 frames += 1
-                if bar is not None:
-                    bar.update(len(sent.data))
-        finally:
-            if bar is not None:
-                bar.close()
+                bar.update(len(sent.data))
         return frames
 
     def run(
