@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from train.data import locate_cifar10
-from train.errors import DataError
+from cifar.errors import DataError
+from cifar.reader import SHARED_CIFAR10_DIR, CifarArrays, load_cifar10, locate_cifar10
 
 
 def have_cifar10() -> bool:
@@ -28,3 +28,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def jpeg_train() -> CifarArrays:
+    """The JPEG training split of the shared copy, through the default cache (decoded once per
+    machine)."""
+    return load_cifar10("train", data=SHARED_CIFAR10_DIR)
+
+
+@pytest.fixture(scope="session")
+def jpeg_test() -> CifarArrays:
+    return load_cifar10("test", data=SHARED_CIFAR10_DIR)

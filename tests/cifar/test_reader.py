@@ -33,17 +33,6 @@ def _one_line(exc: pytest.ExceptionInfo[DataError]) -> str:
 
 
 @pytest.fixture(scope="session")
-def jpeg_train() -> CifarArrays:
-    """The JPEG training split, through the default cache (decoded once per machine)."""
-    return load_cifar10("train", data=SHARED)
-
-
-@pytest.fixture(scope="session")
-def jpeg_test() -> CifarArrays:
-    return load_cifar10("test", data=SHARED)
-
-
-@pytest.fixture(scope="session")
 def sample_test() -> CifarArrays:
     """The lossless 1,017-image sample of the official test_batch."""
     return load_cifar10("test", data=SAMPLE)

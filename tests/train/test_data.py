@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from train import data
-from train.data import CifarArrays, CifarLoader, load_cifar10
+from train.data import CifarLoader
 from train.errors import ConfigError
 
 SHARED = data.SHARED_CIFAR10_DIR
@@ -18,17 +18,6 @@ SHARED = data.SHARED_CIFAR10_DIR
 pytestmark = pytest.mark.skipif(
     not (SHARED / data.JPEG_TARBALL).is_file(), reason=f"no shared CIFAR-10 copy at {SHARED}"
 )
-
-
-@pytest.fixture(scope="session")
-def jpeg_train() -> CifarArrays:
-    """The JPEG training split, through the default cache (decoded once per machine)."""
-    return load_cifar10("train", data=SHARED)
-
-
-@pytest.fixture(scope="session")
-def jpeg_test() -> CifarArrays:
-    return load_cifar10("test", data=SHARED)
 
 
 def _batches(loader, start: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
