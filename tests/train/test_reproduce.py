@@ -12,14 +12,16 @@ from train.reproduce import RECIPES, main, steps
 def test_recipe_has_float_qat_ten_iadi_and_one_ddi_step(tmp_path):
     table = steps(RECIPES["resnet20-cpu"], tmp_path, {})
     names = [name for name, _ in table]
-    assert names[:2] == ["float", "base"]
+    assert names[:3] == ["float", "float-restart", "base"]
     assert sorted(n for n in names if n.startswith("iadi-")) == sorted(
         f"iadi-{g}-{t}" for g in ("mgl2s", "layer") for t in (40, 50, 60, 70, 80)
     )
     assert names[-1] == "ddi-mgl2s-60"
     cfg = dict(table)
-    assert cfg["float"].quant is False and cfg["base"].quant is True
-    assert cfg["base"].init == str(tmp_path / "float" / "final.pt")
+    assert cfg["float"].quant is False and cfg["float-restart"].quant is False
+    assert cfg["float-restart"].init == str(tmp_path / "float" / "final.pt")
+    assert cfg["base"].quant is True
+    assert cfg["base"].init == str(tmp_path / "float-restart" / "final.pt")
     assert cfg["iadi-layer-70"].gating == "layer" and cfg["iadi-layer-70"].target_savings == 0.7
     assert cfg["ddi-mgl2s-60"].init == str(tmp_path / "iadi-mgl2s-60" / "final.pt")
 
@@ -27,25 +29,29 @@ def test_recipe_has_float_qat_ten_iadi_and_one_ddi_step(tmp_path):
 def test_gpu_recipe_is_the_papers_network_with_amp(tmp_path):
     table = dict(steps(RECIPES["resnet74-gpu"], tmp_path, {}))
     assert table["float"].model == "resnet74" and table["float"].amp
+    assert "float-restart" not in table  # one long cosine cycle on a GPU
+    assert table["base"].init == str(tmp_path / "float" / "final.pt")
 
 
 def test_quick_recipe_runs_float_then_qat_then_iadi_and_skips_what_is_done(tmp_path, capsys):
     args = ["--out", str(tmp_path), "--model", "resnet8", "--limit-steps", "2"]
     args += ["--train-limit", "256", "--eval-limit", "100", "--calibration-images", "100"]
-    args += ["--until", "iadi-layer-40", "--only", "float", "base", "iadi-layer-40"]
+    args += ["--until", "iadi-layer-40", "--only", "float", "float-restart", "base"]
+    args += ["iadi-layer-40"]
     assert main(args) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["format"] == "ddi-fpga-train-summary"
     runs = {r["run"]: r for r in summary["runs"]}
-    assert set(runs) == {"float", "base", "iadi-layer-40"}
+    assert set(runs) == {"float", "float-restart", "base", "iadi-layer-40"}
     assert runs["float"]["precision"] == "float" and runs["base"]["precision"] == "w4a4"
+    assert runs["float-restart"]["precision"] == "float"
     layer = runs["iadi-layer-40"]
     # Layer-only gating skips whole blocks: what the model saves, dense engines save too.
     assert layer["compute_savings_realized"] == pytest.approx(layer["compute_savings_modelled"])
     for name in runs:
         ev = json.loads((tmp_path / name / "eval.json").read_text())
         assert ev["images"] == 100
-    assert "3 of 13 steps done" in (tmp_path / "summary.md").read_text()
+    assert "4 of 14 steps done" in (tmp_path / "summary.md").read_text()
     stamp = (tmp_path / "base" / "eval.json").stat().st_mtime_ns
     assert main(args) == 0  # everything done: nothing is trained or evaluated again
     assert (tmp_path / "base" / "eval.json").stat().st_mtime_ns == stamp
