@@ -36,7 +36,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _add_training(p: argparse.ArgumentParser, phase: str) -> None:
-    from train.loop import TrainConfig
+    from train.loop import BUDGET_LOSSES, TrainConfig
 
     d = TrainConfig(phase="base", out_dir="")
     g = p.add_argument_group("run")
@@ -112,6 +112,13 @@ def _add_training(p: argparse.ArgumentParser, phase: str) -> None:
         )
         r.add_argument("--alpha-step", type=float, default=d.alpha_step)
         r.add_argument(
+            "--budget-loss",
+            choices=BUDGET_LOSSES,
+            default=d.budget_loss,
+            help="target mode: 'dual' (CE + alpha*E, alpha by dual ascent) or 'squared' "
+            "(CE + alpha*(E - budget)^2, alpha fixed)",
+        )
+        r.add_argument(
             "--finetune-steps",
             type=int,
             default=d.finetune_steps,
@@ -159,6 +166,7 @@ def _config(args: argparse.Namespace, phase: str):
             target_savings=args.target_savings,
             alpha=args.alpha,
             alpha_step=args.alpha_step,
+            budget_loss=args.budget_loss,
             finetune_steps=args.finetune_steps,
             calibration_images=args.calibration_images,
         )

@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 PHASES = ("base", "iadi", "ddi")
 RESOURCES = ("macs", "energy")
+BUDGET_LOSSES = ("dual", "squared")
 
 
 @dataclass
@@ -94,6 +95,12 @@ class TrainConfig:
     """Target mode: the savings to reach; alpha is then adapted and ``alpha`` is its start."""
     alpha_step: float = 0.01
     """Dual-ascent step of alpha per unit of relative cost excess, per step (target mode)."""
+    budget_loss: str = "dual"
+    """Target mode: how the budget b = 1 - target_savings enters the loss. ``dual``: CE + alpha*E
+    with alpha raised by dual ascent while E exceeds b (Eq. 5, alpha as a Lagrange multiplier).
+    ``squared``: CE + alpha*(E - b)^2 with a fixed weight ``alpha``, E the batch's mean cost: the
+    pull reverses below the budget, so hard gates cannot collapse to skip-everything (a
+    target-rate loss as in ConvNet-AIG, Veit & Belongie, ECCV 2018)."""
     finetune_steps: int = 0
     """Target mode: after joint training and a calibration of the gates' operating point, steps
     of backbone fine-tuning (learning rate ``0.1 * lr``, cosine) with the gates frozen, followed
@@ -122,6 +129,15 @@ class TrainConfig:
         if self.phase in ("iadi", "ddi") and not self.init:
             raise ConfigError(
                 f"phase {self.phase!r} starts from a trained model: pass --init CHECKPOINT"
+            )
+        if self.budget_loss not in BUDGET_LOSSES:
+            raise ConfigError(
+                f"budget_loss {self.budget_loss!r} is unknown; choose one of {BUDGET_LOSSES}"
+            )
+        if self.budget_loss == "squared" and self.target_savings is not None and self.alpha <= 0:
+            raise ConfigError(
+                f"budget_loss 'squared' weighs (E - budget)^2 by alpha, and alpha={self.alpha!r}; "
+                "pass --alpha > 0 (e.g. 2)"
             )
         if self.target_savings is not None and not 0.0 <= self.target_savings < 1.0:
             raise ConfigError(
@@ -528,9 +544,13 @@ class Trainer:
         cost = self.resource(out).mean()
         stats["cost"] = float(cost.detach())
         if self.stage == "main" and self.cfg.phase != "base":
-            if self.controller is not None:
-                self.alpha = self.controller.update(self._global_mean(float(cost.detach())))
-            loss = loss + self.alpha * cost  # Eq. 5
+            if self.controller is not None and self.cfg.budget_loss == "squared":
+                excess = cost - self.controller.budget
+                loss = loss + self.alpha * excess * excess  # two-sided target loss
+            else:
+                if self.controller is not None:
+                    self.alpha = self.controller.update(self._global_mean(float(cost.detach())))
+                loss = loss + self.alpha * cost  # Eq. 5
         stats["alpha"] = self.alpha
         stats["acc"] = float((out.logits.argmax(1) == y).float().mean())
         stats["skip"] = float(1.0 - out.block_gates.detach().mean())

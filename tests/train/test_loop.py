@@ -30,7 +30,12 @@ def base_checkpoint(tmp_path_factory):
     return out / "final.pt"
 
 
-def test_target_mode_lands_within_three_points_on_a_short_real_run(base_checkpoint, tmp_path):
+@pytest.mark.parametrize(
+    "budget", [dict(budget_loss="dual"), dict(budget_loss="squared", alpha=2.0)], ids=str
+)
+def test_target_mode_lands_within_three_points_on_a_short_real_run(
+    base_checkpoint, tmp_path, budget
+):
     target = 0.5
     metrics = train(
         TrainConfig(
@@ -42,6 +47,7 @@ def test_target_mode_lands_within_three_points_on_a_short_real_run(base_checkpoi
             finetune_steps=30,
             target_savings=target,
             calibration_images=1_000,
+            **budget,
             **SMALL,
         )
     )
@@ -168,6 +174,10 @@ def test_invalid_settings_are_refused():
         TrainConfig(phase="base", out_dir="x", target_savings=1.5)
     with pytest.raises(ConfigError, match="phase 'finetune'"):
         TrainConfig(phase="finetune", out_dir="x")
+    with pytest.raises(ConfigError, match="budget_loss 'hinge'"):
+        TrainConfig(phase="base", out_dir="x", budget_loss="hinge")
+    with pytest.raises(ConfigError, match=r"alpha=0\.0.*pass --alpha > 0"):
+        TrainConfig(phase="base", out_dir="x", budget_loss="squared", target_savings=0.5)
 
 
 def test_ddi_phase_adds_exits_and_trains_them(base_checkpoint, tmp_path):
