@@ -18,13 +18,16 @@ phase                  unit    when
 
 Engines are the FINN accelerators in the PL. A FINN engine is a fixed-shape dataflow pipeline:
 it streams every channel of every pixel whatever the channel mask says, so a running block is
-charged its **dense** time (``engine_s``); only a skipped block saves engine time. An engine
-phase lasts the longer of its compute and its DMA transfer (``dma_bytes_per_s``: the IODMAs
-stream while the engine computes), plus the time to load its weights when the engine's weights
-are written at run time (``weight_load_s``; 0 for an engine per graph, whose weights are in the
-bitstream). Around every engine call the ARM converts the float input to integer codes, packs
-it for the DMA, unpacks the output and applies the graph's float tail (fpga/board/accel.py):
-``arm_marshal_s_per_value`` per input and output value, an ``io:`` phase on the ARM.
+charged its **dense** time (``engine_s``); only a skipped block saves engine time. A masked
+block's engine also streams its mask map (1 bit per output value) through a second input DMA.
+An engine phase lasts the longer of its compute and its DMA transfer of all its streams
+(``dma_bytes_per_s``: the IODMAs share the port and stream while the engine computes), plus
+the time to load its weights when the engine's weights are written at run time
+(``weight_load_s``; 0 for an engine per graph, whose weights are in the bitstream). Around
+every engine call the ARM converts the float input to integer codes, packs it for the DMA,
+unpacks the output and applies the graph's float tail (fpga/board/accel.py):
+``arm_marshal_s_per_value`` per input and output value (a mask map's values too: the ARM
+broadcasts and packs it), an ``io:`` phase on the ARM.
 
 Gates (an LSTM step and a small CNN with a sigmoid, which FINN cannot compile today) run on the
 ARM, each call costing ``arm_gate_s_per_call`` (the per-call overhead of a gate's numpy
@@ -149,11 +152,12 @@ class TimingModel:
     @staticmethod
     def _io(manifest: Manifest, graph: str) -> tuple[int, float]:
         """Values and bytes (at their datatypes' widths) an engine call moves per image: the
-        first input (a block's channel mask is not streamed: the engine is dense) and every
-        output."""
+        streamed inputs (the first; a masked block's mask map too, 1 bit per output value:
+        the manifest's ``qonnx_inputs``) and every output."""
         spec = manifest.graphs[graph]
+        streamed = spec.qonnx_inputs[1:] if spec.masked else ()
         values, bits = 0, 0
-        for tensor in (spec.inputs[0], *spec.outputs):
+        for tensor in (spec.inputs[0], *streamed, *spec.outputs):
             n = math.prod(d for d in tensor.shape if isinstance(d, int))
             values += n
             bits += n * tensor.datatype.bits
