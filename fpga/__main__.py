@@ -178,8 +178,9 @@ def overlay(args: argparse.Namespace) -> int:
     share = ", ".join(f"{k} {100 * v:.1f}%" for k, v in built.estimates["share"].items())
     verdict = "fits" if built.estimates["fits"] else "does NOT fit"
     print(f"{len(built.engines)} engines in one overlay ({share}): {verdict} the XC7Z020")
-    for name, (i, o) in built.engines.items():
-        print(f"  {name}: idma/odma index {i}/{o}")
+    for name, (i, o, m) in built.engines.items():
+        mask = "" if m is None else f" (mask map: idma index {m})"
+        print(f"  {name}: idma/odma index {i}/{o}{mask}")
     budget = built.estimates["resource_budget"]
     totals = ", ".join(f"{k} {100 * v:.1f}%" for k, v in budget["utilization"].items())
     print(f"completed budget ({budget['label']}): {totals}; {budget['verdict']}")

@@ -274,15 +274,17 @@ def resource_budget(
     fpga_part: str = "xc7z020clg484-1",
     axilite_slaves: int | None = None,
     required_margin: float = REQUIRED_MARGIN,
+    mask_dmas: int = 0,
 ) -> dict[str, Any]:
     """The completed budget of an overlay: FINN's ``finn_total`` (LUT/BRAM_18K/DSP of
     ``model``'s HW layers) plus every line FINN leaves out, the interconnect plan, the totals
-    against the XC7Z020 and the verdict. ``engines`` is the number of DMA pairs;
-    ``axilite_slaves`` defaults to one per IODMA and one per layer with runtime-writeable
-    parameters (FINN's shell gives each its own AXI-lite slave)."""
+    against the XC7Z020 and the verdict. ``engines`` is the number of DMA pairs, ``mask_dmas``
+    the masked blocks' extra input DMAs (their mask maps); ``axilite_slaves`` defaults to one
+    per IODMA and one per layer with runtime-writeable parameters (FINN's shell gives each its
+    own AXI-lite slave)."""
     from qonnx.custom_op.registry import getCustomOp
 
-    masters = 2 * engines
+    masters = 2 * engines + mask_dmas
     plan = interconnect_plan(masters)  # raises for more than 2 x 16 masters
     if axilite_slaves is None:  # each IODMA, and each layer with runtime-writeable parameters
         axilite_slaves = masters + len(runtime_writeable(model))
@@ -372,7 +374,7 @@ def resource_budget(
         "finn_share_of_total": {
             k: (float(finn_total.get(k, 0.0)) / total[k] if total[k] else None) for k in RESOURCES
         },
-        "interconnect": interconnect_report(engines),
+        "interconnect": interconnect_report(engines, mask_dmas),
     }
 
 
@@ -387,22 +389,27 @@ def overlay_budget(out: Path, folders: list[str], clk_period_ns: float) -> dict[
     from fpga.bitstream.zedboard import InterconnectError
     from fpga.finn.frontend import PARENT_FILE, estimate
 
+    parents = {name: ModelWrapper(str(out / name / PARENT_FILE)) for name in folders}
+    masked = sum(len(p.graph.input) > 1 for p in parents.values())  # a mask map's input DMA
     try:
-        interconnect_plan(2 * len(folders))
+        interconnect_plan(2 * len(folders) + masked)
     except InterconnectError as exc:
         return {"label": LABEL, "fits": False, "fits_with_margin": False, "verdict": str(exc)}
-    parents = {name: ModelWrapper(str(out / name / PARENT_FILE)) for name in folders}
     model, engines = collapse(parents)
     whole = estimate(model, clk_period_ns)
-    return resource_budget(model, whole["total"], len(engines), whole["fpga_part"])
+    return resource_budget(
+        model, whole["total"], len(engines), whole["fpga_part"], mask_dmas=masked
+    )
 
 
-def interconnect_report(engines: int) -> dict[str, Any]:
-    """The SmartConnect/HP-port plan for ``engines`` DMA pairs (JSON-ready)."""
-    masters = 2 * engines
+def interconnect_report(engines: int, mask_dmas: int = 0) -> dict[str, Any]:
+    """The SmartConnect/HP-port plan for ``engines`` DMA pairs and ``mask_dmas`` more input DMAs
+    (masked blocks' mask maps) (JSON-ready)."""
+    masters = 2 * engines + mask_dmas
     plan = interconnect_plan(masters)
     return {
         "engines": engines,
+        "mask_dmas": mask_dmas,
         "axi_masters": masters,
         "max_masters_per_smartconnect": 16,
         "smartconnects": plan,

@@ -289,7 +289,11 @@ def prepare_overlay(
         },
     }
     document["resource_budget"] = resource_budget(
-        dataflow_model(model), whole["total"], len(engines), whole["fpga_part"]
+        dataflow_model(model),
+        whole["total"],
+        len(engines),
+        whole["fpga_part"],
+        mask_dmas=sum(m is not None for _, _, m in engines.values()),
     )
     (out / ESTIMATES_FILE).write_text(json.dumps(document, indent=1) + "\n")
     deploy = out / DEPLOY_DIR
