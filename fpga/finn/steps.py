@@ -78,6 +78,7 @@ from fpga.finn.transforms import (
     ChannelsFirstInput,
     InputsChannelsLast,
     IntegerInput,
+    NarrowMaskedProducts,
     OrderJoinInputs,
 )
 
@@ -249,6 +250,28 @@ def step_resnet_convert_to_hw(model: ModelWrapper, cfg: DataflowBuildConfig) -> 
     return model.transform(GiveUniqueNodeNames())
 
 
+def _narrow(model: ModelWrapper) -> ModelWrapper:
+    model = model.transform(NarrowMaskedProducts())
+    return model.transform(InferDataTypes())
+
+
+def step_minimize_bit_width_masked_initial(
+    model: ModelWrapper, cfg: DataflowBuildConfig
+) -> ModelWrapper:
+    """FINN's ``step_minimize_bit_width_initial``, then a mask product keeps its value's
+    datatype (:class:`~fpga.finn.transforms.NarrowMaskedProducts`)."""
+    from finn.builder.build_dataflow_steps import step_minimize_bit_width_initial
+
+    return _narrow(step_minimize_bit_width_initial(model, cfg))
+
+
+def step_minimize_bit_width_masked(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
+    """FINN's ``step_minimize_bit_width``, then the same narrowing of mask products."""
+    from finn.builder.build_dataflow_steps import step_minimize_bit_width
+
+    return _narrow(step_minimize_bit_width(model, cfg))
+
+
 def step_check_hw_layers(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
     """Raise :class:`GraphError` unless every node of the partition is an HLS or RTL layer."""
     bad = [
@@ -272,13 +295,13 @@ FRONTEND_STEPS: list = [
     step_resnet_streamline,
     step_resnet_lower,
     step_resnet_convert_to_hw,
-    "step_minimize_bit_width_initial",
+    step_minimize_bit_width_masked_initial,
     "step_create_dataflow_partition",
     "step_specialize_layers",
     step_check_hw_layers,
     "step_target_fps_parallelization",
     "step_apply_folding_config",
-    "step_minimize_bit_width",
+    step_minimize_bit_width_masked,
     "step_generate_estimate_reports",
 ]
 """The front end as FINN build steps: QONNX graph -> folded HW layers and estimate reports."""

@@ -185,6 +185,40 @@ class ChannelsFirstInput(Transformation):
         return model, False
 
 
+class NarrowMaskedProducts(Transformation):
+    """Give an ``ElementwiseMul`` of a value and a 1-bit mask the value's datatype.
+
+    A masked block multiplies codes by its 0/1 mask map (export/bundle.py,
+    ``MaskedBlockGraph``). FINN derives a product's width as the sum of its operands' widths
+    (``ElementwiseMul._derive_out_dtype``), so ``UINT4 x BINARY`` becomes ``UINT5``, and the
+    next MVAU would take 5-bit activations. The product of ``x`` with 0 or 1 is 0 or ``x``:
+    within ``x``'s own datatype whenever that holds 0. Run after every bit-width minimization
+    (FINN's recomputes the sum); the MVAU that takes the product follows through
+    ``InferDataTypes`` (its accumulator stays sized for the wider input, which is safe).
+    """
+
+    def apply(self, model: ModelWrapper) -> tuple[ModelWrapper, bool]:
+        from qonnx.custom_op.registry import getCustomOp
+
+        for node in model.graph.node:
+            if node.op_type.removesuffix("_hls").removesuffix("_rtl") != "ElementwiseMul":
+                continue
+            op = getCustomOp(node)
+            lhs, rhs = op.lhs_dtype, op.rhs_dtype
+            if rhs.bitwidth() == 1 and not rhs.signed():
+                value = lhs
+            elif lhs.bitwidth() == 1 and not lhs.signed():
+                value = rhs
+            else:
+                continue
+            if not value.is_integer() or not value.min() <= 0 <= value.max():
+                continue
+            if op.out_dtype != value:
+                op.set_nodeattr("out_dtype", value.name)
+                model.set_tensor_datatype(node.output[0], value)
+        return model, False
+
+
 class HWLayersForPython(Transformation):
     """Map every specialized HLS/RTL layer back onto the HW layer it specializes.
 
