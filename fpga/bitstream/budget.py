@@ -115,6 +115,17 @@ ALLOWANCES: dict[str, dict[str, Any]] = {
         "source": "allowance: HLS two-input adder per lane (adder, input registers); FINN "
         "estimates only parameter storage",
     },
+    "ElementwiseMul_hls": {
+        "per": "instance",
+        "LUT": 200,
+        "FF": 300,
+        "LUT_per_stream_bit": 6,
+        "BRAM_18K": 0,
+        "DSP": 0,
+        "source": "allowance: as ElementwiseAdd_hls (a masked block's product of a k-bit code "
+        "and a 1-bit mask is at most an adder's logic per lane); FINN estimates only parameter "
+        "storage",
+    },
     "GlobalAccPool_hls": {
         "per": "instance",
         "LUT": 300,
@@ -127,7 +138,12 @@ ALLOWANCES: dict[str, dict[str, Any]] = {
     },
 }
 """Per-instance figures where FINN has none (LUT/FF/BRAM18/DSP; some add LUTs per stream bit)."""
-STREAM_ALLOWANCE_OPS = ("DuplicateStreams_hls", "ElementwiseAdd_hls", "GlobalAccPool_hls")
+STREAM_ALLOWANCE_OPS = (
+    "DuplicateStreams_hls",
+    "ElementwiseAdd_hls",
+    "ElementwiseMul_hls",
+    "GlobalAccPool_hls",
+)
 
 
 def runtime_writeable(model: Any) -> list[str]:
