@@ -157,8 +157,12 @@ def test_engines_are_charged_dense_whatever_the_mask(reference, images):
     mask_bits = c * h * w * 1
     assert engine.duration_s == pytest.approx((x_bits + mask_bits + y_bits) / 8)
     (io,) = [p for p in slow.engine_phases(manifest, block.graph) if p.unit == ARM]
-    values = math.prod(spec.inputs[0].shape[1:]) + 2 * c * h * w  # the ARM packs the map too
-    assert io.duration_s == pytest.approx(values * slow.arm_marshal_s_per_value)
+    values = math.prod(spec.inputs[0].shape[1:]) + c * h * w  # codes in and out
+    marshal = values * slow.arm_marshal_s_per_value
+    assert io.duration_s == pytest.approx(marshal + c * h * w * slow.arm_mask_s_per_value)
+    cheap = slow.with_params(arm_mask_s_per_value=0.0)
+    (io,) = [p for p in cheap.engine_phases(manifest, block.graph) if p.unit == ARM]
+    assert io.duration_s == pytest.approx(marshal)
     del report["graphs"]["block2"]
     with pytest.raises(EmulatorError, match=r"no cycles for graph\(s\) \['block2'\]"):
         HardwareReportTiming(report).check(manifest)
