@@ -5,9 +5,10 @@ can hold, so it leaves PyTorch as separate graphs that a runtime sequences per i
 (:mod:`export.executor`):
 
 - ``stem``: input codes (dequantized) -> the stage-1 stream; ``head``: stream -> logits;
-- ``block{i}``: one residual block. The QONNX graph (FINN) is the dense block, ``x -> y``; the
-  onnxruntime twin also takes the channel mask, ``(x, mask) -> y``, and applies it as the model
-  does (masked intermediate channels, masked outputs passed from the shortcut);
+- ``block{i}``: one residual block, ``(x, mask) -> y``, applying the channel mask as the model
+  does (masked intermediate channels, masked outputs passed from the shortcut). The onnxruntime
+  twin takes the mask as (N, C_out); the QONNX graph (FINN) as a (1, C_out, H_out, W_out) map
+  of 0/1, a second stream of the output's shape (:class:`MaskedBlockGraph`);
 - ``shortcut{i}``: what a skipped downsampling block outputs (its 1x1 projection);
 - ``exit{j}``: the RADI branch classifiers;
 - ``layer_gate{i}``: one step of G^L, ``(x, h, c) -> (prob, h', c')``; the LSTM cell is shared,
@@ -47,6 +48,7 @@ from export.manifest import (
     BATCH,
     FORMAT,
     MANIFEST,
+    MASK_DATATYPE,
     VERSION,
     Bundle,
     DataType,
@@ -93,6 +95,38 @@ class BlockGraph(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         return self.block(self.quant(x), channel_mask=mask if self.masked else None)
+
+
+class MaskedBlockGraph(nn.Module):
+    """A residual block for FINN: ``(x, mask) -> y`` with the mask as a full-resolution map.
+
+    ``mask`` is (N, C_out, H_out, W_out) of 0/1, the channel mask broadcast over the output
+    pixels: FINN's elementwise layers join two streams of one shape, and a 1-bit map is cheap to
+    stream. The result equals :meth:`train.model.BasicBlock.forward` with the channel mask bit
+    for bit (float32, and so the integer codes FINN computes):
+
+    - masked intermediate channels: ``h * mask``;
+    - the output select ``torch.where(mask, y, skip)`` as ``stream_act(r * mask + skip)``: where
+      the mask is 1 that is ``y = stream_act(r + skip)``; where it is 0 it is
+      ``stream_act(skip)``, and ``skip`` is already a code of that quantizer (train/model.py: both
+      inputs of the residual add share it), on which it is the identity.
+
+    After streamlining both are integer ``Mul`` joins of the codes with the mask stream, and the
+    select costs no layer of its own: the residual add and its thresholds are the block's
+    (docs/finn-frontend.md, "Masked blocks").
+    """
+
+    def __init__(self, model: DDIResNet, index: int) -> None:
+        super().__init__()
+        self.quant, self.block = stream_quant(model, index), model.blocks[index]
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        b = self.block
+        x = self.quant(x)
+        skip = b.passthrough(x)  # (N, C_out, H', W')
+        h = b.act1(b.bn1(b.conv1(x))) * mask  # masked channels do no work
+        r = b.stream_act(b.bn2(b.conv2(h)))  # residual branch, stream quantizer
+        return b.stream_act(r * mask + skip)  # y where mask = 1, skip where it is 0
 
 
 class ShortcutGraph(nn.Module):
@@ -281,9 +315,11 @@ class _Writer:
         outputs: dict[str, DataType],
         macs: int,
         dense: nn.Module | None = None,
+        dense_args: dict[str, tuple[Tensor, DataType]] | None = None,
         quantized: bool = True,
     ) -> None:
-        """Export ``twin`` (all ``args``) for onnxruntime and ``dense`` (first arg) for FINN."""
+        """Export ``twin`` (all ``args``) for onnxruntime and ``dense`` for FINN, on the first
+        image of ``dense_args`` (default: the first of ``args``)."""
         in_names = list(args)
         tensors = tuple(t for t, _ in args.values())
         # A new wrapper is in training mode, and Brevitas' exporter restores the mode it found on
@@ -318,17 +354,20 @@ class _Writer:
         }
         if dense is not None:
             qonnx_file = f"{name}.qonnx.onnx"
-            x = tensors[0][:1]  # FINN graphs take one image
+            if dense_args is None:
+                dense_args = dict(list(args.items())[:1])
+            one = {n: (t[:1], d) for n, (t, d) in dense_args.items()}  # FINN graphs: one image
             _export(
                 self.qonnx,
                 dense,
-                (x,),
+                tuple(t for t, _ in one.values()),
                 self.folder / qonnx_file,
-                in_names[:1],
+                list(one),
                 list(outputs)[:1],
                 False,
             )
             entry["qonnx"] = {"file": qonnx_file, "sha256": sha256_file(self.folder / qonnx_file)}
+            entry["qonnx_inputs"] = [_spec(n, t, d, False) for n, (t, d) in one.items()]
         self.graphs[name] = entry
 
 
@@ -430,11 +469,14 @@ def write_graphs(model: DDIResNet, folder: Path, progress: bool = True) -> dict[
         out_dt = datatype_of(model.stream_acts[info.stage])
         mask = torch.ones(x.shape[0], info.out_channels)
         mask[0, ::2] = 0.0  # any mask will do for tracing; half the channels of image 0
+        size = info.out_size
+        mask_map = mask[:, :, None, None].expand(-1, -1, size, size).contiguous()
         w.add(
             f"block{i}",
             "block",
             twin=BlockGraph(model, i, masked=True),
-            dense=BlockGraph(model, i, masked=False),
+            dense=MaskedBlockGraph(model, i),
+            dense_args={"x": (xi, in_dt), "mask": (mask_map, DataType(MASK_DATATYPE, 1.0))},
             args={"x": (xi, in_dt), "mask": (mask, FLOAT)},
             outputs={"y": out_dt},
             macs=costs.conv1[i] + costs.conv2[i] + costs.shortcut[i],

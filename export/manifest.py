@@ -25,11 +25,15 @@ import numpy as np
 from export.errors import BundleError
 
 FORMAT = "ddi-fpga-bundle"
-VERSION = 2
-"""2: every graph also has a numpy program (``numpy``, export/program.py) that the board runs."""
+VERSION = 3
+"""2: every graph also has a numpy program (``numpy``, export/program.py) that the board runs.
+3: a block's QONNX graph takes its channel mask too, as a full-resolution 0/1 map
+(``qonnx_inputs``), so FINN runs masked blocks."""
 MANIFEST = "manifest.json"
 GRAPH_KINDS = ("stem", "block", "shortcut", "layer_gate", "channel_gate", "exit", "head", "full")
 BATCH = "N"  # symbolic batch dimension of the onnxruntime twins
+MASK_DATATYPE = "UINT1"
+"""Datatype of a block's mask map in its QONNX graph (FINN streams it as 1-bit values)."""
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -103,8 +107,10 @@ class GraphSpec:
     ``onnx`` is the plain ONNX twin that onnxruntime runs (standard operators, batch dimension
     ``"N"``); ``numpy`` the same computation lowered to a numpy program (:mod:`export.program`,
     weights as integer codes, BN folded), which the board's ARM runs; ``qonnx`` is the QONNX graph
-    of the same computation for FINN (batch 1, dense: blocks take no channel mask), or None for
-    graphs FINN does not compile (the gates).
+    of the same computation for FINN (batch 1), or None for graphs FINN does not compile (the
+    gates). ``qonnx_inputs`` are the QONNX graph's inputs: ``x`` (the first input, batch 1) and,
+    for a block, ``mask``: the channel mask as a (1, C_out, H_out, W_out) map of 0/1
+    (:data:`MASK_DATATYPE`), the twin's (N, C_out) mask broadcast over the output pixels.
     """
 
     name: str
@@ -117,6 +123,13 @@ class GraphSpec:
     """MACs per image of the dense graph."""
     numpy: FileRef | None = None
     """The numpy program (``.npz``); always present from manifest version 2 on."""
+    qonnx_inputs: tuple[TensorSpec, ...] = ()
+    """The QONNX graph's inputs (empty when there is no QONNX graph)."""
+
+    @property
+    def masked(self) -> bool:
+        """Whether the QONNX graph takes the channel mask map (a block's, from version 3)."""
+        return len(self.qonnx_inputs) > 1
 
 
 @dataclass(frozen=True)
@@ -356,6 +369,9 @@ def manifest_from_dict(data: Any, origin: str = "<memory>") -> Manifest:
             inputs=tuple(_tensor(t) for t in g.items("inputs")),
             outputs=tuple(_tensor(t) for t in g.items("outputs")),
             macs=_count(g, "macs"),
+            qonnx_inputs=()
+            if qonnx is None
+            else tuple(_tensor(t) for t in g.items("qonnx_inputs")),
         )
         if graphs[name].name != name:
             raise g.fail(f"name {graphs[name].name!r} differs from its key {name!r}")

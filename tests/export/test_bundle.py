@@ -91,13 +91,22 @@ def test_every_qonnx_graph_equals_its_onnxruntime_twin(trained_bundle):
             continue
         x = feats[name]
         twin = ort.InferenceSession(trained_bundle.read(g.onnx))
-        feeds = {"x": x}
-        if g.kind == "block":
-            feeds["mask"] = np.ones((1, g.inputs[1].shape[1]), np.float32)
+        feeds, qfeeds = {"x": x}, {"x": x}
+        if g.kind == "block":  # half the channels dropped: the mask map applies it exactly
+            mask = np.ones((1, g.inputs[1].shape[1]), np.float32)
+            mask[:, ::2] = 0.0
+            feeds["mask"] = mask
+            _, c, h, w = g.qonnx_inputs[1].shape
+            qfeeds["mask"] = np.ascontiguousarray(
+                np.broadcast_to(mask[:, :, None, None], (1, c, h, w))
+            )
+            assert g.qonnx_inputs[1].datatype.name == "UINT1"
         (ref,) = twin.run(None, feeds)
         qonnx = ModelWrapper(str(trained_bundle.path / g.qonnx.file)).transform(InferShapes())
-        assert [i.name for i in qonnx.graph.input] == ["x"]
-        out = execute_onnx(qonnx, {"x": x})[qonnx.graph.output[0].name]
+        assert (
+            [i.name for i in qonnx.graph.input] == [t.name for t in g.qonnx_inputs] == list(qfeeds)
+        )
+        out = execute_onnx(qonnx, qfeeds)[qonnx.graph.output[0].name]
         if g.kind == "head":  # float classifier tail: summation order differs
             np.testing.assert_allclose(out, ref, atol=1e-5)
         else:
