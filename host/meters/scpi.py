@@ -146,6 +146,11 @@ _VISA_RESOURCE = re.compile(r"^(TCPIP|USB|GPIB|ASRL|VXI|PXI)[^:]*::", re.IGNOREC
 _BACKEND_SUFFIX = re.compile(r"^(?P<resource>.+?)(?P<backend>@[A-Za-z_][\w.]*)$")
 _SOCKET_URL = re.compile(r"^socket://(?P<host>[^:/]+):(?P<port>\d+)/?$", re.IGNORECASE)
 _SERIAL_RESOURCE = re.compile(r"^ASRL(?P<device>.+)::INSTR$", re.IGNORECASE)
+_REFUSED = (
+    "refused the connection; check the IP address and that the meter's SCPI socket "
+    "(port 5025) is enabled"
+)
+R = TypeVar("R")
 
 
 def resource_name(address: str) -> tuple[str, str]:
@@ -245,13 +250,6 @@ def _open_error(address: str, exc: BaseException) -> MeterError:
     else:
         why = f"cannot be opened ({text}); check the address and the VISA installation"
     return MeterPortError(f"power meter {address!r} {why}")
-
-
-_REFUSED = (
-    "refused the connection; check the IP address and that the meter's SCPI socket "
-    "(port 5025) is enabled"
-)
-R = TypeVar("R")
 
 
 # -- the driver ----------------------------------------------------------------------------------

@@ -447,3 +447,24 @@ def test_simulated_is_read_from_the_instrument(simulator):
         assert meter.simulated is False
     with pytest.raises(MeterError, match="not open"):
         _ = Keysight34465A(real_looking.address).simulated
+
+
+def test_not_a_number_readings_are_one_line_pointing_at_the_error_queue(simulator):
+    class Broken:  # the stand-in's measurement fails: readings are 9.91E+37, -240 is queued
+        def energy_j(self, t0_s: float, t1_s: float) -> float:
+            raise RuntimeError("trace lost")
+
+    sim = simulator(Broken())
+    with open_meter(f"keysight34465a:{sim.resource_name}", **FAST) as meter:
+        meter.start()
+        time.sleep(0.2)
+        with pytest.raises(MeterProtocolError) as info:
+            meter.read_samples()
+        meter.stop()
+        with pytest.raises(MeterConfigError, match=r'reported -240,"Hardware error"'):
+            meter.check_errors()
+    assert re.fullmatch(
+        rf"power meter at {re.escape(repr(sim.resource_name))} sent \d+ 'not a number' readings; "
+        r"check the meter's display and its error queue",
+        _one_line(info.value),
+    )
