@@ -94,6 +94,8 @@ class Keysight34465AConfig:
         status_interval_s: How often the thread checks the Questionable register (lost
             readings, sample timing).
         max_drift_ppm: Largest clock drift between meter and host that the timestamps allow.
+        baud_rate: The line's baud rate on a serial connection (``ASRL``); set the instrument
+            or adapter to the same. 1 kHz sampling needs about 9 kB/s of readings.
     """
 
     sample_interval_s: float = 1e-3
@@ -108,6 +110,7 @@ class Keysight34465AConfig:
     chunk_readings: int = 10_000
     status_interval_s: float = 1.0
     max_drift_ppm: float = 10_000.0
+    baud_rate: int = 115_200
 
     def __post_init__(self) -> None:
         positive = (
@@ -119,6 +122,7 @@ class Keysight34465AConfig:
             "poll_interval_s",
             "status_interval_s",
             "max_drift_ppm",
+            "baud_rate",
         )
         for name in positive:
             value = getattr(self, name)
@@ -389,6 +393,7 @@ class Keysight34465A(PowerMeter):
     def _open_resource(self, name: str, backend: str) -> Any:
         manager = _resource_manager(self.address, backend)
         timeout_ms = max(1, round(self.config.timeout_s * 1000))
+        line = {"baud_rate": self.config.baud_rate} if _SERIAL_RESOURCE.match(name) else {}
         try:
             resource = manager.open_resource(
                 name,
@@ -396,6 +401,7 @@ class Keysight34465A(PowerMeter):
                 write_termination="\n",
                 timeout=timeout_ms,
                 open_timeout=timeout_ms,
+                **line,
             )
         except Exception as exc:  # pyvisa-py raises a bare Exception for a failed connect
             raise _open_error(self.address, exc) from None

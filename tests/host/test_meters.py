@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import termios
 import time
 import tty
 
@@ -468,3 +469,16 @@ def test_not_a_number_readings_are_one_line_pointing_at_the_error_queue(simulato
         r"check the meter's display and its error queue",
         _one_line(info.value),
     )
+
+
+def test_a_serial_connection_runs_at_baud_rate(simulator):
+    sim = simulator(ConstantPower(3.0))
+    with open_meter(f"keysight34465a:{sim.resource_name}", baud_rate=57600, **FAST):
+        fd = os.open(sim.address, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+        try:
+            speeds = termios.tcgetattr(fd)[4:6]  # what the driver set on the line
+        finally:
+            os.close(fd)
+    assert speeds == [termios.B57600, termios.B57600]
+    with pytest.raises(MeterConfigError, match="baud_rate=0 must be a positive number"):
+        open_meter(f"keysight34465a:{sim.resource_name}", baud_rate=0)
