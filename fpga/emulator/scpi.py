@@ -34,9 +34,12 @@ The instrument is served on a :mod:`fpga.emulator.serving` link: a pseudo-termin
 pyvisa-py opens as ``ASRL/dev/pts/N::INSTR``, or a TCP socket on 127.0.0.1, which it opens as
 ``TCPIP::127.0.0.1::PORT::SOCKET`` (:attr:`ScpiInstrument.resource_name`).
 
-Hand-written rather than taken from a library: the SCPI server packages on PyPI either parse
-with regular expressions per command or need a device framework (PyTango, PyDevice); this
-module is the small subset that the simulated instruments need, in one place.
+Hand-written rather than taken from a library: PyVISA's own simulator, pyvisa-sim, answers from
+dialogues and properties declared in YAML, inside a pyvisa backend of its own, so it can neither
+model readings that follow a power trace on the instrument's clock nor let the driver's real
+pyvisa-py serial and socket sessions run; and no SCPI server package is a dependency of this
+project. This module is the small subset of IEEE 488.2 / SCPI that the simulated instruments
+need, in one place.
 """
 
 from __future__ import annotations
