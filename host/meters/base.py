@@ -170,7 +170,13 @@ def _meter_class(kind: str) -> type[PowerMeter] | None:
         raise MeterConfigError(
             f"power meter kind {kind!r} names {entry.value!r}, which is not a PowerMeter class"
         )
-    if _REGISTRY.get(kind) is not cls:  # the module did not register it under this name
+    registered = cls.kind if _REGISTRY.get(cls.kind) is cls else ""
+    if registered and registered != kind:  # a class has one kind: its ``kind`` attribute
+        raise MeterConfigError(
+            f"power meter kind {kind!r} names {entry.value!r}, which is kind {registered!r}; "
+            f"use {registered!r}"
+        )
+    if not registered:  # the module did not register it itself
         register_meter(kind)(cls)
     return cls
 

@@ -111,6 +111,34 @@ def test_registry_knows_the_kinds_and_names_them_on_an_unknown_one():
         open_meter("keysight34465a:/dev/null", rate=5)
 
 
+def test_kinds_from_entry_points_load_when_used_and_fail_in_one_line(tmp_path, monkeypatch):
+    """A package's entry points (a real ``*.dist-info`` on sys.path, read by importlib.metadata)
+    add kinds that are listed without importing them; a broken one fails when used."""
+    info = tmp_path / "extra_meters-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: extra-meters\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[ddi_fpga.power_meters]\n"
+        "brokenmeter = no_such_module_for_meters:Meter\n"
+        "notameter = json:dumps\n"
+        "nullagain = host.meters.base:NullMeter\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert {"brokenmeter", "notameter", "nullagain"} <= set(meter_kinds())
+    with pytest.raises(MeterConfigError) as info_broken:
+        open_meter("brokenmeter:x")
+    assert _one_line(info_broken.value) == (
+        "power meter kind 'brokenmeter' comes from 'no_such_module_for_meters:Meter', which "
+        "failed to import (ModuleNotFoundError: No module named 'no_such_module_for_meters'); "
+        "reinstall the package (pip install -e .)"
+    )
+    with pytest.raises(MeterConfigError, match="'json:dumps', which is not a PowerMeter class"):
+        open_meter("notameter:x")
+    with pytest.raises(MeterConfigError, match="which is kind 'none'; use 'none'"):
+        open_meter("nullagain")  # one class, one kind
+    assert NullMeter.kind == "none"
+
+
 def test_null_meter_times_only():
     with open_meter("none") as meter:
         assert isinstance(meter, NullMeter)
