@@ -154,6 +154,8 @@ _REFUSED = (
     "refused the connection; check the IP address and that the meter's SCPI socket "
     "(port 5025) is enabled"
 )
+_ERROR_REPLY = re.compile(r'^[+-]?\d+,".*"$')  # +0,"No error"; -113,"Undefined header"
+_MAX_STALE_REPLIES = 4
 R = TypeVar("R")
 
 
@@ -354,12 +356,26 @@ class Keysight34465A(PowerMeter):
         return self._io(command, lambda: self._session().query(command)).strip()
 
     def _errors_locked(self) -> list[str]:
-        """Empty the meter's error queue; the errors it held."""
+        """Empty the meter's error queue; the errors it held.
+
+        A reply that is not an error (``+152``) is the late answer to a query that timed out:
+        it is dropped and the answer to ``SYST:ERR?`` read after it, which puts replies and
+        queries back in step.
+        """
         errors = []
         for _ in range(ERROR_QUEUE_SIZE + 1):
             reply = self._query_locked("SYST:ERR?")
-            code = reply.split(",", 1)[0].strip()
-            if code.lstrip("+-").isdigit() and int(code) == 0:
+            for _ in range(_MAX_STALE_REPLIES):
+                if _ERROR_REPLY.match(reply):
+                    break
+                logger.warning("power meter at %s: dropped a late reply %r", self.address, reply)
+                reply = self._io("SYST:ERR?", lambda: self._session().read()).strip()
+            else:
+                raise MeterProtocolError(
+                    f"power meter at {self.address!r} answered SYST:ERR? with {reply!r}, not "
+                    "an error; another program may be talking to the meter"
+                )
+            if int(reply.split(",", 1)[0]) == 0:
                 break
             errors.append(reply)
         return errors
