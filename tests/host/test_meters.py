@@ -261,9 +261,10 @@ def test_constant_3w_reads_3w_within_noise(simulator):
     assert p.mean() == pytest.approx(3.0, abs=5 * sigma_w / math.sqrt(p.size))
 
 
-def test_stepped_trace_energy_matches_within_2_percent(simulator):
+@pytest.mark.parametrize("transport", ["pty", "tcp"])  # ASRL/dev/pts/N, TCPIP::...::SOCKET
+def test_stepped_trace_energy_matches_within_2_percent(simulator, transport):
     trace = PowerTrace(2.0)
-    sim = simulator(trace, seed=2)
+    sim = simulator(trace, transport=transport, seed=2)
     edges: list[float] = []
 
     def step(power_w: float):
