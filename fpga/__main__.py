@@ -21,6 +21,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 
 from export.errors import ExportError
 from fpga.board.errors import BoardError
@@ -54,7 +55,11 @@ def emulate(args: argparse.Namespace) -> int:
         if board.meter_address:
             print(f"meter: {board.meter_address}", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
-            done.wait()
+            # Sleep and look, not done.wait(): the handler runs on this thread, and set() takes
+            # the Event's lock, which this thread holds at moments inside wait(); a SIGTERM
+            # arriving then deadlocked the process (seen once under load).
+            while not done.is_set():
+                time.sleep(0.1)
     return 0
 
 
