@@ -292,6 +292,10 @@ class DDIResNet(nn.Module):
             raise ConfigError(f"image_size {image_size!r} must be a multiple of 4")
         self.depth = depth
         self.gating = gating
+        self.block_drop = 0.0
+        """Training only, ungated models: the probability that a block is skipped per image
+        (stochastic depth, Huang et al., ECCV 2016, with the skip semantics of a layer gate and
+        no rescaling, so a network trained with it keeps working where gates skip blocks)."""
         self.has_exits = bool(exits)
         self.quant_spec = Q.QuantSpec(**quant) if quant is not None else None
         self.image_size = image_size
@@ -429,6 +433,8 @@ class DDIResNet(nn.Module):
                 p, h, c = self.layer_gate_step(i, x, h, c)
                 g = hard_gate(p)  # (B,)
                 probs.append(p)
+            elif self.block_drop:
+                g = (torch.rand(B, device=x.device) >= self.block_drop).to(x.dtype)  # (B,)
             if self.has_channel_gates:
                 m = hard_gate(self.channel_gates[i](x))  # (B, C_out)
             x = block(x, channel_mask=m, layer_gate=g)
