@@ -276,3 +276,28 @@ def test_channel_gates_are_folded_before_export_and_compute_the_models_gate(trai
     # the exporter writes the folded weights bit for bit, folding nothing itself
     assert np.array_equal(weights["gate.conv.weight"], folded.conv.weight.detach().numpy())
     assert np.array_equal(weights["gate.conv.bias"], folded.conv.bias.detach().numpy())
+
+
+def test_quantized_gates_export_quantized_twins_and_finn_graphs(trained_bundle, exits_bundle):
+    """A float-gated checkpoint exports float gates without FINN graphs; quantized gates get
+    QCDQ twins and a FINN graph each, listed (and so verified and packed) with the bundle."""
+    import onnx
+
+    assert trained_bundle.manifest.model["kwargs"]["quant_gates"] is False
+    assert all(g.finn is None for g in trained_bundle.manifest.graphs.values())
+    m = exits_bundle.manifest
+    assert m.model["kwargs"]["quant_gates"] is True
+    files = m.files()
+    for block in m.blocks:
+        for name in (block.layer_gate, block.channel_gate):
+            spec = m.graphs[name]
+            assert spec.qonnx is None and spec.finn is not None and spec.finn.ref in files
+            twin = onnx.load(exits_bundle.path / spec.onnx.file).graph
+            assert "QuantizeLinear" in {n.op_type for n in twin.node}
+            assert spec.finn.twin_tensor in {t for n in twin.node for t in n.output}
+            engine = onnx.load(exits_bundle.path / spec.finn.file).graph
+            ops = [n.op_type for n in engine.node]
+            assert "Quant" in ops and "LSTM" not in ops and "Sigmoid" not in ops
+        keep = onnx.load(exits_bundle.path / m.graphs[block.channel_gate].finn.file).graph
+        assert keep.node[-1].op_type == "MultiThreshold"
+        assert [o.name for o in keep.output] == ["keep"]
