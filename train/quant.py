@@ -10,10 +10,11 @@ FINN constraints honoured here (and commented where the model uses them):
 - weights are per-output-channel scaled integers; the stem and classifier keep 8-bit weights
   (the first and last layer are the most sensitive), the body uses ``weight_bits``.
 
-The gates are built here too (:func:`pooled`, :func:`pointwise`, :func:`gate_code`): their
-convolutions and pools compile to FINN engines, and only the layer gate's 10-wide LSTM step runs
-on the board's ARM CPU in float (FINN has no LSTM). A keep decision ``logit > 0`` is a one-step
-threshold of the gate's last accumulator, so it needs no quantizer of its own in training.
+Quantized gates are built here too (:func:`pooled`, :func:`pointwise`, :func:`gate_code`): their
+convolutions and pools are what FINN compiles (export/bundle.py exports them as FINN graphs);
+the layer gate's 10-wide LSTM step stays float, for the board's ARM CPU (FINN has no LSTM). A
+keep decision ``logit > 0`` is a one-step threshold of the gate's last accumulator, so it needs
+no quantizer of its own in training.
 """
 
 from __future__ import annotations

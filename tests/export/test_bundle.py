@@ -143,6 +143,22 @@ def test_a_bad_manifest_is_refused_in_one_line(trained_bundle, edit, message):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda f: f.update(file="/abs.onnx"), r"graphs\.channel_gate0\.finn .*not a path inside"),
+        (lambda f: f.pop("twin_tensor"), r"finn lacks 'twin_tensor'"),
+        (lambda f: f["outputs"][0]["datatype"].update(name="UINT1", scale=None), "has scale"),
+    ],
+)
+def test_a_bad_gate_finn_entry_is_refused_in_one_line(exits_bundle, edit, message):
+    data = json.loads((exits_bundle.path / MANIFEST).read_text())
+    edit(data["graphs"]["channel_gate0"]["finn"])
+    with pytest.raises(BundleError, match=message) as info:
+        manifest_from_dict(data, "b")
+    assert "\n" not in str(info.value)
+
+
 def test_missing_or_unreadable_bundles(tmp_path):
     with pytest.raises(BundleError, match="is not a folder"):
         load_bundle(tmp_path / "none")

@@ -266,3 +266,13 @@ def test_the_boards_numpy_programs_make_the_twins_decisions(gate_bundle):
     np.testing.assert_array_equal(got.macs, want.macs)
     np.testing.assert_array_equal(got.predictions, want.predictions)
     assert not want.executed.all()  # the layer gates skip blocks
+
+
+def test_the_front_end_command_builds_a_gate_named_on_it(gate_bundle, tmp_path):
+    from fpga.finn.frontend import build_bundle
+
+    results = build_bundle(gate_bundle.path, tmp_path, graphs=["channel_gate1"])
+    assert list(results) == ["channel_gate1"]
+    assert [
+        layer["op_type"].rsplit("_", 1)[0] for layer in results["channel_gate1"]["layers"].values()
+    ] == CHANNEL_GATE_LAYERS
