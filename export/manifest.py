@@ -101,6 +101,26 @@ class FileRef:
 
 
 @dataclass(frozen=True)
+class FinnGraph:
+    """A quantized gate's QONNX graph for FINN: the part of the gate the PL runs.
+
+    ``layer_gate{i}``: stream quantizer, pool and 1x1 conv; its output is the embedding (codes
+    times scale) that the twin's tensor ``twin_tensor`` holds, the LSTM step's input.
+    ``channel_gate{i}``: the whole gate with its decision; its output is one keep bit per
+    channel, ``twin_tensor`` (``prob``) ``> gate_threshold``.
+    """
+
+    file: str
+    sha256: str
+    outputs: tuple[TensorSpec, ...]
+    twin_tensor: str
+
+    @property
+    def ref(self) -> FileRef:
+        return FileRef(self.file, self.sha256)
+
+
+@dataclass(frozen=True)
 class GraphSpec:
     """One graph of the bundle.
 
@@ -125,6 +145,8 @@ class GraphSpec:
     """The numpy program (``.npz``); always present from manifest version 2 on."""
     qonnx_inputs: tuple[TensorSpec, ...] = ()
     """The QONNX graph's inputs (empty when there is no QONNX graph)."""
+    finn: FinnGraph | None = None
+    """Gates of a network with quantized gates: the FINN graph of the gate's PL part."""
 
     @property
     def masked(self) -> bool:
@@ -251,6 +273,8 @@ class Manifest:
                 refs.append(g.numpy)
             if g.qonnx is not None:
                 refs.append(g.qonnx)
+            if g.finn is not None:
+                refs.append(g.finn.ref)
         return refs
 
     def to_json(self) -> str:
@@ -360,6 +384,16 @@ def manifest_from_dict(data: Any, origin: str = "<memory>") -> Manifest:
         if kind not in GRAPH_KINDS:
             raise g.fail(f"kind {kind!r} is not one of {', '.join(GRAPH_KINDS)}")
         qonnx = g.get("qonnx", dict, optional=True)
+        finn = None
+        if g.get("finn", dict, optional=True) is not None:
+            f = g.sub("finn")
+            ref = _fileref(f)
+            finn = FinnGraph(
+                file=ref.file,
+                sha256=ref.sha256,
+                outputs=tuple(_tensor(t) for t in f.items("outputs")),
+                twin_tensor=f.get("twin_tensor", str),
+            )
         graphs[name] = GraphSpec(
             name=g.get("name", str),
             kind=kind,
@@ -372,6 +406,7 @@ def manifest_from_dict(data: Any, origin: str = "<memory>") -> Manifest:
             qonnx_inputs=()
             if qonnx is None
             else tuple(_tensor(t) for t in g.items("qonnx_inputs")),
+            finn=finn,
         )
         if graphs[name].name != name:
             raise g.fail(f"name {graphs[name].name!r} differs from its key {name!r}")

@@ -306,7 +306,7 @@ def _build(cfg: TrainConfig) -> tuple[DDIResNet, dict | None]:
         if quant is not None and payload["model"]["kwargs"].get("quant") is None:
             # Float pre-training, then quantization-aware training: the float weights start the
             # quantized network; its activation scales start from their statistics phase.
-            kwargs = {**payload["model"]["kwargs"], "quant": quant}
+            kwargs = {**payload["model"]["kwargs"], "quant": quant, "quant_gates": None}
             model = create_model(payload["model"]["name"], **kwargs)
             load_backbone(model, payload, quantize=True)
             return model, payload
@@ -314,7 +314,9 @@ def _build(cfg: TrainConfig) -> tuple[DDIResNet, dict | None]:
     payload = load_checkpoint(cfg.init)
     kwargs = dict(payload["model"]["kwargs"])
     if cfg.phase == "iadi":
-        kwargs.update(gating=cfg.gating, exits=False)
+        # The gates are quantized where the backbone is (train/model.py); gates of a gated
+        # init checkpoint, float or not, start the new gates (load_backbone).
+        kwargs.update(gating=cfg.gating, exits=False, quant_gates=None)
     else:
         if kwargs.get("gating", "none") == "none":
             logger.warning("ddi phase on an ungated model: exits only (RADI without IADI)")

@@ -338,6 +338,15 @@ XC7Z020 = {"LUT": 53_200, "BRAM_18K": 280, "DSP": 220}
 ESTIMATES_FILE = "estimates.json"
 
 
+def _finn_file(spec: Any) -> str | None:
+    """The QONNX file FINN builds for a graph: a backbone graph's ``qonnx``, or a quantized
+    gate's ``finn`` graph (built only when named: the default set is the backbone's)."""
+    if spec.qonnx is not None:
+        return spec.qonnx.file
+    finn = getattr(spec, "finn", None)
+    return None if finn is None else finn.file
+
+
 def build_bundle(
     bundle: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -345,6 +354,8 @@ def build_bundle(
     graphs: list[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Build every graph of a bundle that has a QONNX graph (or ``graphs``) into ``out_dir``.
+
+    ``graphs`` may also name the gates of a bundle with quantized gates (their FINN graphs).
 
     Each graph gets its own FINN build folder ``out_dir/<graph>``; the estimates of all of them
     are written to ``out_dir/estimates.json`` and returned, by graph name.
@@ -358,16 +369,17 @@ def build_bundle(
     specs = loaded.manifest.graphs
     names = [n for n, g in specs.items() if g.qonnx is not None] if graphs is None else graphs
     for name in names:
-        if name not in specs or specs[name].qonnx is None:
+        if name not in specs or _finn_file(specs[name]) is None:
             raise GraphError(
                 f"bundle {str(loaded.path)!r} has no QONNX graph {name!r}; FINN compiles "
-                f"{sorted(n for n, g in specs.items() if g.qonnx is not None)!r}"
+                f"{sorted(n for n, g in specs.items() if _finn_file(g) is not None)!r}"
             )
     out = Path(out_dir)
     results: dict[str, dict[str, Any]] = {}
     for name in tqdm(names, desc="FINN front end", unit="graph"):
         spec = specs[name]
-        parent = to_hw(loaded.path / spec.qonnx.file, spec.inputs[0].datatype, out / name, config)
+        source = loaded.path / _finn_file(spec)
+        parent = to_hw(source, spec.inputs[0].datatype, out / name, config)
         results[name] = estimate(parent, config.clk_period_ns, config.fpga_part)
     document = {
         "bundle_id": loaded.bundle_id,

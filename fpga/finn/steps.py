@@ -9,8 +9,9 @@ steps are named by string (FINN looks them up), ours are functions here:
   (:class:`~fpga.finn.transforms.IntegerInput`); the datatype comes from the manifest through
   the model's metadata (:data:`INPUT_DATATYPE_KEY`).
 - :func:`step_resnet_streamline`: FINN's ResNet-50 streamlining (finn-examples), in rounds
-  until nothing changes, with two fixes for blocks whose shortcut is the identity, and the
-  global average pool turned into FINN's accumulator plus a scale that streamlines away.
+  until nothing changes, with two fixes for blocks whose shortcut is the identity, the
+  global average pool turned into FINN's accumulator plus a scale that streamlines away, and
+  a signed quantizer's offset (the layer gate's embedding) kept in its threshold.
 - :func:`step_resnet_lower`: convolutions to Im2Col + MatMul, the graph channels-last, then the
   transposes moved and cancelled, ResNet-50 style.
 - :func:`step_resnet_convert_to_hw`: only integer layers become HW layers, so the float tail
@@ -43,6 +44,7 @@ from finn.transformation.fpgadataflow.convert_to_hw.thresholding import InferThr
 from finn.transformation.move_reshape import RemoveCNVtoFCFlatten
 from finn.transformation.streamline.absorb import (
     AbsorbConsecutiveTransposes,
+    AbsorbScalarBiasIntoMultiThreshold,
     AbsorbTransposeIntoMultiThreshold,
 )
 from finn.transformation.streamline.reorder import (
@@ -154,6 +156,9 @@ def step_resnet_streamline(model: ModelWrapper, cfg: DataflowBuildConfig) -> Mod
     for _ in range(MAX_ROUNDS):
         before = _fingerprint(model)
         model = model.transform(OrderJoinInputs(graph_input_first=True))
+        # A signed quantizer (the layer gate's embedding) is a MultiThreshold and an Add of
+        # -2**(bits-1); absorbed before the linear pass moves that Add past the scale's Mul.
+        model = model.transform(AbsorbScalarBiasIntoMultiThreshold())
         model = model.transform(MoveMulPastMaxPool())
         # masked blocks: scales past the mask joins first (FINN's CollapseRepeatedMul asserts on
         # a scale Mul followed by the mask's Mul, which has no constant)

@@ -152,6 +152,22 @@ def test_a_bad_manifest_is_refused_in_one_line(trained_bundle, edit, message):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda f: f.update(file="/abs.onnx"), r"graphs\.channel_gate0\.finn .*not a path inside"),
+        (lambda f: f.pop("twin_tensor"), r"finn lacks 'twin_tensor'"),
+        (lambda f: f["outputs"][0]["datatype"].update(name="UINT1", scale=None), "has scale"),
+    ],
+)
+def test_a_bad_gate_finn_entry_is_refused_in_one_line(exits_bundle, edit, message):
+    data = json.loads((exits_bundle.path / MANIFEST).read_text())
+    edit(data["graphs"]["channel_gate0"]["finn"])
+    with pytest.raises(BundleError, match=message) as info:
+        manifest_from_dict(data, "b")
+    assert "\n" not in str(info.value)
+
+
 def test_missing_or_unreadable_bundles(tmp_path):
     with pytest.raises(BundleError, match="is not a folder"):
         load_bundle(tmp_path / "none")
@@ -285,3 +301,28 @@ def test_channel_gates_are_folded_before_export_and_compute_the_models_gate(trai
     # the exporter writes the folded weights bit for bit, folding nothing itself
     assert np.array_equal(weights["gate.conv.weight"], folded.conv.weight.detach().numpy())
     assert np.array_equal(weights["gate.conv.bias"], folded.conv.bias.detach().numpy())
+
+
+def test_quantized_gates_export_quantized_twins_and_finn_graphs(trained_bundle, exits_bundle):
+    """A float-gated checkpoint exports float gates without FINN graphs; quantized gates get
+    QCDQ twins and a FINN graph each, listed (and so verified and packed) with the bundle."""
+    import onnx
+
+    assert trained_bundle.manifest.model["kwargs"]["quant_gates"] is False
+    assert all(g.finn is None for g in trained_bundle.manifest.graphs.values())
+    m = exits_bundle.manifest
+    assert m.model["kwargs"]["quant_gates"] is True
+    files = m.files()
+    for block in m.blocks:
+        for name in (block.layer_gate, block.channel_gate):
+            spec = m.graphs[name]
+            assert spec.qonnx is None and spec.finn is not None and spec.finn.ref in files
+            twin = onnx.load(exits_bundle.path / spec.onnx.file).graph
+            assert "QuantizeLinear" in {n.op_type for n in twin.node}
+            assert spec.finn.twin_tensor in {t for n in twin.node for t in n.output}
+            engine = onnx.load(exits_bundle.path / spec.finn.file).graph
+            ops = [n.op_type for n in engine.node]
+            assert "Quant" in ops and "LSTM" not in ops and "Sigmoid" not in ops
+        keep = onnx.load(exits_bundle.path / m.graphs[block.channel_gate].finn.file).graph
+        assert keep.node[-1].op_type == "MultiThreshold"
+        assert [o.name for o in keep.output] == ["keep"]
