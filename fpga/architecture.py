@@ -350,6 +350,7 @@ def build_engines(
             clk_period_ns=config.clk_period_ns,
             target_fps=config.fps_for(engine),
             folding_config_file=_folding_file(folder, engine),
+            runtime_writeable_weights=engine.runtime_weights,
         )
         log.info("engine %s: FINN build of %s", engine.name, engine.representative)
         parent = to_hw(loaded.path / spec.qonnx.file, spec.inputs[0].datatype, folder, frontend)
