@@ -355,6 +355,7 @@ def write_block_weights(
             continue
 
         rep_dir = out / engine.name
+        rep_dir.mkdir(parents=True, exist_ok=True)
 
         def build(graph: str, where: Path, engine=engine, rep_dir=rep_dir) -> Any:
             spec = manifest.graphs[graph]
