@@ -16,6 +16,8 @@ steps are named by string (FINN looks them up), ours are functions here:
   transposes moved and cancelled, ResNet-50 style.
 - :func:`step_resnet_convert_to_hw`: only integer layers become HW layers, so the float tail
   (output scale, classifier bias, the output transpose) stays outside the dataflow partition.
+- :func:`step_runtime_writeable_weights`: a shared engine's MVAUs and thresholds become
+  runtime-writeable before bit-width minimization (only with :data:`RUNTIME_WEIGHTS_KEY`).
 - :func:`step_check_hw_layers`: after ``SpecializeLayers``, every node of the partition must be
   an HLS or RTL layer.
 

@@ -98,3 +98,18 @@ def test_missing_manifest_unknown_block_and_version_are_refused(tmp_path):
     (tmp_path / MANIFEST_FILE).write_text(json.dumps(data))
     with pytest.raises(WeightsError, match="version 99"):
         WeightStore(tmp_path)
+
+
+def test_modelled_load_time_is_words_times_the_axilite_write_plus_the_flush():
+    from fpga.emulator import EmulatorError
+    from fpga.emulator.timing import AXILITE_S_PER_WORD_RANGE, runtime_weight_load_s
+
+    # ResNet-74 stage 3: 19,456 words; HARDWARE.md's 100-250 ns per word gives 2-5 ms
+    low, high = (runtime_weight_load_s(19_456, s_per_word=s) for s in AXILITE_S_PER_WORD_RANGE)
+    assert low == pytest.approx(1.9456e-3) and high == pytest.approx(4.864e-3)
+    assert runtime_weight_load_s(1_000, flush_frame_s=3e-4) == pytest.approx(1_000 * 160e-9 + 3e-4)
+    assert runtime_weight_load_s(0) == 0.0
+    with pytest.raises(EmulatorError, match="words=-1"):
+        runtime_weight_load_s(-1)
+    with pytest.raises(EmulatorError, match="s_per_word=0"):
+        runtime_weight_load_s(10, s_per_word=0)
