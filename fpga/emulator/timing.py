@@ -357,8 +357,8 @@ def runtime_weight_load_s(
     32-bit AXI-lite writes at ``s_per_word`` each, then one flush frame through the engine
     (``flush_frame_s``: one image's engine time; the loader in fpga/board/weights.py sends it).
 
-    For example ResNet-74's stage-3 blocks (19,456 words) take 3.1 ms at 160 ns a word,
-    2.0-4.9 ms over HARDWARE.md's 100-250 ns range. A model, not a measurement.
+    For example ResNet-74's stage-3 blocks (18,448 words) take 3.0 ms of writes at 160 ns a
+    word, 1.8-4.6 ms over HARDWARE.md's 100-250 ns range. A model, not a measurement.
     """
     if isinstance(words, bool) or not isinstance(words, (int, np.integer)) or words < 0:
         raise EmulatorError(f"words={words!r} must be a count of 32-bit words >= 0")
