@@ -155,6 +155,10 @@ class CostModel:
     """PL cycles per 32-bit AXI-lite write from the ARM (about 160 ns at 100 MHz, assumed)."""
     call_overhead_cycles: int = 5_000
     """ARM cost of starting one engine call on a batch (DMA descriptors, start, wait): 50 us."""
+    flush_frame: bool = True
+    """After each weight load one frame runs through the engine alone (FINN's weight streamer
+    holds words of the old weights; fpga/board/weights.py): one more call (its overhead) and
+    the frame's pipeline latency, charged with the load."""
 
     def __post_init__(self) -> None:
         if self.weight_loader not in ("axilite", "dma"):
@@ -169,12 +173,16 @@ class CostModel:
             )
 
     def load_cycles(self, graph: dict) -> int:
-        """Cycles to write one graph's weights and thresholds into its (shared) engine."""
+        """Cycles to write one graph's weights and thresholds into its (shared) engine, and
+        its flush frame."""
         if not graph.get("runtime_weights"):
             return 0
         if self.weight_loader == "axilite":
-            return math.ceil(graph["weight_words"] * self.axilite_cycles_per_word)
-        return math.ceil(4 * graph["weight_words"] / self.dma_bytes_per_cycle)
+            write = math.ceil(graph["weight_words"] * self.axilite_cycles_per_word)
+        else:
+            write = math.ceil(4 * graph["weight_words"] / self.dma_bytes_per_cycle)
+        flush = self.call_overhead_cycles + int(graph["latency_cycles"])
+        return write + (flush if self.flush_frame else 0)
 
     def image_cycles(self, graph: dict) -> int:
         """Cycles per image of a graph in a stream: engine bottleneck or activation DMA."""
@@ -289,9 +297,11 @@ def weight_memory(hw: Any) -> dict[str, Any]:
         elif node.op_type in THRESHOLD_OPS:
             pe, channels = op.get_nodeattr("PE"), op.get_nodeattr("NumChannels")
             steps, tbits = op.get_nodeattr("numSteps"), op.get_input_datatype(1).bitwidth()
+            rows = hw.get_initializer(node.input[1]).shape[0]
+            stored = pe if rows == 1 else channels  # one row for all channels: FINN keeps PE
             slots = 1 << max(0, math.ceil(math.log2(steps)))
-            words += (channels // pe) * (1 << (pe - 1).bit_length()) * slots
-            bits += channels * steps * tbits
+            words += (stored // pe) * (1 << (pe - 1).bit_length()) * slots
+            bits += stored * steps * tbits
     return {
         "weight_words": int(words),
         "weight_bytes": math.ceil(bits / 8),
@@ -350,6 +360,7 @@ def build_engines(
             clk_period_ns=config.clk_period_ns,
             target_fps=config.fps_for(engine),
             folding_config_file=_folding_file(folder, engine),
+            runtime_writeable_weights=engine.runtime_weights,
         )
         log.info("engine %s: FINN build of %s", engine.name, engine.representative)
         parent = to_hw(loaded.path / spec.qonnx.file, spec.inputs[0].datatype, folder, frontend)
@@ -519,14 +530,29 @@ def build_shared(
     config: SharedConfig | None = None,
     cost: CostModel | None = None,
 ) -> dict[str, Any]:
-    """Build every engine of the bundle, write ``out_dir/hw_report.json``, return the report."""
+    """Build every engine of the bundle and every block's runtime weights
+    (``out_dir/runtime_weights/``), write ``out_dir/hw_report.json``, return the report."""
     config = config or SharedConfig()
     cost = cost or CostModel(clock_mhz=1e3 / config.clk_period_ns)
     from fpga.bitstream.budget import overlay_budget
+    from fpga.weights import MANIFEST_FILE, WEIGHTS_DIR, write_block_weights
 
     loaded, engines, built = build_engines(bundle, out_dir, config)
     report = shared_report(loaded.manifest, engines, built, cost)
     report["config"] = asdict(config)
+    # every block of a shared engine: its FINN build checked against the representative's and
+    # its weights and thresholds as AXI-lite words (fpga/weights.py, for fpga/board/weights.py)
+    weights = write_block_weights(bundle, out_dir, config)
+    for graph, entry in weights["blocks"].items():
+        if entry["words"] != report["graphs"][graph]["weight_words"]:
+            raise GraphError(
+                f"{graph}: {entry['words']} runtime weight words written, the engine's memory "
+                f"holds {report['graphs'][graph]['weight_words']}; report this as a bug"
+            )
+    report["runtime_weights"] = {
+        "manifest": f"{WEIGHTS_DIR}/{MANIFEST_FILE}",
+        "words": {g: e["words"] for g, e in weights["blocks"].items()},
+    }
     # FINN's estimate leaves out DMAs, interconnect, FIFOs, MVAU_rtl and HLS LUTs: the
     # completed budget of one overlay of these engines (fpga/bitstream/budget.py)
     report["resource_budget"] = overlay_budget(

@@ -59,6 +59,11 @@ class FrontendConfig:
     """Frames per second that FINN's ``SetFolding`` aims for; None: leave PE = SIMD = 1."""
     folding_config_file: str | None = None
     """FINN folding JSON (PE, SIMD, ram_style per layer), applied after ``target_fps``."""
+    runtime_writeable_weights: bool = False
+    """Weights and thresholds written over AXI-lite at run time (a shared engine): every MVAU
+    gets ``mem_mode="internal_decoupled"`` and, with every Thresholding layer,
+    ``runtime_writeable_weights=1`` before bit-width minimization, so datatypes stay wide
+    enough for every block the engine serves (``step_runtime_writeable_weights``)."""
     mvau_wwidth_max: int = 36
     """Widest weight stream of an MVAU (bits per cycle) that automatic folding may choose."""
     start_step: str | None = None
@@ -139,13 +144,15 @@ def to_hw(
     compat.prepare_finn(out / "finn_tmp")
     from finn.builder.build_dataflow import build_dataflow_cfg
 
-    from fpga.finn.steps import INPUT_DATATYPE_KEY, INPUT_SCALE_KEY
+    from fpga.finn.steps import INPUT_DATATYPE_KEY, INPUT_SCALE_KEY, RUNTIME_WEIGHTS_KEY
 
     model = ModelWrapper(str(qonnx_path))
     _check_input(model, name, scale)  # the same check as the first step, before FINN's logging
     model.set_metadata_prop(INPUT_DATATYPE_KEY, name)
     if scale is not None:
         model.set_metadata_prop(INPUT_SCALE_KEY, repr(float(scale)))
+    if config.runtime_writeable_weights:
+        model.set_metadata_prop(RUNTIME_WEIGHTS_KEY, "1")
     source = out / "input.qonnx.onnx"
     model.save(str(source))
     (out / CONFIG_FILE).write_text(json.dumps(asdict(config), indent=1) + "\n")
