@@ -36,13 +36,17 @@ from typing import Any
 
 import numpy as np
 
+from export.manifest import load_bundle
+from fpga import hwreport
+from fpga.bitstream.overlay import overlay_budget
 from fpga.finn.errors import GraphError
+from fpga.finn.frontend import FrontendConfig, dataflow_model, estimate, to_hw
 
 log = logging.getLogger(__name__)
 
 LABEL = "FINN estimates, no synthesis"
 DESIGN = "shared engines (one per graph shape, runtime-writeable weights)"
-REPORT_FILE = "hw_report.json"
+REPORT_FILE = hwreport.FILE
 RESOURCES = ("LUT", "BRAM_18K", "DSP")
 BUDGET = {"LUT": 53_200, "BRAM_18K": 280, "DSP": 220}
 """XC7Z020 programmable logic (FF: 106,400, not estimated by FINN)."""
@@ -332,8 +336,6 @@ def build_engines(
 ) -> tuple[Any, list[Engine], dict[str, dict]]:
     """FINN front end for one representative graph per engine; returns (bundle, engines,
     per-engine estimates with weight memory and external-mode BRAMs)."""
-    from export.manifest import load_bundle
-    from fpga.finn.frontend import FrontendConfig, dataflow_model, estimate, to_hw
 
     config = config or SharedConfig()
     loaded = load_bundle(bundle)
@@ -427,6 +429,8 @@ def shared_report(
         for b in manifest.blocks
     ]
     report: dict[str, Any] = {
+        "format": hwreport.FORMAT,
+        "version": hwreport.FORMAT_VERSION,
         "kind": LABEL,
         "label": LABEL,
         "design": DESIGN,
@@ -522,7 +526,6 @@ def build_shared(
     """Build every engine of the bundle, write ``out_dir/hw_report.json``, return the report."""
     config = config or SharedConfig()
     cost = cost or CostModel(clock_mhz=1e3 / config.clk_period_ns)
-    from fpga.bitstream.budget import overlay_budget
 
     loaded, engines, built = build_engines(bundle, out_dir, config)
     report = shared_report(loaded.manifest, engines, built, cost)
@@ -532,7 +535,6 @@ def build_shared(
     report["resource_budget"] = overlay_budget(
         Path(out_dir), [e.name for e in engines], config.clk_period_ns
     )
-    path = Path(out_dir) / REPORT_FILE
-    path.write_text(json.dumps(report, indent=1) + "\n")
+    path = hwreport.write(Path(out_dir) / REPORT_FILE, report)
     log.info("shared-engine report -> %s", path)
     return report

@@ -19,11 +19,18 @@ import signal
 import sys
 from pathlib import Path
 
+from export.errors import ExportError
+from fpga.board.doctor import main as doctor
+from fpga.board.doctor import requirement_problem
+from fpga.board.errors import BoardError
+from fpga.board.runtime import BoardRuntime, RuntimeConfig, check_finn
+
 log = logging.getLogger("fpga.board")
 
 
 def _port_problem(port: str, exc: BaseException) -> str:
     """One line naming ``port`` and saying what to do about ``exc``."""
+    # serial (pyserial): loaded only when this runs
     from wire.ports import port_failure
 
     why = port_failure(
@@ -39,8 +46,7 @@ def serve(args: argparse.Namespace) -> int:
     """Open the port, build the runtime and serve until SIGINT or SIGTERM."""
     import serial
 
-    from fpga.board.errors import BoardError
-    from fpga.board.runtime import BoardRuntime, RuntimeConfig, check_finn
+    # serial (pyserial): loaded only when this runs
     from wire.link import Server
 
     config = RuntimeConfig(
@@ -118,8 +124,6 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from fpga.board.doctor import main as doctor
-    from fpga.board.doctor import requirement_problem
 
     if args.command == "doctor":
         return doctor(args)
@@ -127,8 +131,6 @@ def main(argv: list[str] | None = None) -> int:
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         return 1
-    from export.errors import ExportError
-    from fpga.board.errors import BoardError
 
     try:
         return serve(args)

@@ -20,6 +20,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from export.errors import BundleError
+from export.manifest import load_bundle
+from fpga.board.accel import AcceleratorError, OverlaySpec
+from fpga.board.finnio import buffer_bytes
+
 MIN_PYTHON = (3, 10)
 """PYNQ 3.0.1 and 3.1 images (Ubuntu 22.04) have Python 3.10."""
 MIN_NUMPY = (1, 21)
@@ -161,8 +166,6 @@ def check_port(port: str, cmdline: str | None = None) -> Verdict:
 
 def check_overlays(folders: Iterable[Path], batch: int | None) -> tuple[list[Verdict], int]:
     """One verdict per overlay folder, and the CMA bytes they need together."""
-    from fpga.board.accel import AcceleratorError, OverlaySpec
-    from fpga.board.finnio import buffer_bytes
 
     verdicts, need = [], 0
     for folder in folders:
@@ -201,9 +204,6 @@ def check_overlays(folders: Iterable[Path], batch: int | None) -> tuple[list[Ver
 
 
 def check_bundles(folders: Iterable[Path]) -> list[Verdict]:
-    from export.errors import BundleError
-    from export.manifest import load_bundle
-
     verdicts = []
     for folder in folders:
         try:

@@ -27,6 +27,8 @@ from typing import Any, Protocol
 import numpy as np
 import serial
 
+from fpga.emulator.meter import SimulatedMeter, SimulatedMeterConfig
+from fpga.emulator.power import ConstantPower
 from host.meters.base import (
     ClockEstimate,
     MeterConfigError,
@@ -40,6 +42,7 @@ from host.meters.base import (
     register_meter,
 )
 from host.meters.ports import port_call, port_error
+from host.meters.visa import VisaTransport, is_visa_address
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +194,6 @@ class SerialTransport:
 
 def open_transport(address: str, timeout_s: float) -> Transport:
     """The transport for ``address``. Add other schemes here (e.g. ``visa:`` via pyvisa)."""
-    from host.meters.visa import VisaTransport, is_visa_address  # imports pyvisa only on use
 
     if is_visa_address(address):  # TCPIP0::HOST::5025::SOCKET, USB0::...::INSTR
         return VisaTransport(address, timeout_s)
@@ -648,8 +650,6 @@ class SimulatedKeysight34465A(Keysight34465A):
         """Start the simulator on a pty and connect the real driver to it."""
         if self._transport is not None:
             return
-        from fpga.emulator.meter import SimulatedMeter, SimulatedMeterConfig
-        from fpga.emulator.power import ConstantPower
 
         config = SimulatedMeterConfig(
             supply_v=self.config.supply_v, line_frequency_hz=self.config.line_frequency_hz
