@@ -100,9 +100,9 @@ class Job:
     def work(self) -> Path:
         return self.out / "work"
 
-    def path(self, step: str, key: str | None = None) -> Path:
-        value = self.results[step] if key is None else self.results[step][key]
-        return Path(value)
+    def path(self, step: str) -> Path:
+        """The path that step ``step`` made."""
+        return Path(self.results[step])
 
     def bundles(self) -> dict[str, Path]:
         return {key: Path(path) for key, path in self.results["bundles"].items()}
