@@ -29,9 +29,12 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("cifar", "train", "export", "wire", "fpga", "host", "measurements")
 # Third-party libraries that are heavy to import (torch, FINN's stack, plotting) or optional where
 # a module runs (an instrument's library, pyserial and pynq on the board, whose runtime must
-# import with numpy alone: tests/arm). A project import inside a function is justified only by
-# one of these, named in a comment, that the imported module pulls in.
+# import with numpy alone: tests/arm), and numpy where a module checks its version before it
+# is imported (the board's entry point, fpga/board/__main__.py). A project import inside a
+# function is justified only by one of these, named in a comment, that the imported module
+# pulls in and the importing module does not.
 HEAVY = (
+    "numpy",
     "torch",
     "brevitas",
     "qonnx",
