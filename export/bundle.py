@@ -5,9 +5,10 @@ can hold, so it leaves PyTorch as separate graphs that a runtime sequences per i
 (:mod:`export.executor`):
 
 - ``stem``: input codes (dequantized) -> the stage-1 stream; ``head``: stream -> logits;
-- ``block{i}``: one residual block. The QONNX graph (FINN) is the dense block, ``x -> y``; the
-  onnxruntime twin also takes the channel mask, ``(x, mask) -> y``, and applies it as the model
-  does (masked intermediate channels, masked outputs passed from the shortcut);
+- ``block{i}``: one residual block, ``(x, mask) -> y``, applying the channel mask as the model
+  does (masked intermediate channels, masked outputs passed from the shortcut). The onnxruntime
+  twin takes the mask as (N, C_out); the QONNX graph (FINN) as a (1, C_out, H_out, W_out) map
+  of 0/1, a second stream of the output's shape (:class:`MaskedBlockGraph`);
 - ``shortcut{i}``: what a skipped downsampling block outputs (its 1x1 projection);
 - ``exit{j}``: the RADI branch classifiers;
 - ``layer_gate{i}``: one step of G^L, ``(x, h, c) -> (prob, h', c')``; the LSTM cell is shared,
@@ -48,6 +49,7 @@ from export.manifest import (
     BATCH,
     FORMAT,
     MANIFEST,
+    MASK_DATATYPE,
     VERSION,
     Bundle,
     DataType,
@@ -96,6 +98,38 @@ class BlockGraph(nn.Module):
         return self.block(self.quant(x), channel_mask=mask if self.masked else None)
 
 
+class MaskedBlockGraph(nn.Module):
+    """A residual block for FINN: ``(x, mask) -> y`` with the mask as a full-resolution map.
+
+    ``mask`` is (N, C_out, H_out, W_out) of 0/1, the channel mask broadcast over the output
+    pixels: FINN's elementwise layers join two streams of one shape, and a 1-bit map is cheap to
+    stream. The result equals :meth:`train.model.BasicBlock.forward` with the channel mask bit
+    for bit (float32, and so the integer codes FINN computes):
+
+    - masked intermediate channels: ``h * mask``;
+    - the output select ``torch.where(mask, y, skip)`` as ``stream_act(r * mask + skip)``: where
+      the mask is 1 that is ``y = stream_act(r + skip)``; where it is 0 it is
+      ``stream_act(skip)``, and ``skip`` is already a code of that quantizer (train/model.py: both
+      inputs of the residual add share it), on which it is the identity.
+
+    After streamlining both are integer ``Mul`` joins of the codes with the mask stream, and the
+    select costs no layer of its own: the residual add and its thresholds are the block's
+    (docs/finn-frontend.md, "Masked blocks").
+    """
+
+    def __init__(self, model: DDIResNet, index: int) -> None:
+        super().__init__()
+        self.quant, self.block = stream_quant(model, index), model.blocks[index]
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        b = self.block
+        x = self.quant(x)
+        skip = b.passthrough(x)  # (N, C_out, H', W')
+        h = b.act1(b.bn1(b.conv1(x))) * mask  # masked channels do no work
+        r = b.stream_act(b.bn2(b.conv2(h)))  # residual branch, stream quantizer
+        return b.stream_act(r * mask + skip)  # y where mask = 1, skip where it is 0
+
+
 class ShortcutGraph(nn.Module):
     def __init__(self, model: DDIResNet, index: int) -> None:
         super().__init__()
@@ -140,25 +174,125 @@ class FullGraph(nn.Module):
 
 
 class LayerGateGraph(nn.Module):
+    """One step of G^L, ``(x, h, c) -> (prob, h', c')``.
+
+    With quantized gates it begins with the stream quantizer, as the other quantized graphs do.
+    """
+
     def __init__(self, model: DDIResNet, index: int) -> None:
         super().__init__()
         assert model.layer_gates is not None and model.gate_rnn is not None
         self.embed, self.rnn = model.layer_gates[index], model.gate_rnn
+        self.quant = stream_quant(model, index) if model.quant_gates else None
 
     def forward(self, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if self.quant is not None:
+            x = self.quant(x)
         return self.rnn(self.embed(x), h, c)  # (N,), (N, hidden), (N, hidden)
 
 
 class ChannelGateGraph(nn.Module):
-    """G^C with its BatchNorm folded into the conv before export (see :func:`fold_gate_bn`)."""
+    """G^C, ``x -> prob``.
+
+    A float gate has its BatchNorm folded into the conv before export (see
+    :func:`fold_gate_bn`); a quantized gate begins with the stream quantizer and keeps its
+    BatchNorm, which the QCDQ export leaves as a node (its conv weights are codes, not a
+    constant the exporter folds) and export/lower.py folds in numpy.
+    """
 
     def __init__(self, model: DDIResNet, index: int) -> None:
         super().__init__()
         assert model.channel_gates is not None
-        self.gate = fold_gate_bn(model.channel_gates[index])
+        if model.quant_gates:
+            self.quant, self.gate = stream_quant(model, index), model.channel_gates[index]
+        else:
+            self.quant, self.gate = None, fold_gate_bn(model.channel_gates[index])
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.quant is not None:
+            x = self.quant(x)
         return self.gate(x)  # (N, C_out)
+
+
+class LayerGateFrontGraph(nn.Module):
+    """The FINN part of G^L: stream quantizer -> pool -> 1x1 conv -> the embedding's codes."""
+
+    def __init__(self, model: DDIResNet, index: int) -> None:
+        super().__init__()
+        assert model.layer_gates is not None
+        self.quant, self.embed = stream_quant(model, index), model.layer_gates[index]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.embed(self.quant(x))  # (1, hidden): code * scale
+
+
+class ChannelGateLogitsGraph(nn.Module):
+    """The FINN part of G^C up to its logits; export adds the keep threshold (:data:`KEEP`)."""
+
+    def __init__(self, model: DDIResNet, index: int) -> None:
+        super().__init__()
+        assert model.channel_gates is not None
+        self.quant, self.gate = stream_quant(model, index), model.channel_gates[index]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.gate.logits(self.quant(x))  # (1, C_out)
+
+
+EMBEDDING = "embedding"
+"""Output of a layer gate's FINN graph: the codes of the embedding the LSTM step takes."""
+KEEP = "keep"
+"""Output of a channel gate's FINN graph: 1 where the channel is kept, 0 where skipped."""
+KEEP_DATATYPE = DataType("UINT1", 1.0)
+
+
+def scope_output(path: Path, scope: str) -> str:
+    """The tensor that the last node of module ``scope`` writes in the exported graph ``path``.
+
+    torch's exporter names nodes by module path (``/embed/Flatten``); the layer gate twin's
+    ``embed`` scope ends in the embedding that the LSTM step takes.
+    """
+    nodes = [n for n in onnx.load(str(path)).graph.node if n.name.startswith(f"/{scope}/")]
+    if not nodes:
+        raise ExportError(f"exported graph {path.name!r} has no node of module {scope!r}")
+    return nodes[-1].output[0]
+
+
+def add_keep_threshold(path: Path, logits: str) -> None:
+    """End the QONNX graph at ``path`` in the decision ``logit > 0``: one bit per channel.
+
+    A one-step ``MultiThreshold`` (qonnx counts the thresholds its input is ``>=``) at the
+    smallest positive float32, so that it holds exactly where ``logit > 0``. FINN's streamlining
+    absorbs the FC's scale and bias, calibration offset included, into that threshold, which
+    becomes an integer threshold on the FC's accumulator (a one-step ``Thresholding`` layer).
+    """
+    from qonnx.core.datatype import DataType as QonnxType
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    model = ModelWrapper(str(path))
+    graph = model.graph
+    (out,) = [o for o in graph.output if o.name == logits]
+    channels = model.get_tensor_shape(logits)[1]
+    tiny = np.nextafter(np.float32(0), np.float32(1))
+    name = f"{KEEP}_threshold"
+    graph.initializer.append(
+        onnx.numpy_helper.from_array(np.full((channels, 1), tiny, dtype=np.float32), name)
+    )
+    graph.node.append(
+        onnx.helper.make_node(
+            "MultiThreshold",
+            [logits, name],
+            [KEEP],
+            name=name,
+            domain="qonnx.custom_op.general",
+            out_dtype="BINARY",
+        )
+    )
+    graph.output.remove(out)
+    graph.output.append(
+        onnx.helper.make_tensor_value_info(KEEP, onnx.TensorProto.FLOAT, [1, channels])
+    )
+    model.set_tensor_datatype(KEEP, QonnxType["BINARY"])
+    model.save(str(path))
 
 
 def fold_gate_bn(gate: nn.Module) -> nn.Module:
@@ -281,9 +415,11 @@ class _Writer:
         outputs: dict[str, DataType],
         macs: int,
         dense: nn.Module | None = None,
+        dense_args: dict[str, tuple[Tensor, DataType]] | None = None,
         quantized: bool = True,
     ) -> None:
-        """Export ``twin`` (all ``args``) for onnxruntime and ``dense`` (first arg) for FINN."""
+        """Export ``twin`` (all ``args``) for onnxruntime and ``dense`` for FINN, on the first
+        image of ``dense_args`` (default: the first of ``args``)."""
         in_names = list(args)
         tensors = tuple(t for t, _ in args.values())
         # A new wrapper is in training mode, and Brevitas' exporter restores the mode it found on
@@ -318,18 +454,52 @@ class _Writer:
         }
         if dense is not None:
             qonnx_file = f"{name}.qonnx.onnx"
-            x = tensors[0][:1]  # FINN graphs take one image
+            if dense_args is None:
+                dense_args = dict(list(args.items())[:1])
+            one = {n: (t[:1], d) for n, (t, d) in dense_args.items()}  # FINN graphs: one image
             _export(
                 self.qonnx,
                 dense,
-                (x,),
+                tuple(t for t, _ in one.values()),
                 self.folder / qonnx_file,
-                in_names[:1],
+                list(one),
                 list(outputs)[:1],
                 False,
             )
             entry["qonnx"] = {"file": qonnx_file, "sha256": sha256_file(self.folder / qonnx_file)}
+            entry["qonnx_inputs"] = [_spec(n, t, d, False) for n, (t, d) in one.items()]
         self.graphs[name] = entry
+
+    def add_gate_engine(
+        self,
+        name: str,
+        engine: nn.Module,
+        x: Tensor,
+        output: tuple[str, DataType],
+        twin_tensor: str,
+        keep_threshold: bool = False,
+    ) -> None:
+        """Export a quantized gate's FINN graph (QONNX, batch 1) as graph ``name``'s ``finn``.
+
+        ``engine`` computes what the PL runs (the gate's front, or its logits, to which
+        ``keep_threshold`` appends the keep decision); ``twin_tensor`` names the tensor of the
+        graph's onnxruntime twin that its output is derived from (docs/bundle.md).
+        """
+        engine.eval()
+        out_name, datatype = output
+        file = f"{name}.qonnx.onnx"
+        exported = "logits" if keep_threshold else out_name
+        _export(self.qonnx, engine, (x[:1],), self.folder / file, ["x"], [exported], False)
+        if keep_threshold:
+            add_keep_threshold(self.folder / file, exported)
+        with torch.no_grad():
+            shape = list(engine(x[:1]).shape)
+        self.graphs[name]["finn"] = {
+            "file": file,
+            "sha256": sha256_file(self.folder / file),
+            "outputs": [{"name": out_name, "shape": shape, "datatype": asdict(datatype)}],
+            "twin_tensor": twin_tensor,
+        }
 
 
 def _preprocess_table(model: DDIResNet) -> dict[str, Any]:
@@ -430,11 +600,14 @@ def write_graphs(model: DDIResNet, folder: Path, progress: bool = True) -> dict[
         out_dt = datatype_of(model.stream_acts[info.stage])
         mask = torch.ones(x.shape[0], info.out_channels)
         mask[0, ::2] = 0.0  # any mask will do for tracing; half the channels of image 0
+        size = info.out_size
+        mask_map = mask[:, :, None, None].expand(-1, -1, size, size).contiguous()
         w.add(
             f"block{i}",
             "block",
             twin=BlockGraph(model, i, masked=True),
-            dense=BlockGraph(model, i, masked=False),
+            dense=MaskedBlockGraph(model, i),
+            dense_args={"x": (xi, in_dt), "mask": (mask_map, DataType(MASK_DATATYPE, 1.0))},
             args={"x": (xi, in_dt), "mask": (mask, FLOAT)},
             outputs={"y": out_dt},
             macs=costs.conv1[i] + costs.conv2[i] + costs.shortcut[i],
@@ -471,29 +644,49 @@ def write_graphs(model: DDIResNet, folder: Path, progress: bool = True) -> dict[
             )
             entry["shortcut"] = f"shortcut{i}"
             added()
+        quant_gates = model.quant_gates
         if model.has_layer_gates:
+            name = f"layer_gate{i}"
             w.add(
-                f"layer_gate{i}",
+                name,
                 "layer_gate",
                 twin=LayerGateGraph(model, i),
                 args={"x": (xi, in_dt), "h": (hidden, FLOAT), "c": (hidden, FLOAT)},
                 outputs={"prob": FLOAT, "h_out": FLOAT, "c_out": FLOAT},
                 macs=costs.layer_gate[i],
-                quantized=False,
+                quantized=quant_gates,
             )
-            entry["layer_gate"] = f"layer_gate{i}"
+            if quant_gates:
+                w.add_gate_engine(
+                    name,
+                    LayerGateFrontGraph(model, i),
+                    xi,
+                    (EMBEDDING, datatype_of(model.layer_gates[i].code)),
+                    scope_output(w.folder / f"{name}.onnx", "embed"),
+                )
+            entry["layer_gate"] = name
             added()
         if model.has_channel_gates:
+            name = f"channel_gate{i}"
             w.add(
-                f"channel_gate{i}",
+                name,
                 "channel_gate",
                 twin=ChannelGateGraph(model, i),
                 args={"x": (xi, in_dt)},
                 outputs={"prob": FLOAT},
                 macs=costs.channel_gate[i],
-                quantized=False,
+                quantized=quant_gates,
             )
-            entry["channel_gate"] = f"channel_gate{i}"
+            if quant_gates:
+                w.add_gate_engine(
+                    name,
+                    ChannelGateLogitsGraph(model, i),
+                    xi,
+                    (KEEP, KEEP_DATATYPE),
+                    "prob",
+                    keep_threshold=True,
+                )
+            entry["channel_gate"] = name
             added()
         blocks.append(entry)
     for j, p in enumerate(model.exit_positions):

@@ -25,11 +25,15 @@ import numpy as np
 from export.errors import BundleError
 
 FORMAT = "ddi-fpga-bundle"
-VERSION = 2
-"""2: every graph also has a numpy program (``numpy``, export/program.py) that the board runs."""
+VERSION = 3
+"""2: every graph also has a numpy program (``numpy``, export/program.py) that the board runs.
+3: a block's QONNX graph takes its channel mask too, as a full-resolution 0/1 map
+(``qonnx_inputs``), so FINN runs masked blocks."""
 MANIFEST = "manifest.json"
 GRAPH_KINDS = ("stem", "block", "shortcut", "layer_gate", "channel_gate", "exit", "head", "full")
 BATCH = "N"  # symbolic batch dimension of the onnxruntime twins
+MASK_DATATYPE = "UINT1"
+"""Datatype of a block's mask map in its QONNX graph (FINN streams it as 1-bit values)."""
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -97,14 +101,36 @@ class FileRef:
 
 
 @dataclass(frozen=True)
+class FinnGraph:
+    """A quantized gate's QONNX graph for FINN: the part of the gate the PL runs.
+
+    ``layer_gate{i}``: stream quantizer, pool and 1x1 conv; its output is the embedding (codes
+    times scale) that the twin's tensor ``twin_tensor`` holds, the LSTM step's input.
+    ``channel_gate{i}``: the whole gate with its decision; its output is one keep bit per
+    channel, ``twin_tensor`` (``prob``) ``> gate_threshold``.
+    """
+
+    file: str
+    sha256: str
+    outputs: tuple[TensorSpec, ...]
+    twin_tensor: str
+
+    @property
+    def ref(self) -> FileRef:
+        return FileRef(self.file, self.sha256)
+
+
+@dataclass(frozen=True)
 class GraphSpec:
     """One graph of the bundle.
 
     ``onnx`` is the plain ONNX twin that onnxruntime runs (standard operators, batch dimension
     ``"N"``); ``numpy`` the same computation lowered to a numpy program (:mod:`export.program`,
     weights as integer codes, BN folded), which the board's ARM runs; ``qonnx`` is the QONNX graph
-    of the same computation for FINN (batch 1, dense: blocks take no channel mask), or None for
-    graphs FINN does not compile (the gates).
+    of the same computation for FINN (batch 1), or None for graphs FINN does not compile (the
+    gates). ``qonnx_inputs`` are the QONNX graph's inputs: ``x`` (the first input, batch 1) and,
+    for a block, ``mask``: the channel mask as a (1, C_out, H_out, W_out) map of 0/1
+    (:data:`MASK_DATATYPE`), the twin's (N, C_out) mask broadcast over the output pixels.
     """
 
     name: str
@@ -117,6 +143,15 @@ class GraphSpec:
     """MACs per image of the dense graph."""
     numpy: FileRef | None = None
     """The numpy program (``.npz``); always present from manifest version 2 on."""
+    qonnx_inputs: tuple[TensorSpec, ...] = ()
+    """The QONNX graph's inputs (empty when there is no QONNX graph)."""
+    finn: FinnGraph | None = None
+    """Gates of a network with quantized gates: the FINN graph of the gate's PL part."""
+
+    @property
+    def masked(self) -> bool:
+        """Whether the QONNX graph takes the channel mask map (a block's, from version 3)."""
+        return len(self.qonnx_inputs) > 1
 
 
 @dataclass(frozen=True)
@@ -238,6 +273,8 @@ class Manifest:
                 refs.append(g.numpy)
             if g.qonnx is not None:
                 refs.append(g.qonnx)
+            if g.finn is not None:
+                refs.append(g.finn.ref)
         return refs
 
     def to_json(self) -> str:
@@ -347,6 +384,16 @@ def manifest_from_dict(data: Any, origin: str = "<memory>") -> Manifest:
         if kind not in GRAPH_KINDS:
             raise g.fail(f"kind {kind!r} is not one of {', '.join(GRAPH_KINDS)}")
         qonnx = g.get("qonnx", dict, optional=True)
+        finn = None
+        if g.get("finn", dict, optional=True) is not None:
+            f = g.sub("finn")
+            ref = _fileref(f)
+            finn = FinnGraph(
+                file=ref.file,
+                sha256=ref.sha256,
+                outputs=tuple(_tensor(t) for t in f.items("outputs")),
+                twin_tensor=f.get("twin_tensor", str),
+            )
         graphs[name] = GraphSpec(
             name=g.get("name", str),
             kind=kind,
@@ -356,6 +403,10 @@ def manifest_from_dict(data: Any, origin: str = "<memory>") -> Manifest:
             inputs=tuple(_tensor(t) for t in g.items("inputs")),
             outputs=tuple(_tensor(t) for t in g.items("outputs")),
             macs=_count(g, "macs"),
+            qonnx_inputs=()
+            if qonnx is None
+            else tuple(_tensor(t) for t in g.items("qonnx_inputs")),
+            finn=finn,
         )
         if graphs[name].name != name:
             raise g.fail(f"name {graphs[name].name!r} differs from its key {name!r}")

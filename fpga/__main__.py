@@ -22,6 +22,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from export.errors import ExportError
@@ -46,6 +47,7 @@ def emulate(args: argparse.Namespace) -> int:
         "arm_gate_s_per_call": args.arm_gate_us * 1e-6,
         "arm_macs_per_s": args.arm_macs_per_s,
         "arm_marshal_s_per_value": args.arm_marshal_ns * 1e-9,
+        "arm_mask_s_per_value": args.arm_mask_ns * 1e-9,
     }
     power = PowerModel.from_json(args.power_model) if args.power_model else PowerModel()
     if args.hw_report:
@@ -63,7 +65,11 @@ def emulate(args: argparse.Namespace) -> int:
         if board.meter_address:
             print(f"meter: {board.meter_address}", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
-            done.wait()
+            # Sleep and look, not done.wait(): the handler runs on this thread, and set() takes
+            # the Event's lock, which this thread holds at moments inside wait(); a SIGTERM
+            # arriving then deadlocked the process (seen once under load).
+            while not done.is_set():
+                time.sleep(0.1)
     return 0
 
 
@@ -143,8 +149,9 @@ def overlay(args: argparse.Namespace) -> int:
     share = ", ".join(f"{k} {100 * v:.1f}%" for k, v in built.estimates["share"].items())
     verdict = "fits" if built.estimates["fits"] else "does NOT fit"
     print(f"{len(built.engines)} engines in one overlay ({share}): {verdict} the XC7Z020")
-    for name, (i, o) in built.engines.items():
-        print(f"  {name}: idma/odma index {i}/{o}")
+    for name, (i, o, m) in built.engines.items():
+        mask = "" if m is None else f" (mask map: idma index {m})"
+        print(f"  {name}: idma/odma index {i}/{o}{mask}")
     budget = built.estimates["resource_budget"]
     totals = ", ".join(f"{k} {100 * v:.1f}%" for k, v in budget["utilization"].items())
     print(f"completed budget ({budget['label']}): {totals}; {budget['verdict']}")
@@ -211,6 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=50.0,
         help="ARM time per value moved to or from an engine (ns)",
+    )
+    timing.add_argument(
+        "--arm-mask-ns",
+        type=float,
+        default=8.0,
+        help="ARM time per value of a masked block's mask map, broadcast and packed (ns)",
     )
     timing.add_argument(
         "--speed",

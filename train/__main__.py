@@ -37,7 +37,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def _add_training(p: argparse.ArgumentParser, phase: str) -> None:
     # torch: loaded only when this runs
-    from train.loop import TrainConfig
+    from train.loop import BUDGET_LOSSES, TrainConfig
 
     d = TrainConfig(phase="base", out_dir="")
     g = p.add_argument_group("run")
@@ -89,6 +89,12 @@ def _add_training(p: argparse.ArgumentParser, phase: str) -> None:
         q.add_argument("--weight-bits", type=int, default=d.weight_bits)
         q.add_argument("--act-bits", type=int, default=d.act_bits)
         q.add_argument("--input-bits", type=int, default=d.input_bits)
+        q.add_argument(
+            "--stochastic-depth",
+            type=float,
+            default=d.stochastic_depth,
+            help="probability that a block is skipped per image in training (0 = off)",
+        )
     if phase in ("iadi", "ddi"):
         r = p.add_argument_group("resource loss (CE + alpha * E)")
         if phase == "iadi":
@@ -112,6 +118,20 @@ def _add_training(p: argparse.ArgumentParser, phase: str) -> None:
             help="fixed alpha (E as a fraction of the backbone), or the start value in target mode",
         )
         r.add_argument("--alpha-step", type=float, default=d.alpha_step)
+        r.add_argument(
+            "--distill",
+            type=float,
+            default=d.distill,
+            help="weight of distillation from the --init network (0..1; 0 = labels only)",
+        )
+        r.add_argument("--distill-temperature", type=float, default=d.distill_temperature)
+        r.add_argument(
+            "--budget-loss",
+            choices=BUDGET_LOSSES,
+            default=d.budget_loss,
+            help="target mode: 'dual' (CE + alpha*E, alpha by dual ascent) or 'squared' "
+            "(CE + alpha*(E - budget)^2, alpha fixed)",
+        )
         r.add_argument(
             "--finetune-steps",
             type=int,
@@ -154,6 +174,7 @@ def _config(args: argparse.Namespace, phase: str):
             weight_bits=args.weight_bits,
             act_bits=args.act_bits,
             input_bits=args.input_bits,
+            stochastic_depth=args.stochastic_depth,
         )
     else:
         values.update(
@@ -161,6 +182,9 @@ def _config(args: argparse.Namespace, phase: str):
             target_savings=args.target_savings,
             alpha=args.alpha,
             alpha_step=args.alpha_step,
+            budget_loss=args.budget_loss,
+            distill=args.distill,
+            distill_temperature=args.distill_temperature,
             finetune_steps=args.finetune_steps,
             calibration_images=args.calibration_images,
         )

@@ -137,7 +137,22 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     for key in ("model", "state_dict", "phase", "config"):
         if key not in payload:
             raise CheckpointError(f"checkpoint {str(path)!r} lacks {key!r}; it is truncated")
+    payload["model"] = complete_spec(payload["model"])
     return payload
+
+
+def complete_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """A model spec with the constructor arguments added since the checkpoint was written.
+
+    ``quant_gates``: checkpoints written before quantized gates existed hold float gates, so a
+    gated one rebuilds them float; an ungated one gets the default (quantized gates for a
+    quantized network) when a later phase adds gates.
+    """
+    kwargs = dict(spec.get("kwargs", {}))
+    if "quant_gates" not in kwargs:
+        gated = kwargs.get("gating", "none") != "none"
+        kwargs["quant_gates"] = not gated and kwargs.get("quant") is not None
+    return {**spec, "kwargs": kwargs}
 
 
 def build_model(payload: dict, **overrides: Any) -> DDIResNet:

@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 PHASES = ("base", "iadi", "ddi")
 RESOURCES = ("macs", "energy")
+BUDGET_LOSSES = ("dual", "squared")
 
 
 @dataclass
@@ -96,6 +97,23 @@ class TrainConfig:
     """Target mode: the savings to reach; alpha is then adapted and ``alpha`` is its start."""
     alpha_step: float = 0.01
     """Dual-ascent step of alpha per unit of relative cost excess, per step (target mode)."""
+    budget_loss: str = "dual"
+    """Target mode: how the budget b = 1 - target_savings enters the loss. ``dual``: CE + alpha*E
+    with alpha raised by dual ascent while E exceeds b (Eq. 5, alpha as a Lagrange multiplier).
+    ``squared``: CE + alpha*(E - b)^2 with a fixed weight ``alpha``, E the batch's mean cost: the
+    pull reverses below the budget, so hard gates cannot collapse to skip-everything (a
+    target-rate loss as in ConvNet-AIG, Veit & Belongie, ECCV 2018)."""
+    stochastic_depth: float = 0.0
+    """base phase: the probability that a block is skipped per image in training (stochastic
+    depth with a layer gate's skip semantics, train.model.DDIResNet.block_drop), so that the
+    backbone the gates are later added to already works with blocks left out. 0 = off."""
+    distill: float = 0.0
+    """iadi/ddi, joint and fine-tuning stages: weight lambda of knowledge distillation from the
+    ``init`` checkpoint's network (frozen teacher in evaluation mode): the classification term
+    becomes (1 - lambda) * CE + lambda * T^2 * KL(teacher || student) at temperature T
+    (Hinton et al., 2015), so the backbone adapts to skipping from the full network's soft
+    targets, not from labels alone. 0 = labels only (the paper)."""
+    distill_temperature: float = 4.0
     finetune_steps: int = 0
     """Target mode: after joint training and a calibration of the gates' operating point, steps
     of backbone fine-tuning (learning rate ``0.1 * lr``, cosine) with the gates frozen, followed
@@ -125,6 +143,31 @@ class TrainConfig:
             raise ConfigError(
                 f"phase {self.phase!r} starts from a trained model: pass --init CHECKPOINT"
             )
+        if self.budget_loss not in BUDGET_LOSSES:
+            raise ConfigError(
+                f"budget_loss {self.budget_loss!r} is unknown; choose one of {BUDGET_LOSSES}"
+            )
+        if self.budget_loss == "squared" and self.target_savings is not None and self.alpha <= 0:
+            raise ConfigError(
+                f"budget_loss 'squared' weighs (E - budget)^2 by alpha, and alpha={self.alpha!r}; "
+                "pass --alpha > 0 (e.g. 2)"
+            )
+        if not 0.0 <= self.distill <= 1.0 or self.distill_temperature <= 0:
+            raise ConfigError(
+                f"distill={self.distill!r} at temperature {self.distill_temperature!r}: the "
+                "weight must be in [0, 1] and the temperature > 0, e.g. --distill 0.5"
+            )
+        if not 0.0 <= self.stochastic_depth < 1.0:
+            raise ConfigError(
+                f"stochastic_depth {self.stochastic_depth!r} must be in [0, 1), e.g. 0.3"
+            )
+        if self.stochastic_depth and self.phase != "base":
+            raise ConfigError(
+                "stochastic_depth applies to the base phase (ungated backbones); the gates "
+                "decide what is skipped in the iadi and ddi phases"
+            )
+        if self.distill and self.phase == "base":
+            raise ConfigError("distill needs a teacher: use it in the iadi or ddi phase (--init)")
         if self.target_savings is not None and not 0.0 <= self.target_savings < 1.0:
             raise ConfigError(
                 f"target_savings {self.target_savings!r} must be in [0, 1), e.g. 0.6 for 60%"
@@ -263,7 +306,7 @@ def _build(cfg: TrainConfig) -> tuple[DDIResNet, dict | None]:
         if quant is not None and payload["model"]["kwargs"].get("quant") is None:
             # Float pre-training, then quantization-aware training: the float weights start the
             # quantized network; its activation scales start from their statistics phase.
-            kwargs = {**payload["model"]["kwargs"], "quant": quant}
+            kwargs = {**payload["model"]["kwargs"], "quant": quant, "quant_gates": None}
             model = create_model(payload["model"]["name"], **kwargs)
             load_backbone(model, payload, quantize=True)
             return model, payload
@@ -271,7 +314,9 @@ def _build(cfg: TrainConfig) -> tuple[DDIResNet, dict | None]:
     payload = load_checkpoint(cfg.init)
     kwargs = dict(payload["model"]["kwargs"])
     if cfg.phase == "iadi":
-        kwargs.update(gating=cfg.gating, exits=False)
+        # The gates are quantized where the backbone is (train/model.py); gates of a gated
+        # init checkpoint, float or not, start the new gates (load_backbone).
+        kwargs.update(gating=cfg.gating, exits=False, quant_gates=None)
     else:
         if kwargs.get("gating", "none") == "none":
             logger.warning("ddi phase on an ungated model: exits only (RADI without IADI)")
@@ -334,6 +379,13 @@ class Trainer:
                 start = float(self.init_payload.get("metrics", {}).get("alpha", start))
             self.controller = AlphaController(1.0 - cfg.target_savings, start, cfg.alpha_step)
         self.alpha = cfg.alpha
+        self.model.block_drop = cfg.stochastic_depth
+        self.teacher: DDIResNet | None = None
+        if cfg.distill and self.init_payload is not None:
+            self.teacher = build_model(self.init_payload).to(self.device).eval()
+            self.teacher.requires_grad_(False)
+            if cfg.channels_last:
+                self.teacher.to(memory_format=torch.channels_last)
         train_arrays = self.train_arrays = load_cifar10("train", cfg.data)
         self.data_source = train_arrays.source
         self.loader = CifarLoader(
@@ -515,11 +567,23 @@ class Trainer:
             self.epoch += 1
             self.batch_in_epoch = 0
 
-    def _loss(self, out: DDIOutput, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def _loss(
+        self, out: DDIOutput, y: torch.Tensor, teacher: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         smooth = self.cfg.label_smoothing
         ce = F.cross_entropy(out.logits, y, label_smoothing=smooth)
         loss = ce
         stats: dict[str, float] = {"ce": float(ce.detach())}
+        if teacher is not None:
+            t, lam = self.cfg.distill_temperature, self.cfg.distill
+            kd = F.kl_div(
+                F.log_softmax(out.logits.float() / t, dim=1),
+                F.log_softmax(teacher.float() / t, dim=1),
+                reduction="batchmean",
+                log_target=True,
+            )
+            loss = (1.0 - lam) * ce + lam * t * t * kd
+            stats["kd"] = float(kd.detach())
         if out.exit_logits:
             exit_ce = sum(F.cross_entropy(e, y, label_smoothing=smooth) for e in out.exit_logits)
             loss = loss + exit_ce  # Eq. 4: plain sum of the branch losses
@@ -527,9 +591,13 @@ class Trainer:
         cost = self.resource(out).mean()
         stats["cost"] = float(cost.detach())
         if self.stage == "main" and self.cfg.phase != "base":
-            if self.controller is not None:
-                self.alpha = self.controller.update(self._global_mean(float(cost.detach())))
-            loss = loss + self.alpha * cost  # Eq. 5
+            if self.controller is not None and self.cfg.budget_loss == "squared":
+                excess = cost - self.controller.budget
+                loss = loss + self.alpha * excess * excess  # two-sided target loss
+            else:
+                if self.controller is not None:
+                    self.alpha = self.controller.update(self._global_mean(float(cost.detach())))
+                loss = loss + self.alpha * cost  # Eq. 5
         stats["alpha"] = self.alpha
         stats["acc"] = float((out.logits.argmax(1) == y).float().mean())
         stats["skip"] = float(1.0 - out.block_gates.detach().mean())
@@ -602,8 +670,12 @@ class Trainer:
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", torch.bfloat16, enabled=self.amp):
+                teacher = None
+                if self.teacher is not None and self.stage in ("main", "finetune"):
+                    with torch.no_grad():
+                        teacher = self.teacher(x).logits
                 out = self.net(x)
-                loss, stats = self._loss(out, y)
+                loss, stats = self._loss(out, y, teacher)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()

@@ -31,6 +31,12 @@ it, the residual branch of every block, the shortcut projection, and every block
 inputs of every residual add therefore share one quantizer (FINN's requirement), and skipping a
 block or a channel leaves the stream's datatype and scale unchanged, so the next block (a
 separately compiled FINN graph) sees the integer format it was built for.
+
+Quantized gates (``quant_gates``, the default of a quantized network): the channel gate and the
+layer gate's pool and 1x1 conv are built from Brevitas layers too (train/quant.py), so they
+compile to FINN engines; the layer gate's LSTM step stays float (it runs on the ARM). The spec
+records the choice: checkpoints written before it existed hold float gates and rebuild them
+(train/checkpoint.py).
 """
 
 from __future__ import annotations
@@ -156,15 +162,24 @@ class BasicBlock(nn.Module):
 
 
 class LayerGateEmbed(nn.Module):
-    """Per-block part of G^L: average pool -> 1x1 conv to the LSTM input size."""
+    """Per-block part of G^L: average pool -> 1x1 conv to the LSTM input size.
 
-    def __init__(self, in_channels: int, hidden: int = GATE_HIDDEN) -> None:
+    Quantized (``spec`` set), the pooled input and the embedding are quantized as well
+    (:func:`train.quant.pooled`, :func:`train.quant.gate_code`), so pool and conv compile to one
+    FINN engine whose output is the integer 10-vector the float LSTM step takes.
+    """
+
+    def __init__(
+        self, in_channels: int, hidden: int = GATE_HIDDEN, spec: Q.QuantSpec | None = None
+    ) -> None:
         super().__init__()
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.conv = nn.Conv2d(in_channels, hidden, 1)
+        self.pool_quant = Q.pooled(spec)
+        self.conv = Q.pointwise(spec, in_channels, hidden)
+        self.code = Q.gate_code(spec)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(self.pool(x)).flatten(1)  # (B, hidden)
+        return self.code(self.conv(self.pool_quant(self.pool(x)))).flatten(1)  # (B, hidden)
 
 
 class LayerGateRNN(nn.Module):
@@ -183,20 +198,34 @@ class LayerGateRNN(nn.Module):
 
 
 class ChannelGate(nn.Module):
-    """G^C: 3x3 conv stride 2 -> BN -> ReLU -> global average pool -> FC c x k -> sigmoid."""
+    """G^C: 3x3 conv stride 2 -> BN -> ReLU -> global average pool -> FC c x k -> sigmoid.
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    Quantized (``spec`` set), the conv has the backbone's weight bits, the ReLU its activation
+    bits, the pooled vector is requantized (:func:`train.quant.pooled`) and the FC has 8-bit
+    weights with a float bias: the integer form FINN runs as one engine. The decision
+    ``sigmoid(logit) > 0.5``, i.e. ``logit > 0``, is then a one-step threshold on the FC's
+    accumulator (the bias, calibration offset included, moves that threshold).
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, spec: Q.QuantSpec | None = None
+    ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, in_channels, 3, stride=2, padding=1, bias=False)
+        self.conv = Q.conv(spec, in_channels, in_channels, 3, 2)
         self.bn = nn.BatchNorm2d(in_channels)
-        self.relu = nn.ReLU()
+        self.relu = Q.relu(spec)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(in_channels, out_channels)
+        self.pool_quant = Q.pooled(spec)
+        self.fc = Q.linear(spec, in_channels, out_channels)
         nn.init.constant_(self.fc.bias, GATE_INIT_BIAS)
 
+    def logits(self, x: Tensor) -> Tensor:
+        """(B, C_out) keep logits; a channel is kept where its logit is > 0."""
+        z = self.pool_quant(self.pool(self.relu(self.bn(self.conv(x))))).flatten(1)  # (B, C_in)
+        return self.fc(z)
+
     def forward(self, x: Tensor) -> Tensor:
-        z = self.pool(self.relu(self.bn(self.conv(x)))).flatten(1)  # (B, C_in)
-        return torch.sigmoid(self.fc(z))  # (B, C_out) keep probabilities
+        return torch.sigmoid(self.logits(x))  # (B, C_out) keep probabilities
 
 
 class ExitBranch(nn.Module):
@@ -282,6 +311,7 @@ class DDIResNet(nn.Module):
         gating: str = "none",
         exits: bool = False,
         quant: dict[str, int] | None = None,
+        quant_gates: bool | None = None,
         image_size: int = 32,
     ) -> None:
         super().__init__()
@@ -291,10 +321,21 @@ class DDIResNet(nn.Module):
             raise ConfigError(f"gating {gating!r} is unknown; choose one of {', '.join(GATINGS)}")
         if image_size % 4:
             raise ConfigError(f"image_size {image_size!r} must be a multiple of 4")
+        if quant_gates is None:
+            quant_gates = quant is not None
+        if quant_gates and quant is None:
+            raise ConfigError(
+                "quant_gates=True needs a quantized network; pass quant= or quant_gates=False"
+            )
         self.depth = depth
         self.gating = gating
+        self.block_drop = 0.0
+        """Training only, ungated models: the probability that a block is skipped per image
+        (stochastic depth, Huang et al., ECCV 2016, with the skip semantics of a layer gate and
+        no rescaling, so a network trained with it keeps working where gates skip blocks)."""
         self.has_exits = bool(exits)
         self.quant_spec = Q.QuantSpec(**quant) if quant is not None else None
+        self.quant_gates = bool(quant_gates)
         self.image_size = image_size
         self._name = f"resnet{depth}"
         n = (depth - 2) // 6
@@ -328,12 +369,15 @@ class DDIResNet(nn.Module):
         self.layer_gates: nn.ModuleList | None = None
         self.gate_rnn: LayerGateRNN | None = None
         self.channel_gates: nn.ModuleList | None = None
+        gate_spec = spec if self.quant_gates else None
         if gating in ("layer", "mgl2s"):
-            self.layer_gates = nn.ModuleList(LayerGateEmbed(i.in_channels) for i in infos)
-            self.gate_rnn = LayerGateRNN()
+            self.layer_gates = nn.ModuleList(
+                LayerGateEmbed(i.in_channels, spec=gate_spec) for i in infos
+            )
+            self.gate_rnn = LayerGateRNN()  # float: the LSTM step runs on the ARM
         if gating in ("channel", "mgl2s"):
             self.channel_gates = nn.ModuleList(
-                ChannelGate(i.in_channels, i.out_channels) for i in infos
+                ChannelGate(i.in_channels, i.out_channels, gate_spec) for i in infos
             )
         self.exit_positions: tuple[int, ...] = ()
         self.exits: nn.ModuleList | None = None
@@ -363,6 +407,7 @@ class DDIResNet(nn.Module):
                 "gating": self.gating,
                 "exits": self.has_exits,
                 "quant": self.quant_spec.to_dict() if self.quant_spec else None,
+                "quant_gates": self.quant_gates,
                 "image_size": self.image_size,
             },
         }
@@ -428,6 +473,8 @@ class DDIResNet(nn.Module):
                 p, h, c = self.layer_gate_step(i, x, h, c)
                 g = hard_gate(p)  # (B,)
                 probs.append(p)
+            elif self.block_drop:
+                g = (torch.rand(B, device=x.device) >= self.block_drop).to(x.dtype)  # (B,)
             if self.has_channel_gates:
                 m = hard_gate(self.channel_gates[i](x))  # (B, C_out)
             x = block(x, channel_mask=m, layer_gate=g)

@@ -10,7 +10,11 @@ FINN constraints honoured here (and commented where the model uses them):
 - weights are per-output-channel scaled integers; the stem and classifier keep 8-bit weights
   (the first and last layer are the most sensitive), the body uses ``weight_bits``.
 
-Gates are not built here: they run on the board's ARM CPU in float (FINN has no LSTM or sigmoid).
+Quantized gates are built here too (:func:`pooled`, :func:`pointwise`, :func:`gate_code`): their
+convolutions and pools are what FINN compiles (export/bundle.py exports them as FINN graphs);
+the layer gate's 10-wide LSTM step stays float, for the board's ARM CPU (FINN has no LSTM). A
+keep decision ``logit > 0`` is a one-step threshold of the gate's last accumulator, so it needs
+no quantizer of its own in training.
 """
 
 from __future__ import annotations
@@ -118,6 +122,58 @@ def input_quant(spec: QuantSpec | None) -> nn.Module:
     qnn, act_quant, _, _ = _brevitas()
     return qnn.QuantIdentity(
         act_quant=act_quant, bit_width=spec.input_bits, return_quant_tensor=False
+    )
+
+
+GATE_POOL_BITS = 8
+"""Bits of a gate's pooled input (unsigned): the mean of a ``act_bits`` feature map over 8x8 to
+32x32 pixels has more levels than ``act_bits``, and the gate's first MVAU takes 8 bits cheaply
+(it runs once per image on a vector)."""
+GATE_CODE_BITS = 8
+"""Bits of the layer gate's embedding (signed), the 10 values its LSTM step takes on the ARM."""
+
+
+def pooled(spec: QuantSpec | None) -> nn.Module:
+    """The quantizer after a gate's global average pool (identity when float).
+
+    FINN lowers the pool to a GlobalAccPool (a sum) and a scalar Mul by 1/(H*W), which it
+    absorbs into the thresholds of this quantizer, so the pool and its requantization are one
+    integer engine.
+    """
+    if spec is None:
+        return nn.Identity()
+    qnn, _, _, act_quant = _brevitas()
+    return qnn.QuantIdentity(
+        act_quant=act_quant, bit_width=GATE_POOL_BITS, return_quant_tensor=False
+    )
+
+
+def pointwise(spec: QuantSpec | None, in_channels: int, out_channels: int) -> nn.Module:
+    """The layer gate's 1x1 convolution with a bias; 8-bit (``edge_weight_bits``) weights.
+
+    The bias stays float, as in :func:`linear`: FINN absorbs the Add into the thresholds of the
+    quantizer that follows (:func:`gate_code`).
+    """
+    if spec is None:
+        return nn.Conv2d(in_channels, out_channels, 1)
+    qnn, _, weight_quant, _ = _brevitas()
+    return qnn.QuantConv2d(
+        in_channels,
+        out_channels,
+        1,
+        bias=True,
+        weight_quant=weight_quant,
+        weight_bit_width=spec.edge_weight_bits,
+    )
+
+
+def gate_code(spec: QuantSpec | None) -> nn.Module:
+    """The signed quantizer of the layer gate's embedding (identity when float)."""
+    if spec is None:
+        return nn.Identity()
+    qnn, act_quant, _, _ = _brevitas()
+    return qnn.QuantIdentity(
+        act_quant=act_quant, bit_width=GATE_CODE_BITS, return_quant_tensor=False
     )
 
 

@@ -114,6 +114,17 @@ ALLOWANCES: dict[str, dict[str, Any]] = {
         "source": "allowance: HLS two-input adder per lane (adder, input registers); FINN "
         "estimates only parameter storage",
     },
+    "ElementwiseMul_hls": {
+        "per": "instance",
+        "LUT": 200,
+        "FF": 300,
+        "LUT_per_stream_bit": 6,
+        "BRAM_18K": 0,
+        "DSP": 0,
+        "source": "allowance: as ElementwiseAdd_hls (a masked block's product of a k-bit code "
+        "and a 1-bit mask is at most an adder's logic per lane); FINN estimates only parameter "
+        "storage",
+    },
     "GlobalAccPool_hls": {
         "per": "instance",
         "LUT": 300,
@@ -126,7 +137,12 @@ ALLOWANCES: dict[str, dict[str, Any]] = {
     },
 }
 """Per-instance figures where FINN has none (LUT/FF/BRAM18/DSP; some add LUTs per stream bit)."""
-STREAM_ALLOWANCE_OPS = ("DuplicateStreams_hls", "ElementwiseAdd_hls", "GlobalAccPool_hls")
+STREAM_ALLOWANCE_OPS = (
+    "DuplicateStreams_hls",
+    "ElementwiseAdd_hls",
+    "ElementwiseMul_hls",
+    "GlobalAccPool_hls",
+)
 
 
 def runtime_writeable(model: Any) -> list[str]:
@@ -187,9 +203,9 @@ def _fill_pixels(op: Any, join_pixels: int) -> float:
     return ((kh - 1) * w + kw) * join_pixels / (h * w)
 
 
-def _path_fill(model: Any, tensor: str, join: Any, join_pixels: int) -> float | None:
+def _path_fill(model: Any, tensor: str, join: Any, join_pixels: int) -> tuple[float, str] | None:
     """Sliding-window fill (join pixels) from ``tensor`` down a chain of single consumers to
-    ``join``; None if the chain does not reach it."""
+    ``join``, and the tensor that enters ``join``; None if the chain does not reach it."""
     from qonnx.custom_op.registry import getCustomOp
 
     total = 0.0
@@ -199,7 +215,7 @@ def _path_fill(model: Any, tensor: str, join: Any, join_pixels: int) -> float | 
             return None
         node = consumers[0]
         if node.name == join.name:
-            return total
+            return total, tensor
         if len(consumers) != 1 or len(node.output) != 1:
             return None
         if node.op_type.startswith("ConvolutionInputGenerator"):
@@ -208,37 +224,49 @@ def _path_fill(model: Any, tensor: str, join: Any, join_pixels: int) -> float | 
     return None
 
 
+JOIN_OPS = ("ElementwiseAdd_hls", "ElementwiseAdd_rtl", "ElementwiseMul_hls", "ElementwiseMul_rtl")
+"""Where a forked stream meets itself again: residual adds, and a masked block's mask map
+multiplying conv2's output (export/bundle.py, ``MaskedBlockGraph``)."""
+
+
 def skip_fifos(model: Any) -> list[dict[str, Any]]:
-    """The modelled FIFO of every residual join: for each ``DuplicateStreams`` whose outputs
-    meet again at an ``ElementwiseAdd``, depth = main-path fill - skip-path fill, in words of the
-    skip input of the join (``folded_shape``, datatype and width as FINN would insert it)."""
+    """The modelled FIFO of every join of a forked stream: for each ``DuplicateStreams``, the
+    nearest join where its outputs meet again (a residual ``ElementwiseAdd``; for a masked
+    block's mask map the ``ElementwiseMul`` after conv2), depth = main-path fill - skip-path
+    fill, in words of the join input that the skip path feeds (``folded_shape``, datatype and
+    width as FINN would insert it)."""
     from qonnx.custom_op.registry import getCustomOp
 
     fifos = []
-    joins = model.get_nodes_by_op_type("ElementwiseAdd_hls") + model.get_nodes_by_op_type(
-        "ElementwiseAdd_rtl"
-    )
+    joins = [n for op in JOIN_OPS for n in model.get_nodes_by_op_type(op)]
     for dup in model.get_nodes_by_op_type("DuplicateStreams_hls"):
+        met = []
         for join in joins:
             jop = getCustomOp(join)
-            folded = list(jop.get_folded_input_shape(0))
-            pixels = int(math.prod(folded[1:-2]))  # H * W of the join
-            fills = [_path_fill(model, out, join, pixels) for out in dup.output]
-            if any(f is None for f in fills):
-                continue
-            skip = min(range(len(fills)), key=lambda i: fills[i])
-            words_per_pixel = int(folded[-2])
-            depth = math.ceil((max(fills) - min(fills)) * words_per_pixel)
-            fifos.append(
-                {
-                    "join": join.name,
-                    "fork": dup.name,
-                    "skip_output": skip,
-                    "depth": max(depth, 2),
-                    "folded_shape": [1, max(depth, 2), int(folded[-1])],
-                    "dataType": jop.get_input_datatype(0).name,
-                }
-            )
+            pixels = int(math.prod(list(jop.get_folded_input_shape(0))[1:-2]))  # H * W
+            paths = [_path_fill(model, out, join, pixels) for out in dup.output]
+            if all(p is not None for p in paths):
+                met.append((join.name, join, jop, paths))
+        if not met:
+            continue
+        order = {n.name: i for i, n in enumerate(model.graph.node)}  # topologically sorted
+        _, join, jop, paths = min(met, key=lambda m: order[m[1].name])  # where they first meet
+        fills = [p[0] for p in paths]
+        skip = min(range(len(fills)), key=lambda i: fills[i])
+        side = list(join.input).index(paths[skip][1])
+        folded = list(jop.get_folded_input_shape(side))
+        words_per_pixel = int(folded[-2])
+        depth = math.ceil((max(fills) - min(fills)) * words_per_pixel)
+        fifos.append(
+            {
+                "join": join.name,
+                "fork": dup.name,
+                "skip_output": skip,
+                "depth": max(depth, 2),
+                "folded_shape": [1, max(depth, 2), int(folded[-1])],
+                "dataType": jop.get_input_datatype(side).name,
+            }
+        )
     return fifos
 
 
@@ -273,15 +301,17 @@ def resource_budget(
     fpga_part: str = "xc7z020clg484-1",
     axilite_slaves: int | None = None,
     required_margin: float = REQUIRED_MARGIN,
+    mask_dmas: int = 0,
 ) -> dict[str, Any]:
     """The completed budget of an overlay: FINN's ``finn_total`` (LUT/BRAM_18K/DSP of
     ``model``'s HW layers) plus every line FINN leaves out, the interconnect plan, the totals
-    against the XC7Z020 and the verdict. ``engines`` is the number of DMA pairs;
-    ``axilite_slaves`` defaults to one per IODMA and one per layer with runtime-writeable
-    parameters (FINN's shell gives each its own AXI-lite slave)."""
+    against the XC7Z020 and the verdict. ``engines`` is the number of DMA pairs, ``mask_dmas``
+    the masked blocks' extra input DMAs (their mask maps); ``axilite_slaves`` defaults to one
+    per IODMA and one per layer with runtime-writeable parameters (FINN's shell gives each its
+    own AXI-lite slave)."""
     from qonnx.custom_op.registry import getCustomOp
 
-    masters = 2 * engines
+    masters = 2 * engines + mask_dmas
     plan = interconnect_plan(masters)  # raises for more than 2 x 16 masters
     if axilite_slaves is None:  # each IODMA, and each layer with runtime-writeable parameters
         axilite_slaves = masters + len(runtime_writeable(model))
@@ -371,16 +401,18 @@ def resource_budget(
         "finn_share_of_total": {
             k: (float(finn_total.get(k, 0.0)) / total[k] if total[k] else None) for k in RESOURCES
         },
-        "interconnect": interconnect_report(engines),
+        "interconnect": interconnect_report(engines, mask_dmas),
     }
 
 
-def interconnect_report(engines: int) -> dict[str, Any]:
-    """The SmartConnect/HP-port plan for ``engines`` DMA pairs (JSON-ready)."""
-    masters = 2 * engines
+def interconnect_report(engines: int, mask_dmas: int = 0) -> dict[str, Any]:
+    """The SmartConnect/HP-port plan for ``engines`` DMA pairs and ``mask_dmas`` more input DMAs
+    (masked blocks' mask maps) (JSON-ready)."""
+    masters = 2 * engines + mask_dmas
     plan = interconnect_plan(masters)
     return {
         "engines": engines,
+        "mask_dmas": mask_dmas,
         "axi_masters": masters,
         "max_masters_per_smartconnect": 16,
         "smartconnects": plan,

@@ -90,10 +90,15 @@ class OverlayConfig:
     """Images per DMA transfer on the board (``accelerators.json``)."""
 
 
-def collapse(parents: dict[str, Any]) -> tuple[Any, dict[str, tuple[int, int]]]:
+Engine = tuple[int, int, "int | None"]
+"""An engine's indices in the collapsed model: input, output, and a masked block's mask input."""
+
+
+def collapse(parents: dict[str, Any]) -> tuple[Any, dict[str, Engine]]:
     """The HW partitions of ``parents`` (graph -> dataflow parent of :func:`fpga.finn.to_hw`)
     as one model, by FINN's multi-DNN ``Parallel`` merge; and per graph the index of its input
-    and output in that model (= its IODMA pair in the driver's ``io_shape_dict``)."""
+    and output in that model (= its IODMA pair in the driver's ``io_shape_dict``), and of its
+    mask map's input for a masked block (the 1-bit input, else None)."""
     from finn.transformation.multi_dnn.multi_dnn_wrapper import MultiDNNWrapper
     from finn.transformation.multi_dnn.multi_dnn_wrapper_transformations import (
         CollapseModels,
@@ -109,13 +114,21 @@ def collapse(parents: dict[str, Any]) -> tuple[Any, dict[str, tuple[int, int]]]:
             raise GraphError(f"graph {name!r} has {len(partitions)} dataflow partitions, not 1")
         submodels[name] = getCustomOp(partitions[0]).get_nodeattr("model")
         hw = ModelWrapper(submodels[name])
-        if len(hw.graph.input) != 1 or len(hw.graph.output) != 1:
+        names = [t.name for t in hw.graph.input]
+        masks = [n for n in names if hw.get_tensor_datatype(n).bitwidth() == 1]
+        if len(hw.graph.output) != 1 or len(names) - len(masks) != 1 or len(masks) > 1:
             raise GraphError(
-                f"graph {name!r}: its HW partition has {len(hw.graph.input)} inputs and "
-                f"{len(hw.graph.output)} outputs; an engine has one of each"
+                f"graph {name!r}: its HW partition has inputs {names!r} and "
+                f"{len(hw.graph.output)} outputs; an engine has one input (and a masked "
+                "block's 1-bit mask map) and one output"
             )
+        (x,) = [n for n in names if n not in masks]
         # MultiDNNWrapperExposeIO names the top-level tensors <submodel>_<tensor>
-        expected[name] = (f"{name}_{hw.graph.input[0].name}", f"{name}_{hw.graph.output[0].name}")
+        expected[name] = (
+            f"{name}_{x}",
+            f"{name}_{hw.graph.output[0].name}",
+            f"{name}_{masks[0]}" if masks else None,
+        )
     model = (
         MultiDNNWrapper(submodels)
         .multi_model.transform(MultiDNNWrapperExposeIO())
@@ -124,10 +137,10 @@ def collapse(parents: dict[str, Any]) -> tuple[Any, dict[str, tuple[int, int]]]:
     inputs = [t.name for t in model.graph.input]
     outputs = [t.name for t in model.graph.output]
     engines = {}
-    for name, (i, o) in expected.items():
-        if i not in inputs or o not in outputs:
-            raise BuildError(f"FINN's multi-DNN merge lost the input or output of {name!r}")
-        engines[name] = (inputs.index(i), outputs.index(o))
+    for name, (i, o, m) in expected.items():
+        if i not in inputs or o not in outputs or (m is not None and m not in inputs):
+            raise BuildError(f"FINN's multi-DNN merge lost an input or the output of {name!r}")
+        engines[name] = (inputs.index(i), outputs.index(o), None if m is None else inputs.index(m))
     return model, engines
 
 
@@ -138,14 +151,17 @@ def overlay_budget(out: Path, folders: list[str], clk_period_ns: float) -> dict[
     refusal as the verdict (``fits: false``)."""
     from qonnx.core.modelwrapper import ModelWrapper
 
+    parents = {name: ModelWrapper(str(out / name / PARENT_FILE)) for name in folders}
+    masked = sum(len(p.graph.input) > 1 for p in parents.values())  # a mask map's input DMA
     try:
-        interconnect_plan(2 * len(folders))
+        interconnect_plan(2 * len(folders) + masked)
     except InterconnectError as exc:
         return {"label": LABEL, "fits": False, "fits_with_margin": False, "verdict": str(exc)}
-    parents = {name: ModelWrapper(str(out / name / PARENT_FILE)) for name in folders}
     model, engines = collapse(parents)
     whole = estimate(model, clk_period_ns)
-    return resource_budget(model, whole["total"], len(engines), whole["fpga_part"])
+    return resource_budget(
+        model, whole["total"], len(engines), whole["fpga_part"], mask_dmas=masked
+    )
 
 
 def predict_driver_settings(model: Any, clk_period_ns: float) -> dict[str, Any]:
@@ -205,7 +221,7 @@ def write_deploy(
     out: Path,
     bundle_id: str,
     parents: dict[str, Any],
-    engines: dict[str, tuple[int, int]],
+    engines: dict[str, Engine],
     settings: dict[str, Any],
     origin: str,
     batch_size: int = DEFAULT_BATCH,
@@ -215,7 +231,8 @@ def write_deploy(
     specs = {}
     for name, parent in parents.items():
         FloatTail.from_parent(parent).save(out / "tails" / f"{name}.json")
-        specs[name] = EngineSpec(*engines[name], tail=f"tails/{name}.json")
+        i, o, m = engines[name]
+        specs[name] = EngineSpec(i, o, tail=f"tails/{name}.json", mask_input=m)
     spec = OverlaySpec(
         root=out,
         bundle_id=bundle_id,
@@ -247,7 +264,7 @@ class OverlayBuild:
     out: Path
     bundle_id: str
     model: Path
-    engines: dict[str, tuple[int, int]]
+    engines: dict[str, Engine]
     deploy: Path
     estimates: dict[str, Any]
 
@@ -262,7 +279,8 @@ def prepare_overlay(
     config = config or OverlayConfig()
     loaded = load_bundle(bundle)
     selected = config.graphs or [n for n, g in loaded.manifest.graphs.items() if g.qonnx]
-    interconnect_plan(2 * len(selected))  # refuse before any work: one IODMA pair per engine
+    masked = sum(loaded.manifest.graphs[n].masked for n in selected)
+    interconnect_plan(2 * len(selected) + masked)  # refuse before any work: IODMAs per engine
     out = Path(out_dir).resolve()
     front = FrontendConfig(
         clk_period_ns=config.clk_period_ns,
@@ -282,12 +300,21 @@ def prepare_overlay(
         "share": {k: whole["total"][k] / XC7Z020[k] for k in XC7Z020},
         "fits": all(whole["total"][k] <= XC7Z020[k] for k in XC7Z020),
         "engines": {
-            name: {"input": i, "output": o, **{k: per_graph[name][k] for k in _SUMMARY}}
-            for name, (i, o) in engines.items()
+            name: {
+                "input": i,
+                "output": o,
+                **({} if m is None else {"mask_input": m}),
+                **{k: per_graph[name][k] for k in _SUMMARY},
+            }
+            for name, (i, o, m) in engines.items()
         },
     }
     document["resource_budget"] = resource_budget(
-        dataflow_model(model), whole["total"], len(engines), whole["fpga_part"]
+        dataflow_model(model),
+        whole["total"],
+        len(engines),
+        whole["fpga_part"],
+        mask_dmas=sum(m is not None for _, _, m in engines.values()),
     )
     (out / ESTIMATES_FILE).write_text(json.dumps(document, indent=1) + "\n")
     deploy = out / DEPLOY_DIR

@@ -20,9 +20,11 @@ integer codes back. This module is the adapter between the two:
   (:meth:`FloatTail.save`), so the board needs neither FINN nor qonnx to apply them.
 - :class:`GraphAccelerator`: one bundle graph on one accelerator: float NCHW in ->
   ``rint(x / scale)`` codes (checked integer and in range) -> NHWC -> the accelerator -> the
-  float tail -> the twin's float NCHW output. Blocks take a channel mask that the dense HW
-  graph does not: :meth:`GraphAccelerator.accepts` is true only when every mask is all ones,
-  and :class:`fpga.board.runtime.FinnBackend` runs the other calls on the ARM (numpy).
+  float tail -> the twin's float NCHW output. A block's engine (manifest version 3) takes its
+  channel mask as a second stream, a 1-bit map of the output's shape (the executor's (N, C)
+  mask broadcast over the pixels), through a second input DMA; an engine without one (an
+  overlay of a dense graph) :meth:`GraphAccelerator.accepts` only all-ones masks, and
+  :class:`fpga.board.runtime.FinnBackend` runs the other calls on the ARM (numpy).
 - :class:`Carried`: an engine's output codes (and the packed bytes its output DMA wrote) kept
   beside the float output, so that the next engine takes them as they are
   (:meth:`GraphAccelerator.run_carried`; :class:`fpga.board.runtime.FinnBackend` passes them on).
@@ -67,10 +69,11 @@ class Accelerator(Protocol):
 
     ``execute(codes)`` takes the integer input codes in the layout of FINN's PYNQ driver, NHWC
     with the batch first (``(N, H, W, C)``), and returns the engine's output codes (integers,
-    possibly as floats), NHWC, batch first.
+    possibly as floats), NHWC, batch first. A masked block's engine has ``mask_shape``
+    ``(H, W, C)`` and takes ``execute(codes, mask_map)`` with the (N, H, W, C) 0/1 map.
     """
 
-    def execute(self, codes: np.ndarray) -> np.ndarray: ...
+    def execute(self, codes: np.ndarray, *mask_map: np.ndarray) -> np.ndarray: ...
 
 
 # ----------------------------------------------------------------------------------------------
@@ -78,7 +81,8 @@ class Accelerator(Protocol):
 
 OVERLAY_FILE = "accelerators.json"
 OVERLAY_FORMAT = "ddi-fpga overlay"
-OVERLAY_VERSION = 1
+OVERLAY_VERSION = 2
+"""2: an engine may have a second input DMA, ``mask_input`` (masked blocks)."""
 DEFAULT_BATCH = 64
 """Images per DMA transfer: FINN's driver allocates one buffer of this many images per engine
 input and output in the CMA pool (ResNet-8: about 7 MB for all engines)."""
@@ -86,11 +90,13 @@ input and output in the CMA pool (ResNet-8: about 7 MB for all engines)."""
 
 @dataclass(frozen=True)
 class EngineSpec:
-    """One bundle graph's engine: its DMA pair in ``io_shape_dict`` and its float tail."""
+    """One bundle graph's engine: its DMA pair in ``io_shape_dict`` and its float tail; a
+    masked block's engine also has the input DMA of its mask map (``mask_input``)."""
 
     input: int
     output: int
     tail: str
+    mask_input: int | None = None
 
 
 @dataclass(frozen=True)
@@ -130,7 +136,12 @@ class OverlaySpec:
                     "overlay with this release"
                 )
             engines = {
-                str(name): EngineSpec(int(e["input"]), int(e["output"]), str(e["tail"]))
+                str(name): EngineSpec(
+                    int(e["input"]),
+                    int(e["output"]),
+                    str(e["tail"]),
+                    None if e.get("mask_input") is None else int(e["mask_input"]),
+                )
                 for name, e in dict(doc["engines"]).items()
             }
             spec = cls(
@@ -160,7 +171,12 @@ class OverlaySpec:
             "settings_origin": self.settings_origin,
             "batch_size": self.batch_size,
             "engines": {
-                n: {"input": e.input, "output": e.output, "tail": e.tail}
+                n: {
+                    "input": e.input,
+                    "output": e.output,
+                    "tail": e.tail,
+                    **({} if e.mask_input is None else {"mask_input": e.mask_input}),
+                }
                 for n, e in self.engines.items()
             },
         }
@@ -191,10 +207,12 @@ class OverlaySpec:
                 "which the board runtime does not drive; build with internal weights"
             )
         for name, e in self.engines.items():
-            if not (0 <= e.input < n_in and 0 <= e.output < n_out):
+            masks = [] if e.mask_input is None else [e.mask_input]
+            if not (all(0 <= i < n_in for i in [e.input, *masks]) and 0 <= e.output < n_out):
                 raise AcceleratorError(
-                    f"engine {name!r} uses DMA input {e.input} / output {e.output}, but "
-                    f"{str(path)!r} has {n_in} inputs and {n_out} outputs"
+                    f"engine {name!r} uses DMA input {e.input} / output {e.output}"
+                    + "".join(f" / mask input {m}" for m in masks)
+                    + f", but {str(path)!r} has {n_in} inputs and {n_out} outputs"
                 )
         return info
 
@@ -298,15 +316,23 @@ class DmaEngine:
     """
 
     def __init__(
-        self, overlay: DmaOverlay, input: int, output: int, *, timeout_s: float = 10.0
+        self,
+        overlay: DmaOverlay,
+        input: int,
+        output: int,
+        *,
+        mask_input: int | None = None,
+        timeout_s: float = 10.0,
     ) -> None:
         self.overlay = overlay
         self.input = input
         self.output = output
+        self.mask_input = mask_input
+        """The input DMA of a masked block's mask map (1 bit per output value), or None."""
         self.timeout_s = timeout_s
 
-    def execute(self, codes: np.ndarray) -> np.ndarray:
-        return self.run_packed(codes)[0]
+    def execute(self, codes: np.ndarray, mask_map: np.ndarray | None = None) -> np.ndarray:
+        return self.run_packed(codes, mask_map=mask_map)[0]
 
     @property
     def input_stream(self) -> tuple[Any, ...] | None:
@@ -319,17 +345,45 @@ class DmaEngine:
         stream = getattr(self.overlay, "stream", None)
         return stream("output", self.output) if stream else None
 
+    @property
+    def mask_shape(self) -> tuple[int, ...] | None:
+        """(H, W, C) of the mask map one image streams into :attr:`mask_input`, or None."""
+        if self.mask_input is None:
+            return None
+        return tuple(int(d) for d in self.overlay.ishape_normal(self.mask_input)[1:])
+
     def run_packed(
-        self, codes: np.ndarray, packed_in: np.ndarray | None = None
+        self,
+        codes: np.ndarray,
+        packed_in: np.ndarray | None = None,
+        mask_map: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """``execute`` that can skip folding and packing and keeps what the output DMA wrote.
 
         ``packed_in``: the input already in this DMA's packed format (another engine's packed
-        output with the same :attr:`input_stream`), one row per image of ``codes``. Returns the
-        output codes and, when the overlay describes its streams (:attr:`output_stream`), a
-        copy of the packed output bytes, one row per image (else None).
+        output with the same :attr:`input_stream`), one row per image of ``codes``.
+        ``mask_map``: a masked engine's (N, H, W, C) 0/1 map (:attr:`mask_shape`), streamed
+        through :attr:`mask_input`. Returns the output codes and, when the overlay describes
+        its streams (:attr:`output_stream`), a copy of the packed output bytes, one row per
+        image (else None).
         """
         ov, i, o = self.overlay, self.input, self.output
+        if (mask_map is None) != (self.mask_input is None):
+            raise AcceleratorError(
+                f"engine (DMA {i}->{o}) "
+                + (
+                    "streams a channel mask map; pass one"
+                    if mask_map is None
+                    else "takes no channel mask (a dense engine)"
+                )
+            )
+        if mask_map is not None and (
+            len(mask_map) != len(codes) or tuple(mask_map.shape[1:]) != self.mask_shape
+        ):
+            raise AcceleratorError(
+                f"engine (DMA {i}->{o}) takes mask maps of shape {self.mask_shape!r}, got "
+                f"{tuple(mask_map.shape)!r} for {len(codes)} images"
+            )
         b = int(ov.batch_size)
         shape = tuple(ov.ishape_normal(i))
         if tuple(codes.shape[1:]) != shape[1:]:
@@ -360,6 +414,11 @@ class DmaEngine:
                 if n < b and not partial:
                     chunk = np.concatenate([chunk, np.zeros((b - n, *shape[1:]), chunk.dtype)])
                 data = ov.pack_input(ov.fold_input(chunk, ind=i), ind=i)
+            if mask_map is not None:
+                m, k = mask_map[start : start + b], self.mask_input
+                if n < b and not partial:
+                    m = np.concatenate([m, np.zeros((b - n, *m.shape[1:]), m.dtype)])
+                ov.copy_input_data_to_device(ov.pack_input(ov.fold_input(m, ind=k), ind=k), ind=k)
             ov.copy_input_data_to_device(data, ind=i)
             self._transfer(n)
             packed = ov.obuf_packed[o][:n] if partial else ov.obuf_packed[o]
@@ -378,7 +437,11 @@ class DmaEngine:
             raise AcceleratorError(
                 f"output DMA {o} is busy before a transfer; reset the board runtime"
             )
-        for dma, buffer in ((odma, ov.obuf_packed_device[o]), (idma, ov.ibuf_packed_device[i])):
+        order = [(odma, ov.obuf_packed_device[o])]  # FINN's driver: the output DMA first
+        if self.mask_input is not None:
+            order.append((ov.idma[self.mask_input], ov.ibuf_packed_device[self.mask_input]))
+        order.append((idma, ov.ibuf_packed_device[i]))
+        for dma, buffer in order:
             address = int(buffer.device_address)
             dma.write(DMA_ADDR_LO, address & 0xFFFFFFFF)
             dma.write(DMA_ADDR_HI, (address >> 32) & 0xFFFFFFFF)
@@ -435,10 +498,13 @@ class FloatTail:
             )
         at = kinds.index(PARTITION_OP)
         head = nodes[:at]
-        if len(head) != 1 or head[0].op_type != "Transpose" or _perm(head[0]) != NCHW_TO_NHWC:
+        inputs = len(parent.graph.input)
+        if len(head) != inputs or any(
+            n.op_type != "Transpose" or _perm(n) != NCHW_TO_NHWC for n in head
+        ):
             raise AcceleratorError(
                 f"the parent's nodes before the partition are {kinds[:at]!r}; expected one "
-                "Transpose NCHW->NHWC (fpga.finn's ChannelsFirstInput)"
+                "Transpose NCHW->NHWC per input (fpga.finn's ChannelsFirstInput)"
             )
         ops: list[dict[str, Any]] = []
         current = nodes[at].output[0]
@@ -554,9 +620,10 @@ class GraphAccelerator:
     """Runs one bundle graph (``GraphSpec``) on an :class:`Accelerator` with its float tail.
 
     ``run(inputs)`` takes the executor's inputs (float NCHW ``x``, and for blocks the channel
-    mask) and returns ``[output]`` as the graph's onnxruntime twin does. ``accepts(inputs)`` is
-    false when a mask drops channels: the dense engine cannot run that call (the backend runs it
-    on the ARM; logged once per graph).
+    mask) and returns ``[output]`` as the graph's onnxruntime twin does. A masked engine
+    (:attr:`masked`: the accelerator streams a mask map) takes every mask: the (N, C) mask
+    becomes a (N, H, W, C) 0/1 map of the output's shape. A dense engine ``accepts(inputs)``
+    only all-ones masks (the backend runs the other calls on the ARM; logged once per graph).
     """
 
     def __init__(self, graph: Any, accelerator: Accelerator, tail: FloatTail | str | Path):
@@ -579,9 +646,28 @@ class GraphAccelerator:
         """The scale of this graph's output codes when its tail is only ``Mul`` + ``Transpose``
         (blocks, stem, shortcuts): then :meth:`run_carried` returns them as :class:`Carried`."""
 
+    @property
+    def masked(self) -> bool:
+        """Whether the engine streams the channel mask (a masked block's engine)."""
+        return getattr(self.accelerator, "mask_shape", None) is not None
+
+    def mask_map(self, mask: np.ndarray) -> np.ndarray:
+        """The executor's (N, C) 0/1 channel mask -> the engine's (N, H, W, C) uint8 map."""
+        m = np.asarray(mask)
+        h, w, c = self.accelerator.mask_shape
+        if m.ndim != 2 or m.shape[1] != c:
+            raise AcceleratorError(
+                f"graph {self.graph.name!r}: channel mask of shape {m.shape!r}; the engine "
+                f"takes (N, {c})"
+            )
+        if m.size and not np.all((m == 0) | (m == 1)):
+            raise AcceleratorError(f"graph {self.graph.name!r}: the channel mask is not 0/1")
+        codes = m.astype(np.uint8)[:, None, None, :]  # (N, 1, 1, C)
+        return np.ascontiguousarray(np.broadcast_to(codes, (len(m), h, w, c)))
+
     def accepts(self, inputs: Sequence[np.ndarray]) -> bool:
-        """True when every input after ``x`` (the channel mask) is all ones."""
-        if all(np.all(np.asarray(m) == 1) for m in inputs[1:]):
+        """True for a masked engine; for a dense one when every mask is all ones."""
+        if self.masked or all(np.all(np.asarray(m) == 1) for m in inputs[1:]):
             return True
         if not self._warned:
             self._warned = True
@@ -641,6 +727,7 @@ class GraphAccelerator:
         :class:`Carried` too (None when the tail is not a plain rescale)."""
         engine = self.accelerator
         run_packed = getattr(engine, "run_packed", None)
+        mask = {"mask_map": self.mask_map(inputs[1])} if self.masked else {}
         packed_in = None
         if carried is not None and self.takes(carried):
             codes = carried.codes
@@ -652,8 +739,10 @@ class GraphAccelerator:
         else:
             codes = self.codes(inputs[0])
         if run_packed is not None:
-            out, packed_out = run_packed(codes, packed_in)
+            out, packed_out = run_packed(codes, packed_in, **mask)
             stream = engine.output_stream
+        elif mask:
+            out, packed_out, stream = engine.execute(codes, mask["mask_map"]), None, None
         else:
             out, packed_out, stream = engine.execute(codes), None, None
         y = self.tail.apply(out)
@@ -699,9 +788,20 @@ def load_overlay(
         overlay = open_finn_overlay(spec, batch_size=batch_size, download=download)
     else:
         spec.driver_information()  # the same checks of settings.json
+    for name, e in spec.engines.items():
+        if graphs[name].masked != (e.mask_input is not None):
+            raise AcceleratorError(
+                f"engine {name!r} of {str(spec.root / OVERLAY_FILE)!r} "
+                + ("has no" if e.mask_input is None else "has a")
+                + f" mask input, but bundle graph {name!r} "
+                + ("takes" if graphs[name].masked else "takes no")
+                + " mask map; rebuild the overlay for this bundle"
+            )
     accelerators = {
         name: GraphAccelerator(
-            graphs[name], DmaEngine(overlay, e.input, e.output), spec.root / e.tail
+            graphs[name],
+            DmaEngine(overlay, e.input, e.output, mask_input=e.mask_input),
+            spec.root / e.tail,
         )
         for name, e in spec.engines.items()
     }

@@ -111,11 +111,10 @@ def pack(values: np.ndarray, datatype: StreamType | str) -> np.ndarray:
     nbytes = packed_bytes(n, t.bits)
     if 8 % t.bits == 0:  # 1, 2, 4, 8 bits: k whole values per byte
         k = 8 // t.bits
-        if n % k:
-            u = np.concatenate([u, np.zeros((*lead, k - n % k), np.uint8)], axis=-1)
-        out = u[..., 0::k].copy()
-        for j in range(1, k):  # a few whole-array shifts: faster than a reduce over k
-            out |= u[..., j::k] << np.uint8(j * t.bits)
+        out = u[..., 0::k].copy()  # (..., nbytes): byte i holds values i*k .. i*k + k - 1
+        for j in range(1, min(k, n)):  # a few whole-array shifts: faster than a reduce over k
+            part = u[..., j::k]  # the last byte may lack value j (padding bits stay 0)
+            out[..., : part.shape[-1]] |= part << np.uint8(j * t.bits)
         return out
     # any other width: every value's bits, least significant first, then one packbits
     u = u.astype(np.uint64)

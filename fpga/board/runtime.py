@@ -16,8 +16,9 @@ time and power instead, and serves this same class.
 
 Which engine runs a graph is the executor's *backend* (``run(graph_spec, inputs)``): ``cpu``
 runs the bundle's numpy programs on the ARM (:class:`export.program.NumpyBackend`); ``finn``
-(:class:`FinnBackend`) takes a PYNQ overlay and routes the graphs that have an accelerator to it,
-the rest (the gates, masked blocks) to the numpy programs.
+(:class:`FinnBackend`) takes a PYNQ overlay and routes the graphs that have an accelerator to it
+(blocks with their channel masks: a block's engine streams its mask), the rest (the gates) to
+the numpy programs.
 
 Runs on PYNQ: Python 3.10, numpy >= 1.21, pynq (``finn`` only); no onnxruntime, onnx, qonnx,
 torch or FINN (PyPI has no armv7l build of onnxruntime or onnx).
@@ -210,7 +211,9 @@ class FinnBackend:
     ``head``, ``exit0``...) to an :class:`Accelerator` (on the board the
     :class:`fpga.board.accel.GraphAccelerator`s of :func:`fpga.board.accel.load_overlay`).
     Graphs without one (the layer and channel gates, which FINN cannot compile), and calls the
-    accelerator does not ``accepts`` (channel masks), run on the numpy programs, as in ``cpu``.
+    accelerator does not ``accepts`` (a mask that drops channels, on an engine without a mask
+    stream), run on the numpy programs, as in ``cpu``. A masked block's engine accepts every
+    mask, so no block call of a gated bundle (manifest version 3) runs on the ARM.
     ``overlay`` is kept for the life of the backend (its DMA buffers).
 
     ``carry`` (default on): an engine's output stays in the engines' integer form beside the

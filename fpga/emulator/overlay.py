@@ -13,7 +13,9 @@
   partition, as built by the front end), then packs the results into the buffer of the output
   DMA it is wired to, if that DMA was started with that buffer's address and the same count;
   only then is its done bit set. A wrong pair, address or count leaves the output DMA running,
-  as the PL would, and the caller's wait times out.
+  as the PL would, and the caller's wait times out. A masked block's engine has a second input
+  DMA, its mask map's (``mask_inputs``): it must have been started for the same images before
+  the engine's input DMA, whose start then runs the engine on both streams.
 
 It runs on the development machine (FINN and qonnx); nothing of it goes to the board.
 """
@@ -92,8 +94,9 @@ class DmaRegisters:
         self.ctrl = AP_DONE | AP_IDLE
 
 
-Engine = Callable[[np.ndarray], np.ndarray]
-"""One image's input codes ``(1, H, W, C)`` -> its output codes, as the PL computes them."""
+Engine = Callable[..., np.ndarray]
+"""One image's input codes ``(1, H, W, C)`` (and a masked block's ``(1, H', W', C')`` mask map)
+-> its output codes, as the PL computes them."""
 
 
 class EmulatedDmaOverlay:
@@ -102,7 +105,11 @@ class EmulatedDmaOverlay:
     platform = "zynq-iodma"
 
     def __init__(
-        self, settings: dict[str, Any], engines: dict[int, tuple[int, Engine]], batch_size: int
+        self,
+        settings: dict[str, Any],
+        engines: dict[int, tuple[int, Engine]],
+        batch_size: int,
+        mask_inputs: dict[int, int] | None = None,
     ) -> None:
         from qonnx.core.datatype import DataType
 
@@ -111,6 +118,8 @@ class EmulatedDmaOverlay:
         self._idt = [DataType[_name(t)] for t in shapes["idt"]]
         self._odt = [DataType[_name(t)] for t in shapes["odt"]]
         self.engines = engines
+        self.mask_inputs = dict(mask_inputs or {})
+        """Input DMA of an engine -> the input DMA of its mask map (masked blocks)."""
         self.batch_size = int(batch_size)
         self.images_run = {k: 0 for k in engines}
         self.external_weights: list = []
@@ -126,7 +135,11 @@ class EmulatedDmaOverlay:
                 address += (buffer.nbytes + 0xFFF) & ~0xFFF
                 buffers.append(buffer)
         self.obuf_packed = [np.empty_like(np.asarray(b)) for b in self.obuf_packed_device]
-        self.idma = [DmaRegisters(lambda k=k: self._run(k)) for k in range(len(self._idt))]
+        waits = set(self.mask_inputs.values())  # a mask DMA streams when its engine runs
+        self.idma = [
+            DmaRegisters((lambda: None) if k in waits else (lambda k=k: self._run(k)))
+            for k in range(len(self._idt))
+        ]
         self.odma = [DmaRegisters(lambda: None) for _ in range(len(self._odt))]
 
     @classmethod
@@ -142,11 +155,13 @@ class EmulatedDmaOverlay:
         out = Path(out_dir)
         spec = OverlaySpec.load(out / DEPLOY_DIR)
         settings = json.loads((spec.root / spec.settings).read_text())
-        engines = {}
+        engines, masks = {}, {}
         for name, e in spec.engines.items():
             parent = ModelWrapper(str(out / "graphs" / name / PARENT_FILE))
             engines[e.input] = (e.output, _finn_engine(python_model(dataflow_model(parent))))
-        return cls(settings, engines, batch_size or spec.batch_size)
+            if e.mask_input is not None:
+                masks[e.input] = e.mask_input
+        return cls(settings, engines, batch_size or spec.batch_size, masks)
 
     # --- what the board's DmaEngine calls (FINNDMAOverlay's interface) ---------------------
 
@@ -192,12 +207,24 @@ class EmulatedDmaOverlay:
 
     # --- the PL ----------------------------------------------------------------------------
 
+    def _unpacked(self, k: int) -> np.ndarray:
+        """Input buffer ``k`` as the engine's (batch, H, W, C) values."""
+        from finn.util.data_packing import packed_bytearray_to_finnpy
+
+        return packed_bytearray_to_finnpy(
+            np.asarray(self.ibuf_packed_device[k]),
+            self._idt[k],
+            self._shape("ishape_folded", k),
+            reverse_inner=True,
+            reverse_endian=True,
+        ).reshape(self._shape("ishape_normal", k))
+
     def _shape(self, kind: str, ind: int) -> tuple[int, ...]:
         return (self.batch_size, *(int(d) for d in self.shapes[kind][ind][1:]))
 
     def _run(self, k: int) -> None:
         """Input DMA ``k`` started: engine ``k`` consumes its buffer and feeds its output DMA."""
-        from finn.util.data_packing import finnpy_to_packed_bytearray, packed_bytearray_to_finnpy
+        from finn.util.data_packing import finnpy_to_packed_bytearray
 
         idma = self.idma[k]
         n = idma.count
@@ -208,17 +235,24 @@ class EmulatedDmaOverlay:
             log.warning("input DMA %d started with a bad address or count %d: nothing moves", k, n)
             return  # nothing streams in, so nothing comes out: the output DMA never finishes
         o, engine = self.engines[k]
-        codes = packed_bytearray_to_finnpy(
-            np.asarray(self.ibuf_packed_device[k]),
-            self._idt[k],
-            self._shape("ishape_folded", k),
-            reverse_inner=True,
-            reverse_endian=True,
-        ).reshape(self._shape("ishape_normal", k))[:n]
+        streams = [k]
+        if k in self.mask_inputs:
+            m = self.mask_inputs[k]
+            mdma = self.idma[m]
+            if (
+                mdma.ctrl & AP_IDLE
+                or mdma.address != self.ibuf_packed_device[m].device_address
+                or mdma.count != n
+            ):
+                log.warning("engine %d's mask DMA %d is not streaming %d images: stalled", k, m, n)
+                return  # the engine waits for its mask stream: the output DMA never finishes
+            streams.append(m)
+        data = [self._unpacked(d)[:n] for d in streams]
         out = np.zeros(self._shape("oshape_normal", o), np.float32)
         for j in range(n):
-            out[j] = engine(codes[j : j + 1])[0]
-        idma.finish()
+            out[j] = engine(*(d[j : j + 1] for d in data))[0]
+        for d in streams:
+            self.idma[d].finish()
         self.images_run[k] += n
         odma = self.odma[o]
         target = self.obuf_packed_device[o]
@@ -241,12 +275,17 @@ def _name(datatype: str) -> str:
 
 
 def _finn_engine(model: Any) -> Engine:
-    """FINN's Python execution of a HW partition, one image at a time."""
+    """FINN's Python execution of a HW partition, one image at a time: ``run(codes)``, or
+    ``run(codes, mask_map)`` for a masked block (its 1-bit input is the mask map)."""
     from qonnx.core.onnx_exec import execute_onnx
 
-    name_in, name_out = model.graph.input[0].name, model.graph.output[0].name
+    names = [t.name for t in model.graph.input]
+    masks = [n for n in names if model.get_tensor_datatype(n).bitwidth() == 1]
+    order = [n for n in names if n not in masks] + masks  # the codes, then the mask map
+    name_out = model.graph.output[0].name
 
-    def run(codes: np.ndarray) -> np.ndarray:
-        return execute_onnx(model, {name_in: codes.astype(np.float32)})[name_out]
+    def run(*streams: np.ndarray) -> np.ndarray:
+        feeds = {n: s.astype(np.float32) for n, s in zip(order, streams, strict=True)}
+        return execute_onnx(model, feeds)[name_out]
 
     return run

@@ -1,10 +1,11 @@
 """Serving a simulated instrument: the links bytes reach it by, and the serving thread.
 
-Both simulated meters (fpga/emulator/meter.py: a Keysight 34465A; fpga/emulator/wattsup.py: a
-Watts Up? PRO) speak their protocol over a link, a pseudo-terminal (what a USB-serial adapter
-looks like to the host), a TCP socket (the 34465A's SCPI port) or any pyserial-like port, from
-a background thread. :class:`ServedInstrument` holds that life cycle; a subclass says how it
-opens its link and what it does with the bytes (``_serve``).
+Both simulated meters (fpga/emulator/meter.py: a Keysight 34465A, on the SCPI machinery of
+fpga/emulator/scpi.py; fpga/emulator/wattsup.py: a Watts Up? PRO) speak their protocol over a
+link, a pseudo-terminal (what a USB-serial adapter looks like to the host), a TCP socket (the
+34465A's SCPI port) or any pyserial-like port, from a background thread. :class:`ServedInstrument`
+holds that life cycle; a subclass says how it opens its link and what it does with the bytes
+(``_serve``).
 """
 
 from __future__ import annotations

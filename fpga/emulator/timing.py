@@ -18,13 +18,17 @@ phase                  unit    when
 
 Engines are the FINN accelerators in the PL. A FINN engine is a fixed-shape dataflow pipeline:
 it streams every channel of every pixel whatever the channel mask says, so a running block is
-charged its **dense** time (``engine_s``); only a skipped block saves engine time. An engine
-phase lasts the longer of its compute and its DMA transfer (``dma_bytes_per_s``: the IODMAs
-stream while the engine computes), plus the time to load its weights when the engine's weights
-are written at run time (``weight_load_s``; 0 for an engine per graph, whose weights are in the
-bitstream). Around every engine call the ARM converts the float input to integer codes, packs
-it for the DMA, unpacks the output and applies the graph's float tail (fpga/board/accel.py):
-``arm_marshal_s_per_value`` per input and output value, an ``io:`` phase on the ARM.
+charged its **dense** time (``engine_s``); only a skipped block saves engine time. A masked
+block's engine also streams its mask map (1 bit per output value) through a second input DMA.
+An engine phase lasts the longer of its compute and its DMA transfer of all its streams
+(``dma_bytes_per_s``: the IODMAs share the port and stream while the engine computes), plus
+the time to load its weights when the engine's weights are written at run time
+(``weight_load_s``; 0 for an engine per graph, whose weights are in the bitstream). Around
+every engine call the ARM converts the float input to integer codes, packs it for the DMA,
+unpacks the output and applies the graph's float tail (fpga/board/accel.py):
+``arm_marshal_s_per_value`` per input and output value, and ``arm_mask_s_per_value`` per value
+of a masked block's mask map (the ARM broadcasts the (N, C) mask over the pixels and packs it,
+1 bit a value: no arithmetic, several times cheaper per value), an ``io:`` phase on the ARM.
 
 Gates (an LSTM step and a small CNN with a sigmoid, which FINN cannot compile today) run on the
 ARM, each call costing ``arm_gate_s_per_call`` (the per-call overhead of a gate's numpy
@@ -69,6 +73,7 @@ IO_PREFIX = "io:"
 ARM_GATE_S_PER_CALL = 100e-6
 ARM_MACS_PER_S = 300e6
 ARM_MARSHAL_S_PER_VALUE = 50e-9
+ARM_MASK_S_PER_VALUE = 8e-9
 DMA_BYTES_PER_S = 800e6
 
 
@@ -104,11 +109,13 @@ class TimingModel:
         arm_macs_per_s: float = ARM_MACS_PER_S,
         arm_marshal_s_per_value: float = ARM_MARSHAL_S_PER_VALUE,
         dma_bytes_per_s: float = DMA_BYTES_PER_S,
+        arm_mask_s_per_value: float = ARM_MASK_S_PER_VALUE,
     ):
         self.arm_gate_s_per_call = _seconds("arm_gate_s_per_call", arm_gate_s_per_call)
         self.arm_macs_per_s = _rate("arm_macs_per_s", arm_macs_per_s)
         self.arm_marshal_s_per_value = _seconds("arm_marshal_s_per_value", arm_marshal_s_per_value)
         self.dma_bytes_per_s = _rate("dma_bytes_per_s", dma_bytes_per_s)
+        self.arm_mask_s_per_value = _seconds("arm_mask_s_per_value", arm_mask_s_per_value)
 
     # -- what a subclass provides ----------------------------------------------------------
     def engine_s(self, manifest: Manifest, graph: str) -> float:
@@ -120,7 +127,13 @@ class TimingModel:
         return 0.0
 
     # -- parameters ------------------------------------------------------------------------
-    PARAMS = ("arm_gate_s_per_call", "arm_macs_per_s", "arm_marshal_s_per_value", "dma_bytes_per_s")
+    PARAMS = (
+        "arm_gate_s_per_call",
+        "arm_macs_per_s",
+        "arm_marshal_s_per_value",
+        "dma_bytes_per_s",
+        "arm_mask_s_per_value",
+    )
 
     @property
     def params(self) -> dict[str, float]:
@@ -146,27 +159,30 @@ class TimingModel:
         return self.arm_gate_s_per_call + macs / self.arm_macs_per_s
 
     @staticmethod
-    def _io(manifest: Manifest, graph: str) -> tuple[int, float]:
-        """Values and bytes (at their datatypes' widths) an engine call moves per image: the
-        first input (a block's channel mask is not streamed: the engine is dense) and every
-        output."""
+    def _io(manifest: Manifest, graph: str) -> tuple[int, int, float]:
+        """Per image of an engine call: the values the ARM converts (the first input and every
+        output), the values of a masked block's mask map (1 bit each in the stream: the
+        manifest's ``qonnx_inputs``), and the bytes the DMAs move (every stream at its
+        datatype's width)."""
         spec = manifest.graphs[graph]
-        values, bits = 0, 0
+        values, mask_values, bits = 0, 0, 0
         for tensor in (spec.inputs[0], *spec.outputs):
             n = math.prod(d for d in tensor.shape if isinstance(d, int))
             values += n
             bits += n * tensor.datatype.bits
-        return values, bits / 8
+        for tensor in spec.qonnx_inputs[1:] if spec.masked else ():
+            n = math.prod(d for d in tensor.shape if isinstance(d, int))
+            mask_values += n
+            bits += n * tensor.datatype.bits
+        return values, mask_values, bits / 8
 
     def engine_phases(self, manifest: Manifest, graph: str) -> list[Phase]:
         """One engine call for one image: the ARM's marshalling, then the engine's phase."""
-        values, nbytes = self._io(manifest, graph)
+        values, mask_values, nbytes = self._io(manifest, graph)
         compute = max(self.engine_s(manifest, graph), nbytes / self.dma_bytes_per_s)
         busy = compute + self.weight_load_s(manifest, graph)
-        return [
-            Phase(ARM, IO_PREFIX + graph, values * self.arm_marshal_s_per_value),
-            Phase(ENGINE, graph, busy),
-        ]
+        marshal = values * self.arm_marshal_s_per_value + mask_values * self.arm_mask_s_per_value
+        return [Phase(ARM, IO_PREFIX + graph, marshal), Phase(ENGINE, graph, busy)]
 
     def image_phases(
         self,

@@ -19,7 +19,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("bundle", help="bundle folder (python -m export CHECKPOINT)")
     parser.add_argument("out", help="build folder: one FINN build per graph, estimates.json")
     build = parser.add_argument_group("build")
-    build.add_argument("--graphs", nargs="+", help="only these graphs (default: all with QONNX)")
+    build.add_argument(
+        "--graphs",
+        nargs="+",
+        help="only these graphs (default: all with QONNX; quantized gates by name)",
+    )
     build.add_argument("--fpga-part", default=ZEDBOARD_PART)
     build.add_argument("--clk-period-ns", type=float, default=10.0)
     build.add_argument("--target-fps", type=int, default=1000, help="0: no automatic folding")

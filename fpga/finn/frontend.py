@@ -257,24 +257,39 @@ def python_model(model: ModelWrapper) -> ModelWrapper:
     return parent
 
 
-def execute(model: ModelWrapper, codes: np.ndarray) -> np.ndarray:
+def execute(
+    model: ModelWrapper, codes: np.ndarray, mask_map: np.ndarray | None = None
+) -> np.ndarray:
     """FINN's Python execution of ``model`` (a parent from :func:`to_hw`) on one input.
 
-    ``codes`` is (1, C, H, W): the bundle graph's input divided by its scale, integers. The
-    partition runs node by node in Python (:func:`python_model`). Inputs and outputs are
-    taken by position: QONNX cleanup renamed them (``global_in``), and ``execute_onnx`` given
-    a stale name silently runs on zeros.
+    ``codes`` is (1, C, H, W): the bundle graph's input divided by its scale, integers. A masked
+    block also takes ``mask_map``, (1, C_out, H_out, W_out) of 0/1 (the manifest's
+    ``qonnx_inputs``). The partition runs node by node in Python (:func:`python_model`).
+    Inputs and outputs are taken by position: QONNX cleanup renamed them (``global_in``), and
+    ``execute_onnx`` given a stale name silently runs on zeros.
     """
     from qonnx.core.onnx_exec import execute_onnx
 
-    codes = np.asarray(codes, dtype=np.float32)
-    expected = tuple(model.get_tensor_shape(model.graph.input[0].name))
-    if codes.shape != expected:
-        raise GraphError(f"input codes have shape {codes.shape!r}; the graph takes {expected!r}")
-    if not np.array_equal(codes, np.round(codes)):
-        raise GraphError("input codes are not integers; pass the input divided by its scale")
+    feeds = [np.asarray(codes, dtype=np.float32)]
+    if mask_map is not None:
+        feeds.append(np.asarray(mask_map, dtype=np.float32))
+    names = [t.name for t in model.graph.input]
+    if len(feeds) != len(names):
+        raise GraphError(
+            f"the graph takes {len(names)} inputs (codes, and a masked block's mask map); "
+            f"got {len(feeds)}"
+        )
+    for what, value, name in zip(("input codes", "mask map"), feeds, names, strict=False):
+        expected = tuple(model.get_tensor_shape(name))
+        if value.shape != expected:
+            raise GraphError(f"{what} have shape {value.shape!r}; the graph takes {expected!r}")
+        if not np.array_equal(value, np.round(value)):
+            raise GraphError(f"{what} are not integers; pass the input divided by its scale")
+    if mask_map is not None and not np.all((feeds[1] == 0) | (feeds[1] == 1)):
+        raise GraphError("the mask map is not 0/1")
     runnable = python_model(model)
-    result = execute_onnx(runnable, {runnable.graph.input[0].name: codes})
+    inputs = [t.name for t in runnable.graph.input]
+    result = execute_onnx(runnable, dict(zip(inputs, feeds, strict=True)))
     return result[runnable.graph.output[0].name]
 
 
@@ -328,6 +343,15 @@ def estimate(
 ESTIMATES_FILE = "estimates.json"
 
 
+def _finn_file(spec: Any) -> str | None:
+    """The QONNX file FINN builds for a graph: a backbone graph's ``qonnx``, or a quantized
+    gate's ``finn`` graph (built only when named: the default set is the backbone's)."""
+    if spec.qonnx is not None:
+        return spec.qonnx.file
+    finn = getattr(spec, "finn", None)
+    return None if finn is None else finn.file
+
+
 def build_bundle(
     bundle: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -335,6 +359,8 @@ def build_bundle(
     graphs: list[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Build every graph of a bundle that has a QONNX graph (or ``graphs``) into ``out_dir``.
+
+    ``graphs`` may also name the gates of a bundle with quantized gates (their FINN graphs).
 
     Each graph gets its own FINN build folder ``out_dir/<graph>``; the estimates of all of them
     are written to ``out_dir/estimates.json`` and returned, by graph name.
@@ -346,16 +372,17 @@ def build_bundle(
     specs = loaded.manifest.graphs
     names = [n for n, g in specs.items() if g.qonnx is not None] if graphs is None else graphs
     for name in names:
-        if name not in specs or specs[name].qonnx is None:
+        if name not in specs or _finn_file(specs[name]) is None:
             raise GraphError(
                 f"bundle {str(loaded.path)!r} has no QONNX graph {name!r}; FINN compiles "
-                f"{sorted(n for n, g in specs.items() if g.qonnx is not None)!r}"
+                f"{sorted(n for n, g in specs.items() if _finn_file(g) is not None)!r}"
             )
     out = Path(out_dir)
     results: dict[str, dict[str, Any]] = {}
     for name in tqdm(names, desc="FINN front end", unit="graph"):
         spec = specs[name]
-        parent = to_hw(loaded.path / spec.qonnx.file, spec.inputs[0].datatype, out / name, config)
+        source = loaded.path / _finn_file(spec)
+        parent = to_hw(source, spec.inputs[0].datatype, out / name, config)
         results[name] = estimate(parent, config.clk_period_ns, config.fpga_part)
     document = {
         "bundle_id": loaded.bundle_id,

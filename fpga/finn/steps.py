@@ -9,8 +9,9 @@ steps are named by string (FINN looks them up), ours are functions here:
   (:class:`~fpga.finn.transforms.IntegerInput`); the datatype comes from the manifest through
   the model's metadata (:data:`INPUT_DATATYPE_KEY`).
 - :func:`step_resnet_streamline`: FINN's ResNet-50 streamlining (finn-examples), in rounds
-  until nothing changes, with two fixes for blocks whose shortcut is the identity, and the
-  global average pool turned into FINN's accumulator plus a scale that streamlines away.
+  until nothing changes, with two fixes for blocks whose shortcut is the identity, the
+  global average pool turned into FINN's accumulator plus a scale that streamlines away, and
+  a signed quantizer's offset (the layer gate's embedding) kept in its threshold.
 - :func:`step_resnet_lower`: convolutions to Im2Col + MatMul, the graph channels-last, then the
   transposes moved and cancelled, ResNet-50 style.
 - :func:`step_resnet_convert_to_hw`: only integer layers become HW layers, so the float tail
@@ -43,19 +44,23 @@ from finn.transformation.fpgadataflow.convert_to_hw.thresholding import InferThr
 from finn.transformation.move_reshape import RemoveCNVtoFCFlatten
 from finn.transformation.streamline.absorb import (
     AbsorbConsecutiveTransposes,
+    AbsorbScalarBiasIntoMultiThreshold,
     AbsorbTransposeIntoMultiThreshold,
 )
 from finn.transformation.streamline.reorder import (
     MakeMaxPoolNHWC,
+    MoveConstMulPastJoinMul,
     MoveLinearPastEltwiseAdd,
     MoveLinearPastFork,
     MoveMulPastMaxPool,
     MoveTransposePastEltwise,
     MoveTransposePastFork,
     MoveTransposePastJoinAdd,
+    MoveTransposePastJoinMul,
 )
 from finn.transformation.streamline.round_thresholds import RoundAndClipThresholds
 from onnx import NodeProto
+from qonnx.core.datatype import DataType
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.transformation.double_to_single_float import DoubleToSingleFloat
 from qonnx.transformation.general import (
@@ -68,11 +73,16 @@ from qonnx.transformation.infer_data_layouts import InferDataLayouts
 from qonnx.transformation.infer_datatypes import InferDataTypes
 from qonnx.transformation.infer_shapes import InferShapes
 from qonnx.transformation.lower_convs_to_matmul import LowerConvsToMatMul
-from qonnx.transformation.make_input_chanlast import MakeInputChannelsLast
 from qonnx.util.cleanup import cleanup_model
 
 from fpga.finn.errors import GraphError
-from fpga.finn.transforms import ChannelsFirstInput, IntegerInput, OrderJoinInputs
+from fpga.finn.transforms import (
+    ChannelsFirstInput,
+    InputsChannelsLast,
+    IntegerInput,
+    NarrowMaskedProducts,
+    OrderJoinInputs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +90,8 @@ INPUT_DATATYPE_KEY = "ddi_fpga.input_datatype"
 """Model metadata key: the FINN datatype of the graph input (``UINT4``), from the manifest."""
 INPUT_SCALE_KEY = "ddi_fpga.input_scale"
 """Model metadata key: the scale of the input codes (``repr`` of a float), from the manifest."""
+MASK_DATATYPE = "UINT1"
+"""FINN datatype of a masked block's second input, the channel mask map (export/bundle.py)."""
 MAX_ROUNDS = 8
 """Streamlining and transpose clean-up repeat until the graph stops changing, at most this."""
 HW_DOMAIN = "finn.custom_op.fpgadataflow"
@@ -118,6 +130,8 @@ def step_integer_input(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWr
         )
     model = cleanup_model(model)
     model = model.transform(IntegerInput(datatype, None if scale is None else float(scale)))
+    for mask in model.graph.input[1:]:  # a masked block's mask map: 0/1 per output value
+        model.set_tensor_datatype(mask.name, DataType[MASK_DATATYPE])
     return model.transform(InferShapes())
 
 
@@ -138,15 +152,23 @@ def step_resnet_streamline(model: ModelWrapper, cfg: DataflowBuildConfig) -> Mod
     lacks. A ``GlobalAveragePool`` on integers (head, exits) becomes FINN's ``GlobalAccPool``
     (a sum) and a scalar ``Mul``, which the next round moves past the classifier's MatMul.
     """
-    graph_in = model.graph.input[0].name
-    in_type = model.get_tensor_datatype(graph_in)
+    in_types = {i.name: model.get_tensor_datatype(i.name) for i in model.graph.input}
     for _ in range(MAX_ROUNDS):
         before = _fingerprint(model)
         model = model.transform(OrderJoinInputs(graph_input_first=True))
+        # A signed quantizer (the layer gate's embedding) is a MultiThreshold and an Add of
+        # -2**(bits-1); absorbed before the linear pass moves that Add past the scale's Mul.
+        model = model.transform(AbsorbScalarBiasIntoMultiThreshold())
         model = model.transform(MoveMulPastMaxPool())
-        model.set_tensor_datatype(graph_in, in_type)  # the move drops the input's annotation
+        # masked blocks: scales past the mask joins first (FINN's CollapseRepeatedMul asserts on
+        # a scale Mul followed by the mask's Mul, which has no constant)
+        model = model.transform(MoveLinearPastFork())
+        model = model.transform(MoveConstMulPastJoinMul())
+        for name, datatype in in_types.items():  # the move drops the inputs' annotations
+            model.set_tensor_datatype(name, datatype)
         model = step_resnet50_streamline_linear(model, cfg)
         model = model.transform(MoveLinearPastFork())
+        model = model.transform(MoveConstMulPastJoinMul())
         model = model.transform(MoveLinearPastEltwiseAdd())
         model = model.transform(InferDataLayouts())
         model = model.transform(InferGlobalAccPoolLayer())
@@ -169,7 +191,7 @@ def step_resnet_lower(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWra
     output's transpose back to NCHW stays at the end (also outside).
     """
     model = model.transform(OrderJoinInputs(graph_input_first=False))
-    model = model.transform(MakeInputChannelsLast())
+    model = model.transform(InputsChannelsLast())
     model = model.transform(LowerConvsToMatMul())
     model = model.transform(MakeMaxPoolNHWC())
     model = _tidy(model)
@@ -178,6 +200,7 @@ def step_resnet_lower(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWra
         for transformation in (
             MoveTransposePastFork(),
             MoveTransposePastJoinAdd(),
+            MoveTransposePastJoinMul(),  # masked blocks: the mask joins
             MoveTransposePastEltwise(),
             AbsorbConsecutiveTransposes(),
             AbsorbTransposeIntoMultiThreshold(),
@@ -232,6 +255,28 @@ def step_resnet_convert_to_hw(model: ModelWrapper, cfg: DataflowBuildConfig) -> 
     return model.transform(GiveUniqueNodeNames())
 
 
+def _narrow(model: ModelWrapper) -> ModelWrapper:
+    model = model.transform(NarrowMaskedProducts())
+    return model.transform(InferDataTypes())
+
+
+def step_minimize_bit_width_masked_initial(
+    model: ModelWrapper, cfg: DataflowBuildConfig
+) -> ModelWrapper:
+    """FINN's ``step_minimize_bit_width_initial``, then a mask product keeps its value's
+    datatype (:class:`~fpga.finn.transforms.NarrowMaskedProducts`)."""
+    from finn.builder.build_dataflow_steps import step_minimize_bit_width_initial
+
+    return _narrow(step_minimize_bit_width_initial(model, cfg))
+
+
+def step_minimize_bit_width_masked(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
+    """FINN's ``step_minimize_bit_width``, then the same narrowing of mask products."""
+    from finn.builder.build_dataflow_steps import step_minimize_bit_width
+
+    return _narrow(step_minimize_bit_width(model, cfg))
+
+
 def step_check_hw_layers(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
     """Raise :class:`GraphError` unless every node of the partition is an HLS or RTL layer."""
     bad = [
@@ -255,13 +300,13 @@ FRONTEND_STEPS: list = [
     step_resnet_streamline,
     step_resnet_lower,
     step_resnet_convert_to_hw,
-    "step_minimize_bit_width_initial",
+    step_minimize_bit_width_masked_initial,
     "step_create_dataflow_partition",
     "step_specialize_layers",
     step_check_hw_layers,
     "step_target_fps_parallelization",
     "step_apply_folding_config",
-    "step_minimize_bit_width",
+    step_minimize_bit_width_masked,
     "step_generate_estimate_reports",
 ]
 """The front end as FINN build steps: QONNX graph -> folded HW layers and estimate reports."""

@@ -91,15 +91,17 @@ class IntegerInput(Transformation):
 
 
 class OrderJoinInputs(Transformation):
-    """Put a graph input that feeds a two-input ``Add`` join first (or last) among its operands.
+    """Put a graph input that feeds a two-input ``Add`` or ``Mul`` join first (or last).
 
     ``ModelWrapper.is_join_node`` only counts a graph input as a predecessor when it is the
     node's first input. FINN passes use it to tell a residual add from an add of a constant:
     ``AbsorbAddIntoMultiThreshold`` asserts on a residual add it takes for a constant one
     unless the graph input comes first, while ``MoveTransposePastJoinAdd`` fails on a join
     whose first operand has no producer unless it comes last. Streamlining runs this with
-    ``graph_input_first=True``, the transpose clean-up after lowering with ``False``. The
-    addition is commutative, so the result is unchanged.
+    ``graph_input_first=True``, the transpose clean-up after lowering with ``False``. In a
+    masked block the mask (a graph input) joins ``Mul`` nodes: FINN's
+    ``MoveConstMulPastJoinMul`` moves a scale past such a join only when it is one. Addition
+    and multiplication are commutative, so the result is unchanged.
     """
 
     def __init__(self, graph_input_first: bool) -> None:
@@ -109,7 +111,7 @@ class OrderJoinInputs(Transformation):
     def apply(self, model: ModelWrapper) -> tuple[ModelWrapper, bool]:
         inputs = {i.name for i in model.graph.input}
         for node in model.graph.node:
-            if node.op_type != "Add" or len(node.input) != 2:
+            if node.op_type not in ("Add", "Mul") or len(node.input) != 2:
                 continue
             a, b = node.input
             if any(model.get_initializer(t) is not None for t in (a, b)):
@@ -121,33 +123,99 @@ class OrderJoinInputs(Transformation):
         return model, False
 
 
-class ChannelsFirstInput(Transformation):
-    """Give a channels-last graph input back its NCHW interface through a leading ``Transpose``.
+class InputsChannelsLast(Transformation):
+    """Make every 4-D NCHW graph input channels-last, as QONNX's ``MakeInputChannelsLast`` does
+    for the first input only: the input becomes NHWC and a ``Transpose`` gives its consumers
+    NCHW. A masked block has two inputs (the block input and the mask map), both streamed."""
 
-    After lowering, the graph works channels-last from its input on (QONNX's
-    ``MakeInputChannelsLast``). The bundle's graphs take NCHW, so this puts a
-    ``Transpose(0, 2, 3, 1)`` in front: it stays outside the dataflow partition (the hardware
-    streams NHWC), and the whole graph keeps the interface of its onnxruntime twin.
+    def apply(self, model: ModelWrapper) -> tuple[ModelWrapper, bool]:
+        for graph_input in model.graph.input:
+            name = graph_input.name
+            shape = model.get_tensor_shape(name)
+            if len(shape) != 4 or model.get_tensor_layout(name) == data_layout.NHWC:
+                continue
+            inner = f"{name}_transposed"
+            for node in model.find_consumers(name):
+                node.input[:] = [inner if t == name else t for t in node.input]
+            model.graph.node.insert(
+                0, oh.make_node("Transpose", [name], [inner], perm=[0, 3, 1, 2])
+            )
+            n, c, h, w = shape
+            model.set_tensor_shape(name, [n, h, w, c])
+            model.set_tensor_shape(inner, [n, c, h, w])
+            model.set_tensor_layout(name, data_layout.NHWC)
+            model.set_tensor_layout(inner, data_layout.NCHW)
+        return model, False
+
+
+class ChannelsFirstInput(Transformation):
+    """Give channels-last graph inputs back their NCHW interface through a leading ``Transpose``.
+
+    After lowering, the graph works channels-last from its inputs on
+    (:class:`InputsChannelsLast`). The bundle's graphs take NCHW, so this puts a
+    ``Transpose(0, 2, 3, 1)`` in front of every 4-D input: it stays outside the dataflow
+    partition (the hardware streams NHWC), and the whole graph keeps the interface of its
+    onnxruntime twin.
     """
 
     def apply(self, model: ModelWrapper) -> tuple[ModelWrapper, bool]:
-        outer = model.graph.input[0].name
-        shape = model.get_tensor_shape(outer)
-        if len(shape) != 4 or model.get_tensor_layout(outer) != data_layout.NHWC:
-            return model, False
-        datatype = model.get_tensor_datatype(outer)
-        inner = f"{outer}_nhwc"
-        for node in model.find_consumers(outer):
-            node.input[:] = [inner if t == outer else t for t in node.input]
-        n, h, w, c = shape
-        model.graph.node.insert(
-            0, oh.make_node("Transpose", [outer], [inner], perm=[0, 2, 3, 1], name="InputToNHWC")
-        )
-        model.set_tensor_shape(inner, [n, h, w, c])
-        model.set_tensor_shape(outer, [n, c, h, w])
-        for tensor, layout in ((inner, data_layout.NHWC), (outer, data_layout.NCHW)):
-            model.set_tensor_datatype(tensor, datatype)
-            model.set_tensor_layout(tensor, layout)
+        for k, graph_input in enumerate(model.graph.input):
+            outer = graph_input.name
+            shape = model.get_tensor_shape(outer)
+            if len(shape) != 4 or model.get_tensor_layout(outer) != data_layout.NHWC:
+                continue
+            datatype = model.get_tensor_datatype(outer)
+            inner = f"{outer}_nhwc"
+            for node in model.find_consumers(outer):
+                node.input[:] = [inner if t == outer else t for t in node.input]
+            n, h, w, c = shape
+            transpose = oh.make_node(
+                "Transpose",
+                [outer],
+                [inner],
+                perm=[0, 2, 3, 1],
+                name="InputToNHWC" if k == 0 else f"InputToNHWC_{k}",
+            )
+            model.graph.node.insert(k, transpose)  # in input order: the partition's too
+            model.set_tensor_shape(inner, [n, h, w, c])
+            model.set_tensor_shape(outer, [n, c, h, w])
+            for tensor, layout in ((inner, data_layout.NHWC), (outer, data_layout.NCHW)):
+                model.set_tensor_datatype(tensor, datatype)
+                model.set_tensor_layout(tensor, layout)
+        return model, False
+
+
+class NarrowMaskedProducts(Transformation):
+    """Give an ``ElementwiseMul`` of a value and a 1-bit mask the value's datatype.
+
+    A masked block multiplies codes by its 0/1 mask map (export/bundle.py,
+    ``MaskedBlockGraph``). FINN derives a product's width as the sum of its operands' widths
+    (``ElementwiseMul._derive_out_dtype``), so ``UINT4 x BINARY`` becomes ``UINT5``, and the
+    next MVAU would take 5-bit activations. The product of ``x`` with 0 or 1 is 0 or ``x``:
+    within ``x``'s own datatype whenever that holds 0. Run after every bit-width minimization
+    (FINN's recomputes the sum); the MVAU that takes the product follows through
+    ``InferDataTypes`` (its accumulator stays sized for the wider input, which is safe).
+    """
+
+    def apply(self, model: ModelWrapper) -> tuple[ModelWrapper, bool]:
+        from qonnx.custom_op.registry import getCustomOp
+
+        for node in model.graph.node:
+            if node.op_type.removesuffix("_hls").removesuffix("_rtl") != "ElementwiseMul":
+                continue
+            op = getCustomOp(node)
+            lhs, rhs = op.lhs_dtype, op.rhs_dtype
+            if rhs.bitwidth() == 1 and not rhs.signed():
+                value = lhs
+            elif lhs.bitwidth() == 1 and not lhs.signed():
+                value = rhs
+            else:
+                continue
+            if not value.is_integer() or not value.min() <= 0 <= value.max():
+                continue
+            if op.out_dtype != value:
+                op.set_nodeattr("out_dtype", value.name)
+                model.set_tensor_datatype(node.output[0], value)
         return model, False
 
 

@@ -1,12 +1,14 @@
 """Power-meter drivers for the measurement harness (see docs/power-meter.md).
 
 ``open_meter("KIND:ADDRESS")`` opens a registered meter: ``keysight34465a`` (a Keysight 34465A
-or 34470A over its SCPI socket, a serial adapter, the simulator's pty, or a VISA resource),
-``wattsup`` (Watts Up? PRO, serial), ``joulescope`` (optional package), ``sim`` (the 34465A
-driver against an in-process simulated 34465A) or ``none`` (timing only).
+or 34470A through pyvisa: its LAN socket, a serial port, USBTMC, or the simulator's pty),
+``wattsup`` (Watts Up? PRO, serial), ``joulescope`` (optional package), ``none`` (timing only),
+or a kind declared in the ``ddi_fpga.power_meters`` entry-point group and imported only when
+used: the emulator's ``sim`` (the 34465A driver against an in-process simulated 34465A).
 """
 
 from host.meters.base import (
+    METER_ENTRY_POINTS,
     ClockEstimate,
     MeterConfigError,
     MeterError,
@@ -25,18 +27,11 @@ from host.meters.base import (
     register_meter,
 )
 from host.meters.joulescope import Joulescope, JoulescopeConfig  # imports joulescope lazily
-from host.meters.scpi import (
-    Keysight34465A,
-    Keysight34465AConfig,
-    SimulatedKeysight34465A,
-    parse_block,
-    parse_readings,
-    read_block,
-)
-from host.meters.visa import VisaTransport, is_visa_address
+from host.meters.scpi import Keysight34465A, Keysight34465AConfig, resource_name
 from host.meters.wattsup import WattsUp, WattsUpConfig
 
 __all__ = [
+    "METER_ENTRY_POINTS",
     "ClockEstimate",
     "Joulescope",
     "JoulescopeConfig",
@@ -52,17 +47,12 @@ __all__ = [
     "NullMeter",
     "PowerMeter",
     "SampleClock",
-    "SimulatedKeysight34465A",
-    "VisaTransport",
     "WattsUp",
     "WattsUpConfig",
     "create_meter",
-    "is_visa_address",
     "meter_kinds",
     "open_meter",
-    "parse_block",
     "parse_meter_spec",
-    "parse_readings",
-    "read_block",
     "register_meter",
+    "resource_name",
 ]

@@ -1,16 +1,21 @@
 """Power meters: the interface every driver implements, the registry, and sample timestamps.
 
-A meter is chosen by a spec string ``KIND:ADDRESS`` (``keysight34465a:socket://10.0.0.5:5025``,
-``keysight34465a:/dev/pts/7``, ``sim:3.0``, ``none``) and opened with :func:`open_meter`::
+A meter is chosen by a spec string ``KIND:ADDRESS``
+(``keysight34465a:TCPIP::10.0.0.5::5025::SOCKET``, ``keysight34465a:ASRL/dev/ttyUSB1::INSTR``,
+``sim:3.0``, ``none``) and opened with :func:`open_meter`::
 
-    with open_meter("keysight34465a:socket://10.0.0.5:5025") as meter:
+    with open_meter("keysight34465a:TCPIP::10.0.0.5::5025::SOCKET") as meter:
         meter.start()
         ...                                   # run the board
         host_time_s, power_w = meter.read_samples()
         meter.stop()
 
-Drivers register themselves by kind with :func:`register_meter`. Every user-facing failure is a
-:class:`MeterError` with a one-line message that names the port or value and says what to do.
+Drivers register themselves by kind with :func:`register_meter`. A kind can also live outside
+host/: a package declares it in the :data:`METER_ENTRY_POINTS` entry-point group
+(``sim = "fpga.emulator.meter:SimulatedKeysight34465A"`` in pyproject.toml), and the registry
+imports it when the kind is first used, so importing host/ never imports the emulator. Every
+user-facing failure is a :class:`MeterError` with a one-line message that names the port or
+value and says what to do.
 
 :class:`SampleClock` turns sample indices of an instrument that paces samples with its own timer
 into host ``time.monotonic()`` timestamps, correcting for the instrument's clock drift (see
@@ -20,6 +25,7 @@ docs/power-meter.md, "Timestamps").
 from __future__ import annotations
 
 import abc
+import importlib.metadata
 import logging
 import math
 from collections.abc import Callable
@@ -118,6 +124,9 @@ class PowerMeter(abc.ABC):
 
 # -- registry -------------------------------------------------------------------------------------
 
+METER_ENTRY_POINTS = "ddi_fpga.power_meters"
+"""The entry-point group of meter kinds defined outside host/ (name: kind, value: the class)."""
+
 _REGISTRY: dict[str, type[PowerMeter]] = {}
 M = TypeVar("M", bound=type[PowerMeter])
 
@@ -137,9 +146,44 @@ def register_meter(kind: str) -> Callable[[M], M]:
     return decorate
 
 
+def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
+    """The meter kinds that installed packages declare, not yet imported."""
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=METER_ENTRY_POINTS)}
+
+
+def _meter_class(kind: str) -> type[PowerMeter] | None:
+    """The class of ``kind``: registered, or imported from its entry point; None if unknown."""
+    if kind in _REGISTRY:
+        return _REGISTRY[kind]
+    entry = _entry_points().get(kind)
+    if entry is None:
+        return None
+    try:
+        cls = entry.load()
+    except Exception as exc:  # any import failure of the providing module is the user's to fix
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise MeterConfigError(
+            f"power meter kind {kind!r} comes from {entry.value!r}, which failed to import "
+            f"({type(exc).__name__}: {first}); reinstall the package (pip install -e .)"
+        ) from None
+    if not (isinstance(cls, type) and issubclass(cls, PowerMeter)):
+        raise MeterConfigError(
+            f"power meter kind {kind!r} names {entry.value!r}, which is not a PowerMeter class"
+        )
+    registered = cls.kind if _REGISTRY.get(cls.kind) is cls else ""
+    if registered and registered != kind:  # a class has one kind: its ``kind`` attribute
+        raise MeterConfigError(
+            f"power meter kind {kind!r} names {entry.value!r}, which is kind {registered!r}; "
+            f"use {registered!r}"
+        )
+    if not registered:  # the module did not register it itself
+        register_meter(kind)(cls)
+    return cls
+
+
 def meter_kinds() -> list[str]:
-    """The registered meter kinds, sorted."""
-    return sorted(_REGISTRY)
+    """The known meter kinds, sorted: registered ones and those of entry points (not imported)."""
+    return sorted(set(_REGISTRY) | set(_entry_points()))
 
 
 def parse_meter_spec(spec: str) -> tuple[str, str]:
@@ -147,11 +191,11 @@ def parse_meter_spec(spec: str) -> tuple[str, str]:
     if not isinstance(spec, str) or not spec.strip():
         raise MeterConfigError(
             f"power meter spec {spec!r} is empty; write KIND:ADDRESS, e.g. "
-            "keysight34465a:socket://HOST:5025, or 'none'"
+            "keysight34465a:TCPIP::HOST::5025::SOCKET, or 'none'"
         )
     kind, _, address = spec.strip().partition(":")
     kind = kind.strip().lower()
-    cls = _REGISTRY.get(kind)
+    cls = _meter_class(kind)
     if cls is None:
         raise MeterConfigError(
             f"unknown power meter kind {kind!r} in {spec!r}; "
@@ -159,8 +203,8 @@ def parse_meter_spec(spec: str) -> tuple[str, str]:
         )
     if cls.needs_address and not address.strip():
         raise MeterConfigError(
-            f"power meter spec {spec!r} lacks an address; write {kind}:/dev/ttyUSB0 or "
-            f"{kind}:socket://HOST:5025"
+            f"power meter spec {spec!r} lacks an address; write {kind}:ASRL/dev/ttyUSB0::INSTR "
+            f"or {kind}:TCPIP::HOST::5025::SOCKET"
         )
     return kind, address.strip()
 
@@ -168,7 +212,9 @@ def parse_meter_spec(spec: str) -> tuple[str, str]:
 def create_meter(spec: str, **options: Any) -> PowerMeter:
     """The meter that ``spec`` names, not yet opened; ``options`` go to its constructor."""
     kind, address = parse_meter_spec(spec)
-    return _REGISTRY[kind](address, **options)
+    cls = _meter_class(kind)
+    assert cls is not None  # parse_meter_spec checked the kind
+    return cls(address, **options)
 
 
 def open_meter(spec: str, **options: Any) -> PowerMeter:

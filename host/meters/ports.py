@@ -1,6 +1,7 @@
 """Opening and using a meter's serial port (or socket) with one-line errors naming the port.
 
-Shared by the drivers that talk to their instrument through pyserial (scpi.py, wattsup.py).
+Shared by the drivers: the Watts Up? talks to its meter through pyserial (``port_call``), and the
+34465A driver opens a serial device itself to lock it (``port_error``).
 """
 
 from __future__ import annotations

@@ -4,45 +4,61 @@ The DMM's current input sits in series with the board's 12 V supply line; power 
 ``current * supply_v - current**2 * series_ohm`` (``series_ohm``: resistance between the point
 where the supply holds ``supply_v`` and the board, e.g. the DMM's shunt when the supply does not
 sense at the board). The driver configures timed sampling on the meter's own timer, fetches the
-readings with ``R?`` from a background thread, and gives each reading the host time of the
-middle of its aperture (:class:`host.meters.base.SampleClock`). docs/power-meter.md explains the
-command sequence and the timestamps.
+readings with ``R?`` as IEEE 754 doubles from a background thread, and gives each reading the
+host time of the middle of its aperture (:class:`host.meters.base.SampleClock`).
+docs/power-meter.md explains the command sequence and the timestamps.
 
-Transport: SCPI over a byte stream opened with pyserial's ``serial_for_url``: the instrument's
-raw SCPI socket (``socket://HOST:5025``, the 34465A's LAN port), a serial device or adapter, or
-the simulator's pseudo-terminal. Another transport (pyvisa for USBTMC, HiSLIP or GPIB) is a class
-with the :class:`Transport` methods, chosen in :func:`open_transport`.
+Connection: a VISA resource opened with pyvisa, through pyvisa-py (``@py``, pure Python) unless
+the address ends with another backend (``@ivi``: NI-VISA or Keysight IO Libraries)::
+
+    keysight34465a:TCPIP::10.0.0.5::5025::SOCKET     # the LAN's raw SCPI socket
+    keysight34465a:TCPIP::10.0.0.5::INSTR            # VXI-11 (hislip0 for HiSLIP)
+    keysight34465a:ASRL/dev/ttyUSB1::INSTR           # a serial port or adapter
+    keysight34465a:USB0::0x2A8D::0x0101::MY59001234::INSTR   # USBTMC (pyusb and libusb)
+
+Two shorthands are accepted and mapped to those: ``socket://HOST:PORT`` and a device path
+(``/dev/ttyUSB1``, ``/dev/pts/7``, ``COM3``). pyvisa reads the ``R?`` block
+(``query_binary_values``), handles termination and timeouts; the driver adds the *IDN? check,
+drains ``SYST:ERR?`` into one-line errors, and locks a serial port for itself (below).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
+import os
+import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, TypeVar
 
 import numpy as np
-import serial
+import pyvisa
+from pyvisa.constants import BufferOperation, StatusCode
 
-from fpga.emulator.meter import SimulatedMeter, SimulatedMeterConfig
-from fpga.emulator.power import ConstantPower
 from host.meters.base import (
     ClockEstimate,
     MeterConfigError,
     MeterError,
     MeterIdentityError,
     MeterOverRangeError,
+    MeterPortError,
     MeterProtocolError,
     MeterTimeoutError,
     PowerMeter,
     SampleClock,
     register_meter,
 )
-from host.meters.ports import port_call, port_error
-from host.meters.visa import VisaTransport, is_visa_address
+from host.meters.ports import port_error
+
+try:  # POSIX: serial ports are locked as pyserial's exclusive=True does (not on Windows,
+    import fcntl  # where a COM port is exclusive anyway)
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +70,8 @@ MANUFACTURERS = ("Keysight Technologies", "Agilent Technologies")
 MODELS = ("34465A", "34470A")  # same SCPI command set for what this driver uses
 SIMULATED_SERIAL_PREFIX = "SIM"
 """A *IDN? serial number starting so marks a simulated instrument (fpga/emulator/meter.py)."""
+DEFAULT_BACKEND = "@py"
+ERROR_QUEUE_SIZE = 20  # SYST:ERR? is drained at most this often (and once more for -350)
 
 
 @dataclass
@@ -76,6 +94,8 @@ class Keysight34465AConfig:
         status_interval_s: How often the thread checks the Questionable register (lost
             readings, sample timing).
         max_drift_ppm: Largest clock drift between meter and host that the timestamps allow.
+        baud_rate: The line's baud rate on a serial connection (``ASRL``); set the instrument
+            or adapter to the same. 1 kHz sampling needs about 9 kB/s of readings.
     """
 
     sample_interval_s: float = 1e-3
@@ -90,6 +110,7 @@ class Keysight34465AConfig:
     chunk_readings: int = 10_000
     status_interval_s: float = 1.0
     max_drift_ppm: float = 10_000.0
+    baud_rate: int = 115_200
 
     def __post_init__(self) -> None:
         positive = (
@@ -101,6 +122,7 @@ class Keysight34465AConfig:
             "poll_interval_s",
             "status_interval_s",
             "max_drift_ppm",
+            "baud_rate",
         )
         for name in positive:
             value = getattr(self, name)
@@ -121,156 +143,119 @@ class Keysight34465AConfig:
         return self.nplc / self.line_frequency_hz
 
 
-# -- transport -----------------------------------------------------------------------------------
+# -- addresses and the VISA session -----------------------------------------------------------
+
+# TCPIP0::, USB0::, GPIB0::, ASRL/dev/ttyUSB0::, VXI0::, PXI0:: (case-insensitive).
+_VISA_RESOURCE = re.compile(r"^(TCPIP|USB|GPIB|ASRL|VXI|PXI)[^:]*::", re.IGNORECASE)
+_BACKEND_SUFFIX = re.compile(r"^(?P<resource>.+?)(?P<backend>@[A-Za-z_][\w.]*)$")
+_SOCKET_URL = re.compile(r"^socket://(?P<host>[^:/]+):(?P<port>\d+)/?$", re.IGNORECASE)
+_SERIAL_RESOURCE = re.compile(r"^ASRL(?P<device>.+)::INSTR$", re.IGNORECASE)
+_REFUSED = (
+    "refused the connection; check the IP address and that the meter's SCPI socket "
+    "(port 5025) is enabled"
+)
+_ERROR_REPLY = re.compile(r'^[+-]?\d+,".*"$')  # +0,"No error"; -113,"Undefined header"
+_MAX_STALE_REPLIES = 4
+R = TypeVar("R")
 
 
-class Transport(Protocol):
-    """A byte stream to one instrument: the extension point for other interfaces (VISA...)."""
+def resource_name(address: str) -> tuple[str, str]:
+    """``address`` -> ``(VISA resource name, pyvisa backend)``.
 
-    address: str
+    ``TCPIP::h::5025::SOCKET@ivi`` -> ``("TCPIP::h::5025::SOCKET", "@ivi")``; the shorthands
+    ``socket://h:5025`` -> ``TCPIP::h::5025::SOCKET`` and ``/dev/ttyUSB1`` (or ``COM3``) ->
+    ``ASRL/dev/ttyUSB1::INSTR``; the backend is ``@py`` unless the address ends with one.
+    """
+    text = address.strip()
+    backend = DEFAULT_BACKEND
+    match = _BACKEND_SUFFIX.match(text)
+    if match is not None and "::" in match["resource"]:
+        text, backend = match["resource"], match["backend"]
+    if _VISA_RESOURCE.match(text):
+        return text, backend
+    socket_url = _SOCKET_URL.match(text)
+    if socket_url is not None:
+        return f"TCPIP::{socket_url['host']}::{socket_url['port']}::SOCKET", backend
+    if text.startswith("/") or re.fullmatch(r"COM\d+", text, re.IGNORECASE):
+        return f"ASRL{text}::INSTR", backend
+    raise MeterConfigError(
+        f"power meter address {address!r} is not a VISA resource name; write e.g. "
+        "TCPIP::10.0.0.5::5025::SOCKET (LAN) or ASRL/dev/ttyUSB1::INSTR (serial)"
+    )
 
-    def write(self, data: bytes) -> None:
-        """Send bytes."""
-        ...
 
-    def read_line(self, timeout_s: float) -> bytes:
-        """Bytes up to and including ``\\n``; fewer (maybe none) if ``timeout_s`` passes."""
-        ...
-
-    def read_exact(self, size: int, timeout_s: float) -> bytes:
-        """``size`` bytes; fewer if no byte arrives for ``timeout_s``."""
-        ...
-
-    def discard_input(self) -> None:
-        """Drop whatever the instrument sent that was not read."""
-        ...
-
-    def close(self) -> None:
-        """Release the port."""
-        ...
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
-class SerialTransport:
-    """SCPI over a pyserial port: a device path, ``socket://HOST:PORT``, a pty, ``loop://``."""
+class _SerialLock:
+    """An exclusive ``flock`` on a serial device, held while the driver has it open.
 
-    def __init__(self, address: str, timeout_s: float) -> None:
-        self.address = address
+    pyvisa-py opens serial ports without the lock that pyserial's ``exclusive=True`` takes, so
+    a second program on the same port would interleave its commands with ours. This takes the
+    same lock (``flock(LOCK_EX | LOCK_NB)`` on the device), so pyserial programs that lock the
+    port and a second driver both see it busy. Opening the device first also gives the one-line
+    errors of a missing or forbidden port.
+    """
+
+    def __init__(self, address: str, device: str) -> None:
+        self._fd: int | None = None
+        if fcntl is None or not device.startswith("/"):
+            return
         try:
-            # exclusive: a second driver on the same serial port fails instead of interleaving.
-            self._port = serial.serial_for_url(address, timeout=timeout_s, exclusive=True)
-        except (serial.SerialException, OSError, ValueError) as exc:
+            self._fd = os.open(device, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            self.release()
             raise port_error(address, exc) from None
 
-    def _io(self, what: str, call: Any, *args: Any) -> Any:
-        return port_call(self.address, what, call, *args)
-
-    def write(self, data: bytes) -> None:
-        self._io("writing", self._port.write, data)
-        self._io("writing", self._port.flush)
-
-    def read_line(self, timeout_s: float) -> bytes:
-        self._port.timeout = timeout_s
-        return self._io("reading", self._port.read_until, b"\n")
-
-    def read_exact(self, size: int, timeout_s: float) -> bytes:
-        self._port.timeout = timeout_s
-        out = bytearray()
-        while len(out) < size:
-            chunk = self._io("reading", self._port.read, size - len(out))
-            if not chunk:
-                break  # no byte for timeout_s
-            out += chunk
-        return bytes(out)
-
-    def discard_input(self) -> None:
-        self._io("flushing", self._port.reset_input_buffer)
-
-    def close(self) -> None:
-        try:
-            self._port.close()
-        except (serial.SerialException, OSError) as exc:
-            logger.debug("closing %s: %s", self.address, exc)
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)  # closing the descriptor releases the lock
+            self._fd = None
 
 
-def open_transport(address: str, timeout_s: float) -> Transport:
-    """The transport for ``address``. Add other schemes here (e.g. ``visa:`` via pyvisa)."""
-
-    if is_visa_address(address):  # TCPIP0::HOST::5025::SOCKET, USB0::...::INSTR
-        return VisaTransport(address, timeout_s)
-    return SerialTransport(address, timeout_s)
-
-
-# -- IEEE 488.2 blocks ---------------------------------------------------------------------------
-
-
-def read_block(read_exact: Any, what: str = "R?") -> bytes:
-    """Read one IEEE 488.2 block and its terminator with ``read_exact(size) -> bytes``.
-
-    A definite-length block is ``#<n><length><payload>`` (``#10`` is empty); an indefinite one
-    (``#0<payload>\\n``) is also accepted. Raises :class:`MeterProtocolError` on anything else.
-    """
-    head = read_exact(2)
-    if len(head) < 2:
-        raise MeterTimeoutError(f"no reply to {what!r} within the timeout")
-    if head[:1] != b"#" or not head[1:2].isdigit():
-        raise MeterProtocolError(
-            f"reply to {what!r} starts with {head!r}, not an IEEE 488.2 block ('#'); "
-            "another program may be talking to the meter"
-        )
-    digits = int(head[1:2])
-    if digits == 0:
-        payload = bytearray()
-        while not payload.endswith(b"\n"):
-            byte = read_exact(1)
-            if not byte:
-                raise MeterTimeoutError(f"reply to {what!r} stopped in an indefinite block")
-            payload += byte
-        return bytes(payload[:-1])
-    size_text = read_exact(digits)
-    if len(size_text) < digits or not size_text.isdigit():
-        raise MeterProtocolError(f"reply to {what!r} has a bad block length {size_text!r}")
-    size = int(size_text)
-    payload = read_exact(size)
-    if len(payload) < size:
-        raise MeterTimeoutError(
-            f"reply to {what!r} stopped after {len(payload)} of {size} bytes of its block"
-        )
-    terminator = read_exact(1)
-    if terminator != b"\n":
-        raise MeterProtocolError(
-            f"block reply to {what!r} ends with {terminator!r}, not a newline; "
-            "the reply was garbled"
-        )
-    return payload
-
-
-def parse_block(data: bytes, what: str = "R?") -> bytes:
-    """The payload of a complete block reply held in memory (with its newline)."""
-    view = memoryview(data)
-    position = 0
-
-    def read_exact(size: int) -> bytes:
-        nonlocal position
-        chunk = bytes(view[position : position + size])
-        position += len(chunk)
-        return chunk
-
-    payload = read_block(read_exact, what)
-    if position != len(data):
-        raise MeterProtocolError(
-            f"reply to {what!r} has {len(data) - position} bytes after its block"
-        )
-    return payload
-
-
-def parse_readings(payload: bytes) -> np.ndarray:
-    """Comma-separated ASCII readings (``+1.23456789E-01,...``) as float64."""
-    if not payload.strip():
-        return np.empty(0)
+def _resource_manager(address: str, backend: str) -> pyvisa.ResourceManager:
+    """pyvisa's resource manager for ``backend``. pyvisa keeps one per backend for the whole
+    process and closes it at exit, so the driver never closes it (that would close the other
+    meters' resources too)."""
     try:
-        return np.array(payload.split(b","), dtype=np.float64)
-    except ValueError:
-        raise MeterProtocolError(f"readings {payload[:60]!r} are not numbers") from None
+        return pyvisa.ResourceManager(backend)
+    except (OSError, ValueError, pyvisa.errors.Error) as exc:
+        hint = (
+            "pip install pyvisa-py" if backend == DEFAULT_BACKEND else "install that VISA library"
+        )
+        raise MeterConfigError(
+            f"VISA backend {backend!r} for {address!r} cannot be loaded ({_first_line(exc)}); "
+            f"{hint}, or end the address with @py for pyvisa-py"
+        ) from None
+
+
+def _open_error(address: str, exc: BaseException) -> MeterError:
+    """One line for a VISA resource that did not open: what went wrong and what to do."""
+    code = getattr(exc, "error_code", None)
+    text = _first_line(exc)
+    lowered = text.lower()
+    if code == StatusCode.error_resource_not_found:
+        why = "was not found; check the address (python -m pyvisa info; pyvisa-shell list)"
+    elif code in (StatusCode.error_resource_busy, StatusCode.error_resource_locked):
+        why = "is busy: another program has it open; close that program first"
+    elif "install" in lowered:  # pyvisa-py lacks the interface's package (pyusb, gpib-ctypes)
+        why = f"needs a package that is missing: {text}"
+    elif code == StatusCode.error_invalid_resource_name or isinstance(exc, ValueError):
+        return MeterConfigError(
+            f"power meter address {address!r} is not a valid VISA resource name ({text}); "
+            "write e.g. TCPIP::10.0.0.5::5025::SOCKET or ASRL/dev/ttyUSB1::INSTR"
+        )
+    elif "refused" in lowered or isinstance(exc, ConnectionRefusedError):
+        why = _REFUSED
+    elif code == StatusCode.error_timeout or "timed out" in lowered or "connect" in lowered:
+        why = "cannot be reached; check the network, the IP address and that the meter is on"
+    else:
+        why = f"cannot be opened ({text}); check the address and the VISA installation"
+    return MeterPortError(f"power meter {address!r} {why}")
 
 
 # -- the driver ----------------------------------------------------------------------------------
@@ -280,7 +265,8 @@ def parse_readings(payload: bytes) -> np.ndarray:
 class Keysight34465A(PowerMeter):
     """A Keysight 34465A (or 34470A) DMM reading the board's supply current.
 
-    ``options`` are fields of :class:`Keysight34465AConfig` (or pass ``config``).
+    ``address`` is a VISA resource name or a shorthand (module docstring); ``options`` are
+    fields of :class:`Keysight34465AConfig` (or pass ``config``).
     """
 
     def __init__(
@@ -296,7 +282,8 @@ class Keysight34465A(PowerMeter):
                 f"known: {', '.join(sorted(known))}"
             )
         self.config = dataclasses.replace(base, **options)
-        self._transport: Transport | None = None
+        self._resource: Any = None  # a pyvisa MessageBasedResource while open
+        self._serial_lock: _SerialLock | None = None
         self._io_lock = threading.Lock()
         self._data_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -312,15 +299,53 @@ class Keysight34465A(PowerMeter):
         self._failure: MeterError | None = None
 
     # -- low level ---------------------------------------------------------------------------
-    def _port(self) -> Transport:
-        if self._transport is None:
+    def _session(self) -> Any:
+        if self._resource is None:
             raise MeterError(f"power meter {self.address!r} is not open; call open() first")
-        return self._transport
+        return self._resource
+
+    def _io(self, what: str, call: Callable[[], R]) -> R:
+        """``call()``; what pyvisa or the port raises becomes one line naming ``what``."""
+        try:
+            return call()
+        except pyvisa.errors.VisaIOError as exc:
+            if exc.error_code == StatusCode.error_timeout:
+                raise self._timeout(what) from None
+            raise MeterPortError(
+                f"power meter at {self.address!r} failed on {what!r}: {_first_line(exc)}; "
+                "check the cable or network and that nothing else uses the meter"
+            ) from None
+        except ConnectionRefusedError:  # pyvisa-py connects a socket lazily: seen here
+            raise MeterPortError(f"power meter {self.address!r} {_REFUSED}") from None
+        except OSError as exc:  # pyvisa-py lets socket and pyserial errors through
+            raise MeterPortError(
+                f"power meter at {self.address!r} failed on {what!r}: {_first_line(exc)}; "
+                "check the cable or network and that nothing else uses the meter"
+            ) from None
+
+    def _timeout(self, what: str) -> MeterError:
+        """No reply to ``what``: if the meter queued errors (a command it refused), they are
+        the reason; otherwise it is not answering at all."""
+        errors: list[str] = []
+        if self._idn and not what.startswith("SYST:ERR?"):
+            with contextlib.suppress(MeterError):
+                errors = self._errors_locked()
+        if errors:
+            return MeterProtocolError(
+                f"power meter at {self.address!r} refused {what!r}: {'; '.join(errors)}"
+            )
+        return MeterTimeoutError(
+            f"power meter at {self.address!r} did not answer {what!r} within "
+            f"{self.config.timeout_s} s; check that it is on and connected"
+        )
 
     def write(self, command: str) -> None:
         """Send one SCPI program message."""
         with self._io_lock:
-            self._port().write(command.encode("ascii") + b"\n")
+            self._write_locked(command)
+
+    def _write_locked(self, command: str) -> None:
+        self._io(command, lambda: self._session().write(command))
 
     def query(self, command: str) -> str:
         """Send a query and return its one-line reply (without the newline)."""
@@ -328,24 +353,30 @@ class Keysight34465A(PowerMeter):
             return self._query_locked(command)
 
     def _query_locked(self, command: str) -> str:
-        port = self._port()
-        port.write(command.encode("ascii") + b"\n")
-        line = port.read_line(self.config.timeout_s)
-        if not line.endswith(b"\n"):
-            raise MeterTimeoutError(
-                f"power meter at {self.address!r} did not answer {command!r} within "
-                f"{self.config.timeout_s} s; check that it is on and connected"
-            )
-        return line.decode("ascii", errors="replace").strip()
+        return self._io(command, lambda: self._session().query(command)).strip()
 
     def _errors_locked(self) -> list[str]:
-        """Empty the meter's error queue; the errors it held."""
+        """Empty the meter's error queue; the errors it held.
+
+        A reply that is not an error (``+152``) is the late answer to a query that timed out:
+        it is dropped and the answer to ``SYST:ERR?`` read after it, which puts replies and
+        queries back in step.
+        """
         errors = []
-        for _ in range(25):  # the queue holds 20
+        for _ in range(ERROR_QUEUE_SIZE + 1):
             reply = self._query_locked("SYST:ERR?")
-            code = reply.split(",", 1)[0].strip()
-            if code.lstrip("+-").isdigit() and int(code) == 0:
-                return errors
+            for _ in range(_MAX_STALE_REPLIES):
+                if _ERROR_REPLY.match(reply):
+                    break
+                logger.warning("power meter at %s: dropped a late reply %r", self.address, reply)
+                reply = self._io("SYST:ERR?", lambda: self._session().read()).strip()
+            else:
+                raise MeterProtocolError(
+                    f"power meter at {self.address!r} answered SYST:ERR? with {reply!r}, not "
+                    "an error; another program may be talking to the meter"
+                )
+            if int(reply.split(",", 1)[0]) == 0:
+                break
             errors.append(reply)
         return errors
 
@@ -361,29 +392,55 @@ class Keysight34465A(PowerMeter):
     # -- PowerMeter API ----------------------------------------------------------------------
     def open(self) -> None:
         """Connect, check that a 34465A answers, and configure timed current sampling."""
-        if self._transport is not None:
+        if self._resource is not None:
             return
-        self._transport = open_transport(self.address, self.config.timeout_s)
+        name, backend = resource_name(self.address)
+        serial = _SERIAL_RESOURCE.match(name)
+        if serial is not None:
+            self._serial_lock = _SerialLock(self.address, serial["device"])
         try:
+            self._resource = self._open_resource(name, backend)
             self._idn = self._check_identity()
             self.configure()
         except BaseException:
-            self._transport.close()
-            self._transport = None
+            self._release()
             raise
 
+    def _open_resource(self, name: str, backend: str) -> Any:
+        manager = _resource_manager(self.address, backend)
+        timeout_ms = max(1, round(self.config.timeout_s * 1000))
+        line = {"baud_rate": self.config.baud_rate} if _SERIAL_RESOURCE.match(name) else {}
+        try:
+            resource = manager.open_resource(
+                name,
+                read_termination="\n",
+                write_termination="\n",
+                timeout=timeout_ms,
+                open_timeout=timeout_ms,
+                **line,
+            )
+        except Exception as exc:  # pyvisa-py raises a bare Exception for a failed connect
+            raise _open_error(self.address, exc) from None
+        if not isinstance(resource, pyvisa.resources.MessageBasedResource):
+            resource.close()
+            raise MeterConfigError(
+                f"VISA resource {self.address!r} is not message-based (a "
+                f"{type(resource).__name__}); use its ::INSTR or ::SOCKET resource"
+            )
+        return resource
+
     def _check_identity(self) -> str:
-        port = self._port()
-        port.discard_input()
-        port.write(b"*IDN?\n")
-        line = port.read_line(self.config.timeout_s)
-        if not line.endswith(b"\n"):
+        port = self._session()
+        # a reply that a previous session left unread would answer *IDN? in its place
+        self._io("*IDN?", lambda: port.flush(BufferOperation.discard_read_buffer))
+        try:
+            idn = self._io("*IDN?", lambda: port.query("*IDN?")).strip()
+        except MeterTimeoutError:
             raise MeterTimeoutError(
                 f"power meter at {self.address!r} did not answer *IDN? within "
                 f"{self.config.timeout_s} s; check that it is on, connected and that this is "
                 "its port"
-            )
-        idn = line.decode("ascii", errors="replace").strip()
+            ) from None
         fields = [f.strip() for f in idn.split(",")]
         if len(fields) < 2 or fields[0] not in MANUFACTURERS or fields[1] not in MODELS:
             raise MeterIdentityError(
@@ -423,19 +480,21 @@ class Keysight34465A(PowerMeter):
             "SAMP:SOUR TIM",  # samples paced by the meter's timer
             f"SAMP:TIM {c.sample_interval_s:.6f}",
             "SAMP:COUN 1000000000",  # the most: sampling runs until ABOR
+            "FORM:DATA REAL,64",  # R? sends IEEE 754 doubles (*RST selects ASCII)
+            "FORM:BORD NORM",  # big-endian
         ]
         with self._io_lock:
             for command in commands:
-                self._port().write(command.encode("ascii") + b"\n")
+                self._write_locked(command)
             errors = self._errors_locked()
             if errors:
                 raise MeterConfigError(
                     f"power meter at {self.address!r} refused the configuration: "
                     f"{'; '.join(errors)}; check nplc, current_range_a and sample_interval_s"
                 )
-            minimum_s = float(self._query_locked("SAMP:TIM? MIN"))
-            self._interval_s = float(self._query_locked("SAMP:TIM?"))
-            nplc = float(self._query_locked("CURR:DC:NPLC?"))
+            minimum_s = self._number_locked("SAMP:TIM? MIN")
+            self._interval_s = self._number_locked("SAMP:TIM?")
+            nplc = self._number_locked("CURR:DC:NPLC?")
         if self._interval_s < minimum_s:
             raise MeterConfigError(
                 f"sample_interval_s={c.sample_interval_s!r} is shorter than one measurement "
@@ -451,6 +510,16 @@ class Keysight34465A(PowerMeter):
             self._interval_s,
         )
 
+    def _number_locked(self, command: str) -> float:
+        reply = self._query_locked(command)
+        try:
+            return float(reply)
+        except ValueError:
+            raise MeterProtocolError(
+                f"power meter at {self.address!r} answered {command!r} with {reply!r}, not a "
+                "number; another program may be talking to the meter"
+            ) from None
+
     @property
     def running(self) -> bool:
         """Whether sampling runs."""
@@ -463,9 +532,8 @@ class Keysight34465A(PowerMeter):
         c = self.config
         completion = c.aperture_s * (2.0 if c.autozero else 1.0)
         with self._io_lock:
-            self._port().discard_input()
             sent = time.monotonic()
-            self._port().write(b"INIT\n")
+            self._write_locked("INIT")
         with self._data_lock:
             self._clock = SampleClock(
                 self._interval_s,
@@ -483,37 +551,51 @@ class Keysight34465A(PowerMeter):
     def _fetch_locked(self, observe: bool) -> int:
         """``DATA:POIN?``, then ``R? n`` if readings wait: store them; returns how many came.
 
-        Asking for the count first never sends ``R?`` to an empty memory (instruments differ
-        in what they answer then), and its short reply is the poll the clock observes.
+        Asking for the count first never sends ``R?`` to an empty memory, and its short reply
+        is the poll the clock observes.
         """
         c = self.config
         sent = time.monotonic()
-        reply = self._query_locked("DATA:POIN?")
+        waiting = self._number_locked("DATA:POIN?")
         received = time.monotonic()
-        try:
-            waiting = int(float(reply))
-        except ValueError:
-            raise MeterProtocolError(
-                f"power meter at {self.address!r} answered DATA:POIN? with {reply!r}, not a "
-                "count; another program may be talking to the meter"
-            ) from None
         if observe and self._clock is not None:
             with self._data_lock:
-                self._clock.observe(sent, received, self._received + waiting)
+                self._clock.observe(sent, received, self._received + round(waiting))
         if waiting <= 0:
             return 0
-        command = f"R? {min(waiting, c.chunk_readings)}"
-        port = self._port()
-        port.write(command.encode("ascii") + b"\n")
-        payload = read_block(lambda size: port.read_exact(size, c.timeout_s), command)
-        values = parse_readings(payload)
+        command = f"R? {min(round(waiting), c.chunk_readings)}"
+        values = self._read_block_locked(command)
         with self._data_lock:
             self._pending.append(values)
             self._received += values.size
         return values.size
 
+    def _read_block_locked(self, command: str) -> np.ndarray:
+        """The readings of ``command``'s IEEE 488.2 block of big-endian doubles."""
+        port = self._session()
+        try:
+            values = self._io(
+                command,
+                lambda: port.query_binary_values(
+                    command,
+                    datatype="d",
+                    is_big_endian=True,
+                    container=np.array,
+                    raise_on_late_block=True,  # bytes before the block: a garbled reply
+                ),
+            )
+        except (ValueError, RuntimeError, pyvisa.errors.InvalidBinaryFormat) as exc:
+            with contextlib.suppress(MeterError):  # what is left of it must not answer later
+                self._io(command, lambda: port.flush(BufferOperation.discard_read_buffer))
+            raise MeterProtocolError(
+                f"power meter at {self.address!r} answered {command!r} with no IEEE 488.2 "
+                f"block of doubles ({_first_line(exc)}); another program may be talking to "
+                "the meter"
+            ) from None
+        return np.asarray(values, dtype=np.float64)
+
     def _check_status_locked(self) -> None:
-        value = int(float(self._query_locked("STAT:QUES?")))
+        value = round(self._number_locked("STAT:QUES?"))
         if value & QUES_MEMORY_OVERFLOW:
             raise MeterProtocolError(
                 f"power meter at {self.address!r} overwrote readings (its reading memory "
@@ -594,7 +676,7 @@ class Keysight34465A(PowerMeter):
         self._thread = None
         try:
             with self._io_lock:
-                self._port().write(b"ABOR\n")
+                self._write_locked("ABOR")
                 while self._fetch_locked(observe=False) > 0:
                     pass
         except MeterError as exc:
@@ -610,9 +692,19 @@ class Keysight34465A(PowerMeter):
         try:
             self.stop()
         finally:
-            if self._transport is not None:
-                self._transport.close()
-                self._transport = None
+            self._release()
+
+    def _release(self) -> None:
+        """Close the VISA resource and release the serial port's lock (idempotent)."""
+        if self._resource is not None:
+            try:
+                self._resource.close()
+            except Exception as exc:  # closing must not mask the error that led here
+                logger.debug("closing power meter %s: %s", self.address, exc)
+            self._resource = None
+        if self._serial_lock is not None:
+            self._serial_lock.release()
+            self._serial_lock = None
 
     @property
     def clock(self) -> ClockEstimate | None:
@@ -626,47 +718,9 @@ class Keysight34465A(PowerMeter):
         return self._interval_s
 
 
-@register_meter("sim")
-class SimulatedKeysight34465A(Keysight34465A):
-    """The 34465A driver against an in-process simulated 34465A with constant power.
-
-    Spec ``sim:3.0`` (watts; ``sim`` alone is 3.0 W): for dry runs of the measurement harness
-    without the emulated board. The simulator is :mod:`fpga.emulator.meter` on a pty.
-    """
-
-    needs_address = False
-
-    def __init__(self, address: str = "", **options: Any) -> None:
-        try:
-            self.power_w = float(address) if address else 3.0
-        except ValueError:
-            raise MeterConfigError(
-                f"sim meter address {address!r} is not a power in watts; write e.g. sim:3.0"
-            ) from None
-        super().__init__(address, **options)
-        self._simulator: Any = None
-
-    def open(self) -> None:
-        """Start the simulator on a pty and connect the real driver to it."""
-        if self._transport is not None:
-            return
-
-        config = SimulatedMeterConfig(
-            supply_v=self.config.supply_v, line_frequency_hz=self.config.line_frequency_hz
-        )
-        self._simulator = SimulatedMeter(ConstantPower(self.power_w), config)
-        self.address = self._simulator.start()
-        try:
-            super().open()
-        except BaseException:
-            self._simulator.stop()
-            raise
-
-    def close(self) -> None:
-        """Close the driver, then stop the simulator."""
-        try:
-            super().close()
-        finally:
-            if self._simulator is not None:
-                self._simulator.stop()
-                self._simulator = None
+__all__ = [
+    "DEFAULT_BACKEND",
+    "Keysight34465A",
+    "Keysight34465AConfig",
+    "resource_name",
+]

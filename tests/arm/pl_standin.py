@@ -10,11 +10,14 @@ import numpy as np
 
 AP_START, AP_DONE, AP_IDLE = 0x1, 0x2, 0x4
 CTRL, ADDR_LO, ADDR_HI, COUNT = 0x00, 0x10, 0x14, 0x1C
+CALL_ARRAYS = 4
+"""Arrays recorded per engine call: ``engine_j``, ``in_j``, ``mask_j`` and ``out_j``."""
 
 
 def record_calls(emulated):
     """Host side: wrap the emulated overlay's engine runs (fpga.emulator.overlay) so that each
-    call's engine, packed input and packed output land in the returned dict, in the layout
+    call's engine, packed input (and mask map) and packed output land in the returned dict,
+    in the layout
     :class:`RecordedPL` reads. Returns ``(recording, original_run)``; put ``original_run`` back
     as ``emulated._run`` to stop recording."""
     recording: dict[str, np.ndarray] = {}
@@ -23,11 +26,14 @@ def record_calls(emulated):
     def recorded(k: int) -> None:  # what the PL got and gave, call by call
         n = emulated.idma[k].count
         packed_in = np.array(emulated.ibuf_packed_device[k][:n])
+        m = emulated.mask_inputs.get(k, -1)
+        packed_mask = np.array(emulated.ibuf_packed_device[m][:n]) if m >= 0 else np.zeros(0)
         run_engine(k)
         o = emulated.engines[k][0]
-        j = len(recording) // 3
-        recording[f"engine_{j}"] = np.array([k, o, n])
+        j = len(recording) // CALL_ARRAYS
+        recording[f"engine_{j}"] = np.array([k, o, n, m])
         recording[f"in_{j}"] = packed_in
+        recording[f"mask_{j}"] = packed_mask.astype(np.uint8)
         recording[f"out_{j}"] = np.array(emulated.obuf_packed_device[o][:n])
 
     emulated._run = recorded
@@ -69,20 +75,26 @@ class Registers:
 
 
 class RecordedPL:
-    """``recording``: npz with, per call j, ``engine_j`` = (input DMA, output DMA, images),
-    ``in_j`` and ``out_j`` = the packed bytes of those images. DMAs are numbered by their place
-    in settings.json's ``idma_names``/``odma_names`` (``io``), as FINN's driver numbers them."""
+    """``recording``: npz with, per call j, ``engine_j`` = (input DMA, output DMA, images, mask
+    input DMA or -1), ``in_j``, ``mask_j`` (a masked block's mask map) and ``out_j`` = the packed
+    bytes of those images. DMAs are numbered by their place in settings.json's
+    ``idma_names``/``odma_names`` (``io``), as FINN's driver numbers them. A mask DMA must be
+    started before its engine's input DMA, whose start checks both streams."""
 
     def __init__(self, recording, io):
         self.index = {name: i for i, name in enumerate(io["idma_names"])}
         self.index.update({name: i for i, name in enumerate(io["odma_names"])})
         self.odma_name = dict(enumerate(io["odma_names"]))
+        self.mask_name = dict(enumerate(io["idma_names"]))
         self.calls = {}
         n = len([k for k in recording.files if k.startswith("engine_")])
+        self.mask_of = {}
         for j in range(n):
-            k, o, images = (int(v) for v in recording[f"engine_{j}"])
-            key = (k, recording[f"in_{j}"].tobytes())
+            k, o, images, m = (int(v) for v in recording[f"engine_{j}"])
+            key = (k, recording[f"in_{j}"].tobytes(), recording[f"mask_{j}"].tobytes())
             self.calls[key] = (o, images, recording[f"out_{j}"])
+            if m >= 0:
+                self.mask_of[k] = m
         self.buffers, self.dmas, self.next_address, self.served = [], {}, 0x1000_0000, 0
 
     def allocate(self, shape, dtype):
@@ -102,9 +114,18 @@ class RecordedPL:
         if not dma.name.startswith("idma"):
             return  # an output DMA waits for its engine
         k = self.index[dma.name]
+        if k in self.mask_of.values():
+            return  # a mask stream flows when its engine's input DMA starts
         n = dma.values.get(COUNT, 0)
         data = np.asarray(self._buffer_at(dma.address))[:n]
-        found = self.calls.get((k, data.tobytes()))
+        mask = b""
+        if k in self.mask_of:
+            mdma = self.dmas[self.mask_name[self.mask_of[k]]]
+            if mdma.ctrl & AP_IDLE or mdma.values.get(COUNT) != n:
+                raise AssertionError(f"mask DMA {self.mask_of[k]} is not streaming {n} images")
+            mask = np.asarray(self._buffer_at(mdma.address))[:n].tobytes()
+            mdma.ctrl = AP_DONE | AP_IDLE
+        found = self.calls.get((k, data.tobytes(), mask))
         if found is None:
             raise AssertionError(f"input DMA {k}: packed bytes of {n} images were not recorded")
         o, images, out = found

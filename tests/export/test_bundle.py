@@ -91,13 +91,22 @@ def test_every_qonnx_graph_equals_its_onnxruntime_twin(trained_bundle):
             continue
         x = feats[name]
         twin = ort.InferenceSession(trained_bundle.read(g.onnx))
-        feeds = {"x": x}
-        if g.kind == "block":
-            feeds["mask"] = np.ones((1, g.inputs[1].shape[1]), np.float32)
+        feeds, qfeeds = {"x": x}, {"x": x}
+        if g.kind == "block":  # half the channels dropped: the mask map applies it exactly
+            mask = np.ones((1, g.inputs[1].shape[1]), np.float32)
+            mask[:, ::2] = 0.0
+            feeds["mask"] = mask
+            _, c, h, w = g.qonnx_inputs[1].shape
+            qfeeds["mask"] = np.ascontiguousarray(
+                np.broadcast_to(mask[:, :, None, None], (1, c, h, w))
+            )
+            assert g.qonnx_inputs[1].datatype.name == "UINT1"
         (ref,) = twin.run(None, feeds)
         qonnx = ModelWrapper(str(trained_bundle.path / g.qonnx.file)).transform(InferShapes())
-        assert [i.name for i in qonnx.graph.input] == ["x"]
-        out = execute_onnx(qonnx, {"x": x})[qonnx.graph.output[0].name]
+        assert (
+            [i.name for i in qonnx.graph.input] == [t.name for t in g.qonnx_inputs] == list(qfeeds)
+        )
+        out = execute_onnx(qonnx, qfeeds)[qonnx.graph.output[0].name]
         if g.kind == "head":  # float classifier tail: summation order differs
             np.testing.assert_allclose(out, ref, atol=1e-5)
         else:
@@ -138,6 +147,22 @@ def test_a_tampered_file_is_refused_on_load(trained_bundle, tmp_path):
 def test_a_bad_manifest_is_refused_in_one_line(trained_bundle, edit, message):
     data = json.loads((trained_bundle.path / MANIFEST).read_text())
     edit(data)
+    with pytest.raises(BundleError, match=message) as info:
+        manifest_from_dict(data, "b")
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda f: f.update(file="/abs.onnx"), r"graphs\.channel_gate0\.finn .*not a path inside"),
+        (lambda f: f.pop("twin_tensor"), r"finn lacks 'twin_tensor'"),
+        (lambda f: f["outputs"][0]["datatype"].update(name="UINT1", scale=None), "has scale"),
+    ],
+)
+def test_a_bad_gate_finn_entry_is_refused_in_one_line(exits_bundle, edit, message):
+    data = json.loads((exits_bundle.path / MANIFEST).read_text())
+    edit(data["graphs"]["channel_gate0"]["finn"])
     with pytest.raises(BundleError, match=message) as info:
         manifest_from_dict(data, "b")
     assert "\n" not in str(info.value)
@@ -276,3 +301,28 @@ def test_channel_gates_are_folded_before_export_and_compute_the_models_gate(trai
     # the exporter writes the folded weights bit for bit, folding nothing itself
     assert np.array_equal(weights["gate.conv.weight"], folded.conv.weight.detach().numpy())
     assert np.array_equal(weights["gate.conv.bias"], folded.conv.bias.detach().numpy())
+
+
+def test_quantized_gates_export_quantized_twins_and_finn_graphs(trained_bundle, exits_bundle):
+    """A float-gated checkpoint exports float gates without FINN graphs; quantized gates get
+    QCDQ twins and a FINN graph each, listed (and so verified and packed) with the bundle."""
+    import onnx
+
+    assert trained_bundle.manifest.model["kwargs"]["quant_gates"] is False
+    assert all(g.finn is None for g in trained_bundle.manifest.graphs.values())
+    m = exits_bundle.manifest
+    assert m.model["kwargs"]["quant_gates"] is True
+    files = m.files()
+    for block in m.blocks:
+        for name in (block.layer_gate, block.channel_gate):
+            spec = m.graphs[name]
+            assert spec.qonnx is None and spec.finn is not None and spec.finn.ref in files
+            twin = onnx.load(exits_bundle.path / spec.onnx.file).graph
+            assert "QuantizeLinear" in {n.op_type for n in twin.node}
+            assert spec.finn.twin_tensor in {t for n in twin.node for t in n.output}
+            engine = onnx.load(exits_bundle.path / spec.finn.file).graph
+            ops = [n.op_type for n in engine.node]
+            assert "Quant" in ops and "LSTM" not in ops and "Sigmoid" not in ops
+        keep = onnx.load(exits_bundle.path / m.graphs[block.channel_gate].finn.file).graph
+        assert keep.node[-1].op_type == "MultiThreshold"
+        assert [o.name for o in keep.output] == ["keep"]

@@ -2,10 +2,11 @@
 
 A stand-in for the PL runs the REAL dataflow partition of a ResNet-8 block, built by the FINN
 front end (fpga.finn.to_hw), with FINN's Python execution on the integer NHWC codes, as the
-engine would; :class:`GraphAccelerator` does the rest (codes, layout, float tail). Inside
-:class:`BundleExecutor` the FINN backend must give the onnxruntime executor's results exactly on
-real CIFAR-10 images. The trained ResNet-8 W4A4 without gates (``base``) runs every block dense,
-so every call takes the engine; a mask with zeros must go to onnxruntime instead.
+engine would; :class:`GraphAccelerator` does the rest (codes, layout, mask map, float tail).
+Inside :class:`BundleExecutor` the FINN backend must give the onnxruntime executor's results
+exactly on real CIFAR-10 images. The trained ResNet-8 W4A4 without gates (``base``) runs every
+block with all channels; a mask with zeros runs on the masked engine too, bit-exact to the twin.
+The gated bundle (IADI-60, MGL2S) in ``iadi`` mode runs every block call on the emulated PL.
 """
 
 from __future__ import annotations
@@ -27,31 +28,41 @@ from tests.conftest import needs_cifar10
 ROOT = Path(__file__).resolve().parents[2]
 TRAINED = ROOT / "measurements" / "train" / "resnet8-w4a4" / "base" / "final.pt"
 """ResNet-8 W4A4 without gates (a recorded training run): every block runs with mask ones."""
+GATED = ROOT / "measurements" / "train" / "resnet8-w4a4" / "iadi-60" / "final.pt"
+"""ResNet-8 W4A4 with MGL2S gates at 60% savings: no executed block keeps every channel."""
 GRAPH = "block1"
 """16 -> 32 channels, stride 2, projection shortcut: the richest block of ResNet-8."""
 IMAGES = 6
 
 
 class PartitionStandIn:
-    """The PL's engine: FINN's Python execution of the graph's dataflow partition only."""
+    """The PL's engine: FINN's Python execution of the graph's dataflow partition only (a
+    masked block's: on the codes and the mask map)."""
 
     def __init__(self, parent) -> None:
+        from fpga.emulator.overlay import _finn_engine
         from fpga.finn import dataflow_model, python_model
 
-        self.model = python_model(dataflow_model(parent))
+        model = python_model(dataflow_model(parent))
+        self.engine = _finn_engine(model)
+        masks = [
+            t.name for t in model.graph.input if model.get_tensor_datatype(t.name).bitwidth() == 1
+        ]
+        self.mask_shape = tuple(model.get_tensor_shape(masks[0])[1:]) if masks else None
         self.calls = 0
 
-    def execute(self, codes: np.ndarray) -> np.ndarray:
-        from qonnx.core.onnx_exec import execute_onnx
-
+    def execute(self, codes: np.ndarray, *mask_map: np.ndarray) -> np.ndarray:
         assert codes.dtype.kind == "i" and codes.ndim == 4  # integer codes, NHWC, batch first
+        assert len(mask_map) == (self.mask_shape is not None)
+        for m in mask_map:
+            assert m.dtype == np.uint8 and m.shape == (len(codes), *self.mask_shape)
         self.calls += 1
-        name_in, name_out = self.model.graph.input[0].name, self.model.graph.output[0].name
-        out = [
-            execute_onnx(self.model, {name_in: codes[i : i + 1].astype(np.float32)})[name_out]
-            for i in range(len(codes))
-        ]
-        return np.concatenate(out)
+        return np.concatenate(
+            [
+                self.engine(codes[i : i + 1], *(m[i : i + 1] for m in mask_map))
+                for i in range(len(codes))
+            ]
+        )
 
 
 @pytest.fixture(scope="module")
@@ -114,19 +125,26 @@ def test_masks_and_bad_codes(bundle, accelerator, images):
     (x,) = cpu.run(m.graphs[m.blocks[0].graph], [x, np.ones((2, 16), np.float32)])
     backend = FinnBackend(bundle, accelerators={GRAPH: accelerator}, threads=1)
 
-    # a mask that drops channels: onnxruntime runs the call, not the dense engine
+    # a mask that drops channels: the masked engine runs it, bit-exact to the twin
+    assert spec.masked and accelerator.masked
     mask = np.ones((2, 32), np.float32)
     mask[:, ::3] = 0
+    mask[1, 1] = 0
     calls = accelerator.accelerator.calls
     (y,) = backend.run(spec, [x, mask])
-    assert accelerator.accelerator.calls == calls
+    assert accelerator.accelerator.calls == calls + 1
     np.testing.assert_array_equal(y, cpu.run(spec, [x, mask])[0])
+    ones = np.ones((2, 32), np.float32)
+    assert not np.array_equal(y, cpu.run(spec, [x, ones])[0])  # the mask changed the output
 
     # all ones: the engine, bit-exact to the twin
-    ones = np.ones((2, 32), np.float32)
     (y,) = backend.run(spec, [x, ones])
-    assert accelerator.accelerator.calls == calls + 1
+    assert accelerator.accelerator.calls == calls + 2
     np.testing.assert_array_equal(y, cpu.run(spec, [x, ones])[0])
+    with pytest.raises(AcceleratorError, match="not 0/1"):
+        accelerator.run([x, ones * 0.5])
+    with pytest.raises(AcceleratorError, match=r"takes \(N, 32\)"):
+        accelerator.run([x, ones[:, :16]])
 
     scale = spec.inputs[0].datatype.scale
     with pytest.raises(AcceleratorError, match="is not integer") as info:
@@ -157,19 +175,28 @@ def test_overlay_deploy_folder(bundle, overlay_build):
     assert spec.bundle_id == bundle.bundle_id
     assert spec.settings_origin == "predicted"
     assert sorted(spec.engines) == sorted(compiled)
-    pairs = [(e.input, e.output) for e in spec.engines.values()]
-    assert sorted(pairs) == [(k, k) for k in range(len(compiled))]  # one IODMA pair per engine
+    masked = [n for n in compiled if m.graphs[n].masked]
+    assert sorted(masked) == sorted(b.graph for b in m.blocks)  # every block streams its mask
+    inputs = [e.input for e in spec.engines.values()]
+    inputs += [spec.engines[n].mask_input for n in masked]
+    assert sorted(inputs) == list(range(len(compiled) + len(masked)))  # an input DMA each
+    assert sorted(e.output for e in spec.engines.values()) == list(range(len(compiled)))
 
-    # FINN's driver settings: an input and an output DMA per engine, with the graph's shapes
+    # FINN's driver settings: an input DMA per stream, an output DMA per engine, the shapes
     info = spec.driver_information()
     shapes = info["io_shape_dict"]
     assert info["driver_type"] == "FINNDMAOverlay" and info["platform"] == "zynq-iodma"
-    assert shapes["num_inputs"] == shapes["num_outputs"] == len(compiled)
-    assert sorted(shapes["idma_names"]) == [f"idma{k}" for k in range(len(compiled))]
+    assert shapes["num_inputs"] == len(compiled) + len(masked)
+    assert shapes["num_outputs"] == len(compiled)
+    assert sorted(shapes["idma_names"]) == sorted(f"idma{k}" for k in range(len(inputs)))
     for name, e in spec.engines.items():
         c, h, w = m.graphs[name].inputs[0].shape[1:]
         assert tuple(shapes["ishape_normal"][e.input]) == (1, h, w, c)
         assert shapes["idt"][e.input] == f"DataType['{m.graphs[name].inputs[0].datatype.name}']"
+        if e.mask_input is not None:  # (1, H', W', C') 1-bit values: the output's shape
+            c, h, w = m.graphs[name].outputs[0].shape[1:]
+            assert tuple(shapes["ishape_normal"][e.mask_input]) == (1, h, w, c)
+            assert shapes["idt"][e.mask_input] == "DataType['BINARY']"
         FloatTail.load(spec.root / e.tail)
     assert overlay_build.estimates["fits"]
     with pytest.raises(AcceleratorError, match="pynq"):  # no PYNQ here: one line, before all
@@ -222,11 +249,18 @@ def test_overlay_refusals(bundle, overlay_build, emulated, tmp_path):
     block = spec.engines[GRAPH]
     codes = np.zeros((2, *emulated.ishape_normal(block.input)[1:]), np.int32)
     # the wrong output DMA never finishes: the engine's output goes to its own DMA
-    wrong = DmaEngine(emulated, block.input, (block.output + 1) % len(spec.engines), timeout_s=0.2)
+    other = (block.output + 1) % len(spec.engines)
+    wrong = DmaEngine(emulated, block.input, other, mask_input=block.mask_input, timeout_s=0.2)
+    mask_map = np.ones((2, *wrong.mask_shape), np.uint8)
     with pytest.raises(AcceleratorError, match="did not finish 2 images") as info:
-        wrong.execute(codes)
+        wrong.execute(codes, mask_map)
     assert "\n" not in str(info.value)
     emulated.odma[(block.output + 1) % len(spec.engines)].finish()  # reset the stalled DMA
+    # a masked engine whose mask stream never starts waits for it
+    no_mask = DmaEngine(emulated, block.input, block.output, timeout_s=0.2)
+    with pytest.raises(AcceleratorError, match="did not finish 2 images"):
+        no_mask.execute(codes)
+    emulated.odma[block.output].finish()
 
     def variant(edit) -> Path:
         folder = tmp_path / f"v{len(list(tmp_path.iterdir()))}"
@@ -239,8 +273,9 @@ def test_overlay_refusals(bundle, overlay_build, emulated, tmp_path):
     cases = {
         "holds no accelerators.json": tmp_path,
         "format is 'x'": variant(lambda d: d.update(format="x")),
-        "version 9 is not 1": variant(lambda d: d.update(version=9)),
-        "has 7 inputs": variant(lambda d: d["engines"][GRAPH].update(input=7)),
+        "version 9 is not 2": variant(lambda d: d.update(version=9)),
+        "has no mask input": variant(lambda d: d["engines"][GRAPH].pop("mask_input")),
+        "has 10 inputs": variant(lambda d: d["engines"][GRAPH].update(input=99)),
         "was built from bundle 'other'": variant(lambda d: d.update(bundle_id="other")),
         "which bundle": variant(lambda d: d["engines"].update(exit9=d["engines"][GRAPH])),
     }
@@ -309,7 +344,7 @@ def test_engines_pass_codes_and_packed_bytes_on(bundle, overlay_build, emulated,
     results and the logits are identical, and only the stem's input is converted from floats."""
     from fpga.board.accel import GraphAccelerator, OverlaySpec, load_overlay
     from fpga.board.finnio import PynqDmaOverlay
-    from tests.arm.pl_standin import RecordedPL, record_calls
+    from tests.arm.pl_standin import CALL_ARRAYS, RecordedPL, record_calls
 
     recording, run_engine = record_calls(emulated)
     try:
@@ -347,12 +382,15 @@ def test_engines_pass_codes_and_packed_bytes_on(bundle, overlay_build, emulated,
     engines = len(accelerators)
     chunks = -(-len(images) // emulated.batch_size)
     for carry, (got, _, served) in results.items():
-        assert served == len(recording) // 3, carry  # every call's packed input as recorded
+        assert served == len(recording) // CALL_ARRAYS, (
+            carry
+        )  # every call's packed input as recorded
         np.testing.assert_array_equal(got.logits, want.logits)
         np.testing.assert_array_equal(got.predictions, want.predictions)
         np.testing.assert_array_equal(got.macs, want.macs)
     (_, off, _), (_, on, _) = results[False], results[True]
-    assert off["codes"] >= 5 and off["pack"] == off["codes"] * chunks  # stem, 3 blocks, head...
+    masks = len(bundle.manifest.blocks)  # full mode: every block runs, and streams its mask
+    assert off["codes"] >= 5 and off["pack"] == (off["codes"] + masks) * chunks  # stem, blocks..
     assert on["codes"] == 1  # the stem's input: the preprocessed images
     assert on["pack"] < off["pack"], (on, off)  # some packed outputs went on as they were
     assert engines >= 5
@@ -382,3 +420,78 @@ def _saved(arrays: dict[str, np.ndarray]):
     np.savez(buf, **arrays)
     buf.seek(0)
     return buf
+
+
+# --- a gated bundle: every executed block on the PL -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gated(tmp_path_factory):
+    """The IADI-60 (MGL2S) bundle and its overlay of every compiled graph, emulated."""
+    from fpga.bitstream.overlay import prepare_overlay
+    from fpga.emulator.overlay import EmulatedDmaOverlay
+
+    path = tmp_path_factory.getbasetemp() / "fpga-bundles" / "r8-iadi60"
+    if not path.is_dir():
+        import torch
+
+        from export.bundle import export_bundle
+
+        torch.set_num_threads(1)
+        export_bundle(GATED, path, progress=False)
+    bundle = load_bundle(path)
+    build = prepare_overlay(bundle.path, tmp_path_factory.mktemp("gated-overlay"))
+    return bundle, build, EmulatedDmaOverlay.from_build(build.out, batch_size=16)
+
+
+def _gated_iadi_on_the_pl(gated, images: np.ndarray) -> None:
+    """iadi mode through FinnBackend over the emulated PL: no block call on the ARM (only the
+    gates run there), every executed block on its masked engine, predictions and MACs as the
+    onnxruntime executor's."""
+    from fpga.board.accel import load_overlay
+
+    bundle, build, emulated = gated
+    m = bundle.manifest
+    assert m.has_layer_gates and m.has_channel_gates
+    overlay, accelerators = load_overlay(bundle, build.deploy, overlay=emulated)
+    backend = FinnBackend(bundle, accelerators, overlay=overlay, threads=1)
+    on_arm: list[str] = []
+    cpu_run = backend.cpu.run
+
+    def arm(graph, inputs):
+        on_arm.append(graph.kind)
+        return cpu_run(graph, inputs)
+
+    backend.cpu.run = arm
+    runs = dict(emulated.images_run)
+    got = BundleExecutor(bundle, backend=backend).run(images, mode="iadi")
+    want = BundleExecutor(bundle, threads=1).run(images, mode="iadi")
+    np.testing.assert_array_equal(got.predictions, want.predictions)
+    np.testing.assert_array_equal(got.macs, want.macs)
+    np.testing.assert_array_equal(got.executed, want.executed)
+    np.testing.assert_allclose(got.logits, want.logits, rtol=0, atol=1e-5)
+    assert set(on_arm) <= {"layer_gate", "channel_gate"}, sorted(set(on_arm))
+    masked_calls = 0
+    for i, block in enumerate(m.blocks):
+        engine = accelerators[block.graph].accelerator
+        assert engine.mask_input is not None
+        ran = int(got.executed[:, i].sum())
+        assert emulated.images_run[engine.input] - runs[engine.input] == ran, block.graph
+        dropped = got.executed[:, i] & (got.channels[:, i] < block.out_channels)
+        masked_calls += int(dropped.sum())
+    assert masked_calls > 0  # the gates dropped channels: masked blocks ran on the PL
+
+
+@needs_cifar10
+def test_gated_bundle_runs_every_block_on_the_pl(gated):
+    from train.data import load_cifar10
+
+    _gated_iadi_on_the_pl(gated, load_cifar10("test").images[:48])
+
+
+@pytest.mark.slow
+@needs_cifar10
+def test_gated_bundle_runs_every_block_on_the_pl_500_images(gated):
+    from train.data import load_cifar10
+
+    _gated_iadi_on_the_pl(gated, load_cifar10("test").images[:500])

@@ -103,12 +103,14 @@ def test_shared_build_fits_and_has_writeable_weights(r14_build):
     )
     assert report["graphs"]["block1"]["weight_load_cycles"] > 0
     assert report["graphs"]["block2"]["weight_load_cycles"] == 0  # fixed weights
-    # the completed budget of one overlay of the engines: an IODMA pair each, and an AXI-lite
-    # slave for each IODMA and each runtime-writeable layer
+    # the completed budget of one overlay of the engines: an IODMA pair each (and a block
+    # engine's mask DMA), and an AXI-lite slave for each IODMA and each runtime-writeable layer
     budget = report["resource_budget"]
     lines = {line["item"]: line for line in budget["lines"]}
-    assert lines["IODMA_hls"]["count"] == 2 * len(report["engines"])
-    assert lines["axi_interconnect_mi"]["count"] == 2 * len(report["engines"]) + 5
+    masks = sum(e["kind"] == "block" for e in report["engines"].values())  # mask-map DMAs
+    assert masks >= 1
+    assert lines["IODMA_hls"]["count"] == 2 * len(report["engines"]) + masks
+    assert lines["axi_interconnect_mi"]["count"] == 2 * len(report["engines"]) + masks + 5
     assert budget["verdict"] and budget["label"].startswith("modelled")
 
 

@@ -708,14 +708,17 @@ def test_budget_adds_what_finns_estimate_leaves_out(small_overlay):
     # FINN counts 0 LUT for MVAU_rtl: FINN-R's model per instance, all positive
     mvau = lines["MVAU_rtl LUTs"]
     assert mvau["count"] >= 3 and all(v > 300 for v in mvau["per_instance"].values())
-    # one skip-path FIFO for block0's residual join, deeper than two rows of its 3x3 windows
-    (fifo,) = lines["skip-path FIFOs"]["fifos"]
+    # skip-path FIFOs for block0's residual join, deeper than two rows of its 3x3 windows, and
+    # for its mask map at conv2's output (1-bit words, one 3x3 window fill shallower)
+    fifo, mask = lines["skip-path FIFOs"]["fifos"]
     assert fifo["join"].startswith("block0_ElementwiseAdd") and fifo["depth"] > 2 * 32
+    assert mask["join"].startswith("block0_ElementwiseMul") and mask["dataType"] == "BINARY"
+    assert 32 < mask["depth"] < fifo["depth"]
     assert fifo["BRAM_18K"] + fifo["LUT"] > 0
-    # an IODMA pair per engine and one SmartConnect for 6 masters
-    assert lines["IODMA_hls"]["count"] == 6 and lines["smartconnect_si"]["count"] == 6
+    # an IODMA pair per engine, block0's mask DMA, and one SmartConnect for 7 masters
+    assert lines["IODMA_hls"]["count"] == 7 and lines["smartconnect_si"]["count"] == 7
     assert lines["smartconnect"]["count"] == 1
-    assert [sc["num_si"] for sc in budget["interconnect"]["smartconnects"]] == [6]
+    assert [sc["num_si"] for sc in budget["interconnect"]["smartconnects"]] == [7]
     for key in b.RESOURCES:
         assert budget["total"][key] == pytest.approx(sum(line[key] for line in lines.values()))
         assert budget["margin"][key] == pytest.approx(1 - budget["total"][key] / b.XC7Z020[key])
@@ -732,7 +735,7 @@ def test_budget_adds_what_finns_estimate_leaves_out(small_overlay):
         )
     text = b.budget_markdown(budget, "small")
     assert f"Verdict: the overlay {budget['verdict']}." in text
-    assert "| smartconnect_0 | S_AXI_HP0 | 6 | 0..5 |" in text
+    assert "| smartconnect_0 | S_AXI_HP0 | 7 | 0..6 |" in text
 
 
 def test_budget_verdict_needs_the_margin(small_overlay):
@@ -757,8 +760,8 @@ def test_rtlsim_reference_is_finns_python_execution(small_overlay, tmp_path):
     model = ModelWrapper(str(small_overlay.model))
     path = flow.rtlsim_reference(model, tmp_path / flow.RTLSIM_FILE, images=2)
     data = np.load(path)
-    assert sorted(data.files) == sorted(
-        [f"in{k}" for k in range(3)] + [f"out{k}" for k in range(3)]
+    assert sorted(data.files) == sorted(  # block0 streams its mask map too
+        [f"in{k}" for k in range(4)] + [f"out{k}" for k in range(3)]
     )
     for k, tensor in enumerate(model.graph.input):
         dt = model.get_tensor_datatype(tensor.name)

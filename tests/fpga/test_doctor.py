@@ -47,7 +47,7 @@ def _overlay(folder: Path, origin: str = "finn build", batch: int = 64) -> Path:
     (folder / "overlay.bit").write_bytes(b"\0")
     (folder / "tail.json").write_text(json.dumps({"ops": []}))
     doc = {
-        "format": "ddi-fpga overlay", "version": 1, "bundle_id": "b", "bitfile": "overlay.bit",
+        "format": "ddi-fpga overlay", "version": 2, "bundle_id": "b", "bitfile": "overlay.bit",
         "settings": "driver/settings.json", "settings_origin": origin, "batch_size": batch,
         "engines": {"stem": {"input": 0, "output": 0, "tail": "tail.json"}},
     }  # fmt: skip

@@ -5,6 +5,7 @@ the simulated meter reads the emulated board's mean power."""
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import time
@@ -144,10 +145,24 @@ def test_engines_are_charged_dense_whatever_the_mask(reference, images):
     loaded = HardwareReportTiming(report).image_phases(manifest, executed, full, -1, False)
     (engine,) = [p for p in loaded if p.graph == block.graph]
     assert engine.duration_s == pytest.approx(manifest.graphs[block.graph].macs / 1e9 + 5e-6)
-    # a DMA slower than the engine bounds the phase from below
+    # a DMA slower than the engine bounds the phase from below: a block's DMA moves its input
+    # codes, its mask map (1 bit per output value) and its output codes
     slow = hw.with_params(dma_bytes_per_s=1.0)
     (engine,) = [p for p in slow.engine_phases(manifest, block.graph) if p.unit == ENGINE]
-    assert engine.duration_s > 1.0
+    spec = manifest.graphs[block.graph]
+    assert spec.masked
+    c, h, w = spec.outputs[0].shape[1:]
+    x_bits = math.prod(spec.inputs[0].shape[1:]) * spec.inputs[0].datatype.bits
+    y_bits = c * h * w * spec.outputs[0].datatype.bits
+    mask_bits = c * h * w * 1
+    assert engine.duration_s == pytest.approx((x_bits + mask_bits + y_bits) / 8)
+    (io,) = [p for p in slow.engine_phases(manifest, block.graph) if p.unit == ARM]
+    values = math.prod(spec.inputs[0].shape[1:]) + c * h * w  # codes in and out
+    marshal = values * slow.arm_marshal_s_per_value
+    assert io.duration_s == pytest.approx(marshal + c * h * w * slow.arm_mask_s_per_value)
+    cheap = slow.with_params(arm_mask_s_per_value=0.0)
+    (io,) = [p for p in cheap.engine_phases(manifest, block.graph) if p.unit == ARM]
+    assert io.duration_s == pytest.approx(marshal)
     del report["graphs"]["block2"]
     with pytest.raises(EmulatorError, match=r"no cycles for graph\(s\) \['block2'\]"):
         HardwareReportTiming(report).check(manifest)

@@ -38,11 +38,19 @@ def test_estimate_writes_a_report_that_fits_and_times_the_emulator(tmp_path, cap
     assert budget["label"].startswith("modelled")
     items = {line["item"]: line for line in budget["lines"]}
     assert items["FINN estimate (HW layers)"]["LUT"] == pytest.approx(report["total"]["LUT"])
-    assert items["IODMA_hls"]["count"] == 2 * len(engines)
-    assert len(items["skip-path FIFOs"]["fifos"]) == 3  # ResNet-8: three residual joins
+    masks = 3  # ResNet-8's blocks each stream their mask map through one more input DMA
+    assert items["IODMA_hls"]["count"] == 2 * len(engines) + masks
+    fifos = items["skip-path FIFOs"]["fifos"]
+    assert len(fifos) == 6  # ResNet-8: three residual joins, three mask maps at conv2's output
+    assert (
+        sorted(f["join"].split("_")[1] for f in fifos)
+        == ["ElementwiseAdd"] * 3 + ["ElementwiseMul"] * 3
+    )
+    assert {f["dataType"] for f in fifos if "ElementwiseMul" in f["join"]} == {"BINARY"}
     assert budget["total"]["LUT"] > 2 * report["total"]["LUT"]
     assert f"one overlay of every engine {budget['verdict']}" in out
-    assert budget["interconnect"]["axi_masters"] == 14
+    assert budget["interconnect"]["axi_masters"] == 14 + masks
+    assert budget["interconnect"]["mask_dmas"] == masks
     assert json.loads(record.with_suffix(".json").read_text()) == report
     assert f"Verdict: the overlay {budget['verdict']}." in record.with_suffix(".md").read_text()
 

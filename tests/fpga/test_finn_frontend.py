@@ -4,10 +4,12 @@ For each graph, FINN's builder runs the front end once per session: (a) the data
 holds only specialized FINN HW layers, with the float ends outside it, and FINN's estimates
 cover every layer; (b) FINN's Python execution of the result (the dataflow parent, its
 partition run node by node) equals the graph's onnxruntime twin on real CIFAR-10 test images
-pushed through the twins of the graphs before it. Tolerance: bit-exact, except where the graph
-ends in a float classifier (head, exits), whose logits differ from the twin's by float32
-rounding of the same sums (|diff| <= 1e-5 + 1e-5 |logit|) and pick the same class. Exits come
-from an untrained quantized ResNet-8 with exits (the trained bundle has none).
+pushed through the twins of the graphs before it; blocks with the channel masks that the
+trained channel gates give those images (as a 1-bit map, the manifest's ``qonnx_inputs``).
+Tolerance: bit-exact, except where the graph ends in a float classifier (head, exits), whose
+logits differ from the twin's by float32 rounding of the same sums (|diff| <= 1e-5 + 1e-5
+|logit|) and pick the same class. Exits come from an untrained quantized ResNet-8 with exits
+(the trained bundle has none).
 """
 
 from __future__ import annotations
@@ -164,15 +166,23 @@ def exit_twins(exits_bundle, cifar_images) -> Twins:
 def _check_parity(twins: Twins, parent, name: str) -> None:
     spec = twins.bundle.manifest.graphs[name]
     x = twins.inputs[name]
-    extra = []
-    if spec.kind == "block":  # the twin's channel mask: all kept = the dense QONNX graph
-        extra = [np.ones((len(x), spec.inputs[1].shape[1]), np.float32)]
+    extra, maps = [], [None] * len(x)
+    if spec.kind == "block":  # the trained channel gate's masks for these images
+        m = twins.bundle.manifest
+        (block,) = [b for b in m.blocks if b.graph == name]
+        prob = twins.run(block.channel_gate, x)
+        mask = (prob > m.gate_threshold).astype(np.float32)  # (N, C_out)
+        mask[0] = 1.0  # one image with every channel kept,
+        mask[-1, ::3] = 0.0  # and one that surely drops some
+        extra = [mask]
+        _, c, h, w = spec.qonnx_inputs[1].shape
+        maps = np.broadcast_to(mask[:, :, None, None], (len(x), c, h, w))
     expected = twins.run(name, x, *extra)
     scale = np.float32(spec.inputs[0].datatype.scale)
     for i in range(len(x)):
         codes = np.round(x[i : i + 1] / scale)  # (1, C, H, W) integer codes
         assert np.array_equal(codes * scale, x[i : i + 1]), "twin input is not code * scale"
-        got = execute(parent, codes)
+        got = execute(parent, codes, None if maps[i] is None else maps[i][None])
         assert got.shape == expected[i : i + 1].shape
         assert np.any(got != 0)
         if name in FLOAT_TAIL:

@@ -17,7 +17,9 @@ TYPES = [
 
 
 @pytest.mark.parametrize("name", TYPES)
-@pytest.mark.parametrize("shape", [(4, 8, 8, 2, 9), (3, 1, 10), (2, 5, 16), (1, 7)])
+@pytest.mark.parametrize(
+    "shape", [(4, 8, 8, 2, 9), (3, 1, 10), (2, 5, 16), (1, 7), (2, 3, 1), (5, 3)]
+)
 def test_pack_and_unpack_equal_finn_data_packing(name, shape):
     t = StreamType.parse(f"DataType['{name}']")
     rng = np.random.default_rng(len(name) * 100 + len(shape))

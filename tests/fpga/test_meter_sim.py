@@ -1,7 +1,8 @@
-"""Tests of the ground-truth power model and of the simulated Keysight 34465A over real ptys.
+"""Tests of the ground-truth power model, the generic SCPI machinery and the simulated Keysight
+34465A over real ptys and sockets.
 
 The simulator is driven with raw SCPI through pyserial, as a program would drive the real
-instrument; the host driver's tests are in tests/host/test_meters.py.
+instrument; the host driver's tests (through pyvisa-py) are in tests/host/test_meters.py.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import struct
 import threading
 import time
 
@@ -19,14 +21,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fpga.emulator import EmulatorError
-from fpga.emulator.meter import (
-    RESOLUTION_PPM,
-    SimulatedMeter,
-    SimulatedMeterConfig,
-    definite_block,
-    format_reading,
-)
+from fpga.emulator.meter import RESOLUTION_PPM, SimulatedMeter, SimulatedMeterConfig
 from fpga.emulator.power import ConstantPower, PowerSource, PowerTrace, SquareWavePower
+from fpga.emulator.scpi import (
+    CommandTable,
+    ScpiInstrument,
+    definite_block,
+    expect,
+    format_nr3,
+    mnemonic_forms,
+    number,
+)
 
 # -- the power model ----------------------------------------------------------------------------
 
@@ -160,11 +165,47 @@ def test_square_wave_energy_is_exact():
     assert wave.power_w(10.1) == 3.5 and wave.power_w(10.3) == 2.0
 
 
+# -- the generic SCPI machinery -------------------------------------------------------------------
+
+
+class _Counter(ScpiInstrument):
+    """The smallest instrument on the machinery: one setting and its query."""
+
+    gate_s = 1.0
+
+    def _gate(self, params: list[str]) -> None:
+        expect(params, 1, 1)
+        self.gate_s = number(params[0], low=1e-3, high=10.0, minimum=1e-3, default=1.0)
+
+    def _gate_query(self, params: list[str]) -> str:
+        expect(params, 0, 0)
+        return format_nr3(self.gate_s)
+
+    commands = CommandTable(
+        {
+            "SYSTem:ERRor[:NEXT]?": ScpiInstrument.next_error,
+            "[SENSe:]FREQuency:GATE:TIMe": _gate,
+            "[SENSe:]FREQuency:GATE:TIMe?": _gate_query,
+        }
+    )
+
+
+def test_a_command_table_gives_short_long_forms_paths_and_the_error_queue():
+    counter = _Counter(ConstantPower(1.0))  # not served: handle() is the whole parser
+    assert mnemonic_forms("NPLCycles") == ("NPLC", "NPLCYCLES")
+    assert counter.handle("sense:frequency:gate:time 0.5") is None
+    assert counter.handle("FREQ:GATE:TIM?;TIM MIN;TIM?") == b"+5.00000000E-01;+1.00000000E-03"
+    assert counter.handle("FREQ:GATE:TIM 20;FREQ:GAT 1") is None  # -222, then -113
+    assert counter.handle("SYST:ERR?;ERR?;ERR?") == (
+        b'-222,"Data out of range";-113,"Undefined header";+0,"No error"'
+    )
+
+
 # -- the simulated instrument over a pty --------------------------------------------------------
 
 
 class Client:
-    """A program talking SCPI to the instrument, as over its USB, LAN or serial port."""
+    """A program talking SCPI to the instrument, as over its LAN socket or a serial port."""
 
     def __init__(self, address: str) -> None:
         self.port = serial.serial_for_url(address, timeout=10)
@@ -177,6 +218,16 @@ class Client:
         line = self.port.read_until(b"\n")
         assert line.endswith(b"\n"), f"no reply to {message!r}"
         return line.decode("ascii").strip()
+
+    def query_block(self, message: str) -> bytes:
+        """The payload of a definite-length block reply (its header checked)."""
+        self.write(message)
+        head = self.port.read(2)
+        assert head[:1] == b"#", head
+        size = int(self.port.read(int(head[1:2])) or b"0")
+        payload = self.port.read(size)
+        assert len(payload) == size and self.port.read(1) == b"\n"
+        return payload
 
     def errors(self) -> list[str]:
         out = []
@@ -208,59 +259,71 @@ def make_sim():
         sim.stop()
 
 
-def _readings(reply: str) -> np.ndarray:
-    return np.array([float(x) for x in reply.split(",")])
+FAST_SAMPLING = "CONF:CURR:DC 1;:CURR:DC:NPLC 0.02;ZERO:AUTO OFF;:TRIG:DEL 0"
+
+
+def _acquire(client: Client, count: int, interval_s: float = 1e-3) -> np.ndarray:
+    """``count`` timed samples, fetched with ``R?`` as ASCII once all are in memory."""
+    client.write(FAST_SAMPLING)
+    client.write(f"SAMP:SOUR TIM;TIM {interval_s};COUN {count}")
+    client.write("INIT")
+    deadline = time.monotonic() + 10.0
+    while int(client.query("DATA:POIN?")) < count and time.monotonic() < deadline:
+        time.sleep(0.02)
+    payload = client.query_block("R?")
+    return np.array([float(x) for x in payload.split(b",")])
 
 
 def test_idn_and_keyword_forms(make_sim):
     sim, client = make_sim()
     assert sim.address.startswith("/dev/pts/")
+    assert sim.resource_name == f"ASRL{sim.address}::INSTR"
     idn = client.query("*IDN?")
     assert re.fullmatch(r"Keysight Technologies,34465A,SIM\d{7},A\.\d\d\.\d\d(-[\d.]+)+", idn)
     assert client.query("*idn?") == idn  # case-insensitive
     client.write("configure:current:dc 1")
     client.write("SENSe:CURRent:DC:NPLCycles 0.02")
     assert client.query("curr:nplc?") == "+2.00000000E-02"  # [SENSe:] and [:DC] optional
-    assert client.query(":SENS:CURR:DC:RANG?") == "+1.00000000E+00"
-    assert client.query("CONF?") == '"CURR +1.000000E+00,+3.000000E-06"'
+    assert sim.settings.range_a == 1.0
     client.write("SAMPLE:TIMER 0.0012345678")
     assert client.query("SAMP:TIM?") == "+1.23500000E-03"  # ~1 us steps
     assert client.errors() == []
     # one message, several queries: one reply line, answers separated by ';'
-    assert client.query("SAMP:COUN 5;COUN?;:TRIG:SOUR BUS;SOUR?") == "+5;BUS"
+    assert client.query("CURR:DC:NPLC 0.2;NPLC?;:SAMP:TIM?") == "+2.00000000E-01;+1.23500000E-03"
 
 
 def test_relative_paths_follow_the_scpi_rule(make_sim):
-    _, client = make_sim()
-    client.write("TRIG:SOUR BUS;COUN 3;DEL 0.5")  # COUN and DEL are relative to TRIG:
-    assert client.query("TRIG:SOUR?;COUN?;DEL?") == "BUS;+3.00000000E+00;+5.00000000E-01"
+    sim, client = make_sim()
+    client.write("TRIG:SOUR IMM;COUN 3;DEL 0.5")  # COUN and DEL are relative to TRIG:
+    assert client.errors() == []
+    assert (sim.settings.trigger_count, sim.settings.trigger_delay_s) == (3, 0.5)
     client.write("TRIG:SOUR IMM;SAMP:COUN 4")  # TRIG:SAMP:COUN does not exist
     assert client.errors() == ['-113,"Undefined header"']
-    assert client.query("TRIG:SOUR?") == "IMM"
-    client.write("TRIG:SOUR BUS;:SAMP:COUN 4")  # a leading ':' goes back to the root
-    assert client.query("SAMP:COUN?") == "+4"
+    client.write("TRIG:SOUR IMM;:SAMP:COUN 4")  # a leading ':' goes back to the root
+    assert client.errors() == [] and sim.settings.sample_count == 4
 
 
 @pytest.mark.parametrize(
     ("message", "error"),
     [
         ("FOO:BAR", '-113,"Undefined header"'),
-        ("CONFigur:CURR:DC", '-113,"Undefined header"'),  # neither short nor long form
+        ("CONFigur:CURR:DC 1", '-113,"Undefined header"'),  # neither short nor long form
         ("INIT?", '-113,"Undefined header"'),  # a command without a query form
         ("SAMP:COUN 0", '-222,"Data out of range"'),
-        ("SENS:CURR:DC:RANG 10", '-222,"Data out of range"'),  # 10 A only via CONF
+        ("CONF:CURR:DC 20", '-222,"Data out of range"'),
         ("CURR:DC:NPLC 1000", '-222,"Data out of range"'),
         ("SAMP:SOUR FOO", '-224,"Illegal parameter value"'),
-        ("TRIG:SOUR EXTRA", '-224,"Illegal parameter value"'),
+        ("TRIG:SOUR BUS", '-224,"Illegal parameter value"'),  # bus triggers are not modelled
+        ("FORM:DATA REAL,16", '-222,"Data out of range"'),
+        ("FORM:DATA REAL,48", '-224,"Illegal parameter value"'),
+        ("FORM:DATA ASC,64", '-108,"Parameter not allowed"'),
+        ("SAMP:TIM? MAX", '-224,"Illegal parameter value"'),
         ("SAMP:COUN", '-109,"Missing parameter"'),
         ("*IDN? 5", '-108,"Parameter not allowed"'),
         ("SAMP:COUN 1,2", '-108,"Parameter not allowed"'),
         ("SAMP:COUN abc", '-104,"Data type error"'),
         ("SAMP:COU$ 1", '-101,"Invalid character"'),
         ("SAMP::COUN 1", '-102,"Syntax error"'),
-        ("CONF:CURR:DC AUTO,1e-6", '-221,"Settings conflict"'),
-        ("*TRG", '-211,"Trigger ignored"'),
-        ("FETC?", '-230,"Data corrupt or stale"'),
     ],
 )
 def test_bad_scpi_queues_the_scpi_error(make_sim, message, error):
@@ -270,13 +333,13 @@ def test_bad_scpi_queues_the_scpi_error(make_sim, message, error):
     assert client.query("SYST:ERR?") == '+0,"No error"'
 
 
-def test_trigger_state_errors(make_sim):
+def test_init_while_measuring_is_ignored(make_sim):
     _, client = make_sim()
-    client.write("CONF:CURR:DC 1;:TRIG:SOUR BUS")
+    client.write(FAST_SAMPLING + ";:SAMP:SOUR TIM;TIM 0.001;COUN 100000")
     client.write("INIT")
-    client.write("INIT")  # already waiting for a trigger
-    client.write("READ?")  # READ? cannot be triggered over the bus
-    assert client.errors() == ['-213,"Init ignored"', '-214,"Trigger deadlock"']
+    client.write("INIT")
+    client.write("ABOR")
+    assert client.errors() == ['-213,"Init ignored"']
 
 
 def test_error_queue_overflows_at_20_and_cls_empties_it(make_sim):
@@ -293,57 +356,55 @@ def test_error_queue_overflows_at_20_and_cls_empties_it(make_sim):
 
 
 def test_command_error_discards_the_rest_of_the_message_execution_error_does_not(make_sim):
-    _, client = make_sim()
+    sim, client = make_sim()
     client.write("NOPE;:SAMP:COUN 7")
-    assert client.query("SAMP:COUN?") == "+1"
+    assert sim.settings.sample_count == 1
     client.write("SAMP:COUN 0;:SAMP:COUN 7")
-    assert client.query("SAMP:COUN?") == "+7"
     assert client.errors() == ['-113,"Undefined header"', '-222,"Data out of range"']
+    assert sim.settings.sample_count == 7
 
 
-def test_bus_triggered_readings_r_block_and_data_points(make_sim):
+@pytest.mark.parametrize(
+    ("form", "code", "size"),
+    [("REAL,64;:FORM:BORD NORM", ">d", 8), ("REAL,32;:FORM:BORD SWAP", "<f", 4)],
+)
+def test_r_blocks_in_ascii_and_binary_and_data_points(make_sim, form, code, size):
     _, client = make_sim(ConstantPower(3.0))
-    client.write("CONF:CURR:DC 1;:CURR:DC:NPLC 0.02;ZERO:AUTO OFF")
-    client.write("TRIG:SOUR BUS;:SAMP:COUN 5;SOUR TIM;TIM 0.002")
-    client.write("INIT")
-    client.write("*TRG")
-    assert client.query("*OPC?") == "1"
+    ascii_readings = _acquire(client, 5, interval_s=0.002)  # *RST state: ASCII
+    assert ascii_readings.size == 5 and client.query("DATA:POIN?") == "+0"
+    assert np.all(np.abs(ascii_readings - 0.25) < 30e-6)  # 3 W / 12 V, a few uA of noise
+    client.write("SAMP:COUN 5;:INIT")
+    time.sleep(0.1)
     assert client.query("DATA:POIN?") == "+5"
-    block = client.query("R? 2")
-    match = re.fullmatch(r"#(\d)(\d+)(.*)", block)
-    assert match and int(match.group(1)) == len(match.group(2))
-    assert int(match.group(2)) == len(match.group(3)) == 31  # two 15-character readings + ','
-    first_two = _readings(match.group(3))
+    client.write(f"FORM:DATA {form}")
+    payload = client.query_block("R? 2")  # FORMat applies to readings already in memory
+    assert len(payload) == 2 * size
+    first_two = np.array(struct.unpack(f"{code[0]}2{code[1]}", payload))
     assert client.query("DATA:POIN?") == "+3"
-    rest = _readings(client.query("FETC?"))  # FETC? does not erase
-    assert rest.size == 3 and client.query("DATA:POIN?") == "+3"
-    assert client.query("R?").startswith("#247")
-    assert client.query("R?") == "#10"  # empty memory: an empty block
-    readings = np.concatenate([first_two, rest])
-    assert np.all(np.abs(readings - 0.25) < 30e-6)  # 3 W / 12 V, a few uA of noise
+    assert len(client.query_block("R?")) == 3 * size
+    assert client.query_block("R?") == b""  # empty memory: an empty block, #10
+    assert np.all(np.abs(first_two - 0.25) < 30e-6)
     assert client.errors() == []
 
 
 def test_over_range_reads_overload_and_a_larger_range_reads_the_current(make_sim):
     _, client = make_sim(ConstantPower(20.0))  # 20 W / 12 V = 1.67 A
-    assert client.query("MEAS:CURR:DC? 1,MAX") == "+9.90000000E+37"  # MAX: coarsest, fastest
+    assert np.all(_acquire(client, 3) == 9.9e37)  # the 1 A range reads up to 1.2 A
     assert int(client.query("STAT:QUES?")) & 2  # current overload event
-    value = float(client.query("MEAS:CURR:DC? 3,MAX"))
-    assert value == pytest.approx(20.0 / 12.0, abs=1e-3)
-    auto = float(client.query("MEAS:CURR:DC? AUTO,MAX"))
-    assert auto == pytest.approx(20.0 / 12.0, abs=1e-3)
+    client.write("CONF:CURR:DC 3;:CURR:DC:NPLC 0.02;ZERO:AUTO OFF;:SAMP:COUN 3;:INIT")
+    time.sleep(0.1)
+    values = np.array([float(x) for x in client.query_block("R?").split(b",")])
+    assert values == pytest.approx(20.0 / 12.0, abs=1e-3)
 
 
 def test_readings_have_the_configured_noise_and_resolution_and_are_seeded(make_sim):
     config = {"noise_floor_a": 3e-6, "noise_ppm_of_reading": 10.0, "seed": 7}
-    replies = []
+    runs = []
     for _ in range(2):
         _, client = make_sim(ConstantPower(3.0), **config)
-        client.write("CONF:CURR:DC 1;:CURR:DC:NPLC 0.02;ZERO:AUTO OFF;:TRIG:DEL 0")
-        client.write("SAMP:COUN 600")
-        replies.append(client.query("READ?"))
-    assert replies[0] == replies[1]  # the same seed gives the same readings
-    readings = _readings(replies[0])
+        runs.append(_acquire(client, 600))
+    assert np.array_equal(runs[0], runs[1])  # the same seed gives the same readings
+    readings = runs[0]
     step = RESOLUTION_PPM[0.02] * 1e-6 * 1.0
     assert np.allclose(readings / step, np.round(readings / step), atol=1e-3)
     sigma = math.hypot(3e-6, 10e-6 * 0.25)
@@ -354,11 +415,10 @@ def test_readings_have_the_configured_noise_and_resolution_and_are_seeded(make_s
 
 def test_memory_overflow_overwrites_oldest_and_sets_questionable_bit_14(make_sim):
     _, client = make_sim(ConstantPower(3.0), memory_readings=50)
-    client.write("CONF:CURR:DC 1;:CURR:DC:NPLC 0.02;ZERO:AUTO OFF;:TRIG:DEL 0")
-    client.write("SAMP:COUN 120")
-    assert _readings(client.query("READ?")).size == 50
+    client.write(FAST_SAMPLING + ";:SAMP:SOUR TIM;TIM 0.001;COUN 120")
+    client.write("INIT")
+    time.sleep(0.3)
     assert client.query("DATA:POIN?") == "+50"
-    assert client.query("STAT:QUES:COND?") == "+16384"
     assert client.query("STAT:QUES?") == "+16384"
     assert client.query("STAT:QUES?") == "+0"  # reading the event register clears it
     assert client.errors() == []  # like the 34465A: not an error-queue entry
@@ -378,7 +438,7 @@ def test_instrument_clock_drift_paces_timed_samples(make_sim):
     drift_ppm = 50_000.0  # exaggerated, so that 0.6 s shows it (30 samples)
     sim, client = make_sim(ConstantPower(3.0), clock_drift_ppm=drift_ppm, clock_offset_s=123.0)
     assert sim.host_time_s(sim.meter_time_s(50.0)) == pytest.approx(50.0, abs=1e-9)
-    client.write("CONF:CURR:DC 1;:CURR:DC:NPLC 0.02;ZERO:AUTO OFF;:TRIG:DEL 0")
+    client.write(FAST_SAMPLING)
     client.write("SAMP:SOUR TIM;TIM 0.001;COUN 100000")
     client.write("INIT")
     time.sleep(0.1)
@@ -394,29 +454,43 @@ def test_instrument_clock_drift_paces_timed_samples(make_sim):
     assert (t2a - t1b) * rate_hz - 1 <= n2 - n1 <= (t2b - t1a) * rate_hz + 1
 
 
-def test_readings_follow_the_power_trace(make_sim):
+def test_readings_are_the_mean_over_the_aperture(make_sim):
     trace = PowerTrace(2.0)
     _, client = make_sim(trace, noise_floor_a=0.0, noise_ppm_of_reading=0.0)
-    client.write("CONF:CURR:DC 1;:CURR:DC:NPLC 10;ZERO:AUTO OFF;:TRIG:DEL 0")
-    client.write("INIT")
+    client.write("CONF:CURR:DC 1;:CURR:DC:NPLC 10;ZERO:AUTO OFF;:TRIG:DEL 0;:INIT")
     time.sleep(0.05)
-    trace.set_power_w(3.0)  # during the 200 ms aperture
-    value = float(client.query("FETC?"))
+    step_s = trace.set_power_w(3.0)  # during the 200 ms aperture
+    while client.query("DATA:POIN?") == "+0":
+        time.sleep(0.02)
+    start_s = step_s - 0.05  # about: the exact mean is checked within the aperture's bounds
+    value = float(client.query_block("R?"))
     assert 2.0 / 12 < value < 3.0 / 12
-    assert float(client.query("READ?")) == pytest.approx(0.25, abs=1e-6)
+    assert value == pytest.approx(trace.mean_power_w(start_s, start_s + 0.2) / 12, abs=0.01)
     assert client.errors() == []
+
+
+def test_a_failing_power_source_reads_not_a_number_and_queues_a_hardware_error(make_sim):
+    class Broken:
+        def energy_j(self, t0_s: float, t1_s: float) -> float:
+            raise RuntimeError("trace lost")
+
+    _, client = make_sim(Broken())
+    assert np.all(_acquire(client, 2) == 9.91e37)
+    assert client.errors() == ['-240,"Hardware error"']
 
 
 def test_tcp_transport_serves_like_the_lan_socket(make_sim):
     sim, client = make_sim(transport="tcp")
     assert re.fullmatch(r"socket://127\.0\.0\.1:\d+", sim.address)
+    port = sim.address.rsplit(":", 1)[1]
+    assert sim.resource_name == f"TCPIP::127.0.0.1::{port}::SOCKET"
     assert client.query("*IDN?").startswith("Keysight Technologies,34465A,")
 
 
 def test_response_formats():
-    assert format_reading(0.123456789) == "+1.23456789E-01"
-    assert format_reading(-4.98748741e-01) == "-4.98748741E-01"
-    assert format_reading(9.9e37) == "+9.90000000E+37"
+    assert format_nr3(0.123456789) == "+1.23456789E-01"
+    assert format_nr3(-4.98748741e-01) == "-4.98748741E-01"
+    assert format_nr3(9.9e37) == "+9.90000000E+37"
     assert definite_block(b"") == b"#10"
     assert definite_block(b"x" * 47) == b"#247" + b"x" * 47
 
@@ -428,3 +502,5 @@ def test_config_rejects_bad_values_in_one_line():
         SimulatedMeterConfig(line_frequency_hz=55)
     with pytest.raises(EmulatorError, match="has no energy_j"):
         SimulatedMeter(object())  # type: ignore[arg-type]
+    with pytest.raises(EmulatorError, match="transport='usb' must be 'pty' or 'tcp'"):
+        SimulatedMeter(ConstantPower(1.0), transport="usb")

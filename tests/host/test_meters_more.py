@@ -1,6 +1,6 @@
-"""Tests of the further meter drivers: the 34465A over VISA (pyvisa-py against the simulated
-34465A's TCP socket), the Watts Up? PRO against its simulated stand-in on a pty, and the
-optional Joulescope driver's missing-package error.
+"""Tests of the further meter drivers: the 34465A under VISA resource names of other forms
+(``TCPIP0::...::SOCKET``, a backend suffix), the Watts Up? PRO against its simulated stand-in on
+a pty, and the optional Joulescope driver's missing-package error.
 
 Tolerances: the Watts Up? reports tenths of a watt, so a record is within 0.05 W of the exact
 mean over the second it averages; its timestamp (arrival minus half an interval) is late by the
@@ -26,14 +26,11 @@ from host.meters import (
     MeterPortError,
     MeterProtocolError,
     MeterTimeoutError,
-    VisaTransport,
     WattsUp,
-    is_visa_address,
     meter_kinds,
     open_meter,
 )
 from host.meters.joulescope import MISSING
-from host.meters.visa import split_backend
 from host.meters.wattsup import RecordReader, parse_packet
 
 LATENCY_S = 0.05  # thread and serial latency allowed on a shared machine
@@ -74,40 +71,11 @@ def test_new_kinds_are_registered():
 # -- VISA ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("address", "visa"),
-    [
-        ("TCPIP0::10.0.0.5::5025::SOCKET", True),
-        ("tcpip0::10.0.0.5::hislip0::INSTR", True),
-        ("USB0::0x2A8D::0x0101::MY59001234::INSTR", True),
-        ("GPIB0::22::INSTR", True),
-        ("ASRL/dev/ttyUSB0::INSTR", True),
-        ("socket://10.0.0.5:5025", False),
-        ("/dev/ttyUSB0", False),
-        ("loop://", False),
-    ],
-)
-def test_visa_addresses_are_told_from_serial_ones(address, visa):
-    assert is_visa_address(address) is visa
-
-
-def test_visa_backend_suffix():
-    assert split_backend("USB0::0x2A8D::0x0101::MY1::INSTR@ivi") == (
-        "USB0::0x2A8D::0x0101::MY1::INSTR",
-        "@ivi",
-    )
-    assert split_backend("TCPIP0::10.0.0.5::5025::SOCKET") == (
-        "TCPIP0::10.0.0.5::5025::SOCKET",
-        "@py",
-    )
-
-
 def test_34465a_over_a_visa_socket_reads_constant_power():
     with SimulatedMeter(ConstantPower(3.0), transport="tcp") as sim:
         port = sim.address.rsplit(":", 1)[1]
         address = f"TCPIP0::127.0.0.1::{port}::SOCKET"
         with open_meter(f"keysight34465a:{address}", timeout_s=5.0) as meter:
-            assert isinstance(meter._transport, VisaTransport)
             assert meter.identify().startswith("Keysight Technologies,34465A,SIM")
             assert meter.simulated
             t, p, _ = _record(meter, 0.5)
@@ -120,16 +88,9 @@ def test_refused_visa_socket_is_one_line():
     with pytest.raises(MeterPortError) as info:
         open_meter("keysight34465a:TCPIP0::127.0.0.1::9::SOCKET", timeout_s=1.0)
     assert _one_line(info.value) == (
-        "power meter VISA resource 'TCPIP0::127.0.0.1::9::SOCKET' refused the connection; "
-        "check the IP address and that the meter's SCPI port is enabled"
+        "power meter 'TCPIP0::127.0.0.1::9::SOCKET' refused the connection; check the IP "
+        "address and that the meter's SCPI socket (port 5025) is enabled"
     )
-
-
-def test_missing_pyvisa_is_one_line(monkeypatch):
-    monkeypatch.setitem(sys.modules, "pyvisa", None)  # import pyvisa raises ImportError
-    with pytest.raises(MeterConfigError) as info:
-        open_meter("keysight34465a:TCPIP0::10.0.0.5::5025::SOCKET")
-    assert _one_line(info.value).startswith("VISA addresses need pyvisa; pip install pyvisa")
 
 
 def test_unknown_visa_backend_is_one_line():

@@ -22,7 +22,9 @@ from train.checkpoint import (
     save_checkpoint,
 )
 from train.errors import CheckpointError, TrainError
+from train.loop import TrainConfig, _build
 from train.model import DDIResNet, create_model
+from train.quant import is_quantized
 
 W4A4 = {"weight_bits": 4, "act_bits": 4, "input_bits": 8}
 CONFIG = {"phase": "iadi", "lr": 0.05, "steps": 3}
@@ -473,3 +475,59 @@ def test_unwrap_returns_the_inner_module(gated_file):
 
     assert ckpt.unwrap(Wrapper(model)) is model
     assert ckpt.unwrap(model) is model
+
+
+# ---------------------------------------------------------------------------- quantized gates
+
+
+def test_a_new_checkpoint_rebuilds_quantized_gates(gated_file):
+    _, path = gated_file
+    payload = load_checkpoint(path)
+    assert payload["model"]["kwargs"]["quant_gates"] is True
+    model = build_model(payload)
+    assert is_quantized(model.channel_gates) and is_quantized(model.layer_gates)
+
+
+def test_a_checkpoint_from_before_quantized_gates_rebuilds_its_float_gates(tmp_path):
+    torch.manual_seed(0)
+    old = create_model("resnet8", gating="mgl2s", quant=W4A4, quant_gates=False)
+    _train_a_step(old)
+    path = save_checkpoint(tmp_path / "old.pt", old, phase="iadi", config=CONFIG)
+    payload = torch.load(path, weights_only=True)
+    del payload["model"]["kwargs"]["quant_gates"]  # the spec such a checkpoint holds
+    torch.save(payload, path)
+
+    loaded = load_checkpoint(path)
+    assert loaded["model"]["kwargs"]["quant_gates"] is False
+    model = build_model(loaded).eval()
+    assert not is_quantized(model.channel_gates) and not is_quantized(model.layer_gates)
+    x = _images()
+    _outputs_equal(old(x), model(x))
+
+
+def _strip_quant_gates(path: Path, out: Path) -> Path:
+    payload = torch.load(path, weights_only=True)
+    del payload["model"]["kwargs"]["quant_gates"]
+    torch.save(payload, out)
+    return out
+
+
+def test_iadi_on_a_quantized_base_adds_quantized_gates(base_file, tmp_path):
+    _, path = base_file
+    old_style = _strip_quant_gates(path, tmp_path / "old-base.pt")  # written before the option
+    for init in (path, old_style):
+        cfg = TrainConfig(phase="iadi", out_dir=str(tmp_path / "run"), init=str(init))
+        model, _ = _build(cfg)
+        assert model.spec()["kwargs"]["quant_gates"] is True
+        assert is_quantized(model.channel_gates) and is_quantized(model.layer_gates)
+
+
+def test_iadi_on_a_float_gated_checkpoint_starts_quantized_gates_from_its_float_ones(tmp_path):
+    torch.manual_seed(0)
+    old = _train_a_step(create_model("resnet8", gating="mgl2s", quant=W4A4, quant_gates=False))
+    path = save_checkpoint(tmp_path / "old.pt", old, phase="iadi", config=CONFIG)
+    path = _strip_quant_gates(path, path)
+    model, _ = _build(TrainConfig(phase="iadi", out_dir=str(tmp_path / "run"), init=str(path)))
+    assert is_quantized(model.channel_gates)
+    assert torch.equal(model.channel_gates[1].fc.weight, old.channel_gates[1].fc.weight)
+    assert torch.equal(model.layer_gates[2].conv.weight, old.layer_gates[2].conv.weight)

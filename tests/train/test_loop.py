@@ -30,7 +30,12 @@ def base_checkpoint(tmp_path_factory):
     return out / "final.pt"
 
 
-def test_target_mode_lands_within_three_points_on_a_short_real_run(base_checkpoint, tmp_path):
+@pytest.mark.parametrize(
+    "budget", [dict(budget_loss="dual"), dict(budget_loss="squared", alpha=2.0)], ids=str
+)
+def test_target_mode_lands_within_three_points_on_a_short_real_run(
+    base_checkpoint, tmp_path, budget
+):
     target = 0.5
     metrics = train(
         TrainConfig(
@@ -42,6 +47,7 @@ def test_target_mode_lands_within_three_points_on_a_short_real_run(base_checkpoi
             finetune_steps=30,
             target_savings=target,
             calibration_images=1_000,
+            **budget,
             **SMALL,
         )
     )
@@ -168,6 +174,14 @@ def test_invalid_settings_are_refused():
         TrainConfig(phase="base", out_dir="x", target_savings=1.5)
     with pytest.raises(ConfigError, match="phase 'finetune'"):
         TrainConfig(phase="finetune", out_dir="x")
+    with pytest.raises(ConfigError, match=r"distill=1\.5"):
+        TrainConfig(phase="iadi", out_dir="x", init="b.pt", distill=1.5)
+    with pytest.raises(ConfigError, match="distill needs a teacher"):
+        TrainConfig(phase="base", out_dir="x", distill=0.5)
+    with pytest.raises(ConfigError, match="budget_loss 'hinge'"):
+        TrainConfig(phase="base", out_dir="x", budget_loss="hinge")
+    with pytest.raises(ConfigError, match=r"alpha=0\.0.*pass --alpha > 0"):
+        TrainConfig(phase="base", out_dir="x", budget_loss="squared", target_savings=0.5)
 
 
 def test_ddi_phase_adds_exits_and_trains_them(base_checkpoint, tmp_path):
@@ -267,3 +281,46 @@ def test_learning_rate_warms_up_linearly_then_follows_the_cosine():
         TrainConfig(phase="base", out_dir="x", steps=10, lr_warmup_steps=10)
     with pytest.raises(ConfigError, match="label_smoothing"):
         TrainConfig(phase="base", out_dir="x", label_smoothing=1.0)
+
+
+def test_distillation_mixes_label_and_teacher_terms(base_checkpoint, tmp_path):
+    lam, t = 0.6, 4.0
+    train(
+        TrainConfig(
+            phase="iadi",
+            out_dir=str(tmp_path),
+            init=str(base_checkpoint),
+            gating="layer",
+            steps=4,
+            warmup_steps=2,
+            alpha=0.5,
+            distill=lam,
+            distill_temperature=t,
+            calibration_images=200,
+            **SMALL,
+        )
+    )
+    lines = [json.loads(line) for line in (tmp_path / "log.jsonl").open()]
+    main = [d for d in lines if d["stage"] == "main"]
+    assert main and all("kd" not in d for d in lines if d["stage"] == "warmup")
+    for d in main:
+        # The teacher is the ungated backbone the gates were added to: after the warm-up the
+        # student runs every block, so the two disagree only through what training changed.
+        assert d["kd"] >= 0.0
+        expected = (1 - lam) * d["ce"] + lam * t * t * d["kd"] + d["alpha"] * d["cost"]
+        assert d["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_stochastic_depth_skips_blocks_per_image_in_training_only():
+    torch.manual_seed(0)
+    model = create_model("resnet8")
+    model.block_drop = 0.5
+    images = torch.rand(256, 3, 32, 32)
+    model.train()
+    kept = model(images).block_gates
+    assert set(kept.unique().tolist()) == {0.0, 1.0}
+    assert 0.4 < float(kept.mean()) < 0.6  # 768 Bernoulli(0.5) draws
+    model.eval()
+    assert float(model(images).block_gates.mean()) == 1.0  # evaluation runs every block
+    with pytest.raises(ConfigError, match="stochastic_depth applies to the base phase"):
+        TrainConfig(phase="iadi", out_dir="x", init="b.pt", stochastic_depth=0.3)

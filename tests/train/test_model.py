@@ -201,3 +201,79 @@ def test_spec_rebuilds_the_same_architecture():
     again = create_model(spec["name"], **spec["kwargs"])
     assert again.spec() == spec
     assert again.state_dict().keys() == model.state_dict().keys()
+
+
+def _type_names(module: torch.nn.Module, *names: str) -> list[str]:
+    return [type(getattr(module, n)).__name__ for n in names]
+
+
+def test_a_quantized_network_builds_its_gates_from_brevitas_layers():
+    model = create_model("resnet8", gating="mgl2s", quant=QUANT)
+    assert model.spec()["kwargs"]["quant_gates"] is True
+    for gate in model.channel_gates:
+        assert _type_names(gate, "conv", "relu", "pool_quant", "fc") == [
+            "QuantConv2d",
+            "QuantReLU",
+            "QuantIdentity",
+            "QuantLinear",
+        ]
+        assert int(gate.conv.quant_weight().bit_width) == QUANT["weight_bits"]  # the backbone's
+        assert int(gate.fc.quant_weight().bit_width) == 8
+        assert int(gate.relu.act_quant.bit_width()) == QUANT["act_bits"]
+        assert int(gate.pool_quant.act_quant.bit_width()) == 8
+        assert not gate.pool_quant.act_quant.is_signed
+    for embed in model.layer_gates:
+        assert _type_names(embed, "pool_quant", "conv", "code") == [
+            "QuantIdentity",
+            "QuantConv2d",
+            "QuantIdentity",
+        ]
+        assert int(embed.conv.quant_weight().bit_width) == 8
+        assert embed.code.act_quant.is_signed and int(embed.code.act_quant.bit_width()) == 8
+    assert not is_quantized(model.gate_rnn)  # the LSTM step runs in float on the ARM
+
+    floats = create_model("resnet8", gating="mgl2s")
+    assert floats.spec()["kwargs"]["quant_gates"] is False
+    assert not is_quantized(floats.channel_gates) and not is_quantized(floats.layer_gates)
+    legacy = create_model("resnet8", gating="mgl2s", quant=QUANT, quant_gates=False)
+    assert is_quantized(legacy.blocks) and not is_quantized(legacy.channel_gates)
+    assert not is_quantized(legacy.layer_gates)
+    with pytest.raises(ConfigError, match="quant_gates=True needs a quantized network"):
+        create_model("resnet8", gating="mgl2s", quant_gates=True)
+
+
+def test_quantized_gates_train_and_decide_on_their_integer_grid():
+    torch.manual_seed(0)
+    model = create_model("resnet8", gating="mgl2s", quant=QUANT).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    x = torch.rand(16, 3, 32, 32)
+    y = torch.randint(0, 10, (16,))
+    # Brevitas sets the activation scales from statistics over its first training steps
+    gate_params = {
+        name: p
+        for name, p in model.named_parameters()
+        if name.startswith(("channel_gates.", "layer_gates.")) and "scaling_impl" not in name
+    }
+    before = {name: p.detach().clone() for name, p in gate_params.items()}
+    out = model(x)
+    loss = F.cross_entropy(out.logits, y) + (out.macs / model.costs().full).mean()
+    loss.backward()
+    no_grad = [n for n, p in gate_params.items() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert no_grad == []
+    optimizer.step()
+    assert all(not torch.equal(before[n], p) for n, p in gate_params.items())
+
+    model.eval()
+    with torch.no_grad():
+        stream = model.stem(model.preprocess(x))
+        gate = model.channel_gates[0]
+        # the FC sees 8-bit unsigned codes of the pooled feature map: the engine's integer input
+        pooled = gate.pool_quant(gate.pool(gate.relu(gate.bn(gate.conv(stream))))).flatten(1)
+        codes = pooled / gate.pool_quant.act_quant.scale()
+        assert torch.allclose(codes, codes.round(), rtol=0, atol=1e-3)  # float division only
+        assert codes.min() >= 0 and codes.max() <= 255
+        assert torch.equal(gate(stream) > 0.5, gate.logits(stream) > 0)
+        embed = model.layer_gates[0]
+        e = embed(stream) / embed.code.act_quant.scale()  # the 10 codes the LSTM step takes
+        assert e.shape == (16, 10) and torch.allclose(e, e.round(), rtol=0, atol=1e-3)
+        assert e.min() >= -128 and e.max() <= 127

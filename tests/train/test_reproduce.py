@@ -22,6 +22,9 @@ def test_recipe_has_float_qat_ten_iadi_and_one_ddi_step(tmp_path):
     assert cfg["float-restart"].init == str(tmp_path / "float" / "final.pt")
     assert cfg["base"].quant is True
     assert cfg["base"].init == str(tmp_path / "float-restart" / "final.pt")
+    assert cfg["base-sd"].init == cfg["base"].init and cfg["base-sd"].stochastic_depth > 0
+    assert cfg["iadi-mgl2s-40"].init == str(tmp_path / "base-sd" / "final.pt")
+    assert cfg["iadi-mgl2s-40"].budget_loss == "squared" and cfg["iadi-mgl2s-40"].alpha > 0
     assert cfg["iadi-layer-70"].gating == "layer" and cfg["iadi-layer-70"].target_savings == 0.7
     assert cfg["ddi-mgl2s-60"].init == str(tmp_path / "iadi-mgl2s-60" / "final.pt")
 
@@ -36,13 +39,13 @@ def test_gpu_recipe_is_the_papers_network_with_amp(tmp_path):
 def test_quick_recipe_runs_float_then_qat_then_iadi_and_skips_what_is_done(tmp_path, capsys):
     args = ["--out", str(tmp_path), "--model", "resnet8", "--limit-steps", "2"]
     args += ["--train-limit", "256", "--eval-limit", "100", "--calibration-images", "100"]
-    args += ["--until", "iadi-layer-40", "--only", "float", "float-restart", "base"]
+    args += ["--until", "iadi-layer-40", "--only", "float", "float-restart", "base", "base-sd"]
     args += ["iadi-layer-40"]
     assert main(args) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["format"] == "ddi-fpga-train-summary"
     runs = {r["run"]: r for r in summary["runs"]}
-    assert set(runs) == {"float", "float-restart", "base", "iadi-layer-40"}
+    assert set(runs) == {"float", "float-restart", "base", "base-sd", "iadi-layer-40"}
     assert runs["float"]["precision"] == "float" and runs["base"]["precision"] == "w4a4"
     assert runs["float-restart"]["precision"] == "float"
     layer = runs["iadi-layer-40"]
@@ -51,7 +54,7 @@ def test_quick_recipe_runs_float_then_qat_then_iadi_and_skips_what_is_done(tmp_p
     for name in runs:
         ev = json.loads((tmp_path / name / "eval.json").read_text())
         assert ev["images"] == 100
-    assert "4 of 14 steps done" in (tmp_path / "summary.md").read_text()
+    assert "5 of 15 steps done" in (tmp_path / "summary.md").read_text()
     stamp = (tmp_path / "base" / "eval.json").stat().st_mtime_ns
     assert main(args) == 0  # everything done: nothing is trained or evaluated again
     assert (tmp_path / "base" / "eval.json").stat().st_mtime_ns == stamp
