@@ -36,13 +36,25 @@ from typing import Any
 
 import numpy as np
 
+from export.manifest import load_bundle
+from fpga import hwreport
+from fpga.bitstream.overlay import overlay_budget
 from fpga.finn.errors import GraphError
+from fpga.finn.frontend import FrontendConfig, dataflow_model, estimate, to_hw
+from fpga.weights import (
+    MANIFEST_FILE,
+    MANIFEST_VERSION,
+    WEIGHTS_DIR,
+    check_same_structure,
+    runtime_memories,
+    save_block,
+)
 
 log = logging.getLogger(__name__)
 
 LABEL = "FINN estimates, no synthesis"
 DESIGN = "shared engines (one per graph shape, runtime-writeable weights)"
-REPORT_FILE = "hw_report.json"
+REPORT_FILE = hwreport.FILE
 RESOURCES = ("LUT", "BRAM_18K", "DSP")
 BUDGET = {"LUT": 53_200, "BRAM_18K": 280, "DSP": 220}
 """XC7Z020 programmable logic (FF: 106,400, not estimated by FINN)."""
@@ -342,8 +354,6 @@ def build_engines(
 ) -> tuple[Any, list[Engine], dict[str, dict]]:
     """FINN front end for one representative graph per engine; returns (bundle, engines,
     per-engine estimates with weight memory and external-mode BRAMs)."""
-    from export.manifest import load_bundle
-    from fpga.finn.frontend import FrontendConfig, dataflow_model, estimate, to_hw
 
     config = config or SharedConfig()
     loaded = load_bundle(bundle)
@@ -438,6 +448,8 @@ def shared_report(
         for b in manifest.blocks
     ]
     report: dict[str, Any] = {
+        "format": hwreport.FORMAT,
+        "version": hwreport.FORMAT_VERSION,
         "kind": LABEL,
         "label": LABEL,
         "design": DESIGN,
@@ -524,6 +536,86 @@ def report_table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_block_weights(
+    bundle: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: Any = None,
+) -> dict[str, Any]:
+    """FINN front end of every block of every shared engine; write their runtime weights.
+
+    For each engine with runtime weights (:func:`fpga.architecture.plan_engines`), every graph
+    it serves is built with the engine's configuration (``out_dir/<engine>/<graph>``; the
+    representative's build is the engine's own, ``out_dir/<engine>``), checked against the
+    representative (:func:`fpga.weights.check_same_structure`) and written to
+    ``out_dir/runtime_weights/<graph>.npz``. Returns the manifest, also written as
+    ``out_dir/runtime_weights/runtime_weights.json``.
+    """
+    config = config or SharedConfig()
+    loaded = load_bundle(bundle)
+    manifest = loaded.manifest
+    out = Path(out_dir)
+    folder = out / WEIGHTS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    engines_out: dict[str, Any] = {}
+    blocks_out: dict[str, Any] = {}
+    for engine in plan_engines(manifest):
+        if not engine.runtime_weights:
+            continue
+
+        rep_dir = out / engine.name
+        rep_dir.mkdir(parents=True, exist_ok=True)
+
+        def build(graph: str, where: Path, engine=engine, rep_dir=rep_dir) -> Any:
+            spec = manifest.graphs[graph]
+            frontend = FrontendConfig(
+                fpga_part=config.fpga_part,
+                clk_period_ns=config.clk_period_ns,
+                target_fps=config.fps_for(engine),
+                folding_config_file=_folding_file(rep_dir, engine),
+                runtime_writeable_weights=True,
+            )
+            parent = to_hw(loaded.path / spec.qonnx.file, spec.inputs[0].datatype, where, frontend)
+            return dataflow_model(parent)
+
+        if (rep_dir / "hw_parent.onnx").is_file():
+            from qonnx.core.modelwrapper import ModelWrapper  # qonnx: loaded only when this runs
+
+            rep = dataflow_model(ModelWrapper(str(rep_dir / "hw_parent.onnx")))
+        else:
+            rep = build(engine.representative, rep_dir)
+        rep_memories = runtime_memories(rep)
+        if not rep_memories:
+            raise GraphError(
+                f"engine {engine.name!r} serves {len(engine.graphs)} graphs but its FINN build "
+                "has no runtime-writeable memory; build it with runtime_writeable_weights"
+            )
+        engines_out[engine.name] = {
+            "representative": engine.representative,
+            "memories": [
+                {"node": m.node, "op_type": m.op_type, "index": m.index, "words": m.words.size}
+                for m in rep_memories
+            ],
+        }
+        for graph in engine.graphs:
+            if graph == engine.representative:
+                hw, memories = rep, rep_memories
+            else:
+                log.info("runtime weights of %s (engine %s)", graph, engine.name)
+                hw = build(graph, rep_dir / graph)
+                check_same_structure(rep, hw, graph)
+                memories = runtime_memories(hw)
+            blocks_out[graph] = {"engine": engine.name, **save_block(folder, graph, memories)}
+    result = {
+        "version": MANIFEST_VERSION,
+        "bundle_id": manifest.bundle_id,
+        "layout": "FINN decoupled_runtime (make_weight_file), uint32 little-endian",
+        "engines": engines_out,
+        "blocks": blocks_out,
+    }
+    (folder / MANIFEST_FILE).write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
 def build_shared(
     bundle: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -534,8 +626,6 @@ def build_shared(
     (``out_dir/runtime_weights/``), write ``out_dir/hw_report.json``, return the report."""
     config = config or SharedConfig()
     cost = cost or CostModel(clock_mhz=1e3 / config.clk_period_ns)
-    from fpga.bitstream.budget import overlay_budget
-    from fpga.weights import MANIFEST_FILE, WEIGHTS_DIR, write_block_weights
 
     loaded, engines, built = build_engines(bundle, out_dir, config)
     report = shared_report(loaded.manifest, engines, built, cost)
@@ -558,7 +648,6 @@ def build_shared(
     report["resource_budget"] = overlay_budget(
         Path(out_dir), [e.name for e in engines], config.clk_period_ns
     )
-    path = Path(out_dir) / REPORT_FILE
-    path.write_text(json.dumps(report, indent=1) + "\n")
+    path = hwreport.write(Path(out_dir) / REPORT_FILE, report)
     log.info("shared-engine report -> %s", path)
     return report

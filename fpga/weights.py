@@ -19,10 +19,11 @@ the board does no parsing (:mod:`fpga.board.weights` loads them):
   (the order FINN's stitched IP numbers their ``s_axilite`` interfaces).
 - :func:`check_same_structure`: a block may use an engine only if its FINN graph after the
   front end equals the representative's in everything but those values.
-- :func:`write_block_weights`: per block of every shared engine, FINN's front end with
-  ``runtime_writeable_weights`` set before bit-width minimization
-  (:func:`fpga.finn.steps.step_runtime_writeable_weights`), the check, and ``<graph>.npz`` with
-  a ``runtime_weights.json`` manifest (sha256 per file, words per memory).
+- :func:`save_block`: one block's memories as ``<graph>.npz``. The orchestration (per block of
+  every shared engine: FINN's front end with ``runtime_writeable_weights`` set before bit-width
+  minimization, :func:`fpga.finn.steps.step_runtime_writeable_weights`; the check; a
+  ``runtime_weights.json`` manifest with sha256 per file and words per memory) is
+  :func:`fpga.architecture.write_block_weights`, which knows the engine plan.
 
 Host only (FINN and qonnx); the board reads the ``.npz`` files with numpy alone.
 """
@@ -30,10 +31,8 @@ Host only (FINN and qonnx); the board reads the ``.npz`` files with numpy alone.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -322,87 +321,3 @@ def save_block(folder: Path, graph: str, memories: list[Memory]) -> dict[str, An
         "sha256": _sha256(path),
         "words": int(sum(m.words.size for m in memories)),
     }
-
-
-def write_block_weights(
-    bundle: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    config: Any = None,
-) -> dict[str, Any]:
-    """FINN front end of every block of every shared engine; write their runtime weights.
-
-    For each engine with runtime weights (:func:`fpga.architecture.plan_engines`), every graph
-    it serves is built with the engine's configuration (``out_dir/<engine>/<graph>``; the
-    representative's build is the engine's own, ``out_dir/<engine>``), checked against the
-    representative (:func:`check_same_structure`) and written to
-    ``out_dir/runtime_weights/<graph>.npz``. Returns the manifest, also written as
-    ``out_dir/runtime_weights/runtime_weights.json``.
-    """
-    from export.manifest import load_bundle
-    from fpga.architecture import SharedConfig, _folding_file, plan_engines
-    from fpga.finn.frontend import FrontendConfig, dataflow_model, to_hw
-
-    config = config or SharedConfig()
-    loaded = load_bundle(bundle)
-    manifest = loaded.manifest
-    out = Path(out_dir)
-    folder = out / WEIGHTS_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    engines_out: dict[str, Any] = {}
-    blocks_out: dict[str, Any] = {}
-    for engine in plan_engines(manifest):
-        if not engine.runtime_weights:
-            continue
-
-        rep_dir = out / engine.name
-        rep_dir.mkdir(parents=True, exist_ok=True)
-
-        def build(graph: str, where: Path, engine=engine, rep_dir=rep_dir) -> Any:
-            spec = manifest.graphs[graph]
-            frontend = FrontendConfig(
-                fpga_part=config.fpga_part,
-                clk_period_ns=config.clk_period_ns,
-                target_fps=config.fps_for(engine),
-                folding_config_file=_folding_file(rep_dir, engine),
-                runtime_writeable_weights=True,
-            )
-            parent = to_hw(loaded.path / spec.qonnx.file, spec.inputs[0].datatype, where, frontend)
-            return dataflow_model(parent)
-
-        if (rep_dir / "hw_parent.onnx").is_file():
-            from qonnx.core.modelwrapper import ModelWrapper
-
-            rep = dataflow_model(ModelWrapper(str(rep_dir / "hw_parent.onnx")))
-        else:
-            rep = build(engine.representative, rep_dir)
-        rep_memories = runtime_memories(rep)
-        if not rep_memories:
-            raise GraphError(
-                f"engine {engine.name!r} serves {len(engine.graphs)} graphs but its FINN build "
-                "has no runtime-writeable memory; build it with runtime_writeable_weights"
-            )
-        engines_out[engine.name] = {
-            "representative": engine.representative,
-            "memories": [
-                {"node": m.node, "op_type": m.op_type, "index": m.index, "words": m.words.size}
-                for m in rep_memories
-            ],
-        }
-        for graph in engine.graphs:
-            if graph == engine.representative:
-                hw, memories = rep, rep_memories
-            else:
-                log.info("runtime weights of %s (engine %s)", graph, engine.name)
-                hw = build(graph, rep_dir / graph)
-                check_same_structure(rep, hw, graph)
-                memories = runtime_memories(hw)
-            blocks_out[graph] = {"engine": engine.name, **save_block(folder, graph, memories)}
-    result = {
-        "version": MANIFEST_VERSION,
-        "bundle_id": manifest.bundle_id,
-        "layout": "FINN decoupled_runtime (make_weight_file), uint32 little-endian",
-        "engines": engines_out,
-        "blocks": blocks_out,
-    }
-    (folder / MANIFEST_FILE).write_text(json.dumps(result, indent=1) + "\n")
-    return result

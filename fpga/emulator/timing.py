@@ -54,16 +54,15 @@ executed block and its exit's block: the executor does not report gates evaluate
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from export.executor import BatchResult
 from export.manifest import Manifest
+from fpga import hwreport
 from fpga.emulator import EmulatorError
 
 ARM = "arm"
@@ -300,9 +299,9 @@ class HardwareReportTiming(TimingModel):
     @classmethod
     def from_json(cls, path: str | os.PathLike, **kwargs: float) -> HardwareReportTiming:
         try:
-            report = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as exc:
-            raise EmulatorError(f"cannot read hardware report {str(path)!r}: {exc}") from None
+            report = hwreport.read(path)
+        except hwreport.HardwareReportError as exc:
+            raise EmulatorError(str(exc)) from None
         return cls(report, source=f"hardware report {str(path)!r}", **kwargs)
 
     def check(self, manifest: Manifest) -> None:

@@ -35,8 +35,10 @@ from typing import Any
 import numpy as np
 from qonnx.core.modelwrapper import ModelWrapper
 
+from export.manifest import load_bundle
 from fpga.finn import compat
 from fpga.finn.errors import BuildError, FinnFrontendError, GraphError
+from fpga.hwreport import XC7Z020
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,7 @@ class FrontendConfig:
             LogLevel,
         )
 
+        # finn: loaded only when this runs
         from fpga.finn.steps import FRONTEND_STEPS
 
         return DataflowBuildConfig(
@@ -144,6 +147,7 @@ def to_hw(
     compat.prepare_finn(out / "finn_tmp")
     from finn.builder.build_dataflow import build_dataflow_cfg
 
+    # finn: loaded only when this runs
     from fpga.finn.steps import INPUT_DATATYPE_KEY, INPUT_SCALE_KEY, RUNTIME_WEIGHTS_KEY
 
     model = ModelWrapper(str(qonnx_path))
@@ -171,7 +175,8 @@ def to_hw(
             ) from exc
     if status != 0:
         raise BuildError(
-            f"FINN build of {qonnx_path.name!r} failed: {_failure(logfile)}; see {str(logfile)!r}"
+            f"FINN build of {qonnx_path.name!r} failed: {build_failure(logfile)}; "
+            f"see {str(logfile)!r}"
         )
     steps = [s if isinstance(s, str) else s.__name__ for s in cfg.steps]
     if config.stop_step is not None and config.stop_step != steps[-1]:
@@ -187,12 +192,13 @@ def _check_input(model: ModelWrapper, datatype: str, scale: float | None) -> Non
     """Raise :class:`GraphError` now if the graph's input quantizer does not match."""
     from qonnx.util.cleanup import cleanup_model
 
+    # onnx: loaded only when this runs
     from fpga.finn.transforms import IntegerInput
 
     cleanup_model(ModelWrapper(copy.deepcopy(model.model))).transform(IntegerInput(datatype, scale))
 
 
-def _failure(logfile: Path) -> str:
+def build_failure(logfile: Path) -> str:
     """The step and error message that FINN's builder logged for a failed build."""
     step, error = "?", "no error in the log"
     if logfile.is_file():
@@ -241,6 +247,7 @@ def python_model(model: ModelWrapper) -> ModelWrapper:
     """
     from qonnx.custom_op.registry import getCustomOp
 
+    # onnx: loaded only when this runs
     from fpga.finn.transforms import HWLayersForPython
 
     compat.prepare_finn()
@@ -340,8 +347,6 @@ def estimate(
     }
 
 
-XC7Z020 = {"LUT": 53_200, "BRAM_18K": 280, "DSP": 220}
-"""Resources of the ZedBoard's Zynq-7020 programmable logic (FF: 106,400, not estimated)."""
 ESTIMATES_FILE = "estimates.json"
 
 
@@ -368,8 +373,6 @@ def build_bundle(
     are written to ``out_dir/estimates.json`` and returned, by graph name.
     """
     from tqdm.auto import tqdm
-
-    from export.manifest import load_bundle
 
     config = config or FrontendConfig()
     loaded = load_bundle(bundle)

@@ -1,7 +1,7 @@
 """Runtime weights of a shared engine, end to end on the emulated PL (slow: two FINN builds).
 
 An untrained quantized ResNet-14 (blocks 0 and 1 share one engine, fpga/architecture.py):
-:func:`fpga.weights.write_block_weights` runs FINN's front end on both blocks with
+:func:`fpga.architecture.write_block_weights` runs FINN's front end on both blocks with
 ``runtime_writeable_weights`` set before bit-width minimization, checks block 1 against the
 representative (block 0) and writes their ``.npz`` files. On the emulated PL, one engine built
 from block 0 (:class:`fpga.emulator.weights.RuntimeWeightEngine`) sits behind the stand-in's
@@ -59,7 +59,7 @@ def r14(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def built(r14, tmp_path_factory):
-    from fpga.weights import write_block_weights
+    from fpga.architecture import write_block_weights
 
     out = tmp_path_factory.mktemp("r14-runtime-weights")
     return out, write_block_weights(r14.path, out)
