@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from fpga.weights import memory_values, runtime_memories
+
 log = logging.getLogger(__name__)
 
 
@@ -48,7 +50,6 @@ class RuntimeWeightEngine:
     values from :attr:`memories` (node name -> :class:`AxiLiteMemory`)."""
 
     def __init__(self, model: Any) -> None:
-        from fpga.weights import runtime_memories
 
         self.model = copy.deepcopy(model)
         specs = runtime_memories(self.model)
@@ -74,7 +75,6 @@ class RuntimeWeightEngine:
 
     def _apply(self) -> None:
         """Decode the windows into the layers' initializers (what the datapath computes with)."""
-        from fpga.weights import memory_values
 
         for name in self.memories:
             node = self.nodes[name]
