@@ -69,6 +69,7 @@ from fpga.emulator import EmulatorError
 ARM = "arm"
 ENGINE = "engine"
 IO_PREFIX = "io:"
+LSTM_PREFIX = "lstm:"
 
 # Defaults; docs/board.md ("Time and power model") gives the reasoning and sources.
 ARM_GATE_S_PER_CALL = 100e-6
@@ -167,7 +168,9 @@ class TimingModel:
         datatype's width)."""
         spec = manifest.graphs[graph]
         values, mask_values, bits = 0, 0, 0
-        for tensor in (spec.inputs[0], *spec.outputs):
+        # a gate's engine returns its FINN graph's output (keep bits, or the embedding's codes)
+        outputs = spec.outputs if spec.finn is None else spec.finn.outputs
+        for tensor in (spec.inputs[0], *outputs):
             n = math.prod(d for d in tensor.shape if isinstance(d, int))
             values += n
             bits += n * tensor.datatype.bits
@@ -176,6 +179,26 @@ class TimingModel:
             mask_values += n
             bits += n * tensor.datatype.bits
         return values, mask_values, bits / 8
+
+    def gate_on_pl(self, manifest: Manifest, graph: str) -> bool:
+        """Whether gate ``graph`` runs on its own FINN engine (base: no, every gate on the ARM)."""
+        return False
+
+    def gate_phases(self, manifest: Manifest, graph: str, macs: int) -> list[Phase]:
+        """One call of gate ``graph`` (``macs`` MACs in all) for one image.
+
+        On the ARM: one phase of :meth:`gate_s`. On its engine (:meth:`gate_on_pl`): the
+        engine's phases (:meth:`engine_phases`: marshalling, the engine's time or its DMA's),
+        and for a layer gate the LSTM step and projection on the ARM (``lstm{i}``), charged
+        :meth:`gate_s` of their MACs (:func:`lstm_step_macs`).
+        """
+        if not self.gate_on_pl(manifest, graph):
+            return [Phase(ARM, graph, self.gate_s(macs))]
+        phases = self.engine_phases(manifest, graph)
+        if manifest.graphs[graph].kind == "layer_gate":
+            step = lstm_step_macs(manifest, graph)
+            phases.append(Phase(ARM, LSTM_PREFIX + graph, self.gate_s(step)))
+        return phases
 
     def engine_phases(self, manifest: Manifest, graph: str) -> list[Phase]:
         """One engine call for one image: the ARM's marshalling, then the engine's phase."""
@@ -204,11 +227,12 @@ class TimingModel:
             reach = len(manifest.blocks) - 1
         for i, block in enumerate(manifest.blocks[: reach + 1]):
             if gated and block.layer_gate:
-                phases.append(Phase(ARM, block.layer_gate, self.gate_s(block.layer_gate_macs)))
+                phases += self.gate_phases(manifest, block.layer_gate, block.layer_gate_macs)
             if executed[i]:
                 if gated and block.channel_gate:
-                    gate_s = self.gate_s(block.channel_gate_macs)
-                    phases.append(Phase(ARM, block.channel_gate, gate_s))
+                    phases += self.gate_phases(
+                        manifest, block.channel_gate, block.channel_gate_macs
+                    )
                 phases += self.engine_phases(manifest, block.graph)
             elif block.shortcut is not None:
                 phases += self.engine_phases(manifest, block.shortcut)
@@ -234,6 +258,15 @@ class TimingModel:
 
     def _args(self) -> str:
         return ", ".join(f"{k}={v:g}" for k, v in self.params.items())
+
+
+def lstm_step_macs(manifest: Manifest, graph: str) -> int:
+    """MACs of a layer gate's part on the ARM: one LSTM step (4 gates, each a product of the
+    embedding and of the hidden state with its weights) and the projection to one logit."""
+    spec = manifest.graphs[graph]
+    embed = int(spec.finn.outputs[0].shape[-1]) if spec.finn is not None else manifest.gate_hidden
+    hidden = int(manifest.gate_hidden)
+    return 4 * hidden * (embed + hidden) + hidden
 
 
 class MacRateTiming(TimingModel):
@@ -329,6 +362,10 @@ class HardwareReportTiming(TimingModel):
 
     def weight_load_s(self, manifest: Manifest, graph: str) -> float:
         return self.weight_load_cycles.get(graph, 0) / (self.clock_mhz * 1e6)
+
+    def gate_on_pl(self, manifest: Manifest, graph: str) -> bool:
+        """A quantized gate (a ``finn`` graph) whose engine the report has cycles for."""
+        return manifest.graphs[graph].finn is not None and graph in self.cycles
 
     def with_params(self, **changes: float) -> TimingModel:
         clock = changes.pop("clock_mhz", None)
