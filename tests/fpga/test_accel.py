@@ -612,10 +612,10 @@ def test_emulator_charges_the_gate_engines(gate_engines):
     """The timing model from the overlay's FINN estimates: a gate with an engine costs its
     marshalling and the longer of its estimated cycles and its DMA, a layer gate also its LSTM
     step on the ARM; without engine estimates the gates stay on the ARM, charged as before."""
+    import json
+
     from fpga.__main__ import hardware_report
     from fpga.emulator.timing import ARM, ENGINE, HardwareReportTiming, lstm_step_macs
-
-    import json
 
     bundle, build, _ = gate_engines
     m = bundle.manifest
