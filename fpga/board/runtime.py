@@ -17,8 +17,8 @@ time and power instead, and serves this same class.
 Which engine runs a graph is the executor's *backend* (``run(graph_spec, inputs)``): ``cpu``
 runs the bundle's numpy programs on the ARM (:class:`export.program.NumpyBackend`); ``finn``
 (:class:`FinnBackend`) takes a PYNQ overlay and routes the graphs that have an accelerator to it
-(blocks with their channel masks: a block's engine streams its mask), the rest (the gates) to
-the numpy programs.
+(blocks with their channel masks: a block's engine streams its mask; quantized gates, a layer
+gate's LSTM step then on the ARM), the rest (float gates) to the numpy programs.
 
 Runs on PYNQ: Python 3.10, numpy >= 1.21, pynq (``finn`` only); no onnxruntime, onnx, qonnx,
 torch or FINN (PyPI has no armv7l build of onnxruntime or onnx).
@@ -205,6 +205,10 @@ def check_cma(
         raise BoardRuntimeError(f"CMA: {result.detail}")
 
 
+GATE_KINDS = ("channel_gate", "layer_gate")
+"""Graph kinds of the gates (manifest ``kind``)."""
+
+
 class FinnBackend:
     """Runs the graphs that have a FINN engine in the PYNQ overlay; the rest on the ARM.
 
@@ -344,10 +348,6 @@ class FinnBackend:
         self._carried[id(y)] = (y, carried)
         while len(self._carried) > self.CARRIED:
             self._carried.pop(next(iter(self._carried)))
-
-
-GATE_KINDS = ("channel_gate", "layer_gate")
-"""Graph kinds of the gates (manifest ``kind``)."""
 
 
 def _gather(carried):

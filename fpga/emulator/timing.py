@@ -8,8 +8,9 @@ A :class:`TimingModel` turns that into the image's **phases** on the board, in o
 phase                  unit    when
 =====================  ======  ==========================================================
 ``stem``               engine  always
-``layer_gate{i}``      arm     gated modes, for every block the image reached
-``channel_gate{i}``    arm     gated modes, for every block that ran
+``layer_gate{i}``      arm     gated modes, for every block the image reached (engine
+                               when it has one, then ``lstm:layer_gate{i}`` on the arm)
+``channel_gate{i}``    arm     gated modes, for every block that ran (engine when it has one)
 ``block{i}``           engine  the block ran: its full dense time, whatever its mask
 ``shortcut{i}``        engine  a downsampling block was skipped (identity skips cost 0)
 ``exit{j}``/``head``   engine  the classifier that answered
@@ -30,10 +31,15 @@ unpacks the output and applies the graph's float tail (fpga/board/accel.py):
 of a masked block's mask map (the ARM broadcasts the (N, C) mask over the pixels and packs it,
 1 bit a value: no arithmetic, several times cheaper per value), an ``io:`` phase on the ARM.
 
-Gates (an LSTM step and a small CNN with a sigmoid, which FINN cannot compile today) run on the
+Float gates (an LSTM step and a small CNN with a sigmoid, which FINN cannot compile) run on the
 ARM, each call costing ``arm_gate_s_per_call`` (the per-call overhead of a gate's numpy
-program on a Cortex-A9, an assumption) plus its MACs at ``arm_macs_per_s``. Phases run one
-after another; an image's time is their sum and a batch's the sum over its images.
+program on a Cortex-A9, an assumption) plus its MACs at ``arm_macs_per_s``. A quantized gate
+with an engine (:meth:`TimingModel.gate_on_pl`: the hardware report has its FINN graph's
+cycles) is charged as an engine call (marshalling, then the longer of its cycles and the DMA of
+the block input and of its keep bits or embedding codes); a layer gate's LSTM step and
+projection then run on the ARM, charged like a gate call of :func:`lstm_step_macs` MACs.
+Phases run one after another; an image's time is their sum and a batch's the sum over its
+images.
 
 - :class:`MacRateTiming`: every engine computes ``macs_per_s`` (default 1 GMAC/s: an
   assumption of the order of a folded FINN ResNet-8 engine on the XC7Z020 at 100 MHz; replace
