@@ -652,3 +652,14 @@ def test_emulator_charges_the_gate_engines(gate_engines):
     for block in m.blocks:
         (gate,) = [p for p in phases if p.graph == block.layer_gate]
         assert (gate.unit, gate.duration_s) == (ARM, on_arm.gate_s(block.layer_gate_macs))
+
+
+def test_float_gates_get_no_engine(gated):
+    """A float gate has no FINN graph: an accelerator named for it is refused in one line."""
+    from fpga.board.runtime import BoardRuntimeError
+
+    bundle = gated[0]
+    assert bundle.manifest.graphs["layer_gate0"].finn is None
+    with pytest.raises(BoardRuntimeError, match="gates without a FINN graph") as info:
+        FinnBackend(bundle, {"layer_gate0": object()})
+    assert "\n" not in str(info.value)
