@@ -18,7 +18,13 @@ import sys
 import time
 from pathlib import Path
 
+from cifar.errors import DataError
+from cifar.reader import load_cifar10
 from export.errors import ExportError
+from export.executor import BundleExecutor
+from export.manifest import load_bundle
+from export.verify import verify_bundle
+from train.errors import TrainError
 
 logger = logging.getLogger("export")
 COMMANDS = ("verify", "run")
@@ -69,6 +75,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
 
 
 def _export(args: argparse.Namespace) -> int:
+    # torch: loaded only when this runs
     from export.bundle import export_bundle
 
     bundle = export_bundle(args.checkpoint, args.out, overwrite=args.force, progress=not args.quiet)
@@ -82,8 +89,6 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from export.verify import verify_bundle
-
     report = verify_bundle(
         args.bundle, args.checkpoint, images=args.images, data=args.data, threads=args.threads
     )
@@ -101,10 +106,6 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from cifar.reader import load_cifar10
-    from export.executor import BundleExecutor
-    from export.manifest import load_bundle
-
     bundle = load_bundle(args.bundle)
     test = load_cifar10("test", args.data)
     n = min(args.images, len(test.labels))
@@ -132,8 +133,6 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from cifar.errors import DataError
-    from train.errors import TrainError
 
     try:
         return {"export": _export, "verify": _verify, "run": _run}[command](args)

@@ -40,7 +40,10 @@ from typing import Any
 
 import numpy as np
 
+from cifar.errors import DataError
 from export.errors import ExportError
+from export.executor import BundleExecutor
+from train.errors import TrainError
 
 logger = logging.getLogger("export.bench")
 
@@ -56,6 +59,7 @@ def _calibrated_bundles(
     """Bundles of ``checkpoint`` with its gates moved to each compute saving."""
     import torch
 
+    # torch: loaded only when this runs
     from export.bundle import export_bundle
     from train.calibrate import calibrate_gates
     from train.checkpoint import build_model, load_checkpoint, save_checkpoint
@@ -80,12 +84,12 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     import onnxruntime as ort
     from tqdm.auto import tqdm
 
+    # torch: loaded only when this runs
     from export.bundle import export_bundle
-    from export.executor import BundleExecutor
-    from train.bench import _cpu_model, _load_average, _version, summarize
+    from train.bench import cpu_model, load_average, package_version, summarize
     from train.data import load_cifar10
 
-    load = _load_average()
+    load = load_average()
     test = load_cifar10("test", args.data)
     images = test.images[: args.images]
     n = len(images)
@@ -161,11 +165,11 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         "command": command,
         "recorded_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "threads": args.threads,
             "load_average_at_start": load,
-            "onnxruntime": _version("onnxruntime"),
-            "numpy": _version("numpy"),
+            "onnxruntime": package_version("onnxruntime"),
+            "numpy": package_version("numpy"),
         },
         "checkpoint": str(args.checkpoint),
         "bundle_id": m.bundle_id,
@@ -277,8 +281,6 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in (QUICK if args.quick else DEFAULTS).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    from cifar.errors import DataError
-    from train.errors import TrainError
 
     try:
         for name in ("images", "repeats", "batch_size", "threads"):

@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from export.errors import ExportError
+from export.lower import lower
 from export.manifest import (
     BATCH,
     FORMAT,
@@ -398,7 +399,6 @@ class _Writer:
 
     def lower(self, name: str, onnx_file: str) -> dict[str, str]:
         """Write the numpy program of a twin (export/lower.py) and return its file entry."""
-        from export.lower import lower
 
         numpy_file = f"{name}.npz"
         program = lower(str(self.folder / onnx_file), name)

@@ -128,6 +128,7 @@ def verify_bundle(
     """Run the bundle and its checkpoint's model on the first ``images`` test images."""
     import torch
 
+    # torch: loaded only when this runs
     from train.checkpoint import build_model, load_checkpoint
     from train.data import CifarLoader, load_cifar10
     from train.evaluate import evaluate

@@ -17,21 +17,31 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 from export.errors import ExportError
+from export.manifest import load_bundle
+from fpga import hwreport
+from fpga.architecture import REPORT_FILE, SharedConfig, build_shared, report_table
+from fpga.bitstream.budget import budget_markdown
+from fpga.bitstream.overlay import OverlayConfig, overlay_budget, prepare_overlay
 from fpga.board.errors import BoardError
 from fpga.emulator import EmulatorError
+from fpga.emulator.timing import HardwareReportTiming, MacRateTiming
 from fpga.finn.errors import FinnFrontendError
+from fpga.finn.frontend import FrontendConfig, build_bundle, estimate_table
+from fpga.hwreport import HardwareReportError
 
 
 def emulate(args: argparse.Namespace) -> int:
+    # serial (pyserial): loaded only when this runs
     from fpga.emulator.board import EmulatedBoard, PowerModel
-    from fpga.emulator.timing import HardwareReportTiming, MacRateTiming
 
     gate = {
         "arm_gate_s_per_call": args.arm_gate_us * 1e-6,
@@ -63,41 +73,8 @@ def emulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def hardware_report(estimates: dict[str, dict], clk_period_ns: float) -> dict:
-    """The report the emulator reads (fpga/emulator/timing.py) from FINN's per-graph estimates.
-
-    ``cycles`` is the bottleneck layer's cycles per image: the time per image of an engine fed
-    a stream of images (FINN's dataflow is pipelined); ``latency_cycles`` is one image alone.
-    """
-    from fpga.finn.frontend import XC7Z020
-
-    total = {k: sum(e["total"][k] for e in estimates.values()) for k in XC7Z020}
-    return {
-        "kind": "FINN estimate (no synthesis)",
-        "clock_mhz": 1e3 / clk_period_ns,
-        "fpga_part": next(iter(estimates.values()))["fpga_part"] if estimates else None,
-        "graphs": {
-            name: {
-                "cycles": e["max_cycles"],
-                "latency_cycles": e["critical_path_cycles"],
-                "bottleneck": e["max_cycles_node"],
-                "throughput_fps": e["throughput_fps"],
-                "latency_ms": e["latency_ms"],
-                **{k: e["total"][k] for k in XC7Z020},
-            }
-            for name, e in estimates.items()
-        },
-        "total": total,
-        "budget": XC7Z020,
-        "utilization": {k: total[k] / XC7Z020[k] for k in XC7Z020},
-        "fits": all(total[k] <= XC7Z020[k] for k in XC7Z020),
-        "design": "one engine per graph",
-    }
-
-
 def estimate_shared(args: argparse.Namespace) -> int:
     """``estimate --design shared``: one engine per graph shape (fpga/architecture.py)."""
-    from fpga.architecture import REPORT_FILE, SharedConfig, build_shared, report_table
 
     config = SharedConfig(clk_period_ns=args.clk_period_ns)
     if args.target_fps is not None:
@@ -115,11 +92,6 @@ def estimate_shared(args: argparse.Namespace) -> int:
 def write_record(prefix: str, report: dict, table: str, design: str) -> None:
     """``PREFIX.json`` (the report as written) and ``PREFIX.md`` (its tables and the completed
     budget, generated from the report)."""
-    import json
-    from pathlib import Path
-
-    from fpga.bitstream.budget import budget_markdown
-
     record = Path(prefix)
     record.parent.mkdir(parents=True, exist_ok=True)
     record.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
@@ -142,21 +114,17 @@ def write_record(prefix: str, report: dict, table: str, design: str) -> None:
 
 
 def estimate(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
-
-    from fpga.bitstream.budget import overlay_budget
-    from fpga.finn.frontend import FrontendConfig, build_bundle, estimate_table
 
     if args.design == "shared":
         return estimate_shared(args)
     target_fps = 1000 if args.target_fps is None else args.target_fps
     config = FrontendConfig(clk_period_ns=args.clk_period_ns, target_fps=target_fps)
     estimates = build_bundle(args.bundle, args.out, config)
-    report = hardware_report(estimates, args.clk_period_ns)
+    bundle_id = load_bundle(args.bundle, verify=False).bundle_id  # build_bundle verifies it
+    report = hwreport.per_graph_report(estimates, args.clk_period_ns, bundle_id)
     report["resource_budget"] = overlay_budget(Path(args.out), list(estimates), args.clk_period_ns)
-    path = Path(args.out) / "hw_report.json"
-    path.write_text(json.dumps(report, indent=1) + "\n")
+    path = hwreport.write(Path(args.out) / hwreport.FILE, report)
     print(estimate_table(estimates))
     verdict = "fits" if report["fits"] else "does NOT fit"
     print(f"one engine per graph {verdict} the XC7Z020 (FINN estimates) -> {path}")
@@ -170,15 +138,12 @@ def estimate(args: argparse.Namespace) -> int:
 
 
 def overlay(args: argparse.Namespace) -> int:
-    from fpga.bitstream.overlay import OverlayConfig, prepare_overlay
-
     config = OverlayConfig(
         clk_period_ns=args.clk_period_ns,
         target_fps=1000 if args.target_fps is None else args.target_fps or None,
         graphs=args.graphs,
         batch_size=args.batch,
     )
-    from fpga.bitstream.budget import budget_markdown
 
     built = prepare_overlay(args.bundle, args.out, config)
     share = ", ".join(f"{k} {100 * v:.1f}%" for k, v in built.estimates["share"].items())
@@ -193,9 +158,6 @@ def overlay(args: argparse.Namespace) -> int:
     for sc in budget["interconnect"]["smartconnects"]:
         print(f"  {sc['smartconnect']} -> {sc['hp_port']}: {sc['num_si']} AXI masters")
     if args.record:
-        import json
-        from pathlib import Path
-
         record = Path(args.record)
         record.parent.mkdir(parents=True, exist_ok=True)
         title = f"Overlay of bundle {built.bundle_id}: {len(built.engines)} engines"
@@ -289,7 +251,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         command = {"estimate": estimate, "overlay": overlay, "emulate": emulate}[args.command]
         return command(args)
-    except (EmulatorError, BoardError, ExportError, FinnFrontendError, OSError) as exc:
+    except (
+        EmulatorError,
+        BoardError,
+        ExportError,
+        FinnFrontendError,
+        HardwareReportError,
+        OSError,
+    ) as exc:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)

@@ -36,13 +36,25 @@ from typing import Any
 
 import numpy as np
 
+from export.manifest import load_bundle
+from fpga import hwreport
+from fpga.bitstream.overlay import overlay_budget
 from fpga.finn.errors import GraphError
+from fpga.finn.frontend import FrontendConfig, dataflow_model, estimate, to_hw
+from fpga.weights import (
+    MANIFEST_FILE,
+    MANIFEST_VERSION,
+    WEIGHTS_DIR,
+    check_same_structure,
+    runtime_memories,
+    save_block,
+)
 
 log = logging.getLogger(__name__)
 
 LABEL = "FINN estimates, no synthesis"
 DESIGN = "shared engines (one per graph shape, runtime-writeable weights)"
-REPORT_FILE = "hw_report.json"
+REPORT_FILE = hwreport.FILE
 RESOURCES = ("LUT", "BRAM_18K", "DSP")
 BUDGET = {"LUT": 53_200, "BRAM_18K": 280, "DSP": 220}
 """XC7Z020 programmable logic (FF: 106,400, not estimated by FINN)."""
@@ -175,6 +187,10 @@ class CostModel:
     """PL cycles per 32-bit AXI-lite write from the ARM (about 160 ns at 100 MHz, assumed)."""
     call_overhead_cycles: int = 5_000
     """ARM cost of starting one engine call on a batch (DMA descriptors, start, wait): 50 us."""
+    flush_frame: bool = True
+    """After each weight load one frame runs through the engine alone (FINN's weight streamer
+    holds words of the old weights; fpga/board/weights.py): one more call (its overhead) and
+    the frame's pipeline latency, charged with the load."""
 
     def __post_init__(self) -> None:
         if self.weight_loader not in ("axilite", "dma"):
@@ -189,12 +205,16 @@ class CostModel:
             )
 
     def load_cycles(self, graph: dict) -> int:
-        """Cycles to write one graph's weights and thresholds into its (shared) engine."""
+        """Cycles to write one graph's weights and thresholds into its (shared) engine, and
+        its flush frame."""
         if not graph.get("runtime_weights"):
             return 0
         if self.weight_loader == "axilite":
-            return math.ceil(graph["weight_words"] * self.axilite_cycles_per_word)
-        return math.ceil(4 * graph["weight_words"] / self.dma_bytes_per_cycle)
+            write = math.ceil(graph["weight_words"] * self.axilite_cycles_per_word)
+        else:
+            write = math.ceil(4 * graph["weight_words"] / self.dma_bytes_per_cycle)
+        flush = self.call_overhead_cycles + int(graph["latency_cycles"])
+        return write + (flush if self.flush_frame else 0)
 
     def image_cycles(self, graph: dict) -> int:
         """Cycles per image of a graph in a stream: engine bottleneck or activation DMA."""
@@ -313,9 +333,11 @@ def weight_memory(hw: Any) -> dict[str, Any]:
         elif node.op_type in THRESHOLD_OPS:
             pe, channels = op.get_nodeattr("PE"), op.get_nodeattr("NumChannels")
             steps, tbits = op.get_nodeattr("numSteps"), op.get_input_datatype(1).bitwidth()
+            rows = hw.get_initializer(node.input[1]).shape[0]
+            stored = pe if rows == 1 else channels  # one row for all channels: FINN keeps PE
             slots = 1 << max(0, math.ceil(math.log2(steps)))
-            words += (channels // pe) * (1 << (pe - 1).bit_length()) * slots
-            bits += channels * steps * tbits
+            words += (stored // pe) * (1 << (pe - 1).bit_length()) * slots
+            bits += stored * steps * tbits
     return {
         "weight_words": int(words),
         "weight_bytes": math.ceil(bits / 8),
@@ -356,8 +378,6 @@ def build_engines(
 ) -> tuple[Any, list[Engine], dict[str, dict]]:
     """FINN front end for one representative graph per engine; returns (bundle, engines,
     per-engine estimates with weight memory and external-mode BRAMs)."""
-    from export.manifest import load_bundle
-    from fpga.finn.frontend import FrontendConfig, dataflow_model, estimate, to_hw
 
     config = config or SharedConfig()
     loaded = load_bundle(bundle)
@@ -374,6 +394,7 @@ def build_engines(
             clk_period_ns=config.clk_period_ns,
             target_fps=config.fps_for(engine),
             folding_config_file=_folding_file(folder, engine),
+            runtime_writeable_weights=engine.runtime_weights,
         )
         log.info("engine %s: FINN build of %s", engine.name, engine.representative)
         source = loaded.path / engine_file(spec)
@@ -456,6 +477,8 @@ def shared_report(
         for b in manifest.blocks
     ]
     report: dict[str, Any] = {
+        "format": hwreport.FORMAT,
+        "version": hwreport.FORMAT_VERSION,
         "kind": LABEL,
         "label": LABEL,
         "design": DESIGN,
@@ -542,26 +565,119 @@ def report_table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_block_weights(
+    bundle: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: Any = None,
+) -> dict[str, Any]:
+    """FINN front end of every block of every shared engine; write their runtime weights.
+
+    For each engine with runtime weights (:func:`fpga.architecture.plan_engines`), every graph
+    it serves is built with the engine's configuration (``out_dir/<engine>/<graph>``; the
+    representative's build is the engine's own, ``out_dir/<engine>``), checked against the
+    representative (:func:`fpga.weights.check_same_structure`) and written to
+    ``out_dir/runtime_weights/<graph>.npz``. Returns the manifest, also written as
+    ``out_dir/runtime_weights/runtime_weights.json``.
+    """
+    config = config or SharedConfig()
+    loaded = load_bundle(bundle)
+    manifest = loaded.manifest
+    out = Path(out_dir)
+    folder = out / WEIGHTS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    engines_out: dict[str, Any] = {}
+    blocks_out: dict[str, Any] = {}
+    for engine in plan_engines(manifest):
+        if not engine.runtime_weights:
+            continue
+
+        rep_dir = out / engine.name
+        rep_dir.mkdir(parents=True, exist_ok=True)
+
+        def build(graph: str, where: Path, engine=engine, rep_dir=rep_dir) -> Any:
+            spec = manifest.graphs[graph]
+            frontend = FrontendConfig(
+                fpga_part=config.fpga_part,
+                clk_period_ns=config.clk_period_ns,
+                target_fps=config.fps_for(engine),
+                folding_config_file=_folding_file(rep_dir, engine),
+                runtime_writeable_weights=True,
+            )
+            source = loaded.path / engine_file(spec)
+            parent = to_hw(source, spec.inputs[0].datatype, where, frontend)
+            return dataflow_model(parent)
+
+        if (rep_dir / "hw_parent.onnx").is_file():
+            from qonnx.core.modelwrapper import ModelWrapper  # qonnx: loaded only when this runs
+
+            rep = dataflow_model(ModelWrapper(str(rep_dir / "hw_parent.onnx")))
+        else:
+            rep = build(engine.representative, rep_dir)
+        rep_memories = runtime_memories(rep)
+        if not rep_memories:
+            raise GraphError(
+                f"engine {engine.name!r} serves {len(engine.graphs)} graphs but its FINN build "
+                "has no runtime-writeable memory; build it with runtime_writeable_weights"
+            )
+        engines_out[engine.name] = {
+            "representative": engine.representative,
+            "memories": [
+                {"node": m.node, "op_type": m.op_type, "index": m.index, "words": m.words.size}
+                for m in rep_memories
+            ],
+        }
+        for graph in engine.graphs:
+            if graph == engine.representative:
+                hw, memories = rep, rep_memories
+            else:
+                log.info("runtime weights of %s (engine %s)", graph, engine.name)
+                hw = build(graph, rep_dir / graph)
+                check_same_structure(rep, hw, graph)
+                memories = runtime_memories(hw)
+            blocks_out[graph] = {"engine": engine.name, **save_block(folder, graph, memories)}
+    result = {
+        "version": MANIFEST_VERSION,
+        "bundle_id": manifest.bundle_id,
+        "layout": "FINN decoupled_runtime (make_weight_file), uint32 little-endian",
+        "engines": engines_out,
+        "blocks": blocks_out,
+    }
+    (folder / MANIFEST_FILE).write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
 def build_shared(
     bundle: str | os.PathLike,
     out_dir: str | os.PathLike,
     config: SharedConfig | None = None,
     cost: CostModel | None = None,
 ) -> dict[str, Any]:
-    """Build every engine of the bundle, write ``out_dir/hw_report.json``, return the report."""
+    """Build every engine of the bundle and every block's runtime weights
+    (``out_dir/runtime_weights/``), write ``out_dir/hw_report.json``, return the report."""
     config = config or SharedConfig()
     cost = cost or CostModel(clock_mhz=1e3 / config.clk_period_ns)
-    from fpga.bitstream.budget import overlay_budget
 
     loaded, engines, built = build_engines(bundle, out_dir, config)
     report = shared_report(loaded.manifest, engines, built, cost)
     report["config"] = asdict(config)
+    # every block of a shared engine: its FINN build checked against the representative's and
+    # its weights and thresholds as AXI-lite words (fpga/weights.py, for fpga/board/weights.py)
+    weights = write_block_weights(bundle, out_dir, config)
+    for graph, entry in weights["blocks"].items():
+        if entry["words"] != report["graphs"][graph]["weight_words"]:
+            raise GraphError(
+                f"{graph}: {entry['words']} runtime weight words written, the engine's memory "
+                f"holds {report['graphs'][graph]['weight_words']}; report this as a bug"
+            )
+    report["runtime_weights"] = {
+        "manifest": f"{WEIGHTS_DIR}/{MANIFEST_FILE}",
+        "words": {g: e["words"] for g, e in weights["blocks"].items()},
+    }
     # FINN's estimate leaves out DMAs, interconnect, FIFOs, MVAU_rtl and HLS LUTs: the
     # completed budget of one overlay of these engines (fpga/bitstream/budget.py)
     report["resource_budget"] = overlay_budget(
         Path(out_dir), [e.name for e in engines], config.clk_period_ns
     )
-    path = Path(out_dir) / REPORT_FILE
-    path.write_text(json.dumps(report, indent=1) + "\n")
+    path = hwreport.write(Path(out_dir) / REPORT_FILE, report)
     log.info("shared-engine report -> %s", path)
     return report

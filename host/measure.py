@@ -23,7 +23,6 @@ windows of a resumed run are re-measured whole, never half.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import math
 import platform
@@ -34,9 +33,14 @@ from typing import Any
 
 import numpy as np
 
+from cifar.reader import load_cifar10
+from export.accounting import realized_macs
+from export.manifest import load_bundle
 from host.clock import ClockObservation, fit_clock
 from host.energy import EnergyError, idle_power_w, window_energy
-from host.records import RunFolder
+from host.provenance import ProvenanceError, energy_source
+from host.records import RunFolder, read_json, write_json
+from wire.protocol import unpack_executed
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +225,6 @@ def _summary(
     config: MeasurementConfig, run: RunFolder, meta: dict[str, Any], labels: np.ndarray
 ) -> dict[str, Any]:
     """Per model: accuracy, compute savings and per-repeat energy per image, from the files."""
-    from export.manifest import load_bundle
 
     windows = run.windows()
     results = run.read_results()
@@ -279,7 +282,6 @@ def check_bundles(config: MeasurementConfig) -> dict[str, Any]:
     bundle leaves nothing behind. Raises export's :class:`~export.errors.BundleError` (one line
     naming the file) or :class:`MeasureError` (mode ``ddi`` on a bundle without exits).
     """
-    from export.manifest import load_bundle
 
     bundles = {m.key: load_bundle(m.bundle, verify=True) for m in config.models}
     for m in config.models:
@@ -300,7 +302,6 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
 
 def _realized_macs(manifest, rows: list[dict[str, str]]) -> np.ndarray:
     """Per result row, the MACs dense engines execute (export/accounting.py)."""
-    from export.accounting import realized_macs
 
     if not rows:
         return np.zeros(0, dtype=np.int64)
@@ -320,7 +321,7 @@ def _record_source(run: RunFolder, source: dict[str, Any]) -> None:
     find the same (one run folder never mixes energy sources)."""
     path = run.path / SOURCE_FILE
     if path.exists():
-        saved = json.loads(path.read_text())
+        saved = read_json(path, "source")
         if saved != source:
             diff = sorted(k for k in set(saved) | set(source) if saved.get(k) != source.get(k))
             raise MeasureError(
@@ -329,17 +330,16 @@ def _record_source(run: RunFolder, source: dict[str, Any]) -> None:
                 "set-up or start a new run"
             )
         return
-    path.write_text(json.dumps(source, indent=1) + "\n")
+    write_json(path, "source", source)
 
 
 def measure(config: MeasurementConfig, run: RunFolder, *, progress: bool = True) -> dict[str, Any]:
     """Measure every window of ``config`` not yet committed in ``run``; return the summary."""
     from tqdm.auto import tqdm
 
-    from cifar.reader import load_cifar10
+    # serial (pyserial): loaded only when this runs
     from host.board import BoardClient
     from host.meters import open_meter, parse_meter_spec
-    from host.provenance import ProvenanceError, energy_source
 
     config.validate()
     test = load_cifar10("test", config.data)
@@ -457,7 +457,7 @@ def _idle(config: MeasurementConfig, run: RunFolder, power: PowerLog) -> float:
     """Idle power with the board waiting (measured once; a resumed run reuses it)."""
     saved = run.path / "idle.json"
     if saved.exists():
-        return float(json.loads(saved.read_text())["idle_power_w"])
+        return float(read_json(saved, "idle")["idle_power_w"])
     if config.meter == "none":
         return 0.0
     power.wait_past(time.monotonic())  # sampling has started: the window is covered from t0
@@ -471,7 +471,7 @@ def _idle(config: MeasurementConfig, run: RunFolder, power: PowerLog) -> float:
         window_energy(t, p, t0, t1, images=1, idle_w=0.0)  # enough samples, no gaps
     except EnergyError as exc:
         raise MeasureError(f"idle measurement: {exc}") from None
-    saved.write_text(json.dumps({"idle_power_w": idle, "start_host_s": t0, "end_host_s": t1}))
+    write_json(saved, "idle", {"idle_power_w": idle, "start_host_s": t0, "end_host_s": t1})
     log.info("idle power %.4f W over %.1f s", idle, t1 - t0)
     return idle
 
@@ -479,8 +479,6 @@ def _idle(config: MeasurementConfig, run: RunFolder, power: PowerLog) -> float:
 def _rows(
     model: str, repeat: int, first: int, labels: np.ndarray, records: np.ndarray
 ) -> list[dict[str, Any]]:
-    from wire.protocol import unpack_executed
-
     executed = unpack_executed(records)
     rows = []
     for i, rec in enumerate(records):

@@ -9,7 +9,13 @@
   MACs (units in the column names);
 - ``windows.jsonl``: one JSON object per completed timed window (its times on both clocks,
   images, energy), the commit record of that window;
-- ``summary.json``: written at the end from the files above.
+- ``summary.json``: written at the end from the files above;
+- ``idle.json``, ``source.json``: the idle power and what the board and meter said they are
+  (host/measure.py), ``ground_truth.json`` in an emulated run (measurements/reproduce.py).
+
+Every JSON document of the folder carries ``format`` (``ddi-fpga-run-<kind>``) and ``version``
+(:data:`FORMAT_VERSION`), written by :func:`write_json` and checked by :func:`read_json`, which
+refuses a document of another kind or version in one line.
 
 Crash safety (SIGKILL included): a window's result rows are appended and flushed to disk first,
 then its line in ``windows.jsonl``. A window counts as done only when its line is complete. On
@@ -45,8 +51,47 @@ RESULT_COLUMNS = (
 )
 
 
+FORMAT_VERSION = 1
+"""1: every JSON document of a run folder carries ``format`` and ``version``."""
+
+
 class RunError(Exception):
     """A run folder cannot be created or resumed (one line, naming the folder)."""
+
+
+def json_format(kind: str) -> str:
+    """The ``format`` of a run folder's JSON document of ``kind`` (``config``, ``summary``...)."""
+    return f"ddi-fpga-run-{kind}"
+
+
+def write_json(path: str | os.PathLike, kind: str, data: Mapping[str, Any]) -> Path:
+    """Write ``data`` as the run folder document ``kind`` (whole or not at all)."""
+    path = Path(path)
+    document = {"format": json_format(kind), "version": FORMAT_VERSION, **data}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(document, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_json(path: str | os.PathLike, kind: str) -> dict[str, Any]:
+    """The run folder document ``kind`` at ``path`` without its ``format`` and ``version``;
+    :class:`RunError` (one line) for another kind or version. ``FileNotFoundError`` passes."""
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text())
+    except ValueError as exc:
+        raise RunError(f"{str(path)!r} is not valid JSON: {exc}") from None
+    expected = json_format(kind)
+    found = (
+        (document.get("format"), document.get("version")) if isinstance(document, dict) else None
+    )
+    if found != (expected, FORMAT_VERSION):
+        raise RunError(
+            f"{str(path)!r} is not a {expected} document version {FORMAT_VERSION} (format, "
+            f"version: {found!r}); it was written by another version of ddi-fpga: measure again"
+        )
+    return {k: v for k, v in document.items() if k not in ("format", "version")}
 
 
 def _fsync_append(path: Path, text: str) -> None:
@@ -93,7 +138,7 @@ class RunFolder:
                 f"run folder {str(path)!r} exists; wait a second or pass --resume"
             ) from None
         config = json.loads(json.dumps(config))
-        (path / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+        write_json(path / "config.json", "config", config)
         with open(path / "results.csv", "w", newline="", encoding="utf-8") as f:
             csv.writer(f).writerow(RESULT_COLUMNS)
         (path / "power.csv").write_text("host_time_s,power_w\n")
@@ -111,7 +156,7 @@ class RunFolder:
         window left."""
         path = Path(path)
         try:
-            saved = json.loads((path / "config.json").read_text())
+            saved = read_json(path / "config.json", "config")
         except FileNotFoundError:
             raise RunError(f"{str(path)!r} is not a run folder (no config.json)") from None
         config = json.loads(json.dumps(config))
@@ -180,8 +225,4 @@ class RunFolder:
         return t, p
 
     def write_summary(self, summary: Mapping[str, Any]) -> Path:
-        target = self.path / "summary.json"
-        tmp = target.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(dict(summary), indent=1) + "\n")
-        os.replace(tmp, target)
-        return target
+        return write_json(self.path / "summary.json", "summary", summary)

@@ -2,7 +2,12 @@
 
     python -m measurements.reproduce --out runs/table1            # what `make reproduce` runs
 
-1. **Models.** The small default models: the recorded ResNet-8 W4A4 run in
+The job is a table of plain step functions (:data:`STEPS`), run in order on one
+:class:`Job`. After each step the job's state file (``OUT/reproduce.json``) records it as
+finished with what it made; the same command given again resumes after the last finished step
+(``--restart`` runs every step again), and each step logs ``step i/n: name`` and its time.
+
+1. ``models``: the small default models (:data:`MODELS`): the recorded ResNet-8 W4A4 run in
    ``measurements/train/resnet8-w4a4`` (base, IADI at 40% and 60% compute savings), or, with
    ``--train``, the same recipe trained afresh (``python -m train.reproduce``, ~55 min on 2
    cores). To fill the paper's 50/70/80% rows, the 60% model's gates are also calibrated to those
@@ -10,19 +15,22 @@
    fine-tuning: those rows say so. Beside MGL2S, layer-only IADI: no layer-only model is
    trained here, so the 60% model's layer gate alone (its channel gates removed, every running
    block at full width) is calibrated to 40% and 60% (``layer-calNN``), without fine-tuning.
-2. **Bundles.** Each checkpoint is exported (``python -m export``); a bundle already exported from
-   the same checkpoint (same sha256) is reused.
-3. **Board and meter.** The emulated board (fpga/emulator) serves the real protocol on a
-   pseudo-terminal and models time and power: engine times from FINN's estimates of the
-   network's engines (``python -m fpga estimate``, run here on the reference bundle) or from
-   ``--hw-report``/``--mac-rate``, dense whatever the channel mask, gates and marshalling on
-   the ARM; a simulated Keysight 34465A on a second pseudo-terminal samples that power.
-4. **Measurement.** ``host/run_measurement.py``'s harness, unchanged, measures every model:
-   idle power, timed windows of different images, energy per inference, accuracy.
-5. **Table I** (``table1.md``, ``.csv``, ``.png``), labelled as emulated, a ground-truth check:
-   every window's measured energy against the energy the emulator modelled
-   (``ground_truth.json``), and the sensitivity of the energy savings to every emulator
-   parameter at -50%/+50% (``sensitivity.md``, measurements/sensitivity.py).
+2. ``bundles``: each checkpoint is exported (``python -m export``); a bundle already exported
+   from the same checkpoint (same sha256) is reused.
+3. ``hw_report``: the emulator's engine times, from FINN's estimates of the network's engines
+   (``python -m fpga estimate``, run here on the reference bundle; a copy made for another
+   bundle is rebuilt, fpga/hwreport.py), from ``--hw-report`` (refused unless made for the
+   reference bundle) or, with ``--mac-rate``, an assumed MAC rate.
+4. ``measure``: the emulated board (fpga/emulator) serves the real protocol on a pseudo-terminal
+   and models time and power: engine times as above, dense whatever the channel mask, gates and
+   marshalling on the ARM; a simulated Keysight 34465A on a second pseudo-terminal samples that
+   power. ``measurements/run_measurement.py``'s harness, unchanged, measures every model: idle
+   power, timed windows of different images, energy per inference, accuracy; then every
+   window's measured energy is checked against the energy the emulator modelled
+   (``ground_truth.json``).
+5. ``table``: Table I (``table1.md``, ``.csv``, ``.png``), labelled as emulated.
+6. ``sensitivity``: the sensitivity of the energy savings to every emulator parameter at
+   -50%/+50% (``sensitivity.md``, measurements/sensitivity.py).
 """
 
 from __future__ import annotations
@@ -30,40 +38,103 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cifar.errors import DataError
+from export.errors import BundleError, ExportError
+from export.manifest import load_bundle, sha256_file
+from fpga import hwreport
+from fpga.emulator import EmulatorError
+from fpga.emulator.timing import HardwareReportTiming, MacRateTiming, TimingModel
+from host.measure import MeasureError, MeasurementConfig, ModelSpec, measure
+from host.records import RunError, RunFolder, write_json
+from measurements.sensitivity import sensitivity
+from measurements.sensitivity import write as write_sensitivity
+from measurements.table1 import GROUND_TRUTH_FILE, TableError, write_table
+from train.errors import TrainError
+from wire.errors import BoardError
+
 log = logging.getLogger("measurements.reproduce")
 
+# --- The models Table I measures: the one place to point the job at other models -------------
 RECORDED = Path("measurements/train/resnet8-w4a4")
-TRAINED = {"base": "base", "iadi40": "iadi-40", "iadi60": "iadi-60"}
+"""The default ``--models``: a ``python -m train.reproduce`` folder with one run per model."""
+MODELS = {"base": "base", "iadi40": "iadi-40", "iadi60": "iadi-60"}
+"""Table I's key -> the run folder (holding ``final.pt``) under ``--models``; ``base`` is the
+reference (0% savings, measured in ``full`` mode), ``iadi60`` the model the calibrated rows
+are made from."""
 CALIBRATED = (0.5, 0.7, 0.8)
 LAYER_ONLY = (0.4, 0.6)
+
+STATE_FILE = "reproduce.json"
+STATE_FORMAT = "ddi-fpga-reproduce-state"
+STATE_VERSION = 1
+# The options that decide what the steps make; a state file written with others is not resumed.
+STATE_OPTIONS = (
+    "models", "train", "calibrate", "layer_only", "hw_report", "mac_rate", "data", "images",
+    "images_per_window", "repeats",
+)  # fmt: skip
 
 
 class ReproduceError(Exception):
     pass
 
 
-def _checkpoints(args: argparse.Namespace, work: Path) -> dict[str, Path]:
+@dataclass
+class Job:
+    """What the steps share: the options, the output folders and each finished step's result
+    (JSON: paths as strings), by step name."""
+
+    args: argparse.Namespace
+    out: Path
+    results: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def work(self) -> Path:
+        return self.out / "work"
+
+    def path(self, step: str) -> Path:
+        """The path that step ``step`` made."""
+        return Path(self.results[step])
+
+    def bundles(self) -> dict[str, Path]:
+        return {key: Path(path) for key, path in self.results["bundles"].items()}
+
+    def timing(self) -> TimingModel:
+        """The emulator's timing model, rebuilt from the ``hw_report`` step's result."""
+        report = self.results["hw_report"]
+        return HardwareReportTiming.from_json(report) if report else MacRateTiming()
+
+
+# --- The steps ------------------------------------------------------------------------------
+
+
+def step_models(job: Job) -> dict[str, str]:
     """Model key -> checkpoint: the trained ones, plus the 60% model calibrated further."""
+    # The training stack (torch) is loaded by the steps that train or calibrate, not by a
+    # job that resumes after them.
     import torch
 
-    from train.calibrate import calibrate_gates
-    from train.checkpoint import build_model, load_checkpoint, save_checkpoint
-    from train.data import CifarLoader, load_cifar10
+    from train.calibrate import calibrate_gates  # torch
+    from train.checkpoint import build_model, load_checkpoint, save_checkpoint  # torch
+    from train.data import CifarLoader, load_cifar10  # torch
 
+    args, work = job.args, job.work
     source = Path(args.models)
     if args.train:
-        from train.reproduce import main as train_main
+        from train.reproduce import main as train_main  # torch: the training recipe
 
         source = work / "train"
         if train_main(["--out", str(source)]) != 0:
             raise ReproduceError("training failed; see its output above")
-    ckpts = {key: source / name / "final.pt" for key, name in TRAINED.items()}
+    ckpts = {key: source / name / "final.pt" for key, name in MODELS.items()}
     for key, path in ckpts.items():
         if not path.is_file():
             raise ReproduceError(
@@ -103,13 +174,13 @@ def _checkpoints(args: argparse.Namespace, work: Path) -> dict[str, Path]:
             "calibration": cal.to_dict(),
         }
         save_checkpoint(path, model, phase="calibrated", config=payload["config"], metrics=metrics)
-    return ckpts
+    return {key: str(path) for key, path in ckpts.items()}
 
 
 def _layer_only(payload: dict):
     """The MGL2S checkpoint's network with its layer gate alone (``gating="layer"``): every
     weight but the channel gates', which are dropped, so a running block runs at full width."""
-    from train.model import create_model
+    from train.model import create_model  # torch
 
     spec = payload["model"]
     if spec["kwargs"].get("gating") != "mgl2s":
@@ -129,47 +200,208 @@ def _layer_only(payload: dict):
     return model.eval()
 
 
-def _bundles(ckpts: dict[str, Path], work: Path) -> dict[str, Path]:
-    from export.bundle import export_bundle
-    from export.errors import BundleError
-    from export.manifest import load_bundle, sha256_file
+def step_bundles(job: Job) -> dict[str, str]:
+    """Every checkpoint exported; a bundle exported from the same checkpoint is reused."""
+    from export.bundle import export_bundle  # torch: the exporter reads the checkpoint
 
     out = {}
-    for key, ckpt in ckpts.items():
-        folder = work / "bundles" / key
+    for key, ckpt in job.results["models"].items():
+        folder = job.work / "bundles" / key
         digest = sha256_file(ckpt)
         try:
             if load_bundle(folder).manifest.source.get("checkpoint_sha256") == digest:
-                out[key] = folder
+                out[key] = str(folder)
                 continue
         except BundleError:
             pass
         export_bundle(ckpt, folder, overwrite=True, progress=False)
-        out[key] = folder
+        out[key] = str(folder)
     return out
 
 
-def _estimate(bundle: Path, out: Path) -> Path:
-    """FINN's estimates for the network's engines (one per graph): the emulator's timing.
+def step_hw_report(job: Job) -> str | None:
+    """The hardware report of the reference bundle, or None for ``--mac-rate``.
 
     Every bundle of the same architecture has the same engines (only weights differ), so the
-    reference network's report serves all of them.
+    reference network's report serves all of them; the emulator checks that each bundle it
+    loads has a graph in it. A report is used only when it was made for the reference bundle:
+    one given with ``--hw-report`` is refused otherwise, the job's own copy is rebuilt.
     """
-    from fpga.__main__ import hardware_report
+    args = job.args
+    bundle_id = load_bundle(job.bundles()["base"], verify=False).bundle_id
+    if args.hw_report:
+        hwreport.read(args.hw_report, bundle_id)
+        return str(args.hw_report)
+    if args.mac_rate:
+        return None
+    out = job.work / "hw"
+    path = out / hwreport.FILE
+    if path.is_file():
+        try:
+            hwreport.read(path, bundle_id)
+            return str(path)
+        except hwreport.HardwareReportError as exc:
+            log.info("rebuilding the hardware report: %s", exc)
+    # qonnx: FINN's front end, loaded only when the estimates are made
     from fpga.finn.frontend import FrontendConfig, build_bundle
 
-    path = out / "hw_report.json"
-    if not path.is_file():
-        config = FrontendConfig()
-        estimates = build_bundle(bundle, out, config)
-        path.write_text(json.dumps(hardware_report(estimates, config.clk_period_ns), indent=1))
-    return path
+    config = FrontendConfig()
+    estimates = build_bundle(job.bundles()["base"], out, config)
+    hwreport.write(path, hwreport.per_graph_report(estimates, config.clk_period_ns, bundle_id))
+    return str(path)
+
+
+def step_measure(job: Job) -> str:
+    """The harness against the emulated board and simulated meter; the ground-truth check."""
+    # serial: the emulated board serves the protocol on a pseudo-terminal
+    from fpga.emulator.board import EmulatedBoard, describe
+
+    args, bundles, timing = job.args, job.bundles(), job.timing()
+    models = [ModelSpec("full", str(bundles["base"]), "full")]
+    models += [ModelSpec(k, str(p)) for k, p in bundles.items() if k != "base"]
+    with EmulatedBoard(bundles["base"], timing=timing, meter=True) as board:
+        config = MeasurementConfig(
+            port=board.address,
+            models=models,
+            reference="full",
+            meter=f"keysight34465a:{board.meter_address}",
+            data=args.data,
+            images=args.images,
+            images_per_window=args.images_per_window,
+            repeats=args.repeats,
+            label="emulated",
+            extra={
+                "emulator": describe(board),
+                "recipe": "python -m measurements.reproduce",
+                "notes": _notes(args, timing),
+            },
+        )
+        run_folder = RunFolder.create(job.out / "runs", "emulated", config.to_dict())
+        handler = logging.FileHandler(run_folder.path / "log.txt")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(handler)
+        try:
+            log.info("measuring into %s", run_folder.path)
+            summary = measure(config, run_folder, progress=not args.quiet)
+            truth = _ground_truth(run_folder.path, board, summary["idle_power_w"])
+        finally:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+    write_json(run_folder.path / GROUND_TRUTH_FILE, "ground-truth", truth)
+    return str(run_folder.path)
+
+
+def step_table(job: Job) -> str:
+    """Table I of the run, beside it the ground-truth check and the hardware report used."""
+    run, table = job.path("measure"), job.out / "table1"
+    paths = write_table([run], table)
+    shutil.copy(run / GROUND_TRUTH_FILE, table / GROUND_TRUTH_FILE)
+    if job.results["hw_report"]:
+        shutil.copy(job.results["hw_report"], table / hwreport.FILE)
+    return str(paths["md"])
+
+
+def step_sensitivity(job: Job) -> str:
+    """The energy savings with each emulator parameter at -50%/+50% (the board's own power
+    model: the default one, as ``step_measure`` starts the board)."""
+    # serial: fpga.emulator.board (its PowerModel) imports pyserial
+    from fpga.emulator.board import PowerModel
+
+    table = job.out / "table1"
+    write_sensitivity(sensitivity(job.path("measure"), job.timing(), PowerModel()), table)
+    return str(table / "sensitivity.md")
+
+
+Step = Callable[[Job], Any]
+STEPS: list[tuple[str, Step]] = [
+    ("models", step_models),
+    ("bundles", step_bundles),
+    ("hw_report", step_hw_report),
+    ("measure", step_measure),
+    ("table", step_table),
+    ("sensitivity", step_sensitivity),
+]
+"""The main job, in order: each step reads the results of those before it from the job."""
+
+
+# --- Running the steps, resuming after the last finished one -------------------------------
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    return json.loads(json.dumps({k: getattr(args, k) for k in STATE_OPTIONS}))
+
+
+def read_state(path: Path) -> dict[str, Any] | None:
+    """The state file at ``path``, None if there is none; a wrong format is refused."""
+    try:
+        state = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise ReproduceError(f"cannot read the job's state {str(path)!r}: {exc}") from None
+    if (
+        not isinstance(state, dict)
+        or state.get("format") != STATE_FORMAT
+        or state.get("version") != STATE_VERSION
+    ):
+        found = state.get("format") if isinstance(state, dict) else None
+        raise ReproduceError(
+            f"{str(path)!r} is not a state file of this job (format {found!r}, not "
+            f"{STATE_FORMAT!r} version {STATE_VERSION}); remove it or pass --restart"
+        )
+    return state
+
+
+def _write_state(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(state, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def run_steps(
+    job: Job, steps: list[tuple[str, Step]] = STEPS, *, restart: bool = False
+) -> dict[str, Any]:
+    """Run ``steps`` on ``job`` in order, skipping those the state file records as finished
+    with the same options; returns the results by step name."""
+    job.out.mkdir(parents=True, exist_ok=True)
+    path = job.out / STATE_FILE
+    options = _options(job.args)
+    state = None if restart else read_state(path)
+    if state is not None and state.get("options") != options:
+        changed = sorted(k for k in options if state.get("options", {}).get(k, None) != options[k])
+        log.info("options changed (%s): every step runs again", ", ".join(changed))
+        state = None
+    if state is None:
+        state = {"format": STATE_FORMAT, "version": STATE_VERSION, "options": options, "done": []}
+    done = {entry["step"]: entry for entry in state["done"]}
+    names = [name for name, _ in steps]
+    if list(done) != names[: len(done)]:  # another table of steps: nothing carries over
+        state["done"], done = [], {}
+    start = time.monotonic()
+    for i, (name, step) in enumerate(steps, 1):
+        if name in done:
+            job.results[name] = done[name]["result"]
+            log.info("step %d/%d: %s (finished earlier, %.0f s)", i, len(steps), name,
+                     done[name]["seconds"])  # fmt: skip
+            continue
+        log.info("step %d/%d: %s", i, len(steps), name)
+        t0 = time.monotonic()
+        job.results[name] = step(job)
+        seconds = time.monotonic() - t0
+        state["done"].append(
+            {"step": name, "seconds": round(seconds, 1), "result": job.results[name]}
+        )
+        _write_state(path, state)
+        log.info("step %d/%d: %s done in %.0f s", i, len(steps), name, seconds)
+    log.info("all %d steps done (%.0f s in this call)", len(steps), time.monotonic() - start)
+    return job.results
+
+
+# --- The record -----------------------------------------------------------------------
 
 
 def _timing_note(timing) -> str:
     """What the emulator's engine times came from, read off the timing model itself."""
-    from fpga.emulator.timing import HardwareReportTiming
-
     if isinstance(timing, HardwareReportTiming):
         report = timing.report
         shared = sorted(
@@ -244,65 +476,6 @@ def _ground_truth(run_path: Path, board, idle_w: float) -> dict[str, Any]:
     }
 
 
-def run(args: argparse.Namespace) -> Path:
-    from fpga.emulator.board import EmulatedBoard, describe
-    from fpga.emulator.timing import HardwareReportTiming, MacRateTiming
-    from host.measure import MeasurementConfig, ModelSpec, measure
-    from host.records import RunFolder
-    from measurements.sensitivity import sensitivity
-    from measurements.sensitivity import write as write_sensitivity
-    from measurements.table1 import write_table
-
-    out = Path(args.out)
-    work = out / "work"
-    work.mkdir(parents=True, exist_ok=True)
-    start = time.monotonic()
-    print("1/4 models and bundles", file=sys.stderr)
-    bundles = _bundles(_checkpoints(args, work), work)
-    report = args.hw_report
-    if report is None and not args.mac_rate:
-        report = _estimate(bundles["base"], work / "hw")
-    timing = HardwareReportTiming.from_json(report) if report else MacRateTiming()
-    models = [ModelSpec("full", str(bundles["base"]), "full")]
-    models += [ModelSpec(k, str(p)) for k, p in bundles.items() if k != "base"]
-    print("2/4 emulated board and simulated meter", file=sys.stderr)
-    with EmulatedBoard(bundles["base"], timing=timing, meter=True) as board:
-        config = MeasurementConfig(
-            port=board.address,
-            models=models,
-            reference="full",
-            meter=f"keysight34465a:{board.meter_address}",
-            data=args.data,
-            images=args.images,
-            images_per_window=args.images_per_window,
-            repeats=args.repeats,
-            label="emulated",
-            extra={
-                "emulator": describe(board),
-                "recipe": "python -m measurements.reproduce",
-                "notes": _notes(args, timing),
-            },
-        )
-        run_folder = RunFolder.create(out / "runs", "emulated", config.to_dict())
-        handler = logging.FileHandler(run_folder.path / "log.txt")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logging.getLogger().addHandler(handler)
-        logging.getLogger().setLevel(logging.INFO)
-        print(f"3/4 measuring into {run_folder.path}", file=sys.stderr)
-        summary = measure(config, run_folder, progress=not args.quiet)
-        truth = _ground_truth(run_folder.path, board, summary["idle_power_w"])
-    (run_folder.path / "ground_truth.json").write_text(json.dumps(truth, indent=1) + "\n")
-    print("4/4 Table I", file=sys.stderr)
-    paths = write_table([run_folder.path], out / "table1")
-    shutil.copy(run_folder.path / "ground_truth.json", out / "table1" / "ground_truth.json")
-    print("   sensitivity of the energy savings to the emulator's parameters", file=sys.stderr)
-    write_sensitivity(sensitivity(run_folder.path, timing, board.power), out / "table1")
-    if report:
-        shutil.copy(report, out / "table1" / "hw_report.json")
-    print(f"done in {time.monotonic() - start:.0f} s: {paths['md']}", file=sys.stderr)
-    return paths["md"]
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m measurements.reproduce", description=__doc__)
     p.add_argument("--out", default="runs/table1", help="output folder (default runs/table1)")
@@ -323,7 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="savings for layer-only versions of the 60%% model (default 0.4 0.6)",
     )
     p.add_argument(
-        "--hw-report", help="hardware report for the emulator (default: FINN estimates, made now)"
+        "--hw-report",
+        help="hardware report of the reference bundle for the emulator (default: FINN "
+        "estimates, made now)",
     )
     p.add_argument(
         "--mac-rate", action="store_true", help="time engines by a MAC rate, not FINN estimates"
@@ -332,6 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=1000, help="test images per model and repeat")
     p.add_argument("--images-per-window", type=int, default=250)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--restart", action="store_true", help="run every step again (default: resume)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--debug", action="store_true")
     return p
@@ -339,29 +515,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
     console = logging.StreamHandler()
-    console.setLevel(logging.WARNING)  # INFO goes to the run folder's log.txt only
-    logging.getLogger().addHandler(console)
-    from cifar.errors import DataError
-    from export.errors import ExportError
+    console.setLevel(logging.WARNING)  # INFO goes to the run folder's log.txt only ...
+    root.addHandler(console)
+    progress = logging.StreamHandler()  # ... but this job's steps, which are shown
+    progress.setFormatter(logging.Formatter("%(message)s"))
+    progress.addFilter(lambda record: record.levelno < logging.WARNING)
+    log.addHandler(progress)
+    # qonnx: fpga.finn's package imports FINN's front end
     from fpga.finn.errors import FinnFrontendError
-    from host.measure import MeasureError
-    from host.meters import MeterError
-    from host.records import RunError
-    from measurements.table1 import TableError
-    from train.errors import TrainError
-    from wire.errors import BoardError
+    from host.meters import MeterError  # serial: the meters' drivers import pyserial
 
     errors = (ReproduceError, ExportError, BoardError, MeasureError, MeterError, RunError,
-              TableError, TrainError, DataError, FinnFrontendError)  # fmt: skip
+              TableError, TrainError, DataError, FinnFrontendError, EmulatorError,
+              hwreport.HardwareReportError)  # fmt: skip
+    job = Job(args, Path(args.out))
     try:
-        md = run(args)
+        run_steps(job, restart=args.restart)
     except errors as exc:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(md.read_text())
+    print(Path(job.results["table"]).read_text())
     return 0
 
 

@@ -29,6 +29,11 @@ from typing import Any
 
 import numpy as np
 
+from export.manifest import load_bundle
+from fpga.emulator import EmulatorError
+from fpga.emulator.timing import HardwareReportTiming, MacRateTiming, Phase
+from host.records import RunError, read_json
+
 FACTORS = (0.5, 1.5)
 
 
@@ -47,10 +52,10 @@ class _Decisions:
 
 def _decisions(run: Path) -> tuple[dict[str, Any], dict[str, _Decisions]]:
     try:
-        config = json.loads((run / "config.json").read_text())
+        config = read_json(run / "config.json", "config")
         with open(run / "results.csv", newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RunError) as exc:
         raise SensitivityError(f"{str(run)!r} is not a readable run folder: {exc}") from None
     out = {}
     for m in config["models"]:
@@ -69,7 +74,6 @@ def _decisions(run: Path) -> tuple[dict[str, Any], dict[str, _Decisions]]:
 
 def _durations(manifest, decisions: _Decisions, mode: str, timing) -> dict[Any, float]:
     """Mean seconds per image spent in each phase kind ``Phase(unit, graph, 0)``."""
-    from fpga.emulator.timing import Phase
 
     out: dict[Any, float] = {}
     gated = mode != "full"
@@ -100,7 +104,6 @@ def _savings(reference: str, durations: dict[str, dict], power) -> dict[str, dic
 
 def sensitivity(run: str | Path, timing, power) -> dict[str, Any]:
     """The table for the run folder ``run`` under the models ``timing`` and ``power``."""
-    from export.manifest import load_bundle
 
     run = Path(run)
     config, decisions = _decisions(run)
@@ -209,9 +212,8 @@ def write(table: dict[str, Any], out: Path) -> dict[str, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fpga.emulator import EmulatorError
+    # serial (pyserial): loaded only when this runs
     from fpga.emulator.board import PowerModel
-    from fpga.emulator.timing import HardwareReportTiming, MacRateTiming
 
     p = argparse.ArgumentParser(prog="python -m measurements.sensitivity", description=__doc__)
     p.add_argument("run", help="a run folder of the emulated board")

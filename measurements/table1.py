@@ -3,9 +3,9 @@ accuracy beside the paper's.
 
     python -m measurements.table1 measurements/runs/RUN_FOLDER --out measurements/table1
 
-Each RUN is a run folder written by ``host/run_measurement.py``; its ``summary.json`` gives, per
-model, the per-repeat energy per inference (idle power subtracted), the compute savings and the
-accuracy. Columns:
+Each RUN is a run folder written by ``measurements/run_measurement.py``; its ``summary.json``
+gives, per model, the per-repeat energy per inference (idle power subtracted), the compute
+savings and the accuracy. Columns:
 
 - **compute savings (model)**: executed MACs of the paper's cost model against the plain
   backbone, gates included (masked channels count as saved);
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import statistics
 import sys
@@ -37,7 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from host.measure import wilson_interval
 from host.provenance import ENERGY_SOURCES
+from host.records import RunError, read_json
 
 # Table I of the paper: ResNet74-IADI on CIFAR-10, measured on a ZedBoard.
 PAPER = (
@@ -48,6 +49,8 @@ PAPER = (
     {"compute_savings": 0.80, "energy_savings": 0.7820, "accuracy": 0.9190},
 )
 TABLE_SOURCES = ("hardware", "arm_only", "emulated")
+GROUND_TRUTH_FILE = "ground_truth.json"
+"""Beside an emulated run's summary: every window's measured energy against the modelled one."""
 
 
 class TableError(Exception):
@@ -93,14 +96,14 @@ class Row:
 
 def _load(run: Path) -> dict[str, Any]:
     try:
-        summary = json.loads((run / "summary.json").read_text())
+        summary = read_json(run / "summary.json", "summary")
     except FileNotFoundError:
         raise TableError(
             f"{str(run)!r} has no summary.json: not a finished run; finish it with "
-            "`python host/run_measurement.py --resume RUN`"
+            "`python measurements/run_measurement.py --resume RUN`"
         ) from None
-    except json.JSONDecodeError as exc:
-        raise TableError(f"{str(run / 'summary.json')!r} is not valid JSON: {exc}") from None
+    except RunError as exc:
+        raise TableError(str(exc)) from None
     for key in ("energy_source", "reference", "models"):
         if key not in summary:
             raise TableError(f"{str(run / 'summary.json')!r} lacks {key!r}")
@@ -124,8 +127,6 @@ def _load(run: Path) -> dict[str, Any]:
 
 
 def build_table(runs: list[Path]) -> tuple[list[Row], dict[str, Any]]:
-    from host.measure import wilson_interval
-
     summaries = [_load(r) for r in runs]
     sources = {s["energy_source"] for s in summaries}
     if len(sources) != 1:
@@ -199,13 +200,16 @@ def build_table(runs: list[Path]) -> tuple[list[Row], dict[str, Any]]:
         "recorded_utc": first.get("recorded_utc", ""),
         "model_family": first.get("model_family", ""),
         "notes": [n for s in summaries for n in s.get("notes", [])],
-        "ground_truth": [_ground_truth(r) for r in runs if (r / "ground_truth.json").is_file()],
+        "ground_truth": [_ground_truth(r) for r in runs if (r / GROUND_TRUTH_FILE).is_file()],
     }
     return rows, meta
 
 
 def _ground_truth(run: Path) -> dict[str, float]:
-    data = json.loads((run / "ground_truth.json").read_text())
+    try:
+        data = read_json(run / GROUND_TRUTH_FILE, "ground-truth")
+    except RunError as exc:
+        raise TableError(str(exc)) from None
     return {k: data[k] for k in ("max_abs_relative_error", "max_abs_net_relative_error")}
 
 

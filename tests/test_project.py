@@ -59,6 +59,17 @@ def _layout_entries() -> set[str]:
     return {m.group(1) for m in re.finditer(r"^(\S+)/\s", block.group(1), re.M)}
 
 
+def test_the_paths_readme_layout_names_exist():
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("\n## Layout\n", 1)[1].split("```", 2)[1]
+    named = re.findall(r"\(([\w/]+(?:\.py)?)\)", block)
+    assert named, "README's Layout names no paths in parentheses"
+    missing = sorted(path for path in named if not (ROOT / path).exists())
+    assert not missing, f"README's Layout names paths that do not exist: {missing}"
+    named_files = re.findall(r"\b([\w/]+\.py)\b", block)
+    assert all((ROOT / path).is_file() for path in named_files), named_files
+
+
 def test_readme_layout_matches_the_tree():
     listed = _layout_entries()
     missing = sorted(name for name in listed if not (ROOT / name).is_dir())

@@ -36,6 +36,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _add_training(p: argparse.ArgumentParser, phase: str) -> None:
+    # torch: loaded only when this runs
     from train.loop import BUDGET_LOSSES, TrainConfig
 
     d = TrainConfig(phase="base", out_dir="")
@@ -142,6 +143,7 @@ def _add_training(p: argparse.ArgumentParser, phase: str) -> None:
 
 
 def _config(args: argparse.Namespace, phase: str):
+    # torch: loaded only when this runs
     from train.loop import TrainConfig
 
     values = {
@@ -224,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _eval(args: argparse.Namespace) -> dict:
+    # torch: loaded only when this runs
     from train.checkpoint import build_model, load_checkpoint
     from train.evaluate import evaluate_on_test, plot_skip_ratios
     from train.loop import machine_description, setup_distributed
@@ -259,6 +262,7 @@ def _eval(args: argparse.Namespace) -> dict:
 
 
 def _models() -> None:
+    # torch: loaded only when this runs
     from train.model import create_model, list_models
 
     print(f"{'model':<10} {'blocks':>6} {'MACs (plain)':>14} {'MGL2S+exits max':>16}")
@@ -280,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "models":
             _models()
         else:
+            # torch: loaded only when this runs
             from train.loop import train
 
             metrics = train(_config(args, args.command))

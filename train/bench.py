@@ -175,7 +175,7 @@ def _force_gates(model: DDIResNet, variant: str) -> None:
                 gate.fc.bias[gate.fc.out_features // 2 :] = -_FORCE
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -185,14 +185,14 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _load_average() -> float | None:
+def load_average() -> float | None:
     try:
         return round(os.getloadavg()[0], 2)
     except (AttributeError, OSError):  # not on every platform
         return None
 
 
-def _version(package: str) -> str:
+def package_version(package: str) -> str:
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
@@ -297,7 +297,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
-    load = _load_average()
+    load = load_average()
     if load is not None and load >= 0.5:
         logger.warning(
             "the 1-minute load average is %.2f before starting: other processes compete for the "
@@ -329,12 +329,12 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": command,
         "machine": {
-            "cpu_model": _cpu_model(),
+            "cpu_model": cpu_model(),
             "threads": threads,
             "device": "cpu",
             "python": platform.python_version(),
             "torch": str(torch.__version__),
-            "brevitas": _version("brevitas"),
+            "brevitas": package_version("brevitas"),
             "load_average_1min_at_start": load,
         },
         "settings": {

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from train import energy as E
 from train.energy import LayerShape
 
 if TYPE_CHECKING:
@@ -209,14 +210,17 @@ def trace_costs(model: DDIResNet) -> CostModel:
                     lambda mod, inp, out, name=name: calls.append((name, mod, inp[0], out))
                 )
             )
-    from train.model import eval_mode
-
     device = next(model.parameters()).device
+    # Evaluation mode for the pass, every submodule's own mode restored after it (as
+    # train.model.eval_mode does; train.model imports this module, so not imported back).
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
     try:
-        with eval_mode(model):
-            size = model.image_size
-            model(torch.zeros(1, 3, size, size, device=device), execute_all=True)
+        size = model.image_size
+        model(torch.zeros(1, 3, size, size, device=device), execute_all=True)
     finally:
+        for m, training in modes.items():
+            m.training = training
         for handle in handles:
             handle.remove()
 
@@ -301,8 +305,6 @@ class EnergyCost:
         cls, model: DDIResNet, units: str = "eyeriss", *, surfaces: bool = False
     ) -> EnergyCost:
         """Price ``model``'s layers (cached on the model per unit table)."""
-        from train import energy as E
-
         cache = model.__dict__.setdefault("_energy_costs", {})
         key = (units, surfaces)
         if key in cache:

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from train.cost import EnergyCost
+from train.data import CifarLoader, load_cifar10
 from train.model import DDIResNet, eval_mode
 
 logger = logging.getLogger(__name__)
@@ -168,8 +170,6 @@ class EvalResult:
             "channel_keep_per_block": self.channel_keep_per_block().round(4).tolist(),
         }
         if self.energy is not None:
-            from train.cost import EnergyCost
-
             energy = EnergyCost.from_model(self.model)
             out["energy_model"] = energy.describe()
             out["mean_energy"] = float(self.energy.mean())
@@ -192,8 +192,6 @@ def evaluate(model: DDIResNet, loader, *, energy: bool = True, progress: bool = 
     costs = model.costs()
     energy_model = None
     if energy:
-        from train.cost import EnergyCost
-
         energy_model = EnergyCost.from_model(model)
     parts: dict[str, list[np.ndarray]] = {
         k: []
@@ -259,7 +257,6 @@ def evaluate_on_test(
     progress: bool = True,
 ) -> EvalResult:
     """Evaluate ``model`` on the CIFAR-10 test split (the first ``limit`` images if given)."""
-    from train.data import CifarLoader, load_cifar10
 
     test = load_cifar10("test", data)
     loader = CifarLoader(test, batch_size, train=False, device=device, limit=limit)

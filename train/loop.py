@@ -35,7 +35,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from train.calibrate import calibrate_gates
 from train.checkpoint import build_model, load_backbone, load_checkpoint, save_checkpoint, unwrap
+from train.cost import EnergyCost
 from train.data import CifarLoader, load_cifar10
 from train.errors import ConfigError
 from train.evaluate import evaluate_on_test
@@ -261,8 +263,6 @@ class ResourceCost:
     def __init__(self, model: DDIResNet, resource: str) -> None:
         self.model, self.resource = model, resource
         if resource == "energy":
-            from train.cost import EnergyCost
-
             self.energy = EnergyCost.from_model(model, surfaces=True)
 
     def __call__(self, out: DDIOutput) -> torch.Tensor:
@@ -456,7 +456,6 @@ class Trainer:
 
     def _calibrate(self, when: str) -> None:
         """Target mode: set the gates' operating point to the target (train.calibrate)."""
-        from train.calibrate import calibrate_gates
 
         assert self.cfg.target_savings is not None
         loader = CifarLoader(

@@ -51,6 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from train import quant as Q
+from train.cost import trace_costs
 from train.data import CIFAR10_MEAN, CIFAR10_STD
 from train.errors import ConfigError
 
@@ -426,8 +427,6 @@ class DDIResNet(nn.Module):
     def costs(self):
         """The MAC cost model of this network (traced once, then cached)."""
         if self._costs is None:
-            from train.cost import trace_costs
-
             self._costs = trace_costs(self)
         return self._costs
 

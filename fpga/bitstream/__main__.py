@@ -12,6 +12,9 @@ import os
 import sys
 
 from export.errors import ExportError
+from fpga.bitstream import zedboard
+from fpga.bitstream.flow import BitstreamConfig, build_bitstreams, require_vivado, tool_environment
+from fpga.finn.compat import reexec_for_vivado
 from fpga.finn.errors import FinnFrontendError
 
 
@@ -66,7 +69,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from fpga.bitstream import zedboard
 
     if args.board_part:
         os.environ[zedboard.BOARD_PART_ENV] = args.board_part
@@ -77,7 +79,6 @@ def main(argv: list[str] | None = None) -> int:
             zedboard.interconnect_plan(2 * args.engines)  # one line if there are too many
             print(zedboard.render_shell(args.clk_period_ns, num_aximm=2 * args.engines), end="")
             return 0
-        from fpga.bitstream.flow import BitstreamConfig, build_bitstreams, require_vivado
 
         if args.check:
             vivado, version = require_vivado()
@@ -85,8 +86,6 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not args.bundle or not args.out:
             parser.error("BUNDLE and --out are required (or --check / --print-tcl)")
-        from fpga.bitstream.flow import tool_environment
-        from fpga.finn.compat import reexec_for_vivado
 
         tool_environment(*require_vivado())  # XILINX_HLS too, for its fpo_v7_1 library path
         reexec_for_vivado()  # once: the loader must see FINN's LD_LIBRARY_PATH (XSI in-process)

@@ -29,7 +29,6 @@ whether the total fits the XC7Z020 with the required margin (:data:`REQUIRED_MAR
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 from fpga.bitstream.zedboard import interconnect_plan
@@ -404,30 +403,6 @@ def resource_budget(
         },
         "interconnect": interconnect_report(engines, mask_dmas),
     }
-
-
-def overlay_budget(out: Path, folders: list[str], clk_period_ns: float) -> dict[str, Any]:
-    """The budget of one overlay of the engines built in ``out/<folder>`` (each a front-end
-    build with ``hw_parent.onnx``), merged by FINN's multi-DNN flow as ``python -m fpga overlay``
-    merges them. A design whose IODMAs exceed the shell's SmartConnects gets its one-line
-    refusal as the verdict (``fits: false``)."""
-    from qonnx.core.modelwrapper import ModelWrapper
-
-    from fpga.bitstream.overlay import collapse
-    from fpga.bitstream.zedboard import InterconnectError
-    from fpga.finn.frontend import PARENT_FILE, estimate
-
-    parents = {name: ModelWrapper(str(out / name / PARENT_FILE)) for name in folders}
-    masked = sum(len(p.graph.input) > 1 for p in parents.values())  # a mask map's input DMA
-    try:
-        interconnect_plan(2 * len(folders) + masked)
-    except InterconnectError as exc:
-        return {"label": LABEL, "fits": False, "fits_with_margin": False, "verdict": str(exc)}
-    model, engines = collapse(parents)
-    whole = estimate(model, clk_period_ns)
-    return resource_budget(
-        model, whole["total"], len(engines), whole["fpga_part"], mask_dmas=masked
-    )
 
 
 def interconnect_report(engines: int, mask_dmas: int = 0) -> dict[str, Any]:

@@ -35,8 +35,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from fpga.bitstream.overlay import (
+    BITFILE,
+    FINN_BUILD,
+    SETTINGS,
+    OverlayConfig,
+    adopt_settings,
+    prepare_overlay,
+)
 from fpga.bitstream.zedboard import ZEDBOARD, ZEDBOARD_PART, register_zedboard, zedboard_shell
+from fpga.board.accel import OverlaySpec
+from fpga.finn import compat
+from fpga.finn.compat import NO_VIVADO
 from fpga.finn.errors import BuildError, ToolchainError
+from fpga.finn.frontend import FrontendConfig, build_failure, python_model
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +93,6 @@ def check_vivado_version(version: tuple[int, int], allow_any: bool = False) -> N
 
 def find_vivado(environ: dict[str, str] | None = None) -> Path:
     """The ``vivado`` executable under ``$XILINX_VIVADO``; :class:`VivadoError` if absent."""
-    from fpga.finn.compat import NO_VIVADO
 
     env = os.environ if environ is None else environ
     root = env.get("XILINX_VIVADO", "")
@@ -157,8 +168,6 @@ def rtlsim_reference(model: Any, path: Path, images: int = RTLSIM_IMAGES, seed: 
     them, by position (``in<k>``, ``out<k>``), to ``path``; return it. No Vivado needed."""
     import numpy as np
     from qonnx.core.onnx_exec import execute_onnx
-
-    from fpga.finn.frontend import python_model
 
     runnable = python_model(model)
     rng = np.random.default_rng(seed)
@@ -306,8 +315,6 @@ def backend_config(config: BitstreamConfig, out_dir: Path) -> Any:
         ShellFlowType,
     )
 
-    from fpga.finn.frontend import FrontendConfig
-
     register_zedboard()
     frontend = FrontendConfig(
         fpga_part=ZEDBOARD_PART,
@@ -360,16 +367,6 @@ def build_bitstreams(
     :class:`VivadoError` first when Vivado is absent or unsupported, :class:`BuildError` when
     FINN's builder fails.
     """
-    from fpga.bitstream.overlay import (
-        BITFILE,
-        FINN_BUILD,
-        SETTINGS,
-        OverlayConfig,
-        adopt_settings,
-        prepare_overlay,
-    )
-    from fpga.board.accel import OverlaySpec
-    from fpga.finn import compat
 
     config = config or BitstreamConfig()
     if config.fifo_strategy not in FIFO_STRATEGIES:
@@ -390,8 +387,6 @@ def build_bitstreams(
     compat.prepare_finn(out / "finn_tmp")  # FINN's start-up, as its `finn` command does it
     from finn.builder.build_dataflow import build_dataflow_cfg
     from finn.util.settings import get_settings
-
-    from fpga.finn.frontend import _failure
 
     if os.environ.get("FINN_DEPS"):
         get_settings().finn_deps = os.environ["FINN_DEPS"]
@@ -427,7 +422,7 @@ def build_bitstreams(
                 f"see {str(build / 'build_dataflow.log')!r}"
             ) from exc
     if status != 0:
-        raise BuildError(f"FINN back end failed: {_failure(build / 'build_dataflow.log')}")
+        raise BuildError(f"FINN back end failed: {build_failure(build / 'build_dataflow.log')}")
     finn_deploy = build / "deploy"
     deploy = prepared.deploy
     shutil.copytree(finn_deploy / "bitfile", deploy / "bitfile", dirs_exist_ok=True)

@@ -41,6 +41,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from export.manifest import load_bundle
+from fpga.bitstream.budget import LABEL, resource_budget
+from fpga.bitstream.zedboard import (
+    ZEDBOARD,
+    InterconnectError,
+    interconnect_plan,
+    register_zedboard,
+)
 from fpga.board.accel import (
     DEFAULT_BATCH,
     EngineSpec,
@@ -48,6 +56,15 @@ from fpga.board.accel import (
     OverlaySpec,
 )
 from fpga.finn.errors import BuildError, GraphError
+from fpga.finn.frontend import (
+    PARENT_FILE,
+    PARTITION_OP,
+    XC7Z020,
+    FrontendConfig,
+    build_bundle,
+    dataflow_model,
+    estimate,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +119,6 @@ def collapse(parents: dict[str, Any]) -> tuple[Any, dict[str, Engine]]:
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.custom_op.registry import getCustomOp
 
-    from fpga.finn.frontend import PARTITION_OP
-
     submodels, expected = {}, {}
     for name, parent in parents.items():
         partitions = parent.get_nodes_by_op_type(PARTITION_OP)
@@ -141,6 +156,26 @@ def collapse(parents: dict[str, Any]) -> tuple[Any, dict[str, Engine]]:
     return model, engines
 
 
+def overlay_budget(out: Path, folders: list[str], clk_period_ns: float) -> dict[str, Any]:
+    """The budget of one overlay of the engines built in ``out/<folder>`` (each a front-end
+    build with ``hw_parent.onnx``), merged by FINN's multi-DNN flow as ``python -m fpga overlay``
+    merges them. A design whose IODMAs exceed the shell's SmartConnects gets its one-line
+    refusal as the verdict (``fits: false``)."""
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    parents = {name: ModelWrapper(str(out / name / PARENT_FILE)) for name in folders}
+    masked = sum(len(p.graph.input) > 1 for p in parents.values())  # a mask map's input DMA
+    try:
+        interconnect_plan(2 * len(folders) + masked)
+    except InterconnectError as exc:
+        return {"label": LABEL, "fits": False, "fits_with_margin": False, "verdict": str(exc)}
+    model, engines = collapse(parents)
+    whole = estimate(model, clk_period_ns)
+    return resource_budget(
+        model, whole["total"], len(engines), whole["fpga_part"], mask_dmas=masked
+    )
+
+
 def predict_driver_settings(model: Any, clk_period_ns: float) -> dict[str, Any]:
     """FINN's ``settings.json`` for ``model`` (a collapsed overlay), made without Vivado.
 
@@ -162,8 +197,6 @@ def predict_driver_settings(model: Any, clk_period_ns: float) -> dict[str, Any]:
     from qonnx.custom_op.registry import getCustomOp
     from qonnx.transformation.general import GiveReadableTensorNames, GiveUniqueNodeNames
     from qonnx.transformation.infer_data_layouts import InferDataLayouts
-
-    from fpga.bitstream.zedboard import ZEDBOARD, register_zedboard
 
     register_zedboard()
     model = ModelWrapper(copy.deepcopy(model.model)).transform(InferDataLayouts())
@@ -254,18 +287,6 @@ def prepare_overlay(
     """Front end of every selected graph, their merge, estimates, and the deploy folder with
     predicted driver settings (everything of the overlay that needs no Vivado)."""
     from qonnx.core.modelwrapper import ModelWrapper
-
-    from export.manifest import load_bundle
-    from fpga.bitstream.budget import resource_budget
-    from fpga.bitstream.zedboard import interconnect_plan
-    from fpga.finn.frontend import (
-        PARENT_FILE,
-        XC7Z020,
-        FrontendConfig,
-        build_bundle,
-        dataflow_model,
-        estimate,
-    )
 
     config = config or OverlayConfig()
     loaded = load_bundle(bundle)

@@ -7,8 +7,8 @@
 
 ``serve`` serves until interrupted (SIGINT/SIGTERM); ``doctor`` prints one verdict per check
 (fpga/board/doctor.py). A user error prints one line and exits 1 (``--debug`` re-raises). Runs
-on PYNQ: Python >= 3.10, numpy >= 1.21; this module imports only the standard library before it
-has checked them.
+on PYNQ: Python >= 3.10, numpy >= 1.21; this module imports only the standard library and the
+project's error classes before it has checked them.
 """
 
 from __future__ import annotations
@@ -19,12 +19,16 @@ import signal
 import sys
 from pathlib import Path
 
+from export.errors import ExportError
+from fpga.board import doctor
+from fpga.board.errors import BoardError
+
 log = logging.getLogger("fpga.board")
 
 
 def _port_problem(port: str, exc: BaseException) -> str:
     """One line naming ``port`` and saying what to do about ``exc``."""
-    from wire.ports import port_failure
+    from wire.ports import port_failure  # serial (pyserial), numpy: imported after the check
 
     why = port_failure(
         exc,
@@ -39,7 +43,7 @@ def serve(args: argparse.Namespace) -> int:
     """Open the port, build the runtime and serve until SIGINT or SIGTERM."""
     import serial
 
-    from fpga.board.errors import BoardError
+    # numpy and serial (pyserial): imported once main() has checked their versions
     from fpga.board.runtime import BoardRuntime, RuntimeConfig, check_finn
     from wire.link import Server
 
@@ -118,18 +122,12 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from fpga.board.doctor import main as doctor
-    from fpga.board.doctor import requirement_problem
-
     if args.command == "doctor":
-        return doctor(args)
-    problem = requirement_problem()
+        return doctor.main(args)
+    problem = doctor.requirement_problem()
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         return 1
-    from export.errors import ExportError
-    from fpga.board.errors import BoardError
-
     try:
         return serve(args)
     except (BoardError, ExportError) as exc:

@@ -47,7 +47,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fpga.board.errors import BoardError
-from fpga.board.finnio import padding_mask
+from fpga.board.finnio import FinnIoError, PynqDmaOverlay, padding_mask
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +256,6 @@ def open_finn_overlay(
     images. finn-plus-driver is not used: it imports qonnx, onnx and matplotlib, which a PYNQ
     image for the ZedBoard (armv7l) cannot install.
     """
-    from fpga.board.finnio import FinnIoError, PynqDmaOverlay
 
     try:
         import pynq  # noqa: F401 - only present on a PYNQ image

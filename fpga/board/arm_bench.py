@@ -59,6 +59,15 @@ from typing import Any
 
 import numpy as np
 
+from export.executor import BundleExecutor
+from export.manifest import load_bundle
+from export.program import NumpyBackend
+from fpga.board import accel
+from fpga.board.accel import AP_DONE, AP_IDLE, AP_START, DMA_COUNT, DMA_CTRL
+from fpga.board.finnio import PynqDmaOverlay, StreamType, pack, unpack
+from fpga.board.runtime import FinnBackend
+from fpga.emulator.overlay import EmulatedDmaOverlay
+
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,8 +121,6 @@ class Clock:
 def _pl(emulated: Any, io: dict[str, Any], clock: Clock):
     """(allocate, ip) for :class:`fpga.board.finnio.PynqDmaOverlay`, backed by ``emulated``'s
     engines; the engine's time is excluded from the ARM's."""
-    from fpga.board.accel import AP_DONE, AP_IDLE, AP_START, DMA_COUNT, DMA_CTRL
-    from fpga.board.finnio import StreamType, pack, unpack
 
     buffers: list[Any] = []
     index = {n: i for i, n in enumerate(io["idma_names"])}
@@ -196,10 +203,6 @@ def finn_work(
 ) -> dict[str, Any]:
     """One run of the FINN backend as the board runs it, its ARM time per image by category
     (the stand-in PL's time excluded)."""
-    from export.executor import BundleExecutor
-    from fpga.board import accel
-    from fpga.board.finnio import PynqDmaOverlay
-    from fpga.board.runtime import FinnBackend
 
     spec = accel.OverlaySpec.load(build.deploy)
     info = spec.driver_information()
@@ -275,12 +278,9 @@ def run(
 ) -> dict[str, Any]:
     import onnxruntime
 
+    # torch and qonnx (FINN's stack): loaded only when this runs
     from export.bundle import export_bundle
-    from export.executor import BundleExecutor
-    from export.manifest import load_bundle
-    from export.program import NumpyBackend
     from fpga.bitstream.overlay import prepare_overlay
-    from fpga.emulator.overlay import EmulatedDmaOverlay
     from train.data import load_cifar10
 
     test = load_cifar10("test")

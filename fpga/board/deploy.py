@@ -28,7 +28,13 @@ log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]
 """The repository root (the folder holding the first-party packages)."""
-ENTRY = ("fpga.board.__main__", "fpga.board.runtime", "fpga.board.accel", "fpga.board.doctor")
+ENTRY = (
+    "fpga.board.__main__",
+    "fpga.board.runtime",
+    "fpga.board.accel",
+    "fpga.board.doctor",
+    "fpga.board.weights",
+)
 """Modules the board starts from (the command line, and what it imports lazily)."""
 HOST_ONLY = ("export.lower", "export.bundle", "export.verify", "export.bench", "train", "host")
 """Modules and packages that must not be on the board's import graph."""

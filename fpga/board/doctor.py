@@ -6,8 +6,8 @@ login console, free), each overlay's files (``accelerators.json``, bitfile, FINN
 every bundle in the store (manifest version, file hashes). Each verdict is ``ok``, ``warn`` or
 ``FAIL`` with what to do; the command exits 1 when any check fails.
 
-This module imports only the standard library at module level, so it reports an old Python or a
-missing numpy instead of failing on it.
+This module imports only the standard library (and the project's error classes) at module level,
+so it reports an old Python or a missing numpy instead of failing on it.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from export.errors import BundleError
 
 MIN_PYTHON = (3, 10)
 """PYNQ 3.0.1 and 3.1 images (Ubuntu 22.04) have Python 3.10."""
@@ -161,6 +163,7 @@ def check_port(port: str, cmdline: str | None = None) -> Verdict:
 
 def check_overlays(folders: Iterable[Path], batch: int | None) -> tuple[list[Verdict], int]:
     """One verdict per overlay folder, and the CMA bytes they need together."""
+    # numpy: imported once check_numpy has run (see the module's docstring)
     from fpga.board.accel import AcceleratorError, OverlaySpec
     from fpga.board.finnio import buffer_bytes
 
@@ -201,8 +204,7 @@ def check_overlays(folders: Iterable[Path], batch: int | None) -> tuple[list[Ver
 
 
 def check_bundles(folders: Iterable[Path]) -> list[Verdict]:
-    from export.errors import BundleError
-    from export.manifest import load_bundle
+    from export.manifest import load_bundle  # numpy: as above
 
     verdicts = []
     for folder in folders:

@@ -41,7 +41,10 @@ from export.errors import ExportError
 from export.executor import BatchResult, BundleExecutor
 from export.manifest import Bundle, GraphSpec
 from export.program import NumpyBackend
+from fpga.board import doctor
+from fpga.board.accel import AcceleratorError, OverlaySpec, load_overlay
 from fpga.board.errors import BoardError, CommandError
+from fpga.board.finnio import buffer_bytes
 from fpga.board.store import DEFAULT_MAX_BUNDLE_BYTES, BundleStore, LoadSession
 from wire.protocol import (
     MAX_BATCHES_LISTED,
@@ -166,7 +169,6 @@ def check_finn(overlays: Sequence[str | Path], batch_size: int | None = None) ->
     """Raise one line unless pynq can be imported, every overlay folder has its
     ``accelerators.json`` and the CMA pool holds their DMA buffers (the finn backend); return
     them. The bitfile is checked when it is opened."""
-    from fpga.board.accel import AcceleratorError, OverlaySpec
 
     try:
         import pynq  # noqa: F401 - only present on a PYNQ image
@@ -193,15 +195,12 @@ def check_cma(
 ) -> None:
     """Raise one line unless the CMA pool's free bytes hold every overlay's DMA buffers
     (``meminfo``: the text of /proc/meminfo, read when None)."""
-    from fpga.board.doctor import FAIL
-    from fpga.board.doctor import check_cma as verdict
-    from fpga.board.finnio import buffer_bytes
 
     need = sum(
         buffer_bytes(spec.driver_information(), batch_size or spec.batch_size) for spec in specs
     )
-    result = verdict(need, meminfo)
-    if result.status == FAIL:
+    result = doctor.check_cma(need, meminfo)
+    if result.status == doctor.FAIL:
         raise BoardRuntimeError(f"CMA: {result.detail}")
 
 
@@ -365,8 +364,6 @@ def make_backend(config: RuntimeConfig, bundle: Bundle) -> Backend:
     another bundle downloads its overlay's bitstream, outside any measured run).
     """
     if config.backend == "finn":
-        from fpga.board.accel import AcceleratorError, load_overlay
-
         built = {
             spec.bundle_id: spec.root for spec in check_finn(config.overlays, config.overlay_batch)
         }

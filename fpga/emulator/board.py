@@ -48,6 +48,7 @@ from export.manifest import Manifest, load_bundle
 from fpga.board.errors import LinkError
 from fpga.board.runtime import BoardRuntime, RunOutcome, RuntimeConfig
 from fpga.emulator import EmulatorError
+from fpga.emulator.meter import SimulatedMeter
 from fpga.emulator.power import PowerTrace
 from fpga.emulator.timing import ARM, HardwareReportTiming, MacRateTiming, Phase, TimingModel
 from wire.link import Server
@@ -379,8 +380,6 @@ class EmulatedBoard:
         self._thread = threading.Thread(target=self._serve, name="emulated-board", daemon=True)
         self._thread.start()
         if self.want_meter:
-            from fpga.emulator.meter import SimulatedMeter
-
             self.meter = SimulatedMeter(self.trace, self.meter_config)
             self.meter_address = self.meter.start()
         log.info("emulated board serving %s on %s", bundle.bundle_id, self.address)

@@ -150,6 +150,7 @@ class EmulatedDmaOverlay:
         ``out_dir``: its deploy folder's settings, each engine the graph's HW partition."""
         from qonnx.core.modelwrapper import ModelWrapper
 
+        # qonnx (FINN's stack): loaded only when this runs
         from fpga.bitstream.overlay import DEPLOY_DIR
         from fpga.finn.frontend import PARENT_FILE, dataflow_model, python_model
 

@@ -60,16 +60,15 @@ executed block and its exit's block: the executor does not report gates evaluate
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from export.executor import BatchResult
 from export.manifest import Manifest
+from fpga import hwreport
 from fpga.emulator import EmulatorError
 
 ARM = "arm"
@@ -339,9 +338,9 @@ class HardwareReportTiming(TimingModel):
     @classmethod
     def from_json(cls, path: str | os.PathLike, **kwargs: float) -> HardwareReportTiming:
         try:
-            report = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as exc:
-            raise EmulatorError(f"cannot read hardware report {str(path)!r}: {exc}") from None
+            report = hwreport.read(path)
+        except hwreport.HardwareReportError as exc:
+            raise EmulatorError(str(exc)) from None
         return cls(report, source=f"hardware report {str(path)!r}", **kwargs)
 
     def check(self, manifest: Manifest) -> None:
@@ -382,3 +381,27 @@ class HardwareReportTiming(TimingModel):
 
     def __repr__(self) -> str:
         return f"HardwareReportTiming({self.source}, {self._args()})"
+
+
+AXILITE_S_PER_WORD = 160e-9
+"""Modelled time of one 32-bit AXI-lite write from the ARM into a PL memory over M_AXI_GP0
+(uncached, posted): HARDWARE.md estimates 100-250 ns (:data:`AXILITE_S_PER_WORD_RANGE`), not
+measured; 160 ns is the 16 cycles at 100 MHz of :class:`fpga.architecture.CostModel`."""
+AXILITE_S_PER_WORD_RANGE = (100e-9, 250e-9)
+
+
+def runtime_weight_load_s(
+    words: int,
+    flush_frame_s: float = 0.0,
+    s_per_word: float = AXILITE_S_PER_WORD,
+) -> float:
+    """Modelled time to write a block's runtime weights into its shared engine: ``words``
+    32-bit AXI-lite writes at ``s_per_word`` each, then one flush frame through the engine
+    (``flush_frame_s``: one image's engine time; the loader in fpga/board/weights.py sends it).
+
+    For example ResNet-74's stage-3 blocks (18,448 words) take 3.0 ms of writes at 160 ns a
+    word, 1.8-4.6 ms over HARDWARE.md's 100-250 ns range. A model, not a measurement.
+    """
+    if isinstance(words, bool) or not isinstance(words, (int, np.integer)) or words < 0:
+        raise EmulatorError(f"words={words!r} must be a count of 32-bit words >= 0")
+    return int(words) * _rate("s_per_word", s_per_word) + _seconds("flush_frame_s", flush_frame_s)

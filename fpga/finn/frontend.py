@@ -35,8 +35,10 @@ from typing import Any
 import numpy as np
 from qonnx.core.modelwrapper import ModelWrapper
 
+from export.manifest import load_bundle
 from fpga.finn import compat
 from fpga.finn.errors import BuildError, FinnFrontendError, GraphError
+from fpga.hwreport import XC7Z020
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,11 @@ class FrontendConfig:
     """Frames per second that FINN's ``SetFolding`` aims for; None: leave PE = SIMD = 1."""
     folding_config_file: str | None = None
     """FINN folding JSON (PE, SIMD, ram_style per layer), applied after ``target_fps``."""
+    runtime_writeable_weights: bool = False
+    """Weights and thresholds written over AXI-lite at run time (a shared engine): every MVAU
+    gets ``mem_mode="internal_decoupled"`` and, with every Thresholding layer,
+    ``runtime_writeable_weights=1`` before bit-width minimization, so datatypes stay wide
+    enough for every block the engine serves (``step_runtime_writeable_weights``)."""
     mvau_wwidth_max: int = 36
     """Widest weight stream of an MVAU (bits per cycle) that automatic folding may choose."""
     start_step: str | None = None
@@ -74,6 +81,7 @@ class FrontendConfig:
             LogLevel,
         )
 
+        # finn: loaded only when this runs
         from fpga.finn.steps import FRONTEND_STEPS
 
         return DataflowBuildConfig(
@@ -139,13 +147,16 @@ def to_hw(
     compat.prepare_finn(out / "finn_tmp")
     from finn.builder.build_dataflow import build_dataflow_cfg
 
-    from fpga.finn.steps import INPUT_DATATYPE_KEY, INPUT_SCALE_KEY
+    # finn: loaded only when this runs
+    from fpga.finn.steps import INPUT_DATATYPE_KEY, INPUT_SCALE_KEY, RUNTIME_WEIGHTS_KEY
 
     model = ModelWrapper(str(qonnx_path))
     _check_input(model, name, scale)  # the same check as the first step, before FINN's logging
     model.set_metadata_prop(INPUT_DATATYPE_KEY, name)
     if scale is not None:
         model.set_metadata_prop(INPUT_SCALE_KEY, repr(float(scale)))
+    if config.runtime_writeable_weights:
+        model.set_metadata_prop(RUNTIME_WEIGHTS_KEY, "1")
     source = out / "input.qonnx.onnx"
     model.save(str(source))
     (out / CONFIG_FILE).write_text(json.dumps(asdict(config), indent=1) + "\n")
@@ -164,7 +175,8 @@ def to_hw(
             ) from exc
     if status != 0:
         raise BuildError(
-            f"FINN build of {qonnx_path.name!r} failed: {_failure(logfile)}; see {str(logfile)!r}"
+            f"FINN build of {qonnx_path.name!r} failed: {build_failure(logfile)}; "
+            f"see {str(logfile)!r}"
         )
     steps = [s if isinstance(s, str) else s.__name__ for s in cfg.steps]
     if config.stop_step is not None and config.stop_step != steps[-1]:
@@ -180,12 +192,13 @@ def _check_input(model: ModelWrapper, datatype: str, scale: float | None) -> Non
     """Raise :class:`GraphError` now if the graph's input quantizer does not match."""
     from qonnx.util.cleanup import cleanup_model
 
+    # onnx: loaded only when this runs
     from fpga.finn.transforms import IntegerInput
 
     cleanup_model(ModelWrapper(copy.deepcopy(model.model))).transform(IntegerInput(datatype, scale))
 
 
-def _failure(logfile: Path) -> str:
+def build_failure(logfile: Path) -> str:
     """The step and error message that FINN's builder logged for a failed build."""
     step, error = "?", "no error in the log"
     if logfile.is_file():
@@ -234,6 +247,7 @@ def python_model(model: ModelWrapper) -> ModelWrapper:
     """
     from qonnx.custom_op.registry import getCustomOp
 
+    # onnx: loaded only when this runs
     from fpga.finn.transforms import HWLayersForPython
 
     compat.prepare_finn()
@@ -333,8 +347,6 @@ def estimate(
     }
 
 
-XC7Z020 = {"LUT": 53_200, "BRAM_18K": 280, "DSP": 220}
-"""Resources of the ZedBoard's Zynq-7020 programmable logic (FF: 106,400, not estimated)."""
 ESTIMATES_FILE = "estimates.json"
 
 
@@ -361,8 +373,6 @@ def build_bundle(
     are written to ``out_dir/estimates.json`` and returned, by graph name.
     """
     from tqdm.auto import tqdm
-
-    from export.manifest import load_bundle
 
     config = config or FrontendConfig()
     loaded = load_bundle(bundle)

@@ -16,6 +16,8 @@ steps are named by string (FINN looks them up), ours are functions here:
   transposes moved and cancelled, ResNet-50 style.
 - :func:`step_resnet_convert_to_hw`: only integer layers become HW layers, so the float tail
   (output scale, classifier bias, the output transpose) stays outside the dataflow partition.
+- :func:`step_runtime_writeable_weights`: a shared engine's MVAUs and thresholds become
+  runtime-writeable before bit-width minimization (only with :data:`RUNTIME_WEIGHTS_KEY`).
 - :func:`step_check_hw_layers`: after ``SpecializeLayers``, every node of the partition must be
   an HLS or RTL layer.
 
@@ -90,6 +92,9 @@ INPUT_DATATYPE_KEY = "ddi_fpga.input_datatype"
 """Model metadata key: the FINN datatype of the graph input (``UINT4``), from the manifest."""
 INPUT_SCALE_KEY = "ddi_fpga.input_scale"
 """Model metadata key: the scale of the input codes (``repr`` of a float), from the manifest."""
+RUNTIME_WEIGHTS_KEY = "ddi_fpga.runtime_writeable_weights"
+"""Model metadata key: ``"1"`` when the engine's weights are written at run time (a shared
+engine); set by :func:`fpga.finn.frontend.to_hw` from ``FrontendConfig``."""
 MASK_DATATYPE = "UINT1"
 """FINN datatype of a masked block's second input, the channel mask map (export/bundle.py)."""
 MAX_ROUNDS = 8
@@ -255,6 +260,30 @@ def step_resnet_convert_to_hw(model: ModelWrapper, cfg: DataflowBuildConfig) -> 
     return model.transform(GiveUniqueNodeNames())
 
 
+def step_runtime_writeable_weights(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
+    """For a shared engine (:data:`RUNTIME_WEIGHTS_KEY` set): every MVAU keeps its weights in
+    a runtime-writeable memory (``mem_mode="internal_decoupled"``,
+    ``runtime_writeable_weights=1``) and every Thresholding layer its thresholds.
+
+    It must run before ``step_minimize_bit_width_initial``: FINN narrows weight, threshold and
+    accumulator datatypes to the values of the graph being built unless these attributes are
+    set (``MVAU.minimize_weight_bit_width``, ``minimize_accumulator_width``), and never widens
+    them again, so an engine built from one block would be too narrow for the others.
+    Without the key, the model passes unchanged.
+    """
+    from qonnx.custom_op.registry import getCustomOp
+
+    if model.get_metadata_prop(RUNTIME_WEIGHTS_KEY) != "1":
+        return model
+    for node in model.graph.node:
+        if node.op_type.startswith("MVAU"):
+            getCustomOp(node).set_nodeattr("mem_mode", "internal_decoupled")
+            getCustomOp(node).set_nodeattr("runtime_writeable_weights", 1)
+        elif node.op_type.startswith("Thresholding"):
+            getCustomOp(node).set_nodeattr("runtime_writeable_weights", 1)
+    return model
+
+
 def _narrow(model: ModelWrapper) -> ModelWrapper:
     model = model.transform(NarrowMaskedProducts())
     return model.transform(InferDataTypes())
@@ -300,6 +329,7 @@ FRONTEND_STEPS: list = [
     step_resnet_streamline,
     step_resnet_lower,
     step_resnet_convert_to_hw,
+    step_runtime_writeable_weights,
     step_minimize_bit_width_masked_initial,
     "step_create_dataflow_partition",
     "step_specialize_layers",

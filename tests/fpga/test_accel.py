@@ -614,14 +614,14 @@ def test_emulator_charges_the_gate_engines(gate_engines):
     step on the ARM; without engine estimates the gates stay on the ARM, charged as before."""
     import json
 
-    from fpga.__main__ import hardware_report
     from fpga.emulator.timing import ARM, ENGINE, HardwareReportTiming, lstm_step_macs
+    from fpga.hwreport import per_graph_report
 
     bundle, build, _ = gate_engines
     m = bundle.manifest
     front_end = json.loads((build.out / "graphs" / "estimates.json").read_text())
     estimates = front_end["graphs"]  # FINN's estimates of every engine's graph
-    timing = HardwareReportTiming(hardware_report(estimates, 10.0))
+    timing = HardwareReportTiming(per_graph_report(estimates, 10.0, m.bundle_id))
     n = len(m.blocks)
     phases = timing.image_phases(m, np.ones(n, bool), np.ones(n, np.int64), -1, gated=True)
     by_graph = {(p.unit, p.graph): p.duration_s for p in phases}
@@ -647,7 +647,7 @@ def test_emulator_charges_the_gate_engines(gate_engines):
         assert lstm_step_macs(m, block.layer_gate) == 4 * 10 * (10 + 10) + 10
         assert step < timing.gate_s(block.layer_gate_macs)
     backbone = {k: v for k, v in estimates.items() if m.graphs[k].finn is None}
-    on_arm = HardwareReportTiming(hardware_report(backbone, 10.0))
+    on_arm = HardwareReportTiming(per_graph_report(backbone, 10.0, m.bundle_id))
     phases = on_arm.image_phases(m, np.ones(n, bool), np.ones(n, np.int64), -1, gated=True)
     for block in m.blocks:
         (gate,) = [p for p in phases if p.graph == block.layer_gate]

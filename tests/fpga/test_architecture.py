@@ -116,6 +116,18 @@ def test_shared_build_fits_and_has_writeable_weights(r14_build):
         engine["weight_words"] > 0 and engine["external_mem_mode"]["BRAM_18K"] < engine["BRAM_18K"]
     )
     assert report["graphs"]["block1"]["weight_load_cycles"] > 0
+    # every graph of a shared engine got its own weight file, as many words as the engine's
+    # memories: the stage's blocks, and the gates of the shared gate engines
+    served = {
+        g: e["weight_words"]
+        for e in report["engines"].values()
+        if e["runtime_writeable_weights"]
+        for g in e["serves"]
+    }
+    assert report["runtime_weights"]["words"] == served
+    assert served["block0"] == served["block1"] == engine["weight_words"]
+    assert {"layer_gate0", "channel_gate0"} <= set(served)
+    assert (out / report["runtime_weights"]["manifest"]).is_file()
     assert report["graphs"]["block2"]["weight_load_cycles"] == 0  # fixed weights
     # the completed budget of one overlay of the engines: an IODMA pair each (and a block
     # engine's mask DMA). With the quantized gates' 8 engines ResNet-14 needs more AXI masters
@@ -202,10 +214,14 @@ SYNTHETIC = {
 def test_cost_of_one_call():
     cost = CostModel(call_overhead_cycles=50, axilite_cycles_per_word=4)
     g = SYNTHETIC["graphs"]["b0"]
-    assert cost.load_cycles(g) == 2_000
+    flush = 50 + 3_000  # one more call, and one frame's latency through the engine
+    assert cost.load_cycles(g) == 2_000 + flush
     assert cost.call_cycles(g, 0) == 0
-    assert cost.call_cycles(g, 8) == 50 + 2_000 + (3_000 - 1_000) + 8 * 1_000
-    dma = CostModel(weight_loader="dma", dma_bytes_per_cycle=8.0)
+    assert cost.call_cycles(g, 8) == 50 + 2_000 + flush + (3_000 - 1_000) + 8 * 1_000
+    no_flush = CostModel(call_overhead_cycles=50, axilite_cycles_per_word=4, flush_frame=False)
+    assert no_flush.load_cycles(g) == 2_000
+    assert cost.load_cycles(SYNTHETIC["graphs"]["b2"]) == 0  # fixed weights: no load, no flush
+    dma = CostModel(weight_loader="dma", dma_bytes_per_cycle=8.0, flush_frame=False)
     assert dma.load_cycles(g) == 250  # 500 words x 4 bytes / 8 bytes per cycle
     slow_dma = CostModel(dma_bytes_per_cycle=0.5)  # activations, not the engine, bound it
     assert slow_dma.image_cycles(g) == 2_000

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_the_host_harness_imports_no_board_module_to_pack_bundles():
     code = (
         "import json, sys\n"
-        "import host.board, host.measure, host.run_measurement\n"
+        "import host.board, host.measure, measurements.run_measurement\n"
         "from export.archive import pack_bundle\n"
         "assert host.board.pack_bundle is pack_bundle\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.startswith('fpga'))))\n"

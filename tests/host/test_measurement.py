@@ -97,7 +97,7 @@ def test_bad_settings_are_refused_in_one_line(bundles, tmp_path):
 
 RUNNER = """
 import sys
-from host.run_measurement import main
+from measurements.run_measurement import main
 sys.exit(main(sys.argv[1:]))
 """
 

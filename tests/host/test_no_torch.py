@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-HARNESS = ("host.run_measurement", "host.measure", "host.board", "host.meters")
+HARNESS = ("measurements.run_measurement", "host.measure", "host.board", "host.meters")
 # The training stage (torch, Brevitas) and the compilation stack (FINN, QONNX, ONNX graphs and
 # their runtime) that a laptop that only measures must not need.
 FORBIDDEN = ("torch", "brevitas", "finn", "qonnx", "onnx", "onnxruntime", "train")

@@ -4,7 +4,6 @@ is "measured on hardware"; a cpu-backend board or a simulated meter never is, en
 from __future__ import annotations
 
 import itertools
-import json
 
 import pytest
 
@@ -12,7 +11,7 @@ from fpga.emulator.meter import SimulatedMeter, SimulatedMeterConfig
 from fpga.emulator.power import ConstantPower
 from host.measure import MeasureError, MeasurementConfig, ModelSpec, measure
 from host.provenance import ENERGY_SOURCES, ProvenanceError, energy_source
-from host.records import RunFolder
+from host.records import RunFolder, read_json, write_json
 from measurements.table1 import TableError, build_table
 from tests.conftest import needs_cifar10
 from tests.fpga.test_runtime import board, shared_bundle
@@ -77,7 +76,7 @@ def test_a_cpu_board_or_a_simulated_meter_is_never_measured_on_hardware(bundle_d
             runtime.backend = backend  # what HELLO reports; the graphs run on onnxruntime
             _, run, summary = _measure(bundle_dir, tmp_path, port, meter.address, f"r{i}")
         assert summary["energy_source"] == want != "hardware"
-        saved = json.loads((run.path / "source.json").read_text())
+        saved = read_json(run.path / "source.json", "source")
         assert saved == {
             "board_backend": backend,
             "meter_kind": "keysight34465a",
@@ -97,7 +96,7 @@ def test_a_resumed_run_must_keep_its_board_and_meter(bundle_dir, tmp_path):
     ):
         config, run, _ = _measure(bundle_dir, tmp_path, port, meter.address, "first")
         (run.path / "summary.json").unlink()
-        source = json.loads((run.path / "source.json").read_text())
-        (run.path / "source.json").write_text(json.dumps({**source, "meter_simulated": False}))
+        source = read_json(run.path / "source.json", "source")
+        write_json(run.path / "source.json", "source", {**source, "meter_simulated": False})
         with pytest.raises(MeasureError, match=r"another board or meter \(meter_simulated"):
             measure(config, RunFolder.resume(run.path, config.to_dict()), progress=False)

@@ -5,7 +5,6 @@ net savings, and every parameter moves the figures it should."""
 from __future__ import annotations
 
 import csv
-import json
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ import pytest
 from export.executor import BundleExecutor
 from fpga.emulator.board import PowerModel
 from fpga.emulator.timing import MacRateTiming
-from host.records import RESULT_COLUMNS
+from host.records import RESULT_COLUMNS, write_json
 from measurements.sensitivity import markdown, sensitivity
 from tests.fpga.test_runtime import shared_bundle
 
@@ -31,7 +30,7 @@ def run(tmp_path_factory):
         "models": [{"key": k, "bundle": str(bundle), "mode": m, "budget_macs": None}
                    for k, m in models],
     }  # fmt: skip
-    (folder / "config.json").write_text(json.dumps(config))
+    write_json(folder / "config.json", "config", config)
     results = {}
     with open(folder / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=RESULT_COLUMNS)

@@ -8,6 +8,7 @@ import math
 
 import pytest
 
+from host.records import read_json, write_json
 from measurements.table1 import TableError, build_table, main, markdown, mean_ci, title
 
 
@@ -45,7 +46,7 @@ def _run(
              "accuracy_images": 1000, "energy_per_image_j": list(half)},
         ],
     }  # fmt: skip
-    (run / "summary.json").write_text(json.dumps(summary))
+    write_json(run / "summary.json", "summary", summary)
     return run
 
 
@@ -119,10 +120,18 @@ def test_refusals(tmp_path, capsys):
     with pytest.raises(TableError, match="2 repeats, the reference 3"):
         build_table([_run(tmp_path, "f", half=(1.0, 1.1))])
     old = _run(tmp_path, "g")
-    summary = json.loads((old / "summary.json").read_text())
+    summary = read_json(old / "summary.json", "summary")
     del summary["models"][1]["realized_compute_savings"]
-    (old / "summary.json").write_text(json.dumps(summary))
+    write_json(old / "summary.json", "summary", summary)
     with pytest.raises(TableError, match="predates realized accounting"):
         build_table([old])
     assert main([str(tmp_path / "none"), "--out", str(tmp_path / "t")]) == 1
     assert "no summary.json" in capsys.readouterr().err
+    unversioned = _run(tmp_path, "h")
+    (unversioned / "summary.json").write_text(json.dumps(summary))  # no format field
+    with pytest.raises(TableError, match=r"not a ddi-fpga-run-summary document version 1"):
+        build_table([unversioned])
+    other = _run(tmp_path, "i")
+    write_json(other / "summary.json", "config", summary)  # another document of a run
+    with pytest.raises(TableError, match=r"'ddi-fpga-run-config', 1"):
+        build_table([other])

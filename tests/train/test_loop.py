@@ -100,10 +100,10 @@ def test_interrupted_run_resumes_to_the_same_weights(base_checkpoint, tmp_path, 
     resumed = tmp_path / "resumed"
     original = Trainer._loss
 
-    def interrupt(self, out, y):
+    def interrupt(self, out, y, *teacher):
         if self.stage == "main" and self.step == 3:
             raise KeyboardInterrupt
-        return original(self, out, y)
+        return original(self, out, y, *teacher)
 
     monkeypatch.setattr(Trainer, "_loss", interrupt)
     with pytest.raises(KeyboardInterrupt):
@@ -238,11 +238,11 @@ def test_wall_time_is_summed_over_resumed_segments(tmp_path, monkeypatch):
     cfg.update(checkpoint_every_steps=2, **SMALL)
     original = Trainer._loss
 
-    def slow_then_interrupt(self, out, y):
+    def slow_then_interrupt(self, out, y, *teacher):
         offset[0] += 1000.0  # the first segment "takes" 1000 s per step
         if self.step == 2:
             raise KeyboardInterrupt
-        return original(self, out, y)
+        return original(self, out, y, *teacher)
 
     monkeypatch.setattr(Trainer, "_loss", slow_then_interrupt)
     with pytest.raises(KeyboardInterrupt):

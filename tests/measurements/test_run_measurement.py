@@ -1,4 +1,4 @@
-"""The measurement command line (host/run_measurement.py): a run that never starts leaves no
+"""The measurement command line (measurements/run_measurement.py): a run that never starts leaves no
 run folder behind, whether its bundle is refused or it fails before the first window."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from export.bundle import export_bundle
-from host.run_measurement import main
+from measurements.run_measurement import main
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "measurements" / "train" / "resnet8-w4a4" / "base" / "final.pt"

@@ -1,8 +1,9 @@
 """Measure energy per inference of bundles on a board (or the emulated one) with a power meter.
 
-    python host/run_measurement.py --port /dev/ttyUSB0 --meter keysight34465a:/dev/ttyUSB1 \\
-        --model full=bundles/r8-base:full --model iadi40=bundles/r8-iadi40 \\
-        --model iadi60=bundles/r8-iadi60 --reference full --images 1000 --repeats 3
+    python measurements/run_measurement.py --port /dev/ttyUSB0 \\
+        --meter keysight34465a:/dev/ttyUSB1 --model full=bundles/r8-base:full \\
+        --model iadi40=bundles/r8-iadi40 --model iadi60=bundles/r8-iadi60 --reference full \\
+        --images 1000 --repeats 3
 
 Each run writes ``measurements/runs/<UTC time>_<label>/`` (config, raw power samples, per-image
 results, windows, summary, log; host/records.py) and, with ``--table``, Table I beside it. A run
@@ -18,14 +19,21 @@ import sys
 from pathlib import Path
 
 try:
-    import host  # noqa: F401  (installed with the project)
+    import measurements  # noqa: F401  (installed with the project)
 except ImportError:  # run as a script from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cifar.errors import DataError
+from export.errors import ExportError
+from host.measure import MeasureError, MeasurementConfig, ModelSpec, check_bundles, measure
+from host.records import RunError, RunFolder
+from measurements.table1 import TableError, write_table
+from wire.errors import BoardError
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python host/run_measurement.py",
+        prog="python measurements/run_measurement.py",
         description="Energy per inference, compute savings and accuracy of bundles on a board.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n")[1],
@@ -70,13 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from cifar.errors import DataError
-    from export.errors import ExportError
-    from host.measure import MeasureError, MeasurementConfig, ModelSpec, check_bundles, measure
+    # serial (pyserial): loaded only when this runs
     from host.meters import MeterError
-    from host.records import RunError, RunFolder
-    from measurements.table1 import TableError, write_table
-    from wire.errors import BoardError
 
     errors = (MeasureError, BoardError, MeterError, RunError, ExportError, DataError, TableError)
     try:
