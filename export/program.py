@@ -249,6 +249,39 @@ class Program:
             values.update(zip(node["outputs"], results, strict=True))
         return [np.ascontiguousarray(values[t]) for t in self.outputs]
 
+    def starting_at(self, given: Sequence[str]) -> Program:
+        """The part of this program that computes its outputs from the tensors ``given``.
+
+        ``given`` names tensors of the program (an inner tensor, such as the embedding a layer
+        gate's FINN engine computes, and inputs); the new program takes them in that order and
+        runs only the nodes its outputs need below them. Raises :class:`ExecutionError` when
+        the outputs need a tensor that ``given`` does not cut off (e.g. another input).
+        """
+        given = list(given)
+        producer = {t: k for k, node in enumerate(self.nodes) for t in node["outputs"]}
+        known = set(self.inputs) | set(producer)
+        unknown = [t for t in given if t not in known]
+        if unknown:
+            raise ExecutionError(f"program {self.name!r} has no tensor(s) {unknown!r}")
+        needed: set[int] = set()
+        stack = [t for t in self.outputs if t not in given]
+        seen = set(stack)
+        while stack:
+            tensor = stack.pop()
+            if tensor not in producer:
+                raise ExecutionError(
+                    f"program {self.name!r}: its outputs need input {tensor!r} above "
+                    f"{given!r}; pass it too"
+                )
+            k = producer[tensor]
+            needed.add(k)
+            for t in self.nodes[k]["inputs"]:
+                if t not in given and t not in seen:
+                    seen.add(t)
+                    stack.append(t)
+        nodes = [node for k, node in enumerate(self.nodes) if k in needed]
+        return Program(f"{self.name}@{given[0]}", given, self.outputs, nodes, self.constants)
+
     # -- the .npz file ---------------------------------------------------------------------
     def to_bytes(self) -> bytes:
         doc = {
@@ -291,9 +324,22 @@ class NumpyBackend:
     """
 
     def __init__(self, bundle: Any) -> None:
+        self._parts: dict[tuple[str, tuple[str, ...]], Program] = {}
         self.programs: dict[str, Program] = {}
         for name, spec in bundle.manifest.graphs.items():
             self.programs[name] = Program.from_bytes(bundle.read(spec.numpy), spec.numpy.file)
 
     def run(self, graph: Any, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         return self.programs[graph.name].run(inputs)
+
+    def run_from(
+        self, graph: Any, given: Sequence[str], inputs: Sequence[np.ndarray]
+    ) -> list[np.ndarray]:
+        """The rest of ``graph``'s program from the tensors ``given`` (their values ``inputs``):
+        the work below a part of the graph that ran elsewhere (a layer gate's LSTM step after
+        its FINN engine's embedding). Sub-programs are made once per graph and ``given``."""
+        key = (graph.name, tuple(given))
+        program = self._parts.get(key)
+        if program is None:
+            program = self._parts[key] = self.programs[graph.name].starting_at(given)
+        return program.run(inputs)

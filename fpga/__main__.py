@@ -195,7 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     o.add_argument("bundle", help="bundle folder (python -m export)")
     o.add_argument("--out", required=True, help="build folder (graphs/, overlay.onnx, deploy/)")
-    o.add_argument("--graphs", nargs="+", help="only these graphs (default: all with QONNX)")
+    o.add_argument(
+        "--graphs",
+        nargs="+",
+        help="only these graphs (default: every graph with QONNX and every quantized gate)",
+    )
     o.add_argument("--clk-period-ns", type=float, default=10.0, help="target clock (10: 100 MHz)")
     o.add_argument("--target-fps", type=int, help="FINN folding target per engine (default 1000)")
     o.add_argument("--batch", type=int, default=64, help="images per DMA transfer on the board")

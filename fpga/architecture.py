@@ -82,10 +82,24 @@ def _shape(spec: Any) -> tuple:
     return tuple(d for d in spec.shape if d != "N"), spec.datatype.name
 
 
+def _engine_output(spec: Any) -> Any:
+    """The tensor an engine of the graph returns: a quantized gate's FINN graph output (keep
+    bits, or the layer gate's embedding codes), else the graph's output."""
+    return spec.outputs[0] if spec.finn is None else spec.finn.outputs[0]
+
+
+def engine_file(spec: Any) -> str | None:
+    """The QONNX file FINN builds for a graph: a backbone graph's ``qonnx``, a quantized
+    gate's ``finn`` graph, else None (float gates: the ARM runs them)."""
+    if spec.qonnx is not None:
+        return spec.qonnx.file
+    return None if spec.finn is None else spec.finn.file
+
+
 def graph_key(manifest: Any, graph: str) -> tuple:
     """What an engine is built for: the graph's kind and its input/output shapes and types."""
     spec = manifest.graphs[graph]
-    return (spec.kind, _shape(spec.inputs[0]), _shape(spec.outputs[0]))
+    return (spec.kind, _shape(spec.inputs[0]), _shape(_engine_output(spec)))
 
 
 def _engine_name(manifest: Any, graph: str, kind: str) -> str:
@@ -93,7 +107,7 @@ def _engine_name(manifest: Any, graph: str, kind: str) -> str:
     if kind in ("stem", "head"):
         return kind
     (c_in, h_in, _), _ = _shape(spec.inputs[0])
-    out_shape, _ = _shape(spec.outputs[0])
+    out_shape, _ = _shape(_engine_output(spec))
     if len(out_shape) != 3:  # an exit's logits
         return f"{kind}_{c_in}ch_{h_in}px"
     c_out, h_out, _ = out_shape
@@ -105,15 +119,19 @@ def plan_engines(manifest: Any) -> list[Engine]:
     """Group every graph of the bundle that FINN compiles into engines, in execution order.
 
     A graph whose shape another graph already has goes to that graph's engine; an engine with
-    more than one graph gets runtime-writeable weights.
+    more than one graph gets runtime-writeable weights. Quantized gates (a ``finn`` graph: the
+    channel gate, the layer gate's pool and 1x1 conv) get engines too, grouped the same way;
+    float gates run on the ARM.
     """
     order = [manifest.stem]
     for block in manifest.blocks:
+        gates = [g for g in (block.layer_gate, block.channel_gate) if g]
+        order += [g for g in gates if manifest.graphs[g].finn is not None]
         order += [block.graph] + ([block.shortcut] if block.shortcut else [])
     order += [e.graph for e in manifest.exits] + [manifest.head]
     groups: dict[tuple, list[str]] = {}
     for name in order:
-        if manifest.graphs[name].qonnx is None:
+        if engine_file(manifest.graphs[name]) is None:
             raise GraphError(f"graph {name!r} has no QONNX graph; the design needs every engine")
         groups.setdefault(graph_key(manifest, name), []).append(name)
     engines = []
@@ -152,6 +170,8 @@ class CostModel:
     Per block and batch: nothing if no image runs it; else ``call_overhead_cycles`` (the ARM
     programs the DMAs and waits), the weight load (shared engines only), the pipeline fill
     (``latency_cycles - cycles``) and per image ``max(cycles, activation bytes / DMA rate)``.
+    A block's gate engines (quantized gates) are calls of their own: its layer gate's for every
+    image of the batch, its channel gate's for the images that run the block.
     """
 
     clock_mhz: float = 100.0
@@ -228,6 +248,10 @@ class CostModel:
         calls = [(report["stem"], n), (report["head"], n)]
         for i, block in enumerate(blocks):
             running = int(executed[:, i].sum())
+            if block.get("layer_gate"):
+                calls.append((block["layer_gate"], n))
+            if block.get("channel_gate"):
+                calls.append((block["channel_gate"], running))
             calls.append((block["graph"], running))
             if block["shortcut"]:
                 calls.append((block["shortcut"], n - running))
@@ -342,7 +366,7 @@ def _activation_bytes(manifest: Any, graph: str) -> int:
     """Bytes an image moves in and out of an engine for ``graph`` (integer codes, packed)."""
     spec = manifest.graphs[graph]
     total = 0
-    for tensor in (spec.inputs[0], spec.outputs[0]):
+    for tensor in (spec.inputs[0], _engine_output(spec)):
         shape, _ = _shape(tensor)
         bits = tensor.datatype.bits if tensor.datatype.name != "FLOAT32" else 32
         total += math.ceil(int(np.prod(shape)) * bits / 8)
@@ -373,7 +397,8 @@ def build_engines(
             runtime_writeable_weights=engine.runtime_weights,
         )
         log.info("engine %s: FINN build of %s", engine.name, engine.representative)
-        parent = to_hw(loaded.path / spec.qonnx.file, spec.inputs[0].datatype, folder, frontend)
+        source = loaded.path / engine_file(spec)
+        parent = to_hw(source, spec.inputs[0].datatype, folder, frontend)
         est = estimate(parent, config.clk_period_ns, config.fpga_part)
         hw = dataflow_model(parent)
         results[engine.name] = {
@@ -440,6 +465,10 @@ def shared_report(
             "index": b.index,
             "graph": b.graph,
             "shortcut": b.shortcut,
+            # gates with an engine (quantized): the layer gate runs for every image that
+            # reaches the block, the channel gate for every image that runs it
+            "layer_gate": b.layer_gate if b.layer_gate in graphs else None,
+            "channel_gate": b.channel_gate if b.channel_gate in graphs else None,
             "engine": graphs[b.graph]["engine"],
             "cycles": graphs[b.graph]["cycles"],
             "weight_load_cycles": graphs[b.graph]["weight_load_cycles"],
@@ -574,7 +603,8 @@ def write_block_weights(
                 folding_config_file=_folding_file(rep_dir, engine),
                 runtime_writeable_weights=True,
             )
-            parent = to_hw(loaded.path / spec.qonnx.file, spec.inputs[0].datatype, where, frontend)
+            source = loaded.path / engine_file(spec)
+            parent = to_hw(source, spec.inputs[0].datatype, where, frontend)
             return dataflow_model(parent)
 
         if (rep_dir / "hw_parent.onnx").is_file():

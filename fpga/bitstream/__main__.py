@@ -25,7 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("bundle", nargs="?", help="bundle folder (python -m export CHECKPOINT)")
     parser.add_argument("--out", help="build folder; the board's overlay is OUT/deploy")
-    parser.add_argument("--graphs", nargs="+", help="only these graphs (default: all with QONNX)")
+    parser.add_argument(
+        "--graphs",
+        nargs="+",
+        help="only these graphs (default: every graph with QONNX and every quantized gate)",
+    )
     parser.add_argument(
         "--clk-period-ns", type=float, default=10.0, help="fabric clock (10: 100 MHz)"
     )

@@ -85,9 +85,21 @@ class OverlayConfig:
     target_fps: int | None = 1000
     folding_config_file: str | None = None
     graphs: list[str] | None = None
-    """Only these bundle graphs (default: every graph with a QONNX file)."""
+    """Only these bundle graphs (default: :func:`engine_graphs`, every graph with a QONNX file
+    and every quantized gate's FINN graph)."""
     batch_size: int = DEFAULT_BATCH
     """Images per DMA transfer on the board (``accelerators.json``)."""
+
+
+def engine_graphs(manifest: Any) -> list[str]:
+    """The graphs of a bundle that get an engine: the backbone's (a QONNX file) and the
+    quantized gates' PL parts (a ``finn`` graph: the channel gate with its keep bits, the
+    layer gate's pool and 1x1 conv); float gates have neither and stay on the ARM."""
+    return [
+        n
+        for n, g in manifest.graphs.items()
+        if g.qonnx is not None or getattr(g, "finn", None) is not None
+    ]
 
 
 Engine = tuple[int, int, "int | None"]
@@ -278,7 +290,7 @@ def prepare_overlay(
 
     config = config or OverlayConfig()
     loaded = load_bundle(bundle)
-    selected = config.graphs or [n for n, g in loaded.manifest.graphs.items() if g.qonnx]
+    selected = config.graphs or engine_graphs(loaded.manifest)
     masked = sum(loaded.manifest.graphs[n].masked for n in selected)
     interconnect_plan(2 * len(selected) + masked)  # refuse before any work: IODMAs per engine
     out = Path(out_dir).resolve()
@@ -287,7 +299,7 @@ def prepare_overlay(
         target_fps=config.target_fps,
         folding_config_file=config.folding_config_file,
     )
-    per_graph = build_bundle(loaded.path, out / "graphs", front, graphs=config.graphs)
+    per_graph = build_bundle(loaded.path, out / "graphs", front, graphs=selected)
     parents = {name: ModelWrapper(str(out / "graphs" / name / PARENT_FILE)) for name in per_graph}
     model, engines = collapse(parents)
     model.save(str(out / OVERLAY_MODEL))

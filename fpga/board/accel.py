@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 PARTITION_OP = "StreamingDataflowPartition"
 NCHW_TO_NHWC = (0, 2, 3, 1)
-TAIL_OPS = ("Mul", "Add", "Sub", "Div", "Transpose", "Reshape")
+TAIL_OPS = ("Mul", "Add", "Sub", "Div", "Transpose", "Reshape", "Flatten")
 """Float nodes a tail may hold (all that FINN leaves after the partition of a bundle graph)."""
 _BINARY = {"Mul": np.multiply, "Add": np.add, "Sub": np.subtract, "Div": np.divide}
 CODE_TOLERANCE = 1e-3
@@ -476,7 +476,8 @@ class FloatTail:
     """The float nodes after a graph's dataflow partition, applied in numpy (float32).
 
     ``ops`` is a list of ``{"op": "Mul"|"Add"|"Sub"|"Div", "value": nested list, "shape": [...],
-    "const_first": bool}``, ``{"op": "Transpose", "perm": [...]}`` or ``{"op": "Reshape",
+    "const_first": bool}``, ``{"op": "Transpose", "perm": [...]}``, ``{"op": "Flatten"}`` (axis
+    1) or ``{"op": "Reshape",
     "shape": [...]}``, in graph order. Values are float32, stored exactly (JSON's float64
     round-trips them).
     """
@@ -516,6 +517,14 @@ class FloatTail:
                 )
             if node.op_type == "Transpose":
                 ops.append({"op": "Transpose", "perm": list(_perm(node))})
+            elif node.op_type == "Flatten":  # a layer gate's (N, 10, 1, 1) embedding codes
+                axis = _int_attribute(node, "axis", 1)
+                if axis != 1:
+                    raise AcceleratorError(
+                        f"tail node {node.name!r} flattens from axis {axis}; the adapter keeps "
+                        "the batch axis only (axis 1)"
+                    )
+                ops.append({"op": "Flatten"})
             else:
                 consts = [i for i in node.input if i != current]
                 value = parent.get_initializer(consts[0]) if len(consts) == 1 else None
@@ -552,6 +561,8 @@ class FloatTail:
                 y = np.transpose(y, op["perm"])
             elif kind == "Reshape":
                 y = y.reshape([len(y), *op["shape"][1:]])  # the batch is the executor's
+            elif kind == "Flatten":
+                y = y.reshape(len(y), -1)
             else:
                 c = np.asarray(op["value"], dtype=np.float32).reshape(op["shape"])
                 a, b = (c, y) if op["const_first"] else (y, c)
@@ -570,6 +581,13 @@ class FloatTail:
             raise AcceleratorError(
                 f"cannot read the float tail {str(path)!r}: {type(exc).__name__}: {exc}"
             ) from None
+
+
+def _int_attribute(node: Any, name: str, default: int) -> int:
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return int(attribute.i)
+    return default
 
 
 def _perm(node: Any) -> tuple[int, ...]:

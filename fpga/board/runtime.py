@@ -17,8 +17,8 @@ time and power instead, and serves this same class.
 Which engine runs a graph is the executor's *backend* (``run(graph_spec, inputs)``): ``cpu``
 runs the bundle's numpy programs on the ARM (:class:`export.program.NumpyBackend`); ``finn``
 (:class:`FinnBackend`) takes a PYNQ overlay and routes the graphs that have an accelerator to it
-(blocks with their channel masks: a block's engine streams its mask), the rest (the gates) to
-the numpy programs.
+(blocks with their channel masks: a block's engine streams its mask; quantized gates, a layer
+gate's LSTM step then on the ARM), the rest (float gates) to the numpy programs.
 
 Runs on PYNQ: Python 3.10, numpy >= 1.21, pynq (``finn`` only); no onnxruntime, onnx, qonnx,
 torch or FINN (PyPI has no armv7l build of onnxruntime or onnx).
@@ -204,17 +204,30 @@ def check_cma(
         raise BoardRuntimeError(f"CMA: {result.detail}")
 
 
+GATE_KINDS = ("channel_gate", "layer_gate")
+"""Graph kinds of the gates (manifest ``kind``)."""
+
+
 class FinnBackend:
     """Runs the graphs that have a FINN engine in the PYNQ overlay; the rest on the ARM.
 
     ``accelerators`` maps a graph name of the manifest (``stem``, ``block0``, ``shortcut1``,
     ``head``, ``exit0``...) to an :class:`Accelerator` (on the board the
     :class:`fpga.board.accel.GraphAccelerator`s of :func:`fpga.board.accel.load_overlay`).
-    Graphs without one (the layer and channel gates, which FINN cannot compile), and calls the
-    accelerator does not ``accepts`` (a mask that drops channels, on an engine without a mask
-    stream), run on the numpy programs, as in ``cpu``. A masked block's engine accepts every
-    mask, so no block call of a gated bundle (manifest version 3) runs on the ARM.
+    Graphs without one (float gates, which FINN cannot compile), and calls the accelerator
+    does not ``accepts`` (a mask that drops channels, on an engine without a mask stream), run
+    on the numpy programs, as in ``cpu``. A masked block's engine accepts every mask, so no
+    block call of a gated bundle (manifest version 3) runs on the ARM.
     ``overlay`` is kept for the life of the backend (its DMA buffers).
+
+    Quantized gates (their ``finn`` graphs, docs/bundle.md "Gates") may have engines too. A
+    channel gate's engine returns one keep bit per channel; the backend answers the executor
+    with them as the gate's ``prob`` (1.0 kept, 0.0 dropped), which its ``prob >
+    gate_threshold`` (a threshold in [0, 1)) turns into the same mask: the engine decides,
+    nothing is recomputed. A layer gate's engine returns its INT8 embedding times its scale
+    (the float tail); the rest of the twin, the 10-wide LSTM step and its projection, runs on
+    the ARM from that tensor (:meth:`export.program.NumpyBackend.run_from`). Gate engines take
+    the block input's carried codes like any engine.
 
     ``carry`` (default on): an engine's output stays in the engines' integer form beside the
     float tensor the executor gets (:class:`fpga.board.accel.Carried`: its codes, and the packed
@@ -242,10 +255,27 @@ class FinnBackend:
         self._carried: dict[int, tuple[np.ndarray, object]] = {}
         self.accelerators: dict[str, Accelerator] = dict(accelerators)
         self.cpu = NumpyBackend(bundle)
-        unknown = sorted(set(self.accelerators) - set(bundle.manifest.graphs))
+        graphs = bundle.manifest.graphs
+        unknown = sorted(set(self.accelerators) - set(graphs))
         if unknown:
             raise BoardRuntimeError(
                 f"accelerators for {unknown!r} match no graph of bundle {bundle.bundle_id!r}"
+            )
+        float_gates = sorted(
+            n for n in self.accelerators if graphs[n].kind in GATE_KINDS and graphs[n].finn is None
+        )
+        if float_gates:
+            raise BoardRuntimeError(
+                f"accelerators for {float_gates!r}, gates without a FINN graph in bundle "
+                f"{bundle.bundle_id!r}; only quantized gates have engines (re-export them)"
+            )
+        threshold = bundle.manifest.gate_threshold
+        if not 0.0 <= threshold < 1.0 and any(
+            graphs[n].kind == "channel_gate" for n in self.accelerators
+        ):
+            raise BoardRuntimeError(
+                f"gate_threshold {threshold!r} of bundle {bundle.bundle_id!r} is outside [0, 1): "
+                "a channel gate engine's keep bits (1.0/0.0) cannot stand for its probabilities"
             )
         log.info(
             "finn backend: %d graphs accelerated (%s), the rest on the ARM",
@@ -255,6 +285,8 @@ class FinnBackend:
 
     def run(self, graph: GraphSpec, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         accelerator = self.accelerators.get(graph.name)
+        if accelerator is not None and graph.kind in GATE_KINDS:
+            return self._run_gate(graph, accelerator, inputs)
         accepts = getattr(accelerator, "accepts", None)
         if accelerator is None or (accepts is not None and not accepts(inputs)):
             return self.cpu.run(graph, inputs)
@@ -265,6 +297,30 @@ class FinnBackend:
         if carried is not None:
             self._remember(outputs[0], carried)
         return outputs
+
+    def _engine(self, accelerator: Accelerator, x: np.ndarray) -> np.ndarray:
+        """The engine's (float-tailed) output for input ``x`` alone, taking its carried codes."""
+        run_carried = getattr(accelerator, "run_carried", None)
+        if not self.carry or run_carried is None:
+            return accelerator.run([x])[0]
+        outputs, _ = run_carried([x], self._carried_of(x))
+        return outputs[0]
+
+    def _run_gate(
+        self, graph: GraphSpec, accelerator: Accelerator, inputs: Sequence[np.ndarray]
+    ) -> list[np.ndarray]:
+        """A quantized gate on its engine (see the class docstring); the LSTM step on the ARM."""
+        out = self._engine(accelerator, inputs[0])
+        if graph.kind == "channel_gate":  # (N, C_out) keep bits
+            if out.size and not np.all((out == 0) | (out == 1)):
+                raise BoardRuntimeError(
+                    f"channel gate {graph.name!r}: its engine returned values other than keep "
+                    "bits 0/1; the overlay does not match the bundle (rebuild it)"
+                )
+            return [np.ascontiguousarray(out, dtype=np.float32)]
+        program = self.cpu.programs[graph.name]
+        given = [graph.finn.twin_tensor, *program.inputs[1:]]  # the embedding, then h and c
+        return self.cpu.run_from(graph, given, [out, *inputs[1:]])
 
     def take(self, x: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """``x[rows]`` (the executor's gather), keeping the rows' codes when ``x`` has them."""

@@ -15,7 +15,9 @@
   only then is its done bit set. A wrong pair, address or count leaves the output DMA running,
   as the PL would, and the caller's wait times out. A masked block's engine has a second input
   DMA, its mask map's (``mask_inputs``): it must have been started for the same images before
-  the engine's input DMA, whose start then runs the engine on both streams.
+  the engine's input DMA, whose start then runs the engine on both streams. A quantized gate's
+engine is one more engine: its FINN graph's HW partition, returning keep bits (a channel gate)
+or the embedding's codes (a layer gate's pool and 1x1 conv).
 
 It runs on the development machine (FINN and qonnx); nothing of it goes to the board.
 """

@@ -8,8 +8,9 @@ A :class:`TimingModel` turns that into the image's **phases** on the board, in o
 phase                  unit    when
 =====================  ======  ==========================================================
 ``stem``               engine  always
-``layer_gate{i}``      arm     gated modes, for every block the image reached
-``channel_gate{i}``    arm     gated modes, for every block that ran
+``layer_gate{i}``      arm     gated modes, for every block the image reached (engine
+                               when it has one, then ``lstm:layer_gate{i}`` on the arm)
+``channel_gate{i}``    arm     gated modes, for every block that ran (engine when it has one)
 ``block{i}``           engine  the block ran: its full dense time, whatever its mask
 ``shortcut{i}``        engine  a downsampling block was skipped (identity skips cost 0)
 ``exit{j}``/``head``   engine  the classifier that answered
@@ -30,10 +31,15 @@ unpacks the output and applies the graph's float tail (fpga/board/accel.py):
 of a masked block's mask map (the ARM broadcasts the (N, C) mask over the pixels and packs it,
 1 bit a value: no arithmetic, several times cheaper per value), an ``io:`` phase on the ARM.
 
-Gates (an LSTM step and a small CNN with a sigmoid, which FINN cannot compile today) run on the
+Float gates (an LSTM step and a small CNN with a sigmoid, which FINN cannot compile) run on the
 ARM, each call costing ``arm_gate_s_per_call`` (the per-call overhead of a gate's numpy
-program on a Cortex-A9, an assumption) plus its MACs at ``arm_macs_per_s``. Phases run one
-after another; an image's time is their sum and a batch's the sum over its images.
+program on a Cortex-A9, an assumption) plus its MACs at ``arm_macs_per_s``. A quantized gate
+with an engine (:meth:`TimingModel.gate_on_pl`: the hardware report has its FINN graph's
+cycles) is charged as an engine call (marshalling, then the longer of its cycles and the DMA of
+the block input and of its keep bits or embedding codes); a layer gate's LSTM step and
+projection then run on the ARM, charged like a gate call of :func:`lstm_step_macs` MACs.
+Phases run one after another; an image's time is their sum and a batch's the sum over its
+images.
 
 - :class:`MacRateTiming`: every engine computes ``macs_per_s`` (default 1 GMAC/s: an
   assumption of the order of a folded FINN ResNet-8 engine on the XC7Z020 at 100 MHz; replace
@@ -68,6 +74,7 @@ from fpga.emulator import EmulatorError
 ARM = "arm"
 ENGINE = "engine"
 IO_PREFIX = "io:"
+LSTM_PREFIX = "lstm:"
 
 # Defaults; docs/board.md ("Time and power model") gives the reasoning and sources.
 ARM_GATE_S_PER_CALL = 100e-6
@@ -166,7 +173,9 @@ class TimingModel:
         datatype's width)."""
         spec = manifest.graphs[graph]
         values, mask_values, bits = 0, 0, 0
-        for tensor in (spec.inputs[0], *spec.outputs):
+        # a gate's engine returns its FINN graph's output (keep bits, or the embedding's codes)
+        outputs = spec.outputs if spec.finn is None else spec.finn.outputs
+        for tensor in (spec.inputs[0], *outputs):
             n = math.prod(d for d in tensor.shape if isinstance(d, int))
             values += n
             bits += n * tensor.datatype.bits
@@ -175,6 +184,26 @@ class TimingModel:
             mask_values += n
             bits += n * tensor.datatype.bits
         return values, mask_values, bits / 8
+
+    def gate_on_pl(self, manifest: Manifest, graph: str) -> bool:
+        """Whether gate ``graph`` runs on its own FINN engine (base: no, every gate on the ARM)."""
+        return False
+
+    def gate_phases(self, manifest: Manifest, graph: str, macs: int) -> list[Phase]:
+        """One call of gate ``graph`` (``macs`` MACs in all) for one image.
+
+        On the ARM: one phase of :meth:`gate_s`. On its engine (:meth:`gate_on_pl`): the
+        engine's phases (:meth:`engine_phases`: marshalling, the engine's time or its DMA's),
+        and for a layer gate the LSTM step and projection on the ARM (``lstm{i}``), charged
+        :meth:`gate_s` of their MACs (:func:`lstm_step_macs`).
+        """
+        if not self.gate_on_pl(manifest, graph):
+            return [Phase(ARM, graph, self.gate_s(macs))]
+        phases = self.engine_phases(manifest, graph)
+        if manifest.graphs[graph].kind == "layer_gate":
+            step = lstm_step_macs(manifest, graph)
+            phases.append(Phase(ARM, LSTM_PREFIX + graph, self.gate_s(step)))
+        return phases
 
     def engine_phases(self, manifest: Manifest, graph: str) -> list[Phase]:
         """One engine call for one image: the ARM's marshalling, then the engine's phase."""
@@ -203,11 +232,12 @@ class TimingModel:
             reach = len(manifest.blocks) - 1
         for i, block in enumerate(manifest.blocks[: reach + 1]):
             if gated and block.layer_gate:
-                phases.append(Phase(ARM, block.layer_gate, self.gate_s(block.layer_gate_macs)))
+                phases += self.gate_phases(manifest, block.layer_gate, block.layer_gate_macs)
             if executed[i]:
                 if gated and block.channel_gate:
-                    gate_s = self.gate_s(block.channel_gate_macs)
-                    phases.append(Phase(ARM, block.channel_gate, gate_s))
+                    phases += self.gate_phases(
+                        manifest, block.channel_gate, block.channel_gate_macs
+                    )
                 phases += self.engine_phases(manifest, block.graph)
             elif block.shortcut is not None:
                 phases += self.engine_phases(manifest, block.shortcut)
@@ -233,6 +263,15 @@ class TimingModel:
 
     def _args(self) -> str:
         return ", ".join(f"{k}={v:g}" for k, v in self.params.items())
+
+
+def lstm_step_macs(manifest: Manifest, graph: str) -> int:
+    """MACs of a layer gate's part on the ARM: one LSTM step (4 gates, each a product of the
+    embedding and of the hidden state with its weights) and the projection to one logit."""
+    spec = manifest.graphs[graph]
+    embed = int(spec.finn.outputs[0].shape[-1]) if spec.finn is not None else manifest.gate_hidden
+    hidden = int(manifest.gate_hidden)
+    return 4 * hidden * (embed + hidden) + hidden
 
 
 class MacRateTiming(TimingModel):
@@ -328,6 +367,10 @@ class HardwareReportTiming(TimingModel):
 
     def weight_load_s(self, manifest: Manifest, graph: str) -> float:
         return self.weight_load_cycles.get(graph, 0) / (self.clock_mhz * 1e6)
+
+    def gate_on_pl(self, manifest: Manifest, graph: str) -> bool:
+        """A quantized gate (a ``finn`` graph) whose engine the report has cycles for."""
+        return manifest.graphs[graph].finn is not None and graph in self.cycles
 
     def with_params(self, **changes: float) -> TimingModel:
         clock = changes.pop("clock_mhz", None)

@@ -96,3 +96,30 @@ def test_a_damaged_program_is_refused(trained_bundle, tmp_path):
         NumpyBackend(load_bundle(copy, verify=False))
     with pytest.raises(BundleError, match="cannot be read"):
         Program.from_bytes(b"not an npz", "x.npz")
+
+
+def test_a_program_runs_from_an_inner_tensor():
+    """``starting_at``: the nodes below the given tensors only, with the same results; an
+    output that needs an input not given is refused in one line."""
+    from export.errors import ExecutionError
+
+    nodes = [
+        {"op": "mul", "inputs": ["x"], "outputs": ["a"], "attrs": {"const": 3.0}},
+        {"op": "add", "inputs": ["a", "h"], "outputs": ["b"], "attrs": {}},
+        {"op": "relu", "inputs": ["b"], "outputs": ["y"], "attrs": {}},
+        {"op": "mul", "inputs": ["h"], "outputs": ["h_out"], "attrs": {"const": 2.0}},
+    ]
+    program = Program("p", ["x", "h"], ["y", "h_out"], nodes, {})
+    x = np.array([[-1.0, 2.0]], np.float32)
+    h = np.array([[0.5, -9.0]], np.float32)
+    y, h_out = program.run([x, h])
+    part = program.starting_at(["a", "h"])
+    assert [n["op"] for n in part.nodes] == ["add", "relu", "mul"]  # not the first mul
+    got = part.run([x * np.float32(3.0), h])
+    np.testing.assert_array_equal(got[0], y)
+    np.testing.assert_array_equal(got[1], h_out)
+    with pytest.raises(ExecutionError, match="need input 'h'") as info:
+        program.starting_at(["a"])
+    assert "\n" not in str(info.value)
+    with pytest.raises(ExecutionError, match="no tensor"):
+        program.starting_at(["zz"])

@@ -495,3 +495,171 @@ def test_gated_bundle_runs_every_block_on_the_pl_500_images(gated):
     from train.data import load_cifar10
 
     _gated_iadi_on_the_pl(gated, load_cifar10("test").images[:500])
+
+
+# --- quantized gates: the gates' engines on the PL too ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gate_engines(quantized_gates_overlay):
+    """The quantized-gate bundle (tests/fpga/conftest.py), its overlay with an engine per gate
+    FINN graph, emulated."""
+    from fpga.emulator.overlay import EmulatedDmaOverlay
+
+    bundle, build = quantized_gates_overlay
+    return bundle, build, EmulatedDmaOverlay.from_build(build.out, batch_size=16)
+
+
+def test_the_overlay_has_an_engine_per_gate(gate_engines):
+    """Each gate's FINN graph is an engine with its own DMA pair (no mask stream), counted in
+    the interconnect plan and in the completed resource budget; the budget's verdict is what
+    it is (ResNet-8 with 29 IODMAs does not fit: their LUTs dominate)."""
+    from fpga.bitstream.overlay import engine_graphs
+    from fpga.board.accel import OverlaySpec
+
+    bundle, build, _ = gate_engines
+    m = bundle.manifest
+    gates = [g for b in m.blocks for g in (b.layer_gate, b.channel_gate)]
+    assert all(m.graphs[g].finn is not None for g in gates)
+    spec = OverlaySpec.load(build.deploy)
+    assert sorted(spec.engines) == sorted(engine_graphs(m))
+    assert set(gates) <= set(spec.engines)
+    shapes = spec.driver_information()["io_shape_dict"]
+    for g in gates:
+        e = spec.engines[g]
+        assert e.mask_input is None
+        (out,) = m.graphs[g].finn.outputs
+        finn_name = {"UINT1": "BINARY"}.get(out.datatype.name, out.datatype.name)  # one type
+        assert shapes["odt"][e.output] == f"DataType['{finn_name}']"
+        assert int(np.prod(shapes["oshape_normal"][e.output])) == int(np.prod(out.shape))
+        tail = [op["op"] for op in FloatTail.load(spec.root / e.tail).ops]
+        # keep bits leave the PL as they are; the embedding's codes get their scale on the ARM
+        assert tail == ([] if g.startswith("channel_gate") else ["Transpose", "Flatten", "Mul"])
+    masks = sum(e.mask_input is not None for e in spec.engines.values())
+    budget = build.estimates["resource_budget"]
+    assert budget["interconnect"]["engines"] == len(spec.engines)
+    assert budget["interconnect"]["axi_masters"] == 2 * len(spec.engines) + masks
+    iodma = [line for line in budget["lines"] if line["item"] == "IODMA_hls"]
+    assert iodma[0]["count"] == 2 * len(spec.engines) + masks
+    assert budget["verdict"].startswith("fits" if budget["fits"] else "does not fit")
+
+
+def _gates_on_their_engines(gate_engines, images: np.ndarray) -> None:
+    """iadi mode through FinnBackend over the emulated PL: no numpy program runs whole on the
+    ARM (only the layer gates' LSTM steps, from their engines' embeddings), every gate call and
+    every executed block on its engine, predictions, MACs, executed blocks and channels exactly
+    as the onnxruntime executor's."""
+    from fpga.board.accel import load_overlay
+
+    bundle, build, emulated = gate_engines
+    m = bundle.manifest
+    overlay, accelerators = load_overlay(bundle, build.deploy, overlay=emulated)
+    backend = FinnBackend(bundle, accelerators, overlay=overlay, threads=1)
+    on_arm: list[str] = []
+    lstm_steps: list[tuple[str, int]] = []
+    cpu_run, cpu_run_from = backend.cpu.run, backend.cpu.run_from
+
+    def arm(graph, inputs):
+        on_arm.append(graph.name)
+        return cpu_run(graph, inputs)
+
+    def lstm(graph, given, inputs):
+        assert given[0] == graph.finn.twin_tensor  # from the engine's embedding on
+        lstm_steps.append((graph.name, len(inputs[0])))
+        return cpu_run_from(graph, given, inputs)
+
+    backend.cpu.run, backend.cpu.run_from = arm, lstm
+    runs = dict(emulated.images_run)
+    got = BundleExecutor(bundle, backend=backend).run(images, mode="iadi")
+    want = BundleExecutor(bundle, threads=1).run(images, mode="iadi")
+    np.testing.assert_array_equal(got.predictions, want.predictions)
+    np.testing.assert_array_equal(got.macs, want.macs)
+    np.testing.assert_array_equal(got.executed, want.executed)
+    np.testing.assert_array_equal(got.channels, want.channels)
+    np.testing.assert_allclose(got.logits, want.logits, rtol=0, atol=1e-5)
+    assert on_arm == []  # 0 calls on the ARM but the LSTM steps
+    assert sorted({name for name, _ in lstm_steps}) == sorted(b.layer_gate for b in m.blocks)
+
+    def ran(name: str) -> int:
+        k = accelerators[name].accelerator.input
+        return emulated.images_run[k] - runs[k]
+
+    for i, block in enumerate(m.blocks):
+        reached = sum(n for name, n in lstm_steps if name == block.layer_gate)
+        assert ran(block.layer_gate) == reached == len(images)  # iadi: every image, every gate
+        assert ran(block.channel_gate) == ran(block.graph) == int(got.executed[:, i].sum())
+    assert not got.executed.all()  # the layer gates skip blocks
+    kept = [got.channels[got.executed[:, i], i] for i in range(len(m.blocks))]
+    assert any((k < b.out_channels).any() for k, b in zip(kept, m.blocks, strict=True))
+
+
+@needs_cifar10
+def test_quantized_gates_run_on_their_engines(gate_engines):
+    from train.data import load_cifar10
+
+    _gates_on_their_engines(gate_engines, load_cifar10("test").images[:48])
+
+
+@pytest.mark.slow
+@needs_cifar10
+def test_quantized_gates_run_on_their_engines_500_images(gate_engines):
+    from train.data import load_cifar10
+
+    _gates_on_their_engines(gate_engines, load_cifar10("test").images[:500])
+
+
+def test_emulator_charges_the_gate_engines(gate_engines):
+    """The timing model from the overlay's FINN estimates: a gate with an engine costs its
+    marshalling and the longer of its estimated cycles and its DMA, a layer gate also its LSTM
+    step on the ARM; without engine estimates the gates stay on the ARM, charged as before."""
+    import json
+
+    from fpga.emulator.timing import ARM, ENGINE, HardwareReportTiming, lstm_step_macs
+    from fpga.hwreport import per_graph_report
+
+    bundle, build, _ = gate_engines
+    m = bundle.manifest
+    front_end = json.loads((build.out / "graphs" / "estimates.json").read_text())
+    estimates = front_end["graphs"]  # FINN's estimates of every engine's graph
+    timing = HardwareReportTiming(per_graph_report(estimates, 10.0, m.bundle_id))
+    n = len(m.blocks)
+    phases = timing.image_phases(m, np.ones(n, bool), np.ones(n, np.int64), -1, gated=True)
+    by_graph = {(p.unit, p.graph): p.duration_s for p in phases}
+    for block in m.blocks:
+        for gate in (block.layer_gate, block.channel_gate):
+            assert (ARM, gate) not in by_graph  # the gate itself is not on the ARM
+            spec = m.graphs[gate]
+            (out,) = spec.finn.outputs
+            values = int(np.prod(spec.inputs[0].shape[1:])) + int(np.prod(out.shape))
+            nbytes = (
+                np.prod(spec.inputs[0].shape[1:]) * spec.inputs[0].datatype.bits
+                + np.prod(out.shape) * out.datatype.bits
+            ) / 8
+            compute = estimates[gate]["max_cycles"] / 100e6
+            assert by_graph[(ENGINE, gate)] == pytest.approx(
+                max(compute, nbytes / timing.dma_bytes_per_s)
+            )
+            assert by_graph[(ARM, f"io:{gate}")] == pytest.approx(
+                values * timing.arm_marshal_s_per_value
+            )
+        step = by_graph[(ARM, f"lstm:{block.layer_gate}")]
+        assert step == pytest.approx(timing.gate_s(lstm_step_macs(m, block.layer_gate)))
+        assert lstm_step_macs(m, block.layer_gate) == 4 * 10 * (10 + 10) + 10
+        assert step < timing.gate_s(block.layer_gate_macs)
+    backbone = {k: v for k, v in estimates.items() if m.graphs[k].finn is None}
+    on_arm = HardwareReportTiming(per_graph_report(backbone, 10.0, m.bundle_id))
+    phases = on_arm.image_phases(m, np.ones(n, bool), np.ones(n, np.int64), -1, gated=True)
+    for block in m.blocks:
+        (gate,) = [p for p in phases if p.graph == block.layer_gate]
+        assert (gate.unit, gate.duration_s) == (ARM, on_arm.gate_s(block.layer_gate_macs))
+
+
+def test_float_gates_get_no_engine(gated):
+    """A float gate has no FINN graph: an accelerator named for it is refused in one line."""
+    from fpga.board.runtime import BoardRuntimeError
+
+    bundle = gated[0]
+    assert bundle.manifest.graphs["layer_gate0"].finn is None
+    with pytest.raises(BoardRuntimeError, match="gates without a FINN graph") as info:
+        FinnBackend(bundle, {"layer_gate0": object()})
+    assert "\n" not in str(info.value)

@@ -1,9 +1,10 @@
 """FINN front end on the quantized gates: hw layers only, and bit-exact against the twins.
 
-The model is the recorded ResNet-8 W4A4 MGL2S run with quantized gates started from its float
-gates (as an ``iadi`` run on a float-gated checkpoint starts them), their activation scales set
-from real training images and their operating point calibrated again (a logit offset folded
-into the biases, which must become the FINN engine's keep threshold). For every gate graph:
+The model (tests/fpga/gate_bundle.py) is the recorded ResNet-8 W4A4 MGL2S run with quantized
+gates started from its float gates (as an ``iadi`` run on a float-gated checkpoint starts
+them), their activation scales set from real training images and their operating point
+calibrated again (a logit offset folded into the biases, which must become the FINN engine's
+keep threshold). For every gate graph:
 (a) FINN's builder maps it to specialized HW layers only: the channel gate to FMPadding,
 ConvolutionInputGenerator, MVAU, Thresholding (conv, BN, ReLU), GlobalAccPool, Thresholding
 (the pooled vector's quantizer), MVAU (FC) and a one-step Thresholding (the keep bit); the
@@ -15,8 +16,6 @@ gate twin's tensor that feeds its LSTM step.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -25,12 +24,10 @@ pytest.importorskip("finn", reason="finn-plus not installed (make setup installs
 from export.manifest import Bundle
 from fpga.finn import dataflow_model, estimate, execute, to_hw
 from tests.conftest import needs_cifar10
+from tests.fpga.gate_bundle import images
 
 pytestmark = needs_cifar10
 
-ROOT = Path(__file__).resolve().parents[2]
-TRAINED = ROOT / "measurements" / "train" / "resnet8-w4a4" / "iadi-60" / "final.pt"
-"""ResNet-8 W4A4 with (float) MGL2S gates at 60% compute savings (a recorded training run)."""
 IMAGES = 100
 CHANNEL_GATE_LAYERS = [
     "FMPadding",
@@ -47,59 +44,15 @@ GATES = [f"{kind}{i}" for i in range(3) for kind in ("channel_gate", "layer_gate
 
 
 def _images(split: str, n: int) -> np.ndarray:
-    from train.data import load_cifar10
-
-    return load_cifar10(split).images[:n]  # (n, 32, 32, 3) uint8
-
-
-def _tensor(images: np.ndarray):
-    import torch
-
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255)
+    return images(split, n)
 
 
 @pytest.fixture(scope="module")
-def gate_bundle(tmp_path_factory) -> Bundle:
-    import torch
-
-    from export.bundle import export_bundle
-    from train.calibrate import calibrate_gates, mean_cost
-    from train.checkpoint import load_backbone, load_checkpoint, save_checkpoint
-    from train.model import create_model
-
-    torch.set_num_threads(1)
-    payload = load_checkpoint(TRAINED)
-    assert payload["model"]["kwargs"]["quant_gates"] is False  # recorded before the option
-    kwargs = {**payload["model"]["kwargs"], "quant_gates": True}
-    model = create_model(payload["model"]["name"], **kwargs)
-    load_backbone(model, payload)
-    model.eval()
-    quantizers = [
-        m
-        for part in (model.channel_gates, model.layer_gates)
-        for m in part.modules()
-        if type(m).__name__ in ("QuantReLU", "QuantIdentity")
-    ]
-    for m in quantizers:  # Brevitas' statistics phase: only the gates' activation quantizers
-        m.train()
-    train_images = _images("train", 512)
-    with torch.no_grad():
-        for start in range(0, len(train_images), 128):
-            model(_tensor(train_images[start : start + 128]))
-    for m in quantizers:
-        m.eval()
-    batches = [(_tensor(train_images[s : s + 256]), None) for s in range(0, 512, 256)]
-    full = model.costs().full
-
-    def cost(out):
-        return out.macs / full
-
-    calibration = calibrate_gates(model, batches, 0.4, cost)
-    assert calibration.delta != 0.0  # the offset the engines' thresholds must carry
-    assert 0.3 < mean_cost(model, batches, cost) < 0.5  # gates that really decide
-    folder = tmp_path_factory.mktemp("finn-gates")
-    save_checkpoint(folder / "r8-qgates.pt", model, phase="test", config={})
-    return export_bundle(folder / "r8-qgates.pt", folder / "bundle", progress=False)
+def gate_bundle(quantized_gates) -> Bundle:
+    bundle, delta, cost = quantized_gates  # tests/fpga/conftest.py
+    assert delta != 0.0  # the offset the engines' thresholds must carry
+    assert 0.3 < cost < 0.5  # gates that really decide
+    return bundle
 
 
 @pytest.fixture(scope="module")
