@@ -27,33 +27,6 @@ RECORDED = ROOT / "measurements" / "fpga" / "resnet74-shared-engines.json"
 
 
 @pytest.fixture(scope="module")
-def r14(tmp_path_factory):
-    """An untrained quantized ResNet-14 bundle (random-image BN and activation statistics)."""
-    import torch
-
-    from export.bundle import export_bundle
-    from export.manifest import load_bundle
-    from train.checkpoint import save_checkpoint
-    from train.model import create_model
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    model = create_model("resnet14", gating="mgl2s", quant={})
-    model.train()
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for _ in range(2):
-            model(torch.randint(0, 256, (16, 3, 32, 32), generator=g).float().div(255))
-    model.eval()
-    folder = tmp_path_factory.mktemp("r14-shared")
-    save_checkpoint(folder / "r14.pt", model, phase="test", config={})
-    export_bundle(folder / "r14.pt", folder / "bundle", progress=False)
-    torch.set_num_threads(threads)
-    return load_bundle(folder / "bundle")
-
-
-@pytest.fixture(scope="module")
 def r14_build(r14, tmp_path_factory):
     """``python -m fpga estimate BUNDLE --out DIR --design shared`` on the ResNet-14 bundle."""
     pytest.importorskip("finn", reason="finn-plus not installed (make setup installs it)")
