@@ -483,18 +483,11 @@ def _gated_iadi_on_the_pl(gated, images: np.ndarray) -> None:
 
 
 @needs_cifar10
-def test_gated_bundle_runs_every_block_on_the_pl(gated):
+@pytest.mark.parametrize("images", [48, pytest.param(500, marks=pytest.mark.slow)])
+def test_gated_bundle_runs_every_block_on_the_pl(gated, images):
     from train.data import load_cifar10
 
-    _gated_iadi_on_the_pl(gated, load_cifar10("test").images[:48])
-
-
-@pytest.mark.slow
-@needs_cifar10
-def test_gated_bundle_runs_every_block_on_the_pl_500_images(gated):
-    from train.data import load_cifar10
-
-    _gated_iadi_on_the_pl(gated, load_cifar10("test").images[:500])
+    _gated_iadi_on_the_pl(gated, load_cifar10("test").images[:images])
 
 
 # --- quantized gates: the gates' engines on the PL too ------------------------------------------
@@ -594,18 +587,11 @@ def _gates_on_their_engines(gate_engines, images: np.ndarray) -> None:
 
 
 @needs_cifar10
-def test_quantized_gates_run_on_their_engines(gate_engines):
+@pytest.mark.parametrize("images", [48, pytest.param(500, marks=pytest.mark.slow)])
+def test_quantized_gates_run_on_their_engines(gate_engines, images):
     from train.data import load_cifar10
 
-    _gates_on_their_engines(gate_engines, load_cifar10("test").images[:48])
-
-
-@pytest.mark.slow
-@needs_cifar10
-def test_quantized_gates_run_on_their_engines_500_images(gate_engines):
-    from train.data import load_cifar10
-
-    _gates_on_their_engines(gate_engines, load_cifar10("test").images[:500])
+    _gates_on_their_engines(gate_engines, load_cifar10("test").images[:images])
 
 
 def test_emulator_charges_the_gate_engines(gate_engines):
