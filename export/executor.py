@@ -101,6 +101,10 @@ class BatchResult:
         return BatchResult(**{k: np.concatenate([getattr(p, k) for p in parts]) for k in fields})
 
 
+BATCH_SIZE = 256
+"""Images the executor runs through the network together (one call per graph and batch)."""
+
+
 class BundleExecutor:
     """Runs a bundle on uint8 images ``(N, H, W, C)``; see the module docstring."""
 
@@ -141,7 +145,7 @@ class BundleExecutor:
         images: np.ndarray,
         mode: str = "iadi",
         budget_macs: float | None = None,
-        batch_size: int = 256,
+        batch_size: int = BATCH_SIZE,
     ) -> BatchResult:
         """Classify ``images`` in ``mode``; ``budget_macs`` is required in (and only in) ``ddi``."""
         if mode not in MODES:

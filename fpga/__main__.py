@@ -3,8 +3,10 @@
     python -m fpga estimate bundles/r8-iadi60 --out builds/r8      # FINN estimates, no Vivado
     python -m fpga emulate bundles/r8-iadi60 [--hw-report builds/r8/hw_report.json] [--meter]
 
-``estimate`` runs the FINN front end (fpga/finn) on every graph of the bundle and writes
-``hw_report.json``: per engine (graph) the cycles per image at the bottleneck layer, latency,
+``estimate`` runs the FINN front end (fpga/finn) on every engine graph of the bundle (the
+backbone's and the quantized gates', as the overlay has them; folded so that an engine's time
+follows its MACs unless ``--uniform-fps``) and writes ``hw_report.json``: per engine (graph) the
+cycles per image at the bottleneck layer, latency,
 LUT/BRAM18/DSP, and whether one engine per graph fits the XC7Z020 (an estimate, before synthesis),
 and ``resource_budget``: the budget of one overlay of every engine with what FINN's estimate
 leaves out (DMAs, interconnect, FIFOs, MVAU_rtl and HLS LUTs) and a verdict with margin
@@ -30,7 +32,12 @@ from export.manifest import load_bundle
 from fpga import hwreport
 from fpga.architecture import REPORT_FILE, SharedConfig, build_shared, report_table
 from fpga.bitstream.budget import budget_markdown
-from fpga.bitstream.overlay import OverlayConfig, overlay_budget, prepare_overlay
+from fpga.bitstream.overlay import (
+    OverlayConfig,
+    engine_graphs,
+    overlay_budget,
+    prepare_overlay,
+)
 from fpga.board.errors import BoardError
 from fpga.emulator import EmulatorError
 from fpga.emulator.timing import HardwareReportTiming, MacRateTiming
@@ -119,9 +126,12 @@ def estimate(args: argparse.Namespace) -> int:
     if args.design == "shared":
         return estimate_shared(args)
     target_fps = 1000 if args.target_fps is None else args.target_fps
-    config = FrontendConfig(clk_period_ns=args.clk_period_ns, target_fps=target_fps)
-    estimates = build_bundle(args.bundle, args.out, config)
-    bundle_id = load_bundle(args.bundle, verify=False).bundle_id  # build_bundle verifies it
+    config = FrontendConfig(
+        clk_period_ns=args.clk_period_ns, target_fps=target_fps, balance_macs=not args.uniform_fps
+    )
+    manifest = load_bundle(args.bundle, verify=False).manifest  # build_bundle verifies it
+    estimates = build_bundle(args.bundle, args.out, config, graphs=engine_graphs(manifest))
+    bundle_id = manifest.bundle_id
     report = hwreport.per_graph_report(estimates, args.clk_period_ns, bundle_id)
     report["resource_budget"] = overlay_budget(Path(args.out), list(estimates), args.clk_period_ns)
     path = hwreport.write(Path(args.out) / hwreport.FILE, report)
@@ -141,6 +151,7 @@ def overlay(args: argparse.Namespace) -> int:
     config = OverlayConfig(
         clk_period_ns=args.clk_period_ns,
         target_fps=1000 if args.target_fps is None else args.target_fps or None,
+        balance_macs=not args.uniform_fps,
         graphs=args.graphs,
         batch_size=args.batch,
     )
@@ -172,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fpga", description="ddi-fpga: FPGA stage.")
     parser.add_argument("--debug", action="store_true", help="log debug messages, re-raise")
     commands = parser.add_subparsers(dest="command", required=True)
+    UNIFORM = (
+        "every engine folded to --target-fps (default: the largest engine to --target-fps, the "
+        "others to its MAC rate, so that an engine's time follows its MACs)"
+    )
     e = commands.add_parser("estimate", help="FINN front end and estimates (no Vivado)")
     e.add_argument("bundle", help="bundle folder (python -m export)")
     e.add_argument("--out", required=True, help="build folder (FINN builds, hw_report.json)")
@@ -189,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="per-graph: one engine per graph; shared: one per graph shape, weights written at "
         "run time (docs/fpga-architecture.md)",
     )
+    e.add_argument("--uniform-fps", action="store_true", help=UNIFORM)
     e.add_argument("--record", help="also write the report as RECORD.json and RECORD.md")
     o = commands.add_parser(
         "overlay", help="one overlay of every engine: merge, estimates, deploy folder (no Vivado)"
@@ -202,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     o.add_argument("--clk-period-ns", type=float, default=10.0, help="target clock (10: 100 MHz)")
     o.add_argument("--target-fps", type=int, help="FINN folding target per engine (default 1000)")
+    o.add_argument("--uniform-fps", action="store_true", help=UNIFORM)
     o.add_argument("--batch", type=int, default=64, help="images per DMA transfer on the board")
     o.add_argument("--record", help="also write the budget as RECORD.json and RECORD.md")
     p = commands.add_parser("emulate", help="serve the emulated board on a pty")

@@ -34,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--clk-period-ns", type=float, default=10.0, help="fabric clock (10: 100 MHz)"
     )
     parser.add_argument("--target-fps", type=int, default=1000, help="0: no automatic folding")
+    parser.add_argument(
+        "--uniform-fps",
+        action="store_true",
+        help="every engine folded to --target-fps (default: the largest to --target-fps, the "
+        "others to its MAC rate, so that an engine's time follows its MACs)",
+    )
     parser.add_argument("--folding-config", help="FINN folding JSON applied after target fps")
     parser.add_argument("--batch", type=int, default=64, help="images per DMA transfer on board")
     parser.add_argument(
@@ -92,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         config = BitstreamConfig(
             clk_period_ns=args.clk_period_ns,
             target_fps=args.target_fps or None,
+            balance_macs=not args.uniform_fps,
             folding_config_file=args.folding_config,
             graphs=args.graphs,
             batch_size=args.batch,

@@ -83,6 +83,9 @@ class OverlayConfig:
 
     clk_period_ns: float = 10.0
     target_fps: int | None = 1000
+    balance_macs: bool = True
+    """Fold every engine to the MAC rate of the largest one at ``target_fps``
+    (``FrontendConfig.balance_macs``: an engine's time then follows its MACs)."""
     folding_config_file: str | None = None
     graphs: list[str] | None = None
     """Only these bundle graphs (default: :func:`engine_graphs`, every graph with a QONNX file
@@ -297,6 +300,7 @@ def prepare_overlay(
     front = FrontendConfig(
         clk_period_ns=config.clk_period_ns,
         target_fps=config.target_fps,
+        balance_macs=config.balance_macs,
         folding_config_file=config.folding_config_file,
     )
     per_graph = build_bundle(loaded.path, out / "graphs", front, graphs=selected)

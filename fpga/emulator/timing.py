@@ -33,7 +33,9 @@ of a masked block's mask map (the ARM broadcasts the (N, C) mask over the pixels
 
 Float gates (an LSTM step and a small CNN with a sigmoid, which FINN cannot compile) run on the
 ARM, each call costing ``arm_gate_s_per_call`` (the per-call overhead of a gate's numpy
-program on a Cortex-A9, an assumption) plus its MACs at ``arm_macs_per_s``. A quantized gate
+program on a Cortex-A9, an assumption) plus its MACs at ``arm_macs_per_s``. The executor runs a
+gate once for all the images of its batch (``export.executor.BATCH_SIZE``) that reach it, so
+each of them is charged its share of the per-call overhead, and its own MACs. A quantized gate
 with an engine (:meth:`TimingModel.gate_on_pl`: the hardware report has its FINN graph's
 cycles) is charged as an engine call (marshalling, then the longer of its cycles and the DMA of
 the block input and of its keep bits or embedding codes); a layer gate's LSTM step and
@@ -66,7 +68,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from export.executor import BatchResult
+from export.executor import BATCH_SIZE, BatchResult
 from export.manifest import Manifest
 from fpga import hwreport
 from fpga.emulator import EmulatorError
@@ -161,9 +163,10 @@ class TimingModel:
         return out
 
     # -- derived ---------------------------------------------------------------------------
-    def gate_s(self, macs: int) -> float:
-        """Seconds one gate call of ``macs`` MACs takes on the ARM."""
-        return self.arm_gate_s_per_call + macs / self.arm_macs_per_s
+    def gate_s(self, macs: int, images: int = 1) -> float:
+        """Seconds of one image's gate evaluation of ``macs`` MACs on the ARM, in a call that
+        evaluates the gate for ``images`` images (they share the call's overhead)."""
+        return self.arm_gate_s_per_call / max(images, 1) + macs / self.arm_macs_per_s
 
     @staticmethod
     def _io(manifest: Manifest, graph: str) -> tuple[int, int, float]:
@@ -189,8 +192,10 @@ class TimingModel:
         """Whether gate ``graph`` runs on its own FINN engine (base: no, every gate on the ARM)."""
         return False
 
-    def gate_phases(self, manifest: Manifest, graph: str, macs: int) -> list[Phase]:
-        """One call of gate ``graph`` (``macs`` MACs in all) for one image.
+    def gate_phases(
+        self, manifest: Manifest, graph: str, macs: int, images: int = 1
+    ) -> list[Phase]:
+        """Gate ``graph`` (``macs`` MACs in all) for one image, in a call for ``images``.
 
         On the ARM: one phase of :meth:`gate_s`. On its engine (:meth:`gate_on_pl`): the
         engine's phases (:meth:`engine_phases`: marshalling, the engine's time or its DMA's),
@@ -198,11 +203,11 @@ class TimingModel:
         :meth:`gate_s` of their MACs (:func:`lstm_step_macs`).
         """
         if not self.gate_on_pl(manifest, graph):
-            return [Phase(ARM, graph, self.gate_s(macs))]
+            return [Phase(ARM, graph, self.gate_s(macs, images))]
         phases = self.engine_phases(manifest, graph)
         if manifest.graphs[graph].kind == "layer_gate":
             step = lstm_step_macs(manifest, graph)
-            phases.append(Phase(ARM, LSTM_PREFIX + graph, self.gate_s(step)))
+            phases.append(Phase(ARM, LSTM_PREFIX + graph, self.gate_s(step, images)))
         return phases
 
     def engine_phases(self, manifest: Manifest, graph: str) -> list[Phase]:
@@ -213,6 +218,14 @@ class TimingModel:
         marshal = values * self.arm_marshal_s_per_value + mask_values * self.arm_mask_s_per_value
         return [Phase(ARM, IO_PREFIX + graph, marshal), Phase(ENGINE, graph, busy)]
 
+    @staticmethod
+    def reach(manifest: Manifest, executed: np.ndarray, exit_index: int) -> int:
+        """The last block whose layer gate an image evaluated (``executed``: its (blocks,) row)."""
+        if exit_index < 0:
+            return len(manifest.blocks) - 1
+        ran = np.flatnonzero(executed)
+        return max(manifest.exits[exit_index].after_block, int(ran[-1]) if ran.size else -1)
+
     def image_phases(
         self,
         manifest: Manifest,
@@ -220,23 +233,26 @@ class TimingModel:
         channels: np.ndarray,
         exit_index: int,
         gated: bool,
+        callers: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> list[Phase]:
-        """The phases of one image: ``executed`` and ``channels`` are its (blocks,) rows.
+        """The phases of one image: ``executed`` and ``channels`` are its (blocks,) rows;
+        ``callers`` the images of its batch that evaluated each block's layer gate and channel
+        gate ((blocks,) each; default: the image alone), which share those calls' overhead.
 
         ``channels`` does not change the time: a running block's engine is dense."""
         phases = self.engine_phases(manifest, manifest.stem)
-        ran = np.flatnonzero(executed)
-        if exit_index >= 0:
-            reach = max(manifest.exits[exit_index].after_block, int(ran[-1]) if ran.size else -1)
-        else:
-            reach = len(manifest.blocks) - 1
+        reach = self.reach(manifest, executed, exit_index)
         for i, block in enumerate(manifest.blocks[: reach + 1]):
             if gated and block.layer_gate:
-                phases += self.gate_phases(manifest, block.layer_gate, block.layer_gate_macs)
+                images = 1 if callers is None else int(callers[0][i])
+                phases += self.gate_phases(
+                    manifest, block.layer_gate, block.layer_gate_macs, images
+                )
             if executed[i]:
                 if gated and block.channel_gate:
+                    images = 1 if callers is None else int(callers[1][i])
                     phases += self.gate_phases(
-                        manifest, block.channel_gate, block.channel_gate_macs
+                        manifest, block.channel_gate, block.channel_gate_macs, images
                     )
                 phases += self.engine_phases(manifest, block.graph)
             elif block.shortcut is not None:
@@ -245,15 +261,33 @@ class TimingModel:
         phases += self.engine_phases(manifest, head)
         return phases
 
-    def batch_phases(self, manifest: Manifest, result: BatchResult, mode: str) -> list[list[Phase]]:
-        """The phases of every image of an executor result in ``mode``."""
+    def batch_phases(
+        self, manifest: Manifest, result: BatchResult, mode: str, batch_size: int = BATCH_SIZE
+    ) -> list[list[Phase]]:
+        """The phases of every image of an executor result in ``mode``; the executor ran its
+        images in batches of ``batch_size`` (one call per gate and batch)."""
         gated = mode != "full"
-        return [
-            self.image_phases(
-                manifest, result.executed[k], result.channels[k], int(result.exits[k]), gated
-            )
-            for k in range(len(result))
-        ]
+        n, blocks = result.executed.shape if len(result) else (0, len(manifest.blocks))
+        reach = np.array(
+            [self.reach(manifest, result.executed[k], int(result.exits[k])) for k in range(n)]
+        )
+        phases = []
+        for start in range(0, n, batch_size):
+            rows = slice(start, start + batch_size)
+            layer = (reach[rows, None] >= np.arange(blocks)).sum(axis=0)  # (blocks,)
+            channel = result.executed[rows].sum(axis=0)
+            phases += [
+                self.image_phases(
+                    manifest,
+                    result.executed[k],
+                    result.channels[k],
+                    int(result.exits[k]),
+                    gated,
+                    (layer, channel),
+                )
+                for k in range(start, min(n, start + batch_size))
+            ]
+        return phases
 
     def image_times_s(self, manifest: Manifest, result: BatchResult, mode: str) -> np.ndarray:
         """(N,) modelled seconds per image."""

@@ -26,9 +26,10 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,13 @@ class FrontendConfig:
     """Target clock period (100 MHz): sets the cycle budget of ``target_fps``."""
     target_fps: int | None = 1000
     """Frames per second that FINN's ``SetFolding`` aims for; None: leave PE = SIMD = 1."""
+    balance_macs: bool = False
+    """:func:`build_bundle` folds the graph with the most MACs to ``target_fps`` and every other
+    graph to that graph's MAC rate (``target_fps`` times the MAC ratio, :func:`balanced_fps`),
+    so that an engine's time follows its MACs: a small engine (the stem, a gate, a shortcut)
+    folded to the same frame rate as a block would take as long as the block, and skipping a
+    block would save less time than its share of the MACs. FINN caps what a layer cannot
+    reach (every PE and SIMD unrolled)."""
     folding_config_file: str | None = None
     """FINN folding JSON (PE, SIMD, ram_style per layer), applied after ``target_fps``."""
     runtime_writeable_weights: bool = False
@@ -359,6 +367,23 @@ def _finn_file(spec: Any) -> str | None:
     return None if finn is None else finn.file
 
 
+MAX_BALANCED_FPS = 10_000_000
+"""The highest frame rate :func:`balanced_fps` asks for (a 10-cycle budget at 100 MHz: beyond
+any layer's full unfolding)."""
+
+
+def balanced_fps(macs: dict[str, int], target_fps: int | None) -> dict[str, int | None]:
+    """Per graph, the frame rate at which it computes as many MACs per second as the graph with
+    the most MACs at ``target_fps`` (``FrontendConfig.balance_macs``); None stays None."""
+    if target_fps is None or not macs:
+        return {name: target_fps for name in macs}
+    most = max(macs.values())
+    return {
+        name: min(MAX_BALANCED_FPS, math.ceil(target_fps * most / max(n, 1)))
+        for name, n in macs.items()
+    }
+
+
 def build_bundle(
     bundle: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -385,11 +410,13 @@ def build_bundle(
                 f"{sorted(n for n, g in specs.items() if _finn_file(g) is not None)!r}"
             )
     out = Path(out_dir)
+    fps = balanced_fps({n: specs[n].macs for n in names}, config.target_fps)
     results: dict[str, dict[str, Any]] = {}
     for name in tqdm(names, desc="FINN front end", unit="graph"):
         spec = specs[name]
         source = loaded.path / _finn_file(spec)
-        parent = to_hw(source, spec.inputs[0].datatype, out / name, config)
+        graph_config = replace(config, target_fps=fps[name]) if config.balance_macs else config
+        parent = to_hw(source, spec.inputs[0].datatype, out / name, graph_config)
         results[name] = estimate(parent, config.clk_period_ns, config.fpga_part)
     document = {
         "bundle_id": loaded.bundle_id,

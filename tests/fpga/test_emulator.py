@@ -172,6 +172,36 @@ def test_engines_are_charged_dense_whatever_the_mask(reference, images):
         hw.with_params(dma_bytes_per_s=0)
 
 
+def test_a_gate_calls_overhead_is_shared_by_the_images_of_its_batch(reference, images):
+    """The executor evaluates a gate once per batch for every image that reaches it: the
+    per-call overhead is charged once per call and batch, the MACs per image."""
+    manifest = reference.manifest
+    result = reference.run(images, "iadi")
+    timing = MacRateTiming(1e9)
+    for batch in (len(images), 5):  # one call per gate, or calls of at most 5 images
+        phases = timing.batch_phases(manifest, result, "iadi", batch_size=batch)
+        calls = math.ceil(len(images) / batch)
+        for i, block in enumerate(manifest.blocks):
+            gate = [p.duration_s for ph in phases for p in ph if p.graph == block.layer_gate]
+            assert len(gate) == len(images)  # iadi: every image evaluates every layer gate
+            assert sum(gate) == pytest.approx(
+                calls * timing.arm_gate_s_per_call
+                + len(images) * block.layer_gate_macs / timing.arm_macs_per_s
+            )
+            ran = result.executed[:, i]
+            gate = [p.duration_s for ph in phases for p in ph if p.graph == block.channel_gate]
+            assert len(gate) == ran.sum()
+            if ran.any():
+                callers = [ran[s : s + batch].any() for s in range(0, len(images), batch)]
+                assert sum(gate) == pytest.approx(
+                    sum(callers) * timing.arm_gate_s_per_call
+                    + ran.sum() * block.channel_gate_macs / timing.arm_macs_per_s
+                )
+    # an image alone in its call pays the whole overhead
+    (alone,) = [p for p in timing.gate_phases(manifest, block.layer_gate, 0) if p.unit == ARM]
+    assert alone.duration_s == timing.arm_gate_s_per_call
+
+
 def test_simulated_meter_reads_the_emulated_boards_mean_power(bundle_dir, images):
     from host.meters import Keysight34465A
 

@@ -31,6 +31,11 @@ def test_estimate_writes_a_report_that_fits_and_times_the_emulator(tmp_path, cap
     assert set(report["graphs"]) == engines
     for g in report["graphs"].values():
         assert g["cycles"] > 0 and g["latency_cycles"] >= g["cycles"]
+    # balanced folding: the stem (a tenth of a block's MACs) is folded to the blocks' MAC rate,
+    # not to their frame rate, so it takes a fraction of a block's time
+    graphs, macs = report["graphs"], {n: g.macs for n, g in bundle.manifest.graphs.items()}
+    assert macs["stem"] < macs["block1"] / 8
+    assert graphs["stem"]["cycles"] < graphs["block1"]["cycles"] / 4
     timing = HardwareReportTiming.from_json(tmp_path / "hw" / "hw_report.json")
     timing.check(bundle.manifest)  # every engine graph of the bundle has its cycles
     # the completed budget of one overlay of every engine: FINN's estimate + what it leaves out
@@ -53,6 +58,37 @@ def test_estimate_writes_a_report_that_fits_and_times_the_emulator(tmp_path, cap
     assert budget["interconnect"]["mask_dmas"] == masks
     assert json.loads(record.with_suffix(".json").read_text()) == report
     assert f"Verdict: the overlay {budget['verdict']}." in record.with_suffix(".md").read_text()
+
+
+def test_balanced_fps_gives_every_graph_the_largest_ones_mac_rate():
+    from fpga.finn.frontend import MAX_BALANCED_FPS, balanced_fps
+
+    fps = balanced_fps({"block": 4_000_000, "stem": 400_000, "gate": 1000, "head": 0}, 1000)
+    assert fps == {"block": 1000, "stem": 10_000, "gate": 4_000_000, "head": MAX_BALANCED_FPS}
+    assert balanced_fps({"block": 10, "stem": 1}, None) == {"block": None, "stem": None}
+
+
+def test_estimate_builds_the_quantized_gates_engines_too(tmp_path, tmp_path_factory, monkeypatch):
+    """``estimate`` builds what the overlay has an engine for (engine_graphs), not only the
+    backbone: the emulator then runs the quantized gates on their engines."""
+    import fpga.__main__ as cli
+    from export.manifest import load_bundle
+    from fpga.bitstream.overlay import engine_graphs
+    from tests.fpga.test_runtime import shared_bundle
+
+    asked = {}
+
+    def build(bundle, out, config, graphs=None):
+        asked.update(graphs=graphs, balance=config.balance_macs)
+        raise cli.FinnFrontendError("stop here")
+
+    monkeypatch.setattr(cli, "build_bundle", build)
+    path = shared_bundle(tmp_path_factory)
+    manifest = load_bundle(path).manifest
+    assert main(["estimate", str(path), "--out", str(tmp_path / "hw")]) == 1
+    assert asked == {"graphs": engine_graphs(manifest), "balance": True}
+    assert main(["estimate", str(path), "--out", str(tmp_path / "hw"), "--uniform-fps"]) == 1
+    assert asked["balance"] is False
 
 
 def test_estimate_refuses_a_missing_bundle_in_one_line(tmp_path, capsys):
