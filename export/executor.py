@@ -101,6 +101,18 @@ class BatchResult:
         return BatchResult(**{k: np.concatenate([getattr(p, k) for p in parts]) for k in fields})
 
 
+def assemble_floats(
+    base: np.ndarray | None, shape: tuple[int, ...], parts: Sequence[tuple[np.ndarray, np.ndarray]]
+) -> np.ndarray:
+    """A block's output for a batch whose images went different ways: ``base`` (the block
+    input, for a block without shortcut: the skipping images' rows; None: zeros) with
+    ``rows`` replaced by each part's tensor. A new array: arrays saved for exits stay intact."""
+    y = np.zeros(shape, dtype=np.float32) if base is None else np.array(base)
+    for rows, tensor in parts:
+        y[rows] = tensor
+    return y
+
+
 BATCH_SIZE = 256
 """Images the executor runs through the network together (one call per graph and batch)."""
 
@@ -194,6 +206,7 @@ class BundleExecutor:
         (x,) = self._run(m.stem, m.preprocess.apply(images))  # (N, C, H, W)
 
         gather = getattr(self.backend, "take", None)  # a backend may keep rows' codes too
+        assemble = getattr(self.backend, "assemble", assemble_floats)  # ... and assemble them
 
         def take(a: np.ndarray, rows: np.ndarray) -> np.ndarray:
             """``a[rows]`` without the copy when ``rows`` is every image (rows are sorted)."""
@@ -243,21 +256,22 @@ class BundleExecutor:
                 mask, kept, body = mask[alive], kept[alive], body[alive]
             skip = halt_if(skip, block.shortcut_macs)
             out_shape = (n, block.out_channels, block.out_size, block.out_size)
+            parts = []  # (rows, their output) of the images that went either way
             if run.size == n:  # every image runs the block: no gather, no scatter
                 (y,) = self._run(block.graph, x, mask)
-            else:
-                y = x if block.shortcut is None else np.zeros(out_shape, dtype=np.float32)
-            if run.size and run.size < n:
-                y = y.copy() if y is x else y
-                (y[run],) = self._run(block.graph, take(x, run), mask)
+            elif run.size:
+                parts.append((run, self._run(block.graph, take(x, run), mask)[0]))
             if run.size:
                 executed[run, i] = True
                 channels[run, i] = kept
                 spent[run] += body
             if skip.size and block.shortcut is not None:
-                (y[skip],) = self._run(block.shortcut, take(x, skip))
+                parts.append((skip, self._run(block.shortcut, take(x, skip))[0]))
                 spent[skip] += block.shortcut_macs
-            x = y  # a new array whenever a row changed: arrays saved for exits stay intact
+            if run.size < n:  # identity-skipping images keep their rows of x (halted ones too)
+                base = x if block.shortcut is None else None
+                y = assemble(base, out_shape, parts) if parts or base is None else x
+            x = y  # a new tensor whenever a row changed: tensors saved for exits stay intact
             j = self._exit_at.get(i)
             if ddi and j is not None:
                 alive = np.flatnonzero(~halted)
@@ -277,7 +291,7 @@ class BundleExecutor:
         for j, e in enumerate(m.exits):
             rows = np.flatnonzero(answered_by == j)
             if rows.size:
-                (logits[rows],) = self._run(e.graph, saved[j][rows])
+                (logits[rows],) = self._run(e.graph, take(saved[j], rows))
                 spent[rows] += e.macs
         over = spent > budget if ddi else np.zeros(n, dtype=bool)
         return self._result(logits, answered_by, executed, channels, spent, over)

@@ -7,24 +7,25 @@ The job is a table of plain step functions (:data:`STEPS`), run in order on one
 finished with what it made; the same command given again resumes after the last finished step
 (``--restart`` runs every step again), and each step logs ``step i/n: name`` and its time.
 
-1. ``models``: the small default models (:data:`MODELS`): the recorded ResNet-8 W4A4 run in
-   ``measurements/train/resnet8-w4a4`` (base, IADI at 40% and 60% compute savings), or, with
-   ``--train``, the same recipe trained afresh (``python -m train.reproduce``, ~55 min on 2
-   cores). To fill the paper's 50/70/80% rows, the 60% model's gates are also calibrated to those
-   savings (train/calibrate.py: one logit offset, un-augmented training images), without
-   fine-tuning: those rows say so. Beside MGL2S, layer-only IADI: no layer-only model is
-   trained here, so the 60% model's layer gate alone (its channel gates removed, every running
-   block at full width) is calibrated to 40% and 60% (``layer-calNN``), without fine-tuning.
+1. ``models``: the default models (:data:`MODELS`): the recorded ResNet-20 W4A4 recipe in
+   ``measurements/train/resnet20-w4a4`` (the base network, and IADI trained to 40..80% compute
+   savings with MGL2S gates and with layer gates only, all with quantized gates), or, with
+   ``--train``, the same recipe trained afresh (``python -m train.reproduce``, ~5 CPU-hours).
+   ``--calibrate`` and ``--layer-only`` add rows made without training from the
+   :data:`CALIBRATE_FROM` model (train/calibrate.py: one logit offset on un-augmented
+   training images; the layer-only ones with its channel gates dropped): those rows say so.
 2. ``bundles``: each checkpoint is exported (``python -m export``); a bundle already exported
    from the same checkpoint (same sha256) is reused.
 3. ``hw_report``: the emulator's engine times, from FINN's estimates of the network's engines
-   (``python -m fpga estimate``, run here on the reference bundle; a copy made for another
-   bundle is rebuilt, fpga/hwreport.py), from ``--hw-report`` (refused unless made for the
-   reference bundle) or, with ``--mac-rate``, an assumed MAC rate.
+   (``python -m fpga estimate``'s build, run here on the :data:`ENGINES_FROM` bundle, which has
+   every engine graph: the backbone's and the quantized gates', folded to one MAC rate as the
+   overlay is; a copy made for another bundle is rebuilt, fpga/hwreport.py), from
+   ``--hw-report`` (refused unless made for that bundle) or, with ``--mac-rate``, an assumed MAC
+   rate.
 4. ``measure``: the emulated board (fpga/emulator) serves the real protocol on a pseudo-terminal
-   and models time and power: engine times as above, dense whatever the channel mask, gates and
-   marshalling on the ARM; a simulated Keysight 34465A on a second pseudo-terminal samples that
-   power. ``measurements/run_measurement.py``'s harness, unchanged, measures every model: idle
+   and models time and power: engine times as above, dense whatever the channel mask, gates on
+   their engines where the report has them, marshalling on the ARM; a simulated Keysight 34465A
+   on a second pseudo-terminal samples that power. ``measurements/run_measurement.py``'s harness, unchanged, measures every model: idle
    power, timed windows of different images, energy per inference, accuracy; then every
    window's measured energy is checked against the energy the emulator modelled
    (``ground_truth.json``).
@@ -64,14 +65,24 @@ from wire.errors import BoardError
 log = logging.getLogger("measurements.reproduce")
 
 # --- The models Table I measures: the one place to point the job at other models -------------
-RECORDED = Path("measurements/train/resnet8-w4a4")
+RECORDED = Path("measurements/train/resnet20-w4a4")
 """The default ``--models``: a ``python -m train.reproduce`` folder with one run per model."""
-MODELS = {"base": "base", "iadi40": "iadi-40", "iadi60": "iadi-60"}
+TARGETS = (40, 50, 60, 70, 80)
+MODELS = {
+    "base": "base",
+    **{f"{gating}{t}": f"iadi-{gating}-{t}" for gating in ("mgl2s", "layer") for t in TARGETS},
+}
 """Table I's key -> the run folder (holding ``final.pt``) under ``--models``; ``base`` is the
-reference (0% savings, measured in ``full`` mode), ``iadi60`` the model the calibrated rows
-are made from."""
-CALIBRATED = (0.5, 0.7, 0.8)
-LAYER_ONLY = (0.4, 0.6)
+reference (0% savings, measured in ``full`` mode)."""
+ENGINES_FROM = "mgl2s60"
+"""The model whose bundle the hardware report is estimated from: an MGL2S one has every engine
+graph the others have (the backbone's, and the quantized layer and channel gates')."""
+CALIBRATE_FROM = "mgl2s60"
+"""The MGL2S model that ``--calibrate`` and ``--layer-only`` rows are made from."""
+CALIBRATED: tuple[float, ...] = ()
+LAYER_ONLY: tuple[float, ...] = ()
+"""Default savings of the calibrated and the layer-only-from-MGL2S rows: none, since every
+target of both gate families is trained (give ``--calibrate 0.5 0.7`` to add some)."""
 
 STATE_FILE = "reproduce.json"
 STATE_FORMAT = "ddi-fpga-reproduce-state"
@@ -107,6 +118,11 @@ class Job:
     def bundles(self) -> dict[str, Path]:
         return {key: Path(path) for key, path in self.results["bundles"].items()}
 
+    def engines_bundle(self) -> Path:
+        """The bundle the hardware report is made for (:data:`ENGINES_FROM`, else ``base``)."""
+        bundles = self.bundles()
+        return bundles.get(ENGINES_FROM, bundles["base"])
+
     def timing(self) -> TimingModel:
         """The emulator's timing model, rebuilt from the ``hw_report`` step's result."""
         report = self.results["hw_report"]
@@ -141,16 +157,18 @@ def step_models(job: Job) -> dict[str, str]:
                 f"model {key!r}: {str(path)!r} is missing; pass --models DIR of a "
                 "`python -m train.reproduce` run, or --train"
             )
-    payload = load_checkpoint(ckpts["iadi60"])
     batches: list | None = None
+    source_ckpt = ckpts[CALIBRATE_FROM]
+    payload = load_checkpoint(source_ckpt) if args.calibrate or args.layer_only else None
     derived = [
-        (f"iadi60-cal{round(s * 100)}", s, lambda: build_model(payload), {}) for s in args.calibrate
+        (f"{CALIBRATE_FROM}-cal{round(s * 100)}", s, lambda: build_model(payload), {})
+        for s in args.calibrate
     ] + [
         (
             f"layer-cal{round(s * 100)}",
             s,
             lambda: _layer_only(payload),
-            {"derived_from": str(ckpts["iadi60"]), "layer_only_from_mgl2s": True},
+            {"derived_from": str(source_ckpt), "layer_only_from_mgl2s": True},
         )
         for s in args.layer_only
     ]
@@ -228,7 +246,8 @@ def step_hw_report(job: Job) -> str | None:
     one given with ``--hw-report`` is refused otherwise, the job's own copy is rebuilt.
     """
     args = job.args
-    bundle_id = load_bundle(job.bundles()["base"], verify=False).bundle_id
+    reference = job.engines_bundle()
+    bundle_id = load_bundle(reference, verify=False).bundle_id
     if args.hw_report:
         hwreport.read(args.hw_report, bundle_id)
         return str(args.hw_report)
@@ -243,10 +262,12 @@ def step_hw_report(job: Job) -> str | None:
         except hwreport.HardwareReportError as exc:
             log.info("rebuilding the hardware report: %s", exc)
     # qonnx: FINN's front end, loaded only when the estimates are made
+    from fpga.bitstream.overlay import engine_graphs
     from fpga.finn.frontend import FrontendConfig, build_bundle
 
-    config = FrontendConfig()
-    estimates = build_bundle(job.bundles()["base"], out, config)
+    config = FrontendConfig(balance_macs=True)  # as the overlay folds its engines
+    graphs = engine_graphs(load_bundle(reference, verify=False).manifest)
+    estimates = build_bundle(reference, out, config, graphs=graphs)
     hwreport.write(path, hwreport.per_graph_report(estimates, config.clk_period_ns, bundle_id))
     return str(path)
 
@@ -273,7 +294,7 @@ def step_measure(job: Job) -> str:
             extra={
                 "emulator": describe(board),
                 "recipe": "python -m measurements.reproduce",
-                "notes": _notes(args, timing),
+                "notes": _notes(args, timing, bundles),
             },
         )
         run_folder = RunFolder.create(job.out / "runs", "emulated", config.to_dict())
@@ -423,26 +444,53 @@ def _timing_note(timing) -> str:
     return f"Engine times: every engine at {timing.macs_per_s:g} MAC/s (an assumed rate)."
 
 
-def _notes(args: argparse.Namespace, timing) -> list[str]:
+def _gates_note(timing, bundles: dict[str, Path]) -> str:
+    """Where the measured models' gates ran, read off their bundles and the timing model."""
+    on_pl, on_arm = set(), set()
+    for path in bundles.values():
+        manifest = load_bundle(path, verify=False).manifest
+        for name, spec in manifest.graphs.items():
+            if spec.kind in ("layer_gate", "channel_gate"):
+                (on_pl if timing.gate_on_pl(manifest, name) else on_arm).add(spec.kind)
+    kinds = {"layer_gate": "layer", "channel_gate": "channel"}
+    parts = []
+    if on_pl:
+        parts.append(
+            " and ".join(kinds[k] for k in sorted(on_pl)) + " gates on their own FINN engines "
+            "(quantized; a layer gate's LSTM step on the ARM, numpy)"
+        )
+    if on_arm:
+        parts.append(
+            " and ".join(kinds[k] for k in sorted(on_arm)) + " gates on the ARM (numpy programs)"
+        )
+    return "; ".join(parts) or "no gates"
+
+
+def _notes(args: argparse.Namespace, timing, bundles: dict[str, Path]) -> list[str]:
     notes = [
         f"Emulator timing: {timing!r}. {_timing_note(timing)} A running block is charged its "
-        "engine's dense time whatever its channel mask; layer and channel gates run on the ARM "
-        "(float, numpy programs) and every engine call adds the ARM's marshalling, at the rates "
-        "above: see docs/board.md for the parameters and their sources, and sensitivity.md for "
-        "how the savings move with each."
+        f"engine's dense time whatever its channel mask; {_gates_note(timing, bundles)}; every "
+        "engine call adds the ARM's marshalling, at the rates above: see docs/board.md for the "
+        "parameters and their sources, and sensitivity.md for how the savings move with each."
     ]
     if args.calibrate:
         notes.append(
-            "`iadi60-calNN`: the `iadi60` model with its gates calibrated to NN% compute savings "
-            "(one logit offset on 1,000 training images), without fine-tuning."
+            f"`{CALIBRATE_FROM}-calNN`: the `{CALIBRATE_FROM}` model with its gates calibrated to "
+            "NN% compute savings (one logit offset on 1,000 training images), without fine-tuning."
         )
     if args.layer_only:
         notes.append(
-            "`layer-calNN`: layer-only IADI made from the `iadi60` MGL2S model by dropping its "
-            "channel gates (every running block at full width) and calibrating its layer gate to "
-            "NN% compute savings (one logit offset on 1,000 training images), without "
-            "fine-tuning; not a model trained layer-only."
+            f"`layer-calNN`: layer-only IADI made from the `{CALIBRATE_FROM}` MGL2S model by "
+            "dropping its channel gates (every running block at full width) and calibrating its "
+            "layer gate to NN% compute savings (one logit offset on 1,000 training images), "
+            "without fine-tuning; not a model trained layer-only."
         )
+    trained = [k for k in MODELS if k != "base"]
+    notes.append(
+        f"`mgl2sNN` / `layerNN`: IADI trained to NN% compute savings with MGL2S (layer and "
+        "channel gates) or with layer gates only (the `iadi-GATING-NN` runs of "
+        f"`python -m train.reproduce`; {len(trained)} models)."
+    )
     return notes
 
 
@@ -486,18 +534,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         nargs="*",
         default=list(CALIBRATED),
-        help="further savings for the 60%% model's gates (default 0.5 0.7 0.8)",
+        help=f"more rows: the {CALIBRATE_FROM} model's gates calibrated to these savings, "
+        "without fine-tuning (default: none)",
     )
     p.add_argument(
         "--layer-only",
         type=float,
         nargs="*",
         default=list(LAYER_ONLY),
-        help="savings for layer-only versions of the 60%% model (default 0.4 0.6)",
+        help=f"more rows: the {CALIBRATE_FROM} model's layer gate alone (channel gates dropped) "
+        "calibrated to these savings (default: none)",
     )
     p.add_argument(
         "--hw-report",
-        help="hardware report of the reference bundle for the emulator (default: FINN "
+        help=f"hardware report of the {ENGINES_FROM} bundle for the emulator (default: FINN "
         "estimates, made now)",
     )
     p.add_argument(

@@ -623,6 +623,49 @@ class Carried:
         return Carried(self.codes[rows], self.scale, packed, self.stream)
 
 
+class EngineTensor:
+    """An engine's output kept in the engines' integer form: its :class:`Carried` codes (and
+    packed bytes), the float tensor made only if the ARM needs it (:meth:`floats`: the graph's
+    float tail on the codes, once).
+
+    :class:`fpga.board.runtime.FinnBackend` hands these to the executor for the outputs of the
+    stem, the blocks and the shortcuts; the executor only gathers rows of them and puts rows
+    together (``take``, ``assemble``), so an activation that goes from engine to engine, through
+    the gates' engines and skipped blocks, is never turned into floats on the ARM.
+    """
+
+    __slots__ = ("_floats", "carried", "tail")
+
+    def __init__(self, carried: Carried, tail: FloatTail) -> None:
+        self.carried = carried
+        self.tail = tail
+        self._floats: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.carried.codes)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The float tensor's shape (N, C, H, W): the codes are NHWC."""
+        n, h, w, c = self.carried.codes.shape
+        return (n, c, h, w)
+
+    def take(self, rows: np.ndarray) -> EngineTensor:
+        return EngineTensor(self.carried.take(rows), self.tail)
+
+    def floats(self) -> np.ndarray:
+        """The float tensor (read-only), as the graph's onnxruntime twin returns it."""
+        if self._floats is None:
+            self._floats = self.tail.apply(self.carried.codes)
+            self._floats.flags.writeable = False
+        return self._floats
+
+
+def as_floats(x: Any) -> Any:
+    """``x`` as the ARM's numpy programs take it: an :class:`EngineTensor`'s floats."""
+    return x.floats() if isinstance(x, EngineTensor) else x
+
+
 def _code_scale(tail: FloatTail) -> np.float32 | None:
     """``c`` when the tail is exactly ``Mul(c)`` (one scalar) then NHWC -> NCHW, else None."""
     ops = tail.ops
@@ -738,11 +781,17 @@ class GraphAccelerator:
         )
 
     def run_carried(
-        self, inputs: Sequence[np.ndarray], carried: Carried | None = None
-    ) -> tuple[list[np.ndarray], Carried | None]:
+        self,
+        inputs: Sequence[np.ndarray],
+        carried: Carried | None = None,
+        *,
+        floats: bool = True,
+    ) -> tuple[list[np.ndarray | None], Carried | None]:
         """:meth:`run`, taking the input as ``carried`` (codes and maybe packed bytes of the
         engine that computed ``inputs[0]``) when :meth:`takes` it, and returning the output's
-        :class:`Carried` too (None when the tail is not a plain rescale)."""
+        :class:`Carried` too (None when the tail is not a plain rescale). ``floats=False``
+        skips the float tail where the output is carried: the output is then ``[None]``
+        (``inputs[0]`` is read only when ``carried`` is not taken)."""
         engine = self.accelerator
         run_packed = getattr(engine, "run_packed", None)
         mask = {"mask_map": self.mask_map(inputs[1])} if self.masked else {}
@@ -763,10 +812,10 @@ class GraphAccelerator:
             out, packed_out, stream = engine.execute(codes, mask["mask_map"]), None, None
         else:
             out, packed_out, stream = engine.execute(codes), None, None
-        y = self.tail.apply(out)
         if self.carry_scale is None:
-            return [y], None
+            return [self.tail.apply(out)], None
         codes_out = np.asarray(out).astype(self._out_container)
+        y = self.tail.apply(codes_out) if floats else None
         return [y], Carried(codes_out, self.carry_scale, packed_out, stream)
 
 

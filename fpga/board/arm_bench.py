@@ -232,9 +232,11 @@ def finn_work(
         clock.wrap(acc, "run_carried", "engine calls")  # all of a call's ARM work
         original = acc.run_carried
 
-        def counted(inputs: Any, *args: Any, _name: str = name, _run: Any = original) -> Any:
+        def counted(
+            inputs: Any, *args: Any, _name: str = name, _run: Any = original, **kw: Any
+        ) -> Any:
             calls[_name] += len(inputs[0])
-            return _run(inputs, *args)
+            return _run(inputs, *args, **kw)
 
         acc.run_carried = counted
     for method, part in (

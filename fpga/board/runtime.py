@@ -38,11 +38,18 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from export.errors import ExportError
-from export.executor import BatchResult, BundleExecutor
+from export.executor import BatchResult, BundleExecutor, assemble_floats
 from export.manifest import Bundle, GraphSpec
 from export.program import NumpyBackend
 from fpga.board import doctor
-from fpga.board.accel import AcceleratorError, OverlaySpec, load_overlay
+from fpga.board.accel import (
+    AcceleratorError,
+    Carried,
+    EngineTensor,
+    OverlaySpec,
+    as_floats,
+    load_overlay,
+)
 from fpga.board.errors import BoardError, CommandError
 from fpga.board.finnio import buffer_bytes
 from fpga.board.store import DEFAULT_MAX_BUNDLE_BYTES, BundleStore, LoadSession
@@ -229,17 +236,19 @@ class FinnBackend:
     the ARM from that tensor (:meth:`export.program.NumpyBackend.run_from`). Gate engines take
     the block input's carried codes like any engine.
 
-    ``carry`` (default on): an engine's output stays in the engines' integer form beside the
-    float tensor the executor gets (:class:`fpga.board.accel.Carried`: its codes, and the packed
-    bytes its output DMA wrote). When that tensor, or rows of it (:meth:`take`), is the next
-    engine's input, the engine takes the codes (and, in the same word format, the packed bytes)
-    as they are: no float -> codes conversion, no folding or packing. The floats are still made
-    once per output, for the gates and the executor. Results are bit-identical either way. A
-    carried tensor is made read-only, so nothing can change it behind its codes.
+    ``carry`` (default on): activations stay in the engines' integer form. An engine whose
+    output is a plain rescale of its codes (the stem, the blocks, the shortcuts) hands the
+    executor an :class:`fpga.board.accel.EngineTensor`: its codes, and the packed bytes its
+    output DMA wrote. The next engine, or a gate's engine, takes the codes as they are (and, in
+    the same word format, the packed bytes): no float -> codes conversion, no folding or
+    packing. The executor's gathers (:meth:`take`) and assemblies of rows (:meth:`assemble`: a
+    block run by some images and skipped by others) work on the codes and bytes too, so the
+    float tail of such an output is applied only where the ARM needs the floats (a graph
+    without an engine, or a dense engine refusing a mask); the gates' keep bits and
+    embeddings and the classifiers' logits are made floats as before. Results are
+    bit-identical either way; ``carry=False`` converts every engine's input from floats and
+    applies every tail.
     """
-
-    CARRIED = 4
-    """Tensors remembered with their codes (the latest ones; a batch's tensors are short-lived)."""
 
     def __init__(
         self,
@@ -252,7 +261,6 @@ class FinnBackend:
     ) -> None:
         self.overlay = overlay
         self.carry = carry
-        self._carried: dict[int, tuple[np.ndarray, object]] = {}
         self.accelerators: dict[str, Accelerator] = dict(accelerators)
         self.cpu = NumpyBackend(bundle)
         graphs = bundle.manifest.graphs
@@ -283,31 +291,39 @@ class FinnBackend:
             ", ".join(sorted(self.accelerators)) or "none",
         )
 
-    def run(self, graph: GraphSpec, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def run(self, graph: GraphSpec, inputs: Sequence[object]) -> list[object]:
         accelerator = self.accelerators.get(graph.name)
         if accelerator is not None and graph.kind in GATE_KINDS:
             return self._run_gate(graph, accelerator, inputs)
         accepts = getattr(accelerator, "accepts", None)
         if accelerator is None or (accepts is not None and not accepts(inputs)):
-            return self.cpu.run(graph, inputs)
+            return self.cpu.run(graph, [as_floats(x) for x in inputs])
         run_carried = getattr(accelerator, "run_carried", None)
         if not self.carry or run_carried is None:
-            return accelerator.run(inputs)
-        outputs, carried = run_carried(inputs, self._carried_of(inputs[0]))
-        if carried is not None:
-            self._remember(outputs[0], carried)
-        return outputs
+            return accelerator.run([as_floats(x) for x in inputs])
+        inputs, carried = self._input(accelerator, inputs)
+        outputs, out = run_carried(inputs, carried, floats=False)
+        return outputs if out is None else [EngineTensor(out, accelerator.tail)]
 
-    def _engine(self, accelerator: Accelerator, x: np.ndarray) -> np.ndarray:
-        """The engine's (float-tailed) output for input ``x`` alone, taking its carried codes."""
+    @staticmethod
+    def _input(accelerator: Accelerator, inputs: Sequence[object]):
+        """The call's inputs and the carried codes the engine takes, else floats and None."""
+        x = inputs[0]
+        if isinstance(x, EngineTensor) and accelerator.takes(x.carried):
+            return [x, *inputs[1:]], x.carried  # x itself is not read: its codes go in
+        return [as_floats(v) for v in inputs], None
+
+    def _engine(self, accelerator: Accelerator, x: object) -> np.ndarray:
+        """The engine's float output for input ``x`` alone, taking its carried codes."""
         run_carried = getattr(accelerator, "run_carried", None)
         if not self.carry or run_carried is None:
-            return accelerator.run([x])[0]
-        outputs, _ = run_carried([x], self._carried_of(x))
+            return accelerator.run([as_floats(x)])[0]
+        inputs, carried = self._input(accelerator, [x])
+        outputs, _ = run_carried(inputs, carried)
         return outputs[0]
 
     def _run_gate(
-        self, graph: GraphSpec, accelerator: Accelerator, inputs: Sequence[np.ndarray]
+        self, graph: GraphSpec, accelerator: Accelerator, inputs: Sequence[object]
     ) -> list[np.ndarray]:
         """A quantized gate on its engine (see the class docstring); the LSTM step on the ARM."""
         out = self._engine(accelerator, inputs[0])
@@ -322,39 +338,54 @@ class FinnBackend:
         given = [graph.finn.twin_tensor, *program.inputs[1:]]  # the embedding, then h and c
         return self.cpu.run_from(graph, given, [out, *inputs[1:]])
 
-    def take(self, x: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """``x[rows]`` (the executor's gather), keeping the rows' codes when ``x`` has them."""
-        y = x[rows]
-        entry = self._carried.get(id(x)) if self.carry else None
-        if entry is not None and entry[0] is x:
-            # the rows' codes are gathered only if an engine takes y (gates take rows too)
-            self._remember(y, (entry[1], rows))
-        return y
+    @staticmethod
+    def take(x: object, rows: np.ndarray) -> object:
+        """``x[rows]`` (the executor's gather), in integer form for an engine's output."""
+        return x.take(rows) if isinstance(x, EngineTensor) else x[rows]
 
-    def _carried_of(self, x: np.ndarray):
-        entry = self._carried.get(id(x))
-        if entry is None or entry[0] is not x:
-            return None
-        carried = entry[1]
-        if isinstance(carried, tuple):  # rows of another carried tensor: gathered now, once
-            carried = _gather(carried)
-            self._carried[id(x)] = (x, carried)
-        return carried
-
-    def _remember(self, y: np.ndarray, carried: object) -> None:
-        y.flags.writeable = False
-        self._carried.pop(id(y), None)
-        self._carried[id(y)] = (y, carried)
-        while len(self._carried) > self.CARRIED:
-            self._carried.pop(next(iter(self._carried)))
+    @staticmethod
+    def assemble(
+        base: object | None, shape: tuple[int, ...], parts: Sequence[tuple[np.ndarray, object]]
+    ) -> object:
+        """The executor's assembly of a block's output (``export.executor.assemble``): ``base``
+        (the block input, for a block without shortcut; None: zeros) with ``rows`` replaced
+        by each part, in integer form when every piece is an engine's output of one scale."""
+        pieces = [t for t in (base, *(t for _, t in parts)) if t is not None]
+        if pieces and all(isinstance(t, EngineTensor) for t in pieces):
+            scales = {t.carried.scale for t in pieces}
+            if len(scales) == 1:
+                return _assemble_codes(base, shape, parts)
+        return assemble_floats(
+            None if base is None else as_floats(base),
+            shape,
+            [(rows, as_floats(t)) for rows, t in parts],
+        )
 
 
-def _gather(carried):
-    """A :class:`fpga.board.accel.Carried`, or ``(parent, rows)`` of one: its rows."""
-    if isinstance(carried, tuple):
-        parent, rows = carried
-        return _gather(parent).take(rows)
-    return carried
+def _assemble_codes(
+    base: EngineTensor | None, shape: tuple[int, ...], parts: Sequence[tuple[np.ndarray, object]]
+) -> EngineTensor:
+    """:meth:`FinnBackend.assemble` on codes (and packed bytes, where every piece has them in
+    one word format): the codes of zeros are zeros, as a block's zero-initialised output."""
+    n, c, h, w = shape
+    pieces = [t for t in (base, *(t for _, t in parts)) if t is not None]
+    first = pieces[0].carried
+    dtype = np.result_type(*(t.carried.codes.dtype for t in pieces))
+    streams = {t.carried.stream for t in pieces}
+    keep_packed = len(streams) == 1 and all(t.carried.packed is not None for t in pieces)
+    if base is not None:
+        codes = base.carried.codes.astype(dtype, copy=True)
+        packed = np.array(base.carried.packed) if keep_packed else None
+    else:
+        codes = np.zeros((n, h, w, c), dtype=dtype)
+        row = first.packed.shape[1:] if keep_packed else None
+        packed = np.zeros((n, *row), dtype=first.packed.dtype) if keep_packed else None
+    for rows, t in parts:
+        codes[rows] = t.carried.codes
+        if packed is not None:
+            packed[rows] = t.carried.packed
+    carried = Carried(codes, first.scale, packed, first.stream if keep_packed else None)
+    return EngineTensor(carried, pieces[0].tail)
 
 
 def make_backend(config: RuntimeConfig, bundle: Bundle) -> Backend:

@@ -21,7 +21,13 @@ pytest.importorskip("finn", reason="finn-plus not installed (make setup installs
 from export.executor import BundleExecutor, OnnxRuntimeBackend
 from export.manifest import Bundle, load_bundle
 from export.program import NumpyBackend
-from fpga.board.accel import AcceleratorError, FloatTail, GraphAccelerator
+from fpga.board.accel import (
+    AcceleratorError,
+    EngineTensor,
+    FloatTail,
+    GraphAccelerator,
+    as_floats,
+)
 from fpga.board.runtime import FinnBackend
 from tests.conftest import needs_cifar10
 
@@ -131,14 +137,14 @@ def test_masks_and_bad_codes(bundle, accelerator, images):
     mask[:, ::3] = 0
     mask[1, 1] = 0
     calls = accelerator.accelerator.calls
-    (y,) = backend.run(spec, [x, mask])
+    y = as_floats(backend.run(spec, [x, mask])[0])
     assert accelerator.accelerator.calls == calls + 1
     np.testing.assert_array_equal(y, cpu.run(spec, [x, mask])[0])
     ones = np.ones((2, 32), np.float32)
     assert not np.array_equal(y, cpu.run(spec, [x, ones])[0])  # the mask changed the output
 
     # all ones: the engine, bit-exact to the twin
-    (y,) = backend.run(spec, [x, ones])
+    y = as_floats(backend.run(spec, [x, ones])[0])
     assert accelerator.accelerator.calls == calls + 2
     np.testing.assert_array_equal(y, cpu.run(spec, [x, ones])[0])
     with pytest.raises(AcceleratorError, match="not 0/1"):
@@ -372,13 +378,18 @@ def test_engines_pass_codes_and_packed_bytes_on(bundle, overlay_build, emulated,
         pl = RecordedPL(np.load(_saved(recording)), info["io_shape_dict"])
         board = PynqDmaOverlay(info, emulated.batch_size, allocate=pl.allocate, ip=pl.ip)
         overlay, accelerators = load_overlay(bundle, overlay_build.deploy, overlay=board)
-        for acc in accelerators.values():
+        tails: list[str] = []
+        for name, acc in accelerators.items():
             acc.codes = counted_codes.__get__(acc)
+            apply = acc.tail.apply
+            acc.tail.apply = lambda y, _n=name, _apply=apply, _tails=tails: (
+                _tails.append(_n) or _apply(y)
+            )
         board.pack_input = counted_pack.__get__(board)
         counts.update(codes=0, pack=0)
         backend = FinnBackend(bundle, accelerators, overlay=overlay, carry=carry)
         got = BundleExecutor(bundle, backend=backend).run(images, mode="full")
-        results[carry] = (got, dict(counts), pl.served)
+        results[carry] = (got, dict(counts, tails=sorted(set(tails))), pl.served)
     engines = len(accelerators)
     chunks = -(-len(images) // emulated.batch_size)
     for carry, (got, _, served) in results.items():
@@ -393,6 +404,10 @@ def test_engines_pass_codes_and_packed_bytes_on(bundle, overlay_build, emulated,
     assert off["codes"] >= 5 and off["pack"] == (off["codes"] + masks) * chunks  # stem, blocks..
     assert on["codes"] == 1  # the stem's input: the preprocessed images
     assert on["pack"] < off["pack"], (on, off)  # some packed outputs went on as they were
+    # the activations stayed codes from engine to engine: only the logits were made floats
+    m = bundle.manifest
+    assert on["tails"] == ["head"]
+    assert set(off["tails"]) == {m.stem, m.head, *(b.graph for b in m.blocks)}  # full mode
     assert engines >= 5
 
     # rows of a carried tensor (the executor's gather for the images that run a block)
@@ -403,14 +418,14 @@ def test_engines_pass_codes_and_packed_bytes_on(bundle, overlay_build, emulated,
         overlay, accelerators = load_overlay(bundle, overlay_build.deploy, overlay=emulated)
         backend = FinnBackend(bundle, accelerators, overlay=overlay, carry=carry)
         (x,) = backend.run(m.graphs[m.stem], [m.preprocess.apply(images)])
-        assert not x.flags.writeable or not carry  # a carried tensor cannot change
+        assert isinstance(x, EngineTensor) is carry  # the stem's codes, no floats made
         xs = backend.take(x, rows)
         block = accelerators[m.blocks[0].graph]
         block.codes = counted_codes.__get__(block)
         counts["codes"] = 0
         (outs[carry],) = backend.run(m.graphs[m.blocks[0].graph], [xs, np.ones((4, 16), "f4")])
         assert counts["codes"] == (0 if carry else 1), carry
-    np.testing.assert_array_equal(outs[True], outs[False])
+    np.testing.assert_array_equal(as_floats(outs[True]), outs[False])
 
 
 def _saved(arrays: dict[str, np.ndarray]):
