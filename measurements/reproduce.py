@@ -25,8 +25,9 @@ finished with what it made; the same command given again resumes after the last 
 4. ``measure``: the emulated board (fpga/emulator) serves the real protocol on a pseudo-terminal
    and models time and power: engine times as above, dense whatever the channel mask, gates on
    their engines where the report has them, marshalling on the ARM; a simulated Keysight 34465A
-   on a second pseudo-terminal samples that power. ``measurements/run_measurement.py``'s harness, unchanged, measures every model: idle
-   power, timed windows of different images, energy per inference, accuracy; then every
+   on a second pseudo-terminal samples that power. ``measurements/run_measurement.py``'s
+   harness, unchanged, measures every model: idle power, timed windows of different images,
+   energy per inference, accuracy; then every
    window's measured energy is checked against the energy the emulator modelled
    (``ground_truth.json``).
 5. ``table``: Table I (``table1.md``, ``.csv``, ``.png``), labelled as emulated.

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from export.executor import BatchResult
 from export.manifest import load_bundle
 from fpga.emulator import EmulatorError
 from fpga.emulator.timing import HardwareReportTiming, MacRateTiming, Phase
@@ -48,6 +49,7 @@ class _Decisions:
     executed: np.ndarray  # (N, blocks) bool
     channels: np.ndarray  # (N, blocks) int64
     exits: np.ndarray  # (N,) int64
+    windows: list[slice]  # the images of each measurement window (one RUN_BATCH each)
 
 
 def _decisions(run: Path) -> tuple[dict[str, Any], dict[str, _Decisions]]:
@@ -68,23 +70,39 @@ def _decisions(run: Path) -> tuple[dict[str, Any], dict[str, _Decisions]]:
             executed=np.array([[c == "1" for c in r["executed_blocks"]] for r in mine]),
             channels=np.array([[int(c) for c in r["channels_per_block"].split(";")] for r in mine]),
             exits=np.array([int(r["exit"]) for r in mine]),
+            windows=_runs([r["window"] for r in mine]),
         )
     return config, out
 
 
+def _runs(labels: list[str]) -> list[slice]:
+    """The slices of equal consecutive labels."""
+    cuts = [k for k in range(1, len(labels)) if labels[k] != labels[k - 1]]
+    return [slice(a, b) for a, b in zip([0, *cuts], [*cuts, len(labels)], strict=True)]
+
+
 def _durations(manifest, decisions: _Decisions, mode: str, timing) -> dict[Any, float]:
-    """Mean seconds per image spent in each phase kind ``Phase(unit, graph, 0)``."""
+    """Mean seconds per image spent in each phase kind ``Phase(unit, graph, 0)``, each window's
+    images run together as the board ran them (one RUN_BATCH per window: the timing model
+    shares a gate call's overhead between the images of one executor batch)."""
 
     out: dict[Any, float] = {}
-    gated = mode != "full"
-    n = max(len(decisions.exits), 1)
-    for k in range(len(decisions.exits)):
-        phases = timing.image_phases(
-            manifest, decisions.executed[k], decisions.channels[k], int(decisions.exits[k]), gated
+    n = len(decisions.exits)
+    for rows in decisions.windows:
+        count = len(decisions.exits[rows])
+        result = BatchResult(
+            predictions=np.zeros(count, np.int64),
+            logits=np.zeros((count, 0), np.float32),
+            exits=decisions.exits[rows],
+            executed=decisions.executed[rows],
+            channels=decisions.channels[rows],
+            macs=np.zeros(count, np.int64),
+            over_budget=np.zeros(count, bool),
         )
-        for p in phases:
-            key = Phase(p.unit, p.graph, 0.0)
-            out[key] = out.get(key, 0.0) + p.duration_s / n
+        for phases in timing.batch_phases(manifest, result, mode):
+            for p in phases:
+                key = Phase(p.unit, p.graph, 0.0)
+                out[key] = out.get(key, 0.0) + p.duration_s / max(n, 1)
     return out
 
 

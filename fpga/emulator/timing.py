@@ -25,11 +25,18 @@ An engine phase lasts the longer of its compute and its DMA transfer of all its 
 (``dma_bytes_per_s``: the IODMAs share the port and stream while the engine computes), plus
 the time to load its weights when the engine's weights are written at run time
 (``weight_load_s``; 0 for an engine per graph, whose weights are in the bitstream). Around
-every engine call the ARM converts the float input to integer codes, packs it for the DMA,
-unpacks the output and applies the graph's float tail (fpga/board/accel.py):
-``arm_marshal_s_per_value`` per input and output value, and ``arm_mask_s_per_value`` per value
-of a masked block's mask map (the ARM broadcasts the (N, C) mask over the pixels and packs it,
-1 bit a value: no arithmetic, several times cheaper per value), an ``io:`` phase on the ARM.
+every engine call the ARM marshals its streams (fpga/board/accel.py, with the board's default
+``carry``: activations stay in the engines' integer form, fpga/board/runtime.py), an ``io:``
+phase on the ARM:
+
+- ``arm_marshal_s_per_value`` per value converted between floats and packed codes: the input
+  of an engine whose input is not another engine's codes (the stem's: the preprocessed
+  images), and an output the ARM needs as floats (a gate's keep bits or embedding, logits);
+- ``arm_pack_s_per_value`` per value that stays in integer form: an input taken as another
+  engine's codes (packed for this engine's DMA; nothing to do when the word formats agree, so
+  an upper bound), and an output unpacked to codes (the stem's, a block's, a shortcut's);
+- ``arm_mask_s_per_value`` per value of a masked block's mask map (the ARM broadcasts the
+  (N, C) mask over the pixels and packs it, 1 bit a value).
 
 Float gates (an LSTM step and a small CNN with a sigmoid, which FINN cannot compile) run on the
 ARM, each call costing ``arm_gate_s_per_call`` (the per-call overhead of a gate's numpy
@@ -83,7 +90,19 @@ ARM_GATE_S_PER_CALL = 100e-6
 ARM_MACS_PER_S = 300e6
 ARM_MARSHAL_S_PER_VALUE = 50e-9
 ARM_MASK_S_PER_VALUE = 8e-9
+ARM_PACK_S_PER_VALUE = 4e-9
 DMA_BYTES_PER_S = 800e6
+
+
+CODES_KINDS = ("stem", "block", "shortcut")
+"""Graph kinds whose output the board keeps as codes (a plain rescale: ``EngineTensor``)."""
+
+
+def _codes(datatype) -> tuple[str, float | None] | None:
+    """An integer datatype with a scale as (name, scale), the key of the codes it carries."""
+    if not datatype.is_integer or not datatype.scale:
+        return None
+    return (datatype.name, float(datatype.scale))
 
 
 @dataclass(frozen=True)
@@ -119,12 +138,14 @@ class TimingModel:
         arm_marshal_s_per_value: float = ARM_MARSHAL_S_PER_VALUE,
         dma_bytes_per_s: float = DMA_BYTES_PER_S,
         arm_mask_s_per_value: float = ARM_MASK_S_PER_VALUE,
+        arm_pack_s_per_value: float = ARM_PACK_S_PER_VALUE,
     ):
         self.arm_gate_s_per_call = _seconds("arm_gate_s_per_call", arm_gate_s_per_call)
         self.arm_macs_per_s = _rate("arm_macs_per_s", arm_macs_per_s)
         self.arm_marshal_s_per_value = _seconds("arm_marshal_s_per_value", arm_marshal_s_per_value)
         self.dma_bytes_per_s = _rate("dma_bytes_per_s", dma_bytes_per_s)
         self.arm_mask_s_per_value = _seconds("arm_mask_s_per_value", arm_mask_s_per_value)
+        self.arm_pack_s_per_value = _seconds("arm_pack_s_per_value", arm_pack_s_per_value)
 
     # -- what a subclass provides ----------------------------------------------------------
     def engine_s(self, manifest: Manifest, graph: str) -> float:
@@ -142,6 +163,7 @@ class TimingModel:
         "arm_marshal_s_per_value",
         "dma_bytes_per_s",
         "arm_mask_s_per_value",
+        "arm_pack_s_per_value",
     )
 
     @property
@@ -169,24 +191,30 @@ class TimingModel:
         return self.arm_gate_s_per_call / max(images, 1) + macs / self.arm_macs_per_s
 
     @staticmethod
-    def _io(manifest: Manifest, graph: str) -> tuple[int, int, float]:
-        """Per image of an engine call: the values the ARM converts (the first input and every
-        output), the values of a masked block's mask map (1 bit each in the stream: the
-        manifest's ``qonnx_inputs``), and the bytes the DMAs move (every stream at its
-        datatype's width)."""
+    def _io(manifest: Manifest, graph: str) -> tuple[int, int, int, float]:
+        """Per image of an engine call: the values the ARM converts between floats and codes,
+        the values it keeps in integer form (packs or unpacks), the values of a masked block's
+        mask map (1 bit each in the stream: the manifest's ``qonnx_inputs``), and the bytes the
+        DMAs move (every stream at its datatype's width). See the module docstring."""
         spec = manifest.graphs[graph]
-        values, mask_values, bits = 0, 0, 0
+        kept = {k for k, g in manifest.graphs.items() if g.kind in CODES_KINDS}
+        codes = {_codes(manifest.graphs[k].outputs[0].datatype) for k in kept}
+        converted, integer, mask_values, bits = 0, 0, 0, 0
         # a gate's engine returns its FINN graph's output (keep bits, or the embedding's codes)
         outputs = spec.outputs if spec.finn is None else spec.finn.outputs
-        for tensor in (spec.inputs[0], *outputs):
+        carried_in = graph != manifest.stem and _codes(spec.inputs[0].datatype) in codes
+        for k, tensor in enumerate((spec.inputs[0], *outputs)):
             n = math.prod(d for d in tensor.shape if isinstance(d, int))
-            values += n
+            if carried_in if k == 0 else graph in kept:
+                integer += n
+            else:
+                converted += n
             bits += n * tensor.datatype.bits
         for tensor in spec.qonnx_inputs[1:] if spec.masked else ():
             n = math.prod(d for d in tensor.shape if isinstance(d, int))
             mask_values += n
             bits += n * tensor.datatype.bits
-        return values, mask_values, bits / 8
+        return converted, integer, mask_values, bits / 8
 
     def gate_on_pl(self, manifest: Manifest, graph: str) -> bool:
         """Whether gate ``graph`` runs on its own FINN engine (base: no, every gate on the ARM)."""
@@ -212,10 +240,14 @@ class TimingModel:
 
     def engine_phases(self, manifest: Manifest, graph: str) -> list[Phase]:
         """One engine call for one image: the ARM's marshalling, then the engine's phase."""
-        values, mask_values, nbytes = self._io(manifest, graph)
+        converted, integer, mask_values, nbytes = self._io(manifest, graph)
         compute = max(self.engine_s(manifest, graph), nbytes / self.dma_bytes_per_s)
         busy = compute + self.weight_load_s(manifest, graph)
-        marshal = values * self.arm_marshal_s_per_value + mask_values * self.arm_mask_s_per_value
+        marshal = (
+            converted * self.arm_marshal_s_per_value
+            + integer * self.arm_pack_s_per_value
+            + mask_values * self.arm_mask_s_per_value
+        )
         return [Phase(ARM, IO_PREFIX + graph, marshal), Phase(ENGINE, graph, busy)]
 
     @staticmethod

@@ -157,8 +157,22 @@ def test_engines_are_charged_dense_whatever_the_mask(reference, images):
     mask_bits = c * h * w * 1
     assert engine.duration_s == pytest.approx((x_bits + mask_bits + y_bits) / 8)
     (io,) = [p for p in slow.engine_phases(manifest, block.graph) if p.unit == ARM]
-    values = math.prod(spec.inputs[0].shape[1:]) + c * h * w  # codes in and out
-    marshal = values * slow.arm_marshal_s_per_value
+    # codes in and out: the previous engine's codes packed, the output unpacked to codes (the
+    # board keeps a block's activations in integer form); the stem's input is converted
+    values = math.prod(spec.inputs[0].shape[1:]) + c * h * w
+    marshal = values * slow.arm_pack_s_per_value
+    stem = manifest.graphs[manifest.stem]
+    (io_stem,) = [p for p in slow.engine_phases(manifest, manifest.stem) if p.unit == ARM]
+    assert io_stem.duration_s == pytest.approx(
+        math.prod(stem.inputs[0].shape[1:]) * slow.arm_marshal_s_per_value
+        + math.prod(stem.outputs[0].shape[1:]) * slow.arm_pack_s_per_value
+    )
+    head = manifest.graphs[manifest.head]
+    (io_head,) = [p for p in slow.engine_phases(manifest, manifest.head) if p.unit == ARM]
+    assert io_head.duration_s == pytest.approx(  # logits: floats
+        math.prod(head.inputs[0].shape[1:]) * slow.arm_pack_s_per_value
+        + math.prod(head.outputs[0].shape[1:]) * slow.arm_marshal_s_per_value
+    )
     assert io.duration_s == pytest.approx(marshal + c * h * w * slow.arm_mask_s_per_value)
     cheap = slow.with_params(arm_mask_s_per_value=0.0)
     (io,) = [p for p in cheap.engine_phases(manifest, block.graph) if p.unit == ARM]
