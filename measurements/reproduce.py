@@ -438,10 +438,21 @@ def _timing_note(timing) -> str:
             else f"one engine for each of its {graphs} graphs"
         )
         loads = sum(1 for v in timing.weight_load_cycles.values() if v)
-        return (
+        note = (
             f"Engine times: {report.get('kind', 'hardware report')} at "
             f"{timing.clock_mhz:g} MHz, {layout}; weight loads charged for {loads} graph(s)."
         )
+        use = report.get("utilization")
+        if isinstance(use, dict) and isinstance(report.get("fits"), bool):
+            over = [f"{k} {100 * v:.0f}%" for k, v in use.items() if v > 1]
+            note += (
+                " By the same estimates these engines' HW layers fit the XC7Z020."
+                if report["fits"]
+                else " By the same estimates these engines' HW layers do NOT fit the XC7Z020 "
+                f"({', '.join(over)} of the part): the times are those of a design that needs "
+                "a larger part or shared engines (docs/fpga-architecture.md)."
+            )
+        return note
     return f"Engine times: every engine at {timing.macs_per_s:g} MAC/s (an assumed rate)."
 
 
