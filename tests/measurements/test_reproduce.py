@@ -151,3 +151,24 @@ def test_a_copy_made_for_another_bundle_is_rebuilt(tmp_path_factory, tmp_path):
     assert step_hw_report(job) == str(stale)  # FINN's estimates made anew
     report = hwreport.read(stale, load_bundle(bundle, verify=False).bundle_id)
     assert report["kind"] == "FINN estimate (no synthesis)" and len(report["graphs"]) > 1
+
+
+def test_the_notes_say_where_the_gates_ran_and_whether_the_engines_fit(tmp_path_factory, tmp_path):
+    """The record's sentences come from the bundles and the report: float gates run on the
+    ARM; a report whose engines exceed the part says so, naming the resource."""
+    from pathlib import Path
+
+    bundle = shared_bundle(tmp_path_factory)
+    manifest = load_bundle(bundle, verify=False).manifest
+    report = _report(manifest.bundle_id)
+    report["graphs"] = {name: {"cycles": 100} for name in manifest.graphs}
+    report |= {"fits": False, "utilization": {"LUT": 0.5, "BRAM_18K": 0.2, "DSP": 1.89}}
+    args = build_parser().parse_args(["--out", str(tmp_path)])
+    notes = reproduce._notes(args, HardwareReportTiming(report), {"base": Path(bundle)})
+    assert "channel and layer gates on the ARM (numpy programs)" in notes[0]
+    assert "on their own FINN engines" not in notes[0]  # float gates have no FINN graph
+    assert "do NOT fit the XC7Z020 (DSP 189% of the part)" in notes[0]
+    report["fits"] = True
+    notes = reproduce._notes(args, HardwareReportTiming(report), {"base": Path(bundle)})
+    assert "these engines' HW layers fit the XC7Z020." in notes[0]
+    assert not any("calNN" in n for n in notes)  # no calibrated rows by default
