@@ -23,6 +23,8 @@ charged its **dense** time (``engine_s``); only a skipped block saves engine tim
 block's engine also streams its mask map (1 bit per output value) through a second input DMA.
 An engine phase lasts the longer of its compute and its DMA transfer of all its streams
 (``dma_bytes_per_s``: the IODMAs share the port and stream while the engine computes), plus
+its share of the pipeline fill (:meth:`TimingModel.fill_s`, once per DMA transfer of at most
+``dma_batch`` images, shared by the images of the call), plus
 the time to load its weights when the engine's weights are written at run time
 (``weight_load_s``; 0 for an engine per graph, whose weights are in the bitstream). Around
 every engine call the ARM marshals its streams (fpga/board/accel.py, with the board's default
@@ -78,6 +80,7 @@ import numpy as np
 from export.executor import BATCH_SIZE, BatchResult
 from export.manifest import Manifest
 from fpga import hwreport
+from fpga.board.accel import DEFAULT_BATCH
 from fpga.emulator import EmulatorError
 
 ARM = "arm"
@@ -139,6 +142,7 @@ class TimingModel:
         dma_bytes_per_s: float = DMA_BYTES_PER_S,
         arm_mask_s_per_value: float = ARM_MASK_S_PER_VALUE,
         arm_pack_s_per_value: float = ARM_PACK_S_PER_VALUE,
+        dma_batch: int = DEFAULT_BATCH,
     ):
         self.arm_gate_s_per_call = _seconds("arm_gate_s_per_call", arm_gate_s_per_call)
         self.arm_macs_per_s = _rate("arm_macs_per_s", arm_macs_per_s)
@@ -146,6 +150,10 @@ class TimingModel:
         self.dma_bytes_per_s = _rate("dma_bytes_per_s", dma_bytes_per_s)
         self.arm_mask_s_per_value = _seconds("arm_mask_s_per_value", arm_mask_s_per_value)
         self.arm_pack_s_per_value = _seconds("arm_pack_s_per_value", arm_pack_s_per_value)
+        if isinstance(dma_batch, bool) or not isinstance(dma_batch, int) or dma_batch < 1:
+            raise EmulatorError(f"dma_batch={dma_batch!r} must be a count of images >= 1")
+        self.dma_batch = dma_batch
+        """Images per DMA transfer (the overlay's ``batch_size``): each pays a pipeline fill."""
 
     # -- what a subclass provides ----------------------------------------------------------
     def engine_s(self, manifest: Manifest, graph: str) -> float:
@@ -232,17 +240,26 @@ class TimingModel:
         """
         if not self.gate_on_pl(manifest, graph):
             return [Phase(ARM, graph, self.gate_s(macs, images))]
-        phases = self.engine_phases(manifest, graph)
+        phases = self.engine_phases(manifest, graph, images)
         if manifest.graphs[graph].kind == "layer_gate":
             step = lstm_step_macs(manifest, graph)
             phases.append(Phase(ARM, LSTM_PREFIX + graph, self.gate_s(step, images)))
         return phases
 
-    def engine_phases(self, manifest: Manifest, graph: str) -> list[Phase]:
-        """One engine call for one image: the ARM's marshalling, then the engine's phase."""
+    def fill_s(self, manifest: Manifest, graph: str) -> float:
+        """Seconds an engine's pipeline takes to fill, beyond one image's interval: paid once
+        per DMA transfer (base: 0, no latency known)."""
+        return 0.0
+
+    def engine_phases(self, manifest: Manifest, graph: str, images: int = 1) -> list[Phase]:
+        """One image of an engine call for ``images`` images: the ARM's marshalling, then the
+        engine's phase, with its share of the pipeline fill of each DMA transfer (of at most
+        ``dma_batch`` images) of the call."""
         converted, integer, mask_values, nbytes = self._io(manifest, graph)
         compute = max(self.engine_s(manifest, graph), nbytes / self.dma_bytes_per_s)
-        busy = compute + self.weight_load_s(manifest, graph)
+        images = max(int(images), 1)
+        fill = math.ceil(images / self.dma_batch) * self.fill_s(manifest, graph) / images
+        busy = compute + fill + self.weight_load_s(manifest, graph)
         marshal = (
             converted * self.arm_marshal_s_per_value
             + integer * self.arm_pack_s_per_value
@@ -265,33 +282,56 @@ class TimingModel:
         channels: np.ndarray,
         exit_index: int,
         gated: bool,
-        callers: tuple[np.ndarray, np.ndarray] | None = None,
+        callers: dict[str, int] | None = None,
     ) -> list[Phase]:
         """The phases of one image: ``executed`` and ``channels`` are its (blocks,) rows;
-        ``callers`` the images of its batch that evaluated each block's layer gate and channel
-        gate ((blocks,) each; default: the image alone), which share those calls' overhead.
+        ``callers`` the images of its batch in each graph's call (default: the image alone),
+        which share the call's overheads (a gate's, an engine's pipeline fill).
 
         ``channels`` does not change the time: a running block's engine is dense."""
-        phases = self.engine_phases(manifest, manifest.stem)
+        calls = callers or {}
+
+        def engine(graph: str) -> list[Phase]:
+            return self.engine_phases(manifest, graph, calls.get(graph, 1))
+
+        def gate(graph: str, macs: int) -> list[Phase]:
+            return self.gate_phases(manifest, graph, macs, calls.get(graph, 1))
+
+        phases = engine(manifest.stem)
         reach = self.reach(manifest, executed, exit_index)
         for i, block in enumerate(manifest.blocks[: reach + 1]):
             if gated and block.layer_gate:
-                images = 1 if callers is None else int(callers[0][i])
-                phases += self.gate_phases(
-                    manifest, block.layer_gate, block.layer_gate_macs, images
-                )
+                phases += gate(block.layer_gate, block.layer_gate_macs)
             if executed[i]:
                 if gated and block.channel_gate:
-                    images = 1 if callers is None else int(callers[1][i])
-                    phases += self.gate_phases(
-                        manifest, block.channel_gate, block.channel_gate_macs, images
-                    )
-                phases += self.engine_phases(manifest, block.graph)
+                    phases += gate(block.channel_gate, block.channel_gate_macs)
+                phases += engine(block.graph)
             elif block.shortcut is not None:
-                phases += self.engine_phases(manifest, block.shortcut)
+                phases += engine(block.shortcut)
         head = manifest.head if exit_index < 0 else manifest.exits[exit_index].graph
-        phases += self.engine_phases(manifest, head)
+        phases += engine(head)
         return phases
+
+    def batch_calls(
+        self, manifest: Manifest, executed: np.ndarray, exits: np.ndarray, gated: bool
+    ) -> dict[str, int]:
+        """Graph -> the images of one executor batch (its (N, blocks) ``executed`` and (N,)
+        ``exits`` rows) in that graph's call."""
+        reach = np.array(
+            [self.reach(manifest, e, int(x)) for e, x in zip(executed, exits, strict=True)]
+        )
+        calls = {manifest.stem: len(exits), manifest.head: int(np.sum(exits < 0))}
+        calls |= {e.graph: int(np.sum(exits == j)) for j, e in enumerate(manifest.exits)}
+        for i, block in enumerate(manifest.blocks):
+            reached, ran = int(np.sum(reach >= i)), int(executed[:, i].sum())
+            calls[block.graph] = ran
+            if gated and block.layer_gate:
+                calls[block.layer_gate] = reached
+            if gated and block.channel_gate:
+                calls[block.channel_gate] = ran
+            if block.shortcut is not None:
+                calls[block.shortcut] = reached - ran
+        return calls
 
     def batch_phases(
         self, manifest: Manifest, result: BatchResult, mode: str, batch_size: int = BATCH_SIZE
@@ -299,15 +339,11 @@ class TimingModel:
         """The phases of every image of an executor result in ``mode``; the executor ran its
         images in batches of ``batch_size`` (one call per gate and batch)."""
         gated = mode != "full"
-        n, blocks = result.executed.shape if len(result) else (0, len(manifest.blocks))
-        reach = np.array(
-            [self.reach(manifest, result.executed[k], int(result.exits[k])) for k in range(n)]
-        )
+        n = len(result)
         phases = []
         for start in range(0, n, batch_size):
             rows = slice(start, start + batch_size)
-            layer = (reach[rows, None] >= np.arange(blocks)).sum(axis=0)  # (blocks,)
-            channel = result.executed[rows].sum(axis=0)
+            calls = self.batch_calls(manifest, result.executed[rows], result.exits[rows], gated)
             phases += [
                 self.image_phases(
                     manifest,
@@ -315,7 +351,7 @@ class TimingModel:
                     result.channels[k],
                     int(result.exits[k]),
                     gated,
-                    (layer, channel),
+                    calls,
                 )
                 for k in range(start, min(n, start + batch_size))
             ]
@@ -387,12 +423,19 @@ class HardwareReportTiming(TimingModel):
             raise EmulatorError(f"{source}: 'graphs' {graphs!r:.60} is not an object of graphs")
         self.clock_mhz = float(clock)
         self.cycles: dict[str, int] = {}
+        self.latency_cycles: dict[str, int] = {}
         self.weight_load_cycles: dict[str, int] = {}
         for name, entry in graphs.items():
             cycles = entry.get("cycles") if isinstance(entry, dict) else None
             if isinstance(cycles, bool) or not isinstance(cycles, int) or cycles < 0:
                 raise EmulatorError(f"{source}: graphs.{name}.cycles {cycles!r} is not a count")
             self.cycles[name] = cycles
+            latency = entry.get("latency_cycles", cycles)
+            if isinstance(latency, bool) or not isinstance(latency, int) or latency < 0:
+                raise EmulatorError(
+                    f"{source}: graphs.{name}.latency_cycles {latency!r} is not a count"
+                )
+            self.latency_cycles[name] = latency
             load = entry.get("weight_load_cycles", 0)
             if isinstance(load, bool) or not isinstance(load, int) or load < 0:
                 raise EmulatorError(
@@ -433,6 +476,12 @@ class HardwareReportTiming(TimingModel):
 
     def weight_load_s(self, manifest: Manifest, graph: str) -> float:
         return self.weight_load_cycles.get(graph, 0) / (self.clock_mhz * 1e6)
+
+    def fill_s(self, manifest: Manifest, graph: str) -> float:
+        """FINN's estimated latency of one image beyond its interval (``latency_cycles`` -
+        ``cycles``): the pipeline filling at the start of every DMA transfer."""
+        extra = self.latency_cycles.get(graph, 0) - self.cycles.get(graph, 0)
+        return max(extra, 0) / (self.clock_mhz * 1e6)
 
     def gate_on_pl(self, manifest: Manifest, graph: str) -> bool:
         """A quantized gate (a ``finn`` graph) whose engine the report has cycles for."""

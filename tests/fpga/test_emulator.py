@@ -169,9 +169,12 @@ def test_engines_are_charged_dense_whatever_the_mask(reference, images):
     )
     head = manifest.graphs[manifest.head]
     (io_head,) = [p for p in slow.engine_phases(manifest, manifest.head) if p.unit == ARM]
-    assert io_head.duration_s == pytest.approx(  # logits: floats
-        math.prod(head.inputs[0].shape[1:]) * slow.arm_pack_s_per_value
-        + math.prod(head.outputs[0].shape[1:]) * slow.arm_marshal_s_per_value
+    assert (
+        io_head.duration_s
+        == pytest.approx(  # logits: floats
+            math.prod(head.inputs[0].shape[1:]) * slow.arm_pack_s_per_value
+            + math.prod(head.outputs[0].shape[1:]) * slow.arm_marshal_s_per_value
+        )
     )
     assert io.duration_s == pytest.approx(marshal + c * h * w * slow.arm_mask_s_per_value)
     cheap = slow.with_params(arm_mask_s_per_value=0.0)
@@ -214,6 +217,31 @@ def test_a_gate_calls_overhead_is_shared_by_the_images_of_its_batch(reference, i
     # an image alone in its call pays the whole overhead
     (alone,) = [p for p in timing.gate_phases(manifest, block.layer_gate, 0) if p.unit == ARM]
     assert alone.duration_s == timing.arm_gate_s_per_call
+
+
+def test_each_dma_transfer_pays_the_engines_pipeline_fill(reference, images):
+    """FINN's latency beyond one image's interval is paid once per DMA transfer of at most
+    ``dma_batch`` images: shared by the images of the call."""
+    manifest = reference.manifest
+    engines = [manifest.stem, manifest.head] + [b.graph for b in manifest.blocks]
+    engines += [b.shortcut for b in manifest.blocks if b.shortcut]
+    report = {
+        "clock_mhz": 10.0,  # slow enough that no DMA bounds an engine
+        "graphs": {name: {"cycles": 1000, "latency_cycles": 5000} for name in engines},
+    }
+    result = reference.run(images, "full")
+    for dma_batch, transfers in ((64, 1), (5, math.ceil(len(images) / 5))):
+        timing = HardwareReportTiming(report, dma_batch=dma_batch)
+        phases = timing.batch_phases(manifest, result, "full")
+        stem = [p.duration_s for ph in phases for p in ph if (p.unit, p.graph) == (ENGINE, "stem")]
+        assert sum(stem) == pytest.approx(len(images) * 100e-6 + transfers * 400e-6)
+    assert HardwareReportTiming({"clock_mhz": 100.0, "graphs": {}}).fill_s(manifest, "stem") == 0
+    with pytest.raises(EmulatorError, match="latency_cycles -1 is not a count"):
+        HardwareReportTiming(
+            {"clock_mhz": 1.0, "graphs": {"a": {"cycles": 1, "latency_cycles": -1}}}
+        )
+    with pytest.raises(EmulatorError, match="dma_batch=0 must be a count"):
+        MacRateTiming(dma_batch=0)
 
 
 def test_simulated_meter_reads_the_emulated_boards_mean_power(bundle_dir, images):
