@@ -30,7 +30,11 @@ from fpga.emulator import EmulatorError
 logger = logging.getLogger(__name__)
 
 DEFAULT_HORIZON_S = 3600.0
-DEFAULT_MAX_SEGMENTS = 1_000_000
+DEFAULT_MAX_SEGMENTS = 8_000_000
+"""About 100 bytes a segment (three lists of floats). The emulated board changes power at every
+phase of an image, about two per engine call: the main job's ResNet-20 run (11 models, 3 x 1,000
+images, some 70 changes an image) makes 2.3 million within the hour its ground-truth check
+looks back over."""
 
 
 @runtime_checkable
