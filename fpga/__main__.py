@@ -127,7 +127,10 @@ def estimate(args: argparse.Namespace) -> int:
         return estimate_shared(args)
     target_fps = 1000 if args.target_fps is None else args.target_fps
     config = FrontendConfig(
-        clk_period_ns=args.clk_period_ns, target_fps=target_fps, balance_macs=not args.uniform_fps
+        clk_period_ns=args.clk_period_ns,
+        target_fps=target_fps,
+        balance_macs=not args.uniform_fps,
+        pixel_words=True,  # as the overlay builds its engines
     )
     manifest = load_bundle(args.bundle, verify=False).manifest  # build_bundle verifies it
     estimates = build_bundle(args.bundle, args.out, config, graphs=engine_graphs(manifest))

@@ -37,6 +37,15 @@ class HardwareReportError(ValueError):
     """A hardware report that cannot be used: unreadable, another format, another bundle."""
 
 
+WORD_FIELDS = (
+    "input_values_per_word",
+    "input_channels",
+    "output_values_per_word",
+    "output_channels",
+)
+"""Per graph: values per DMA word at the engine's input and output, and the channels there."""
+
+
 def per_graph_report(
     estimates: dict[str, dict[str, Any]], clk_period_ns: float, bundle_id: str
 ) -> dict[str, Any]:
@@ -57,6 +66,7 @@ def per_graph_report(
                 "bottleneck": e["max_cycles_node"],
                 "throughput_fps": e["throughput_fps"],
                 "latency_ms": e["latency_ms"],
+                **{k: e[k] for k in WORD_FIELDS if k in e},
                 **{k: e["total"][k] for k in XC7Z020},
             }
             for name, e in estimates.items()

@@ -266,7 +266,7 @@ def step_hw_report(job: Job) -> str | None:
     from fpga.bitstream.overlay import engine_graphs
     from fpga.finn.frontend import FrontendConfig, build_bundle
 
-    config = FrontendConfig(balance_macs=True)  # as the overlay folds its engines
+    config = FrontendConfig(balance_macs=True, pixel_words=True)  # as the overlay builds them
     graphs = engine_graphs(load_bundle(reference, verify=False).manifest)
     estimates = build_bundle(reference, out, config, graphs=graphs)
     hwreport.write(path, hwreport.per_graph_report(estimates, config.clk_period_ns, bundle_id))

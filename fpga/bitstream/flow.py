@@ -297,6 +297,9 @@ class BitstreamConfig:
     balance_macs: bool = True
     """Fold every engine to the MAC rate of the largest one at ``target_fps``
     (``FrontendConfig.balance_macs``: an engine's time then follows its MACs)."""
+    pixel_words: bool = True
+    """Every engine's boundary layers take and give one pixel a DMA word
+    (``FrontendConfig.pixel_words``), so engines pass packed activations on as they are."""
     folding_config_file: str | None = None
     graphs: list[str] | None = None
     """Only these bundle graphs (default: every graph with a QONNX file)."""
@@ -401,6 +404,7 @@ def build_bitstreams(
             clk_period_ns=config.clk_period_ns,
             target_fps=config.target_fps,
             balance_macs=config.balance_macs,
+            pixel_words=config.pixel_words,
             folding_config_file=config.folding_config_file,
             graphs=config.graphs,
             batch_size=config.batch_size,

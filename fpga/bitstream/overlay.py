@@ -86,6 +86,9 @@ class OverlayConfig:
     balance_macs: bool = True
     """Fold every engine to the MAC rate of the largest one at ``target_fps``
     (``FrontendConfig.balance_macs``: an engine's time then follows its MACs)."""
+    pixel_words: bool = True
+    """Every engine's boundary layers take and give one pixel a DMA word
+    (``FrontendConfig.pixel_words``), so engines pass packed activations on as they are."""
     folding_config_file: str | None = None
     graphs: list[str] | None = None
     """Only these bundle graphs (default: :func:`engine_graphs`, every graph with a QONNX file
@@ -301,6 +304,7 @@ def prepare_overlay(
         clk_period_ns=config.clk_period_ns,
         target_fps=config.target_fps,
         balance_macs=config.balance_macs,
+        pixel_words=config.pixel_words,
         folding_config_file=config.folding_config_file,
     )
     per_graph = build_bundle(loaded.path, out / "graphs", front, graphs=selected)

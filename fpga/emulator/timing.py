@@ -35,8 +35,10 @@ phase on the ARM:
   of an engine whose input is not another engine's codes (the stem's: the preprocessed
   images), and an output the ARM needs as floats (a gate's keep bits or embedding, logits);
 - ``arm_pack_s_per_value`` per value that stays in integer form: an input taken as another
-  engine's codes (packed for this engine's DMA; nothing to do when the word formats agree, so
-  an upper bound), and an output unpacked to codes (the stem's, a block's, a shortcut's);
+  engine's codes and packed for this engine's DMA (nothing, when :meth:`TimingModel.passes_bytes`:
+  every engine that writes codes and this one's input use one pixel a DMA word, so the board
+  hands the packed bytes on as they are), and an output unpacked to codes (the stem's, a
+  block's, a shortcut's);
 - ``arm_mask_s_per_value`` per value of a masked block's mask map (the ARM broadcasts the
   (N, C) mask over the pixels and packs it, 1 bit a value).
 
@@ -198,8 +200,12 @@ class TimingModel:
         evaluates the gate for ``images`` images (they share the call's overhead)."""
         return self.arm_gate_s_per_call / max(images, 1) + macs / self.arm_macs_per_s
 
-    @staticmethod
-    def _io(manifest: Manifest, graph: str) -> tuple[int, int, int, float]:
+    def passes_bytes(self, manifest: Manifest, graph: str) -> bool:
+        """Whether ``graph``'s engine takes the previous engine's packed bytes as they are
+        (base: not known, so every carried input is charged its packing)."""
+        return False
+
+    def _io(self, manifest: Manifest, graph: str) -> tuple[int, int, int, float]:
         """Per image of an engine call: the values the ARM converts between floats and codes,
         the values it keeps in integer form (packs or unpacks), the values of a masked block's
         mask map (1 bit each in the stream: the manifest's ``qonnx_inputs``), and the bytes the
@@ -211,13 +217,16 @@ class TimingModel:
         # a gate's engine returns its FINN graph's output (keep bits, or the embedding's codes)
         outputs = spec.outputs if spec.finn is None else spec.finn.outputs
         carried_in = graph != manifest.stem and _codes(spec.inputs[0].datatype) in codes
+        as_is = carried_in and self.passes_bytes(manifest, graph)
         for k, tensor in enumerate((spec.inputs[0], *outputs)):
             n = math.prod(d for d in tensor.shape if isinstance(d, int))
+            bits += n * tensor.datatype.bits
+            if k == 0 and as_is:
+                continue  # the previous engine's packed bytes go in as they are
             if carried_in if k == 0 else graph in kept:
                 integer += n
             else:
                 converted += n
-            bits += n * tensor.datatype.bits
         for tensor in spec.qonnx_inputs[1:] if spec.masked else ():
             n = math.prod(d for d in tensor.shape if isinstance(d, int))
             mask_values += n
@@ -443,6 +452,7 @@ class HardwareReportTiming(TimingModel):
                 )
             self.weight_load_cycles[name] = load
         self.report = report
+        self._as_is: dict[tuple[str, str], bool] = {}
 
     @classmethod
     def from_json(cls, path: str | os.PathLike, **kwargs: float) -> HardwareReportTiming:
@@ -476,6 +486,26 @@ class HardwareReportTiming(TimingModel):
 
     def weight_load_s(self, manifest: Manifest, graph: str) -> float:
         return self.weight_load_cycles.get(graph, 0) / (self.clock_mhz * 1e6)
+
+    def passes_bytes(self, manifest: Manifest, graph: str) -> bool:
+        """True when the report says ``graph``'s engine reads one pixel a DMA word and every
+        engine that writes codes (stem, blocks, shortcuts) writes one: the buffers of a tensor
+        then have the same bytes whichever engines wrote and read it."""
+        key = (manifest.bundle_id, graph)
+        if key not in self._as_is:
+            self._as_is[key] = self._passes_bytes(manifest, graph)
+        return self._as_is[key]
+
+    def _passes_bytes(self, manifest: Manifest, graph: str) -> bool:
+        writers = [n for n, g in manifest.graphs.items() if g.kind in CODES_KINDS]
+        entries = self.report.get("graphs", {})
+
+        def whole(name: str, side: str) -> bool:
+            e = entries.get(name, {})
+            per_word = e.get(f"{side}_values_per_word")
+            return per_word is not None and per_word == e.get(f"{side}_channels")
+
+        return whole(graph, "input") and all(whole(w, "output") for w in writers)
 
     def fill_s(self, manifest: Manifest, graph: str) -> float:
         """FINN's estimated latency of one image beyond its interval (``latency_cycles`` -

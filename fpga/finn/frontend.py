@@ -67,6 +67,10 @@ class FrontendConfig:
     folded to the same frame rate as a block would take as long as the block, and skipping a
     block would save less time than its share of the MACs. FINN caps what a layer cannot
     reach (every PE and SIMD unrolled)."""
+    pixel_words: bool = False
+    """After folding, the boundary layers of every engine take and give one pixel a stream word
+    (``fpga.finn.steps.step_pixel_words``): neighbouring engines' DMA buffers then have the
+    same bytes, which the board passes on without repacking."""
     folding_config_file: str | None = None
     """FINN folding JSON (PE, SIMD, ram_style per layer), applied after ``target_fps``."""
     runtime_writeable_weights: bool = False
@@ -90,11 +94,15 @@ class FrontendConfig:
         )
 
         # finn: loaded only when this runs
-        from fpga.finn.steps import FRONTEND_STEPS
+        from fpga.finn.steps import FRONTEND_STEPS, step_pixel_words
 
+        if steps is None:
+            steps = list(FRONTEND_STEPS)
+            if self.pixel_words:
+                steps.insert(steps.index("step_apply_folding_config") + 1, step_pixel_words)
         return DataflowBuildConfig(
             output_dir=str(out_dir),
-            steps=list(FRONTEND_STEPS if steps is None else steps),
+            steps=list(steps),
             fpga_part=self.fpga_part,
             synth_clk_period_ns=self.clk_period_ns,
             target_fps=self.target_fps,
@@ -342,6 +350,15 @@ def estimate(
     }
     max_cycles = int(perf["max_cycles"])
     critical = int(perf["critical_path_cycles"])
+    from qonnx.custom_op.registry import getCustomOp
+
+    first, last = getCustomOp(hw.graph.node[0]), getCustomOp(hw.graph.node[-1])
+    words = {  # values per DMA word at the engine's boundaries (its buffers' packing)
+        "input_values_per_word": int(first.get_folded_input_shape()[-1]),
+        "input_channels": int(first.get_normal_input_shape()[-1]),
+        "output_values_per_word": int(last.get_folded_output_shape()[-1]),
+        "output_channels": int(last.get_normal_output_shape()[-1]),
+    }
     return {
         "fpga_part": fpga_part,
         "clk_period_ns": float(clk_period_ns),
@@ -352,6 +369,7 @@ def estimate(
         "critical_path_cycles": critical,
         "throughput_fps": 1e9 / (max_cycles * clk_period_ns),
         "latency_ms": critical * clk_period_ns / 1e6,
+        **words,
     }
 
 

@@ -322,6 +322,47 @@ def step_check_hw_layers(model: ModelWrapper, cfg: DataflowBuildConfig) -> Model
     return model
 
 
+PIXEL_WORD_ATTRIBUTE = {
+    "FMPadding": "SIMD",
+    "DuplicateStreams": "PE",
+    "GlobalAccPool": "PE",
+    "Thresholding": "PE",
+    "AddStreams": "PE",
+    "StreamingMaxPool": "PE",
+}
+"""The channel-folding attribute of the boundary layers :func:`step_pixel_words` widens (cheap
+layers: padding, fan-out, pooling, thresholds). A convolution's sliding window or an MVAU at
+a boundary keeps its folding (it sets the layer's MAC rate)."""
+
+
+def _kind(op_type: str) -> str:
+    return op_type.removesuffix("_hls").removesuffix("_rtl")
+
+
+def step_pixel_words(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
+    """Fold the partition's first layer to take, and its last layer to give, one whole pixel
+    (every channel) a stream word, where that layer is one of :data:`PIXEL_WORD_ATTRIBUTE`.
+
+    FINN's driver packs an engine's DMA buffer by the folding of the layer at its boundary, so
+    two engines' buffers of the same tensor have the same bytes only when the writer's last
+    layer and the reader's first fold alike. With one pixel a word at every such boundary the
+    board passes an engine's packed output to the next engine as it is
+    (``fpga.board.accel.Carried``), with no repacking on the ARM. Data-width converters between
+    a widened boundary layer and its neighbour come in with FINN's ``InsertDWC`` in the back
+    end; the layers' arithmetic is unchanged."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    nodes = list(model.graph.node)
+    for node, side in ((nodes[0], "input"), (nodes[-1], "output")):
+        attribute = PIXEL_WORD_ATTRIBUTE.get(_kind(node.op_type))
+        if attribute is None:
+            continue
+        op = getCustomOp(node)
+        shape = op.get_normal_input_shape() if side == "input" else op.get_normal_output_shape()
+        op.set_nodeattr(attribute, int(shape[-1]))
+    return model
+
+
 FRONTEND_STEPS: list = [
     step_integer_input,
     "step_qonnx_to_finn",
