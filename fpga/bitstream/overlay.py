@@ -70,6 +70,8 @@ log = logging.getLogger(__name__)
 
 OVERLAY_MODEL = "overlay.onnx"
 ESTIMATES_FILE = "estimates.json"
+ESTIMATES_FORMAT = "ddi-fpga-overlay-estimates"
+ESTIMATES_VERSION = 1
 DEPLOY_DIR = "deploy"
 SETTINGS = "driver/settings.json"
 BITFILE = "bitfile/finn-accel.bit"
@@ -313,6 +315,8 @@ def prepare_overlay(
     model.save(str(out / OVERLAY_MODEL))
     whole = estimate(model, config.clk_period_ns)
     document = {
+        "format": ESTIMATES_FORMAT,
+        "version": ESTIMATES_VERSION,
         "bundle_id": loaded.bundle_id,
         "kind": "FINN estimate (no synthesis)",
         "config": asdict(config),

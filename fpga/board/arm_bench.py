@@ -336,7 +336,7 @@ def run(
     result, calls, wall = main["result"], main["calls"], main["wall"]
     per_image = main["per_image"]
 
-    estimates = json.loads((build.out / "estimates.json").read_text())
+    estimates = build.estimates  # the overlay's estimates.json, as prepare_overlay wrote it
     period_s = float(estimates["overlay"]["clk_period_ns"]) * 1e-9
     cycles = {n: int(e["max_cycles"]) for n, e in estimates["engines"].items()}
     pl_s = sum(cycles[n] * c for n, c in calls.items()) * period_s / len(imgs)

@@ -374,6 +374,8 @@ def estimate(
 
 
 ESTIMATES_FILE = "estimates.json"
+ESTIMATES_FORMAT = "ddi-fpga-finn-estimates"
+ESTIMATES_VERSION = 1
 
 
 def _finn_file(spec: Any) -> str | None:
@@ -437,12 +439,33 @@ def build_bundle(
         parent = to_hw(source, spec.inputs[0].datatype, out / name, graph_config)
         results[name] = estimate(parent, config.clk_period_ns, config.fpga_part)
     document = {
+        "format": ESTIMATES_FORMAT,
+        "version": ESTIMATES_VERSION,
         "bundle_id": loaded.bundle_id,
         "config": asdict(config),
         "graphs": results,
     }
     (out / ESTIMATES_FILE).write_text(json.dumps(document, indent=1) + "\n")
     return results
+
+
+def read_estimates(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``estimates.json`` that :func:`build_bundle` wrote; :class:`BuildError` in one line
+    for a file of another format or version (rebuild it)."""
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BuildError(f"cannot read FINN estimates {str(path)!r}: {exc}") from None
+    found = (
+        (document.get("format"), document.get("version")) if isinstance(document, dict) else None
+    )
+    if found != (ESTIMATES_FORMAT, ESTIMATES_VERSION):
+        raise BuildError(
+            f"{str(path)!r} has format {found!r}, not {ESTIMATES_FORMAT!r} version "
+            f"{ESTIMATES_VERSION}; rebuild it (python -m fpga estimate BUNDLE --out DIR)"
+        )
+    return document
 
 
 def estimate_table(estimates: dict[str, dict[str, Any]]) -> str:

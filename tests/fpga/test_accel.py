@@ -613,14 +613,15 @@ def test_emulator_charges_the_gate_engines(gate_engines):
     """The timing model from the overlay's FINN estimates: a gate with an engine costs its
     marshalling and the longer of its estimated cycles and its DMA, a layer gate also its LSTM
     step on the ARM; without engine estimates the gates stay on the ARM, charged as before."""
-    import json
 
     from fpga.emulator.timing import ARM, ENGINE, HardwareReportTiming, lstm_step_macs
     from fpga.hwreport import per_graph_report
 
     bundle, build, _ = gate_engines
     m = bundle.manifest
-    front_end = json.loads((build.out / "graphs" / "estimates.json").read_text())
+    from fpga.finn.frontend import read_estimates
+
+    front_end = read_estimates(build.out / "graphs" / "estimates.json")
     estimates = front_end["graphs"]  # FINN's estimates of every engine's graph
     timing = HardwareReportTiming(per_graph_report(estimates, 10.0, m.bundle_id))
     n = len(m.blocks)

@@ -701,6 +701,7 @@ def test_budget_adds_what_finns_estimate_leaves_out(small_overlay):
     from fpga.bitstream import budget as b
 
     document = json.loads((small_overlay.out / "estimates.json").read_text())
+    assert (document["format"], document["version"]) == ("ddi-fpga-overlay-estimates", 1)
     budget = document["resource_budget"]
     lines = {line["item"]: line for line in budget["lines"]}
     finn = lines["FINN estimate (HW layers)"]

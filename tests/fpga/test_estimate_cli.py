@@ -26,6 +26,9 @@ def test_estimate_writes_a_report_that_fits_and_times_the_emulator(tmp_path, cap
     out = capsys.readouterr().out
     assert "fits the XC7Z020" in out and "| block1 |" in out
     report = json.loads((tmp_path / "hw" / "hw_report.json").read_text())
+    from fpga.finn.frontend import read_estimates
+
+    assert read_estimates(tmp_path / "hw" / "estimates.json")["bundle_id"] == report["bundle_id"]
     assert report["clock_mhz"] == 100.0 and report["fits"] is True
     engines = {n for n, g in bundle.manifest.graphs.items() if g.qonnx is not None}
     assert set(report["graphs"]) == engines
@@ -89,6 +92,19 @@ def test_estimate_builds_the_quantized_gates_engines_too(tmp_path, tmp_path_fact
     assert asked == {"graphs": engine_graphs(manifest), "balance": True}
     assert main(["estimate", str(path), "--out", str(tmp_path / "hw"), "--uniform-fps"]) == 1
     assert asked["balance"] is False
+
+
+def test_estimates_of_another_format_are_refused_in_one_line(tmp_path):
+    from fpga.finn.errors import BuildError
+    from fpga.finn.frontend import ESTIMATES_FORMAT, read_estimates
+
+    path = tmp_path / "estimates.json"
+    path.write_text(json.dumps({"bundle_id": "x", "graphs": {}}))  # written before the field
+    with pytest.raises(BuildError, match=r"has format \(None, None\).*rebuild it") as e:
+        read_estimates(path)
+    assert "\n" not in str(e.value)
+    path.write_text(json.dumps({"format": ESTIMATES_FORMAT, "version": 1, "graphs": {}}))
+    assert read_estimates(path)["graphs"] == {}
 
 
 def test_estimate_refuses_a_missing_bundle_in_one_line(tmp_path, capsys):
