@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 
-from export.executor import BatchResult
 from export.manifest import load_bundle
 from fpga.emulator import EmulatorError
 from fpga.emulator.timing import HardwareReportTiming, MacRateTiming, Phase
@@ -89,17 +88,8 @@ def _durations(manifest, decisions: _Decisions, mode: str, timing) -> dict[Any, 
     out: dict[Any, float] = {}
     n = len(decisions.exits)
     for rows in decisions.windows:
-        count = len(decisions.exits[rows])
-        result = BatchResult(
-            predictions=np.zeros(count, np.int64),
-            logits=np.zeros((count, 0), np.float32),
-            exits=decisions.exits[rows],
-            executed=decisions.executed[rows],
-            channels=decisions.channels[rows],
-            macs=np.zeros(count, np.int64),
-            over_budget=np.zeros(count, bool),
-        )
-        for phases in timing.batch_phases(manifest, result, mode):
+        window = (decisions.executed[rows], decisions.channels[rows], decisions.exits[rows])
+        for phases in timing.decision_phases(manifest, *window, mode):
             for p in phases:
                 key = Phase(p.unit, p.graph, 0.0)
                 out[key] = out.get(key, 0.0) + p.duration_s / max(n, 1)

@@ -156,6 +156,8 @@ class TimingModel:
             raise EmulatorError(f"dma_batch={dma_batch!r} must be a count of images >= 1")
         self.dma_batch = dma_batch
         """Images per DMA transfer (the overlay's ``batch_size``): each pays a pipeline fill."""
+        self._streams: dict[tuple[str, str], tuple[int, int, int, float]] = {}
+        """:meth:`_io` by (bundle id, graph): it depends on the bundle and the report only."""
 
     # -- what a subclass provides ----------------------------------------------------------
     def engine_s(self, manifest: Manifest, graph: str) -> float:
@@ -210,6 +212,12 @@ class TimingModel:
         the values it keeps in integer form (packs or unpacks), the values of a masked block's
         mask map (1 bit each in the stream: the manifest's ``qonnx_inputs``), and the bytes the
         DMAs move (every stream at its datatype's width). See the module docstring."""
+        key = (manifest.bundle_id, graph)
+        if key not in self._streams:  # an engine call's streams: the same on every call
+            self._streams[key] = self._count_streams(manifest, graph)
+        return self._streams[key]
+
+    def _count_streams(self, manifest: Manifest, graph: str) -> tuple[int, int, int, float]:
         spec = manifest.graphs[graph]
         kept = {k for k, g in manifest.graphs.items() if g.kind in CODES_KINDS}
         codes = {_codes(manifest.graphs[k].outputs[0].datatype) for k in kept}
@@ -347,21 +355,29 @@ class TimingModel:
     ) -> list[list[Phase]]:
         """The phases of every image of an executor result in ``mode``; the executor ran its
         images in batches of ``batch_size`` (one call per gate and batch)."""
+        return self.decision_phases(
+            manifest, result.executed, result.channels, result.exits, mode, batch_size
+        )
+
+    def decision_phases(
+        self,
+        manifest: Manifest,
+        executed: np.ndarray,
+        channels: np.ndarray,
+        exits: np.ndarray,
+        mode: str,
+        batch_size: int = BATCH_SIZE,
+    ) -> list[list[Phase]]:
+        """:meth:`batch_phases` from the executor's decisions alone: (N, blocks) ``executed``
+        and ``channels``, (N,) ``exits``."""
         gated = mode != "full"
-        n = len(result)
+        n = len(exits)
         phases = []
         for start in range(0, n, batch_size):
             rows = slice(start, start + batch_size)
-            calls = self.batch_calls(manifest, result.executed[rows], result.exits[rows], gated)
+            calls = self.batch_calls(manifest, executed[rows], exits[rows], gated)
             phases += [
-                self.image_phases(
-                    manifest,
-                    result.executed[k],
-                    result.channels[k],
-                    int(result.exits[k]),
-                    gated,
-                    calls,
-                )
+                self.image_phases(manifest, executed[k], channels[k], int(exits[k]), gated, calls)
                 for k in range(start, min(n, start + batch_size))
             ]
         return phases
@@ -452,7 +468,6 @@ class HardwareReportTiming(TimingModel):
                 )
             self.weight_load_cycles[name] = load
         self.report = report
-        self._as_is: dict[tuple[str, str], bool] = {}
 
     @classmethod
     def from_json(cls, path: str | os.PathLike, **kwargs: float) -> HardwareReportTiming:
@@ -491,12 +506,6 @@ class HardwareReportTiming(TimingModel):
         """True when the report says ``graph``'s engine reads one pixel a DMA word and every
         engine that writes codes (stem, blocks, shortcuts) writes one: the buffers of a tensor
         then have the same bytes whichever engines wrote and read it."""
-        key = (manifest.bundle_id, graph)
-        if key not in self._as_is:
-            self._as_is[key] = self._passes_bytes(manifest, graph)
-        return self._as_is[key]
-
-    def _passes_bytes(self, manifest: Manifest, graph: str) -> bool:
         writers = [n for n, g in manifest.graphs.items() if g.kind in CODES_KINDS]
         entries = self.report.get("graphs", {})
 
