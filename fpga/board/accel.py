@@ -644,12 +644,6 @@ class EngineTensor:
     def __len__(self) -> int:
         return len(self.carried.codes)
 
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """The float tensor's shape (N, C, H, W): the codes are NHWC."""
-        n, h, w, c = self.carried.codes.shape
-        return (n, c, h, w)
-
     def take(self, rows: np.ndarray) -> EngineTensor:
         return EngineTensor(self.carried.take(rows), self.tail)
 

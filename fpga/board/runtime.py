@@ -347,14 +347,17 @@ class FinnBackend:
     def assemble(
         base: object | None, shape: tuple[int, ...], parts: Sequence[tuple[np.ndarray, object]]
     ) -> object:
-        """The executor's assembly of a block's output (``export.executor.assemble``): ``base``
-        (the block input, for a block without shortcut; None: zeros) with ``rows`` replaced
-        by each part, in integer form when every piece is an engine's output of one scale."""
+        """The executor's assembly of a block's output (its default is
+        ``export.executor.assemble_floats``): ``base`` (the block input, for a block without
+        shortcut; None: zeros) with ``rows`` replaced by each part, in integer form when every
+        piece is an engine's output of one scale."""
         pieces = [t for t in (base, *(t for _, t in parts)) if t is not None]
-        if pieces and all(isinstance(t, EngineTensor) for t in pieces):
-            scales = {t.carried.scale for t in pieces}
-            if len(scales) == 1:
-                return _assemble_codes(base, shape, parts)
+        if (
+            pieces
+            and all(isinstance(t, EngineTensor) for t in pieces)
+            and len({t.carried.scale for t in pieces}) == 1
+        ):
+            return _assemble_codes(base, shape, parts, pieces)
         return assemble_floats(
             None if base is None else as_floats(base),
             shape,
@@ -363,23 +366,31 @@ class FinnBackend:
 
 
 def _assemble_codes(
-    base: EngineTensor | None, shape: tuple[int, ...], parts: Sequence[tuple[np.ndarray, object]]
+    base: EngineTensor | None,
+    shape: tuple[int, ...],
+    parts: Sequence[tuple[np.ndarray, EngineTensor]],
+    pieces: Sequence[EngineTensor],
 ) -> EngineTensor:
-    """:meth:`FinnBackend.assemble` on codes (and packed bytes, where every piece has them in
-    one word format): the codes of zeros are zeros, as a block's zero-initialised output."""
+    """:meth:`FinnBackend.assemble` on codes (and packed bytes, where every piece of
+    ``pieces``, the base and the parts, has them in one word format): the codes of zeros are
+    zeros, as a block's zero-initialised output."""
     n, c, h, w = shape
-    pieces = [t for t in (base, *(t for _, t in parts)) if t is not None]
     first = pieces[0].carried
     dtype = np.result_type(*(t.carried.codes.dtype for t in pieces))
-    streams = {t.carried.stream for t in pieces}
-    keep_packed = len(streams) == 1 and all(t.carried.packed is not None for t in pieces)
+    keep_packed = len({t.carried.stream for t in pieces}) == 1 and all(
+        t.carried.packed is not None for t in pieces
+    )
     if base is not None:
         codes = base.carried.codes.astype(dtype, copy=True)
-        packed = np.array(base.carried.packed) if keep_packed else None
     else:
         codes = np.zeros((n, h, w, c), dtype=dtype)
-        row = first.packed.shape[1:] if keep_packed else None
-        packed = np.zeros((n, *row), dtype=first.packed.dtype) if keep_packed else None
+    packed = None
+    if keep_packed:
+        packed = (
+            np.array(base.carried.packed)
+            if base is not None
+            else np.zeros((n, *first.packed.shape[1:]), dtype=first.packed.dtype)
+        )
     for rows, t in parts:
         codes[rows] = t.carried.codes
         if packed is not None:
