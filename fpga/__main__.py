@@ -34,7 +34,7 @@ from fpga.architecture import REPORT_FILE, SharedConfig, build_shared, report_ta
 from fpga.bitstream.budget import budget_markdown
 from fpga.bitstream.overlay import (
     OverlayConfig,
-    engine_graphs,
+    estimate_engines,
     overlay_budget,
     prepare_overlay,
 )
@@ -42,7 +42,7 @@ from fpga.board.errors import BoardError
 from fpga.emulator import EmulatorError
 from fpga.emulator.timing import HardwareReportTiming, MacRateTiming
 from fpga.finn.errors import FinnFrontendError
-from fpga.finn.frontend import FrontendConfig, build_bundle, estimate_table
+from fpga.finn.frontend import estimate_table
 from fpga.hwreport import HardwareReportError
 
 
@@ -126,15 +126,13 @@ def estimate(args: argparse.Namespace) -> int:
     if args.design == "shared":
         return estimate_shared(args)
     target_fps = 1000 if args.target_fps is None else args.target_fps
-    config = FrontendConfig(
+    config = OverlayConfig(
         clk_period_ns=args.clk_period_ns,
         target_fps=target_fps,
         balance_macs=not args.uniform_fps,
-        pixel_words=True,  # as the overlay builds its engines
     )
-    manifest = load_bundle(args.bundle, verify=False).manifest  # build_bundle verifies it
-    estimates = build_bundle(args.bundle, args.out, config, graphs=engine_graphs(manifest))
-    bundle_id = manifest.bundle_id
+    estimates = estimate_engines(args.bundle, args.out, config)  # as the overlay builds them
+    bundle_id = load_bundle(args.bundle, verify=False).bundle_id  # build_bundle verifies it
     report = hwreport.per_graph_report(estimates, args.clk_period_ns, bundle_id)
     report["resource_budget"] = overlay_budget(Path(args.out), list(estimates), args.clk_period_ns)
     path = hwreport.write(Path(args.out) / hwreport.FILE, report)

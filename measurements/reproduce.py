@@ -263,12 +263,10 @@ def step_hw_report(job: Job) -> str | None:
         except hwreport.HardwareReportError as exc:
             log.info("rebuilding the hardware report: %s", exc)
     # qonnx: FINN's front end, loaded only when the estimates are made
-    from fpga.bitstream.overlay import engine_graphs
-    from fpga.finn.frontend import FrontendConfig, build_bundle
+    from fpga.bitstream.overlay import OverlayConfig, estimate_engines
 
-    config = FrontendConfig(balance_macs=True, pixel_words=True)  # as the overlay builds them
-    graphs = engine_graphs(load_bundle(reference, verify=False).manifest)
-    estimates = build_bundle(reference, out, config, graphs=graphs)
+    config = OverlayConfig()  # the engines as the overlay builds them
+    estimates = estimate_engines(reference, out, config)
     hwreport.write(path, hwreport.per_graph_report(estimates, config.clk_period_ns, bundle_id))
     return str(path)
 

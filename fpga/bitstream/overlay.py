@@ -98,6 +98,27 @@ class OverlayConfig:
     batch_size: int = DEFAULT_BATCH
     """Images per DMA transfer on the board (``accelerators.json``)."""
 
+    def frontend(self) -> FrontendConfig:
+        """The front end's configuration of every engine of this overlay."""
+        return FrontendConfig(
+            clk_period_ns=self.clk_period_ns,
+            target_fps=self.target_fps,
+            balance_macs=self.balance_macs,
+            pixel_words=self.pixel_words,
+            folding_config_file=self.folding_config_file,
+        )
+
+
+def estimate_engines(
+    bundle: str | os.PathLike, out_dir: str | os.PathLike, config: OverlayConfig | None = None
+) -> dict[str, dict[str, Any]]:
+    """FINN's front end and estimates of the engines an overlay of ``bundle`` has
+    (``config.graphs``, default :func:`engine_graphs`), built as :func:`prepare_overlay`
+    builds them, into ``out_dir`` (``fpga.finn.frontend.build_bundle``)."""
+    config = config or OverlayConfig()
+    graphs = config.graphs or engine_graphs(load_bundle(bundle, verify=False).manifest)
+    return build_bundle(bundle, out_dir, config.frontend(), graphs=graphs)
+
 
 def engine_graphs(manifest: Any) -> list[str]:
     """The graphs of a bundle that get an engine: the backbone's (a QONNX file) and the
@@ -302,14 +323,7 @@ def prepare_overlay(
     masked = sum(loaded.manifest.graphs[n].masked for n in selected)
     interconnect_plan(2 * len(selected) + masked)  # refuse before any work: IODMAs per engine
     out = Path(out_dir).resolve()
-    front = FrontendConfig(
-        clk_period_ns=config.clk_period_ns,
-        target_fps=config.target_fps,
-        balance_macs=config.balance_macs,
-        pixel_words=config.pixel_words,
-        folding_config_file=config.folding_config_file,
-    )
-    per_graph = build_bundle(loaded.path, out / "graphs", front, graphs=selected)
+    per_graph = build_bundle(loaded.path, out / "graphs", config.frontend(), graphs=selected)
     parents = {name: ModelWrapper(str(out / "graphs" / name / PARENT_FILE)) for name in per_graph}
     model, engines = collapse(parents)
     model.save(str(out / OVERLAY_MODEL))

@@ -75,6 +75,7 @@ def test_estimate_builds_the_quantized_gates_engines_too(tmp_path, tmp_path_fact
     """``estimate`` builds what the overlay has an engine for (engine_graphs), not only the
     backbone: the emulator then runs the quantized gates on their engines."""
     import fpga.__main__ as cli
+    import fpga.bitstream.overlay as overlay
     from export.manifest import load_bundle
     from fpga.bitstream.overlay import engine_graphs
     from tests.fpga.test_runtime import shared_bundle
@@ -85,7 +86,7 @@ def test_estimate_builds_the_quantized_gates_engines_too(tmp_path, tmp_path_fact
         asked.update(graphs=graphs, balance=config.balance_macs)
         raise cli.FinnFrontendError("stop here")
 
-    monkeypatch.setattr(cli, "build_bundle", build)
+    monkeypatch.setattr(overlay, "build_bundle", build)  # estimate builds as the overlay does
     path = shared_bundle(tmp_path_factory)
     manifest = load_bundle(path).manifest
     assert main(["estimate", str(path), "--out", str(tmp_path / "hw")]) == 1
