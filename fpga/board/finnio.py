@@ -172,6 +172,17 @@ def unpack(packed: np.ndarray, datatype: StreamType | str, n: int) -> np.ndarray
 # The overlay through pynq
 
 
+SHAPE_KEYS = (
+    "ishape_normal",
+    "ishape_folded",
+    "ishape_packed",
+    "oshape_normal",
+    "oshape_folded",
+    "oshape_packed",
+)
+"""The shapes of FINN's driver ``io_shape_dict``, one list per key, an entry per DMA."""
+
+
 def _shapes(io: dict[str, Any], key: str, batch: int) -> list[tuple[int, ...]]:
     return [(batch, *(int(d) for d in s[1:])) for s in io[key]]
 
@@ -205,17 +216,7 @@ class PynqDmaOverlay:
         self._idt = [StreamType.parse(t) for t in io["idt"]]
         self._odt = [StreamType.parse(t) for t in io["odt"]]
         b = self.batch_size
-        self._shape = {
-            k: _shapes(io, k, b)
-            for k in (
-                "ishape_normal",
-                "ishape_folded",
-                "ishape_packed",
-                "oshape_normal",
-                "oshape_folded",
-                "oshape_packed",
-            )
-        }
+        self._shape = {k: _shapes(io, k, b) for k in SHAPE_KEYS}
         if allocate is None or ip is None:
             allocate, ip = self._open_pynq(bitfile, download, float(info.get("fclk_mhz", 100.0)))
         try:

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from fpga.board.finnio import SHAPE_KEYS
 from fpga.weights import memory_values, runtime_memories
 
 log = logging.getLogger(__name__)
@@ -107,21 +108,7 @@ def io_shape_dict(model: Any) -> dict[str, Any]:
     shapes."""
     from qonnx.custom_op.registry import getCustomOp
 
-    out: dict[str, Any] = {
-        k: []
-        for k in (
-            "idt",
-            "odt",
-            "ishape_normal",
-            "ishape_folded",
-            "ishape_packed",
-            "oshape_normal",
-            "oshape_folded",
-            "oshape_packed",
-            "idma_names",
-            "odma_names",
-        )
-    }
+    out: dict[str, Any] = {k: [] for k in ("idt", "odt", *SHAPE_KEYS, "idma_names", "odma_names")}
     inputs = sorted(  # the codes first, then a masked block's 1-bit mask map
         model.graph.input, key=lambda t: model.get_tensor_datatype(t.name).bitwidth() == 1
     )
