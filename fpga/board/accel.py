@@ -47,7 +47,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fpga.board.errors import BoardError
-from fpga.board.finnio import FinnIoError, PynqDmaOverlay, padding_mask
+from fpga.board.finnio import FinnIoError, PynqDmaOverlay, StreamType, pack, padding_mask, unpack
 
 log = logging.getLogger(__name__)
 
@@ -352,59 +352,100 @@ class DmaEngine:
             return None
         return tuple(int(d) for d in self.overlay.ishape_normal(self.mask_input)[1:])
 
+    def mask_words(self, mask: np.ndarray) -> np.ndarray | None:
+        """A masked engine's (N, C) 0/1 channel mask -> the packed bytes of its mask map (one
+        image's map is the same pixel repeated), made by packing one pixel per image and
+        repeating its words: the map is never built value by value. None where the overlay does
+        not describe the mask stream as whole pixels (then the map is folded and packed)."""
+        stream = getattr(self.overlay, "stream", None)
+        if self.mask_input is None or stream is None:
+            return None
+        name, folded = stream("input", self.mask_input)
+        h, w, c = self.mask_shape
+        if len(folded) != 4 or tuple(folded[:2]) != (h, w) or folded[2] * folded[3] != c:
+            return None
+        m = np.asarray(mask, dtype=np.uint8).reshape(len(mask), 1, 1, folded[2], folded[3])
+        word = pack(m, StreamType.parse(name))  # (N, 1, 1, fold, bytes)
+        return np.broadcast_to(word, (len(mask), h, w, *word.shape[3:]))
+
     def run_packed(
         self,
-        codes: np.ndarray,
+        codes: np.ndarray | None = None,
         packed_in: np.ndarray | None = None,
         mask_map: np.ndarray | None = None,
-    ) -> tuple[np.ndarray, np.ndarray | None]:
+        *,
+        channel_mask: np.ndarray | None = None,
+        decode: bool = True,
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
         """``execute`` that can skip folding and packing and keeps what the output DMA wrote.
 
         ``packed_in``: the input already in this DMA's packed format (another engine's packed
-        output with the same :attr:`input_stream`), one row per image of ``codes``.
-        ``mask_map``: a masked engine's (N, H, W, C) 0/1 map (:attr:`mask_shape`), streamed
-        through :attr:`mask_input`. Returns the output codes and, when the overlay describes
-        its streams (:attr:`output_stream`), a copy of the packed output bytes, one row per
-        image (else None).
+        output with the same :attr:`input_stream`), one row per image; ``codes`` may then be
+        None. ``mask_map``: a masked engine's (N, H, W, C) 0/1 map (:attr:`mask_shape`),
+        streamed through :attr:`mask_input`; or ``channel_mask``, the (N, C) mask it repeats
+        (:meth:`mask_words`). Returns the output codes (None with ``decode=False`` where the
+        packed bytes are kept) and, when the overlay describes its streams
+        (:attr:`output_stream`), the packed output bytes, one row per image (else None).
         """
         ov, i, o = self.overlay, self.input, self.output
-        if (mask_map is None) != (self.mask_input is None):
+        n_images = len(codes) if codes is not None else len(packed_in)
+        if channel_mask is not None and mask_map is None:
+            words = self.mask_words(channel_mask)
+            if words is None:
+                h, w, c = self.mask_shape
+                m = np.asarray(channel_mask, dtype=np.uint8)[:, None, None, :]
+                mask_map = np.ascontiguousarray(np.broadcast_to(m, (len(m), h, w, c)))
+        else:
+            words = None
+        masked = mask_map is not None or words is not None
+        if masked != (self.mask_input is not None):
             raise AcceleratorError(
                 f"engine (DMA {i}->{o}) "
                 + (
                     "streams a channel mask map; pass one"
-                    if mask_map is None
+                    if not masked
                     else "takes no channel mask (a dense engine)"
                 )
             )
         if mask_map is not None and (
-            len(mask_map) != len(codes) or tuple(mask_map.shape[1:]) != self.mask_shape
+            len(mask_map) != n_images or tuple(mask_map.shape[1:]) != self.mask_shape
         ):
             raise AcceleratorError(
                 f"engine (DMA {i}->{o}) takes mask maps of shape {self.mask_shape!r}, got "
-                f"{tuple(mask_map.shape)!r} for {len(codes)} images"
+                f"{tuple(mask_map.shape)!r} for {n_images} images"
+            )
+        if words is not None and len(words) != n_images:
+            raise AcceleratorError(
+                f"engine (DMA {i}->{o}): channel masks for {len(words)} images, {n_images} inputs"
             )
         b = int(ov.batch_size)
         shape = tuple(ov.ishape_normal(i))
-        if tuple(codes.shape[1:]) != shape[1:]:
+        if codes is not None and tuple(codes.shape[1:]) != shape[1:]:
             raise AcceleratorError(
                 f"engine (DMA {i}->{o}) takes images of shape {shape[1:]!r}, got "
                 f"{tuple(codes.shape[1:])!r}"
             )
-        if packed_in is not None and len(packed_in) != len(codes):
-            raise AcceleratorError(
-                f"engine (DMA {i}->{o}): {len(packed_in)} packed images for {len(codes)} codes"
-            )
-        codes = codes.astype(_container(ov.idt(i)), copy=False)
+        if packed_in is not None:
+            word_shape = tuple(ov.ibuf_packed_device[i].shape[1:])
+            if len(packed_in) != n_images or tuple(packed_in.shape[1:]) != word_shape:
+                raise AcceleratorError(
+                    f"engine (DMA {i}->{o}): packed input of shape {tuple(packed_in.shape)!r} "
+                    f"for {n_images} images of {word_shape!r} bytes"
+                )
+        elif codes is None:
+            raise AcceleratorError(f"engine (DMA {i}->{o}): pass the input codes or packed bytes")
+        else:
+            codes = codes.astype(_container(ov.idt(i)), copy=False)
         partial = getattr(ov, "partial_batches", False)  # packs just the images it moves
         keep = self.output_stream is not None
-        mask = None
+        decode = decode or not keep
+        pad = None
         if keep:
             name, folded = self.output_stream
-            mask = padding_mask(name, folded[-1])
+            pad = padding_mask(name, folded[-1])
         outputs, packed_out = [], []
-        for start in range(0, len(codes), b):
-            n = min(b, len(codes) - start)
+        for start in range(0, n_images, b):
+            n = min(b, n_images - start)
             if packed_in is not None:
                 data = packed_in[start : start + n]
                 if n < b and not partial:
@@ -414,21 +455,32 @@ class DmaEngine:
                 if n < b and not partial:
                     chunk = np.concatenate([chunk, np.zeros((b - n, *shape[1:]), chunk.dtype)])
                 data = ov.pack_input(ov.fold_input(chunk, ind=i), ind=i)
-            if mask_map is not None:
-                m, k = mask_map[start : start + b], self.mask_input
+            k = self.mask_input
+            if words is not None:
+                m = words[start : start + n]
+                if n < b and not partial:
+                    m = np.concatenate([m, np.zeros((b - n, *m.shape[1:]), np.uint8)])
+                ov.copy_input_data_to_device(m, ind=k)
+            elif mask_map is not None:
+                m = mask_map[start : start + b]
                 if n < b and not partial:
                     m = np.concatenate([m, np.zeros((b - n, *m.shape[1:]), m.dtype)])
                 ov.copy_input_data_to_device(ov.pack_input(ov.fold_input(m, ind=k), ind=k), ind=k)
             ov.copy_input_data_to_device(data, ind=i)
             self._transfer(n)
-            packed = ov.obuf_packed[o][:n] if partial else ov.obuf_packed[o]
+            # partial: the output DMA's bytes copied once, into an array of their own
+            packed = np.empty_like(ov.obuf_packed[o][:n]) if partial else ov.obuf_packed[o]
             ov.copy_output_data_from_device(packed, ind=o)
-            out = ov.unfold_output(ov.unpack_output(packed, ind=o), ind=o)
-            outputs.append(np.asarray(out)[:n])
-            if keep:  # a copy (the host buffer is reused), padding bits cleared as pack's
-                kept = np.array(packed[:n]) if mask is None else packed[:n] & mask
+            if keep:  # padding bits cleared as pack's; the host buffer is reused: a copy
+                kept = packed if partial else np.array(packed[:n])
+                if pad is not None:
+                    np.bitwise_and(kept, pad, out=kept)
                 packed_out.append(kept)
-        return np.concatenate(outputs), (np.concatenate(packed_out) if keep else None)
+            if decode:
+                out = ov.unfold_output(ov.unpack_output(packed, ind=o), ind=o)
+                outputs.append(np.asarray(out)[:n])
+        joined = _joined(packed_out) if keep else None
+        return (_joined(outputs) if decode else None), joined
 
     def _transfer(self, n: int) -> None:
         ov, i, o = self.overlay, self.input, self.output
@@ -454,6 +506,11 @@ class DmaEngine:
                     f"engine DMA {i}->{o} did not finish {n} images within {self.timeout_s} s; "
                     "the overlay or accelerators.json does not match (rebuild, reset the board)"
                 )
+
+
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    """The chunks of one call as one array (the one chunk of a batch as it is: no copy)."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def _container(datatype: Any) -> type:
@@ -601,7 +658,6 @@ def _perm(node: Any) -> tuple[int, ...]:
 # One bundle graph on one accelerator
 
 
-@dataclass(frozen=True)
 class Carried:
     """An engine's output in the form the next engine takes, kept beside its float tensor.
 
@@ -611,16 +667,67 @@ class Carried:
     lies within 2 float32 ulps of each code), so the float -> codes work is not done. ``packed``
     is what the output DMA wrote, per image, in the word format ``stream``; an input DMA of the
     same format takes those bytes without folding and packing.
+
+    Where the bytes are kept, the codes are made from them only when asked for (:attr:`codes`:
+    one unpack, then kept): an activation that goes from engine to engine in one word format is
+    only copied on the ARM, never unpacked. ``low``/``high`` bound the codes (the producing
+    engine's output datatype, or the data), so a consumer checks its input range without
+    reading them.
     """
 
-    codes: np.ndarray
-    scale: np.float32
-    packed: np.ndarray | None = None
-    stream: tuple[Any, ...] | None = None
+    __slots__ = ("_codes", "dtype", "high", "low", "packed", "scale", "shape", "stream")
+
+    def __init__(
+        self,
+        scale: np.float32,
+        *,
+        low: int,
+        high: int,
+        codes: np.ndarray | None = None,
+        packed: np.ndarray | None = None,
+        stream: tuple[Any, ...] | None = None,
+        shape: tuple[int, ...] | None = None,
+        dtype: Any = np.int16,
+    ) -> None:
+        if codes is None and (packed is None or stream is None or shape is None):
+            raise ValueError("Carried needs its codes, or packed bytes with their stream and shape")
+        self.scale = scale
+        self.low, self.high = int(low), int(high)
+        self._codes = codes
+        self.packed = packed
+        self.stream = stream
+        self.shape = tuple(codes.shape[1:]) if codes is not None else tuple(shape)
+        """(H, W, C) of one image's codes."""
+        self.dtype = codes.dtype if codes is not None else np.dtype(dtype)
+
+    def __len__(self) -> int:
+        return len(self._codes) if self._codes is not None else len(self.packed)
+
+    @property
+    def decoded(self) -> bool:
+        """Whether the codes exist (given, or unpacked from the bytes already)."""
+        return self._codes is not None
+
+    @property
+    def codes(self) -> np.ndarray:
+        """(N, H, W, C) integer codes, unpacked from :attr:`packed` the first time."""
+        if self._codes is None:
+            name, folded = self.stream
+            values = unpack(self.packed, name, folded[-1], dtype=self.dtype)
+            self._codes = values.reshape(len(values), *self.shape)
+        return self._codes
 
     def take(self, rows: np.ndarray) -> Carried:
-        packed = None if self.packed is None else self.packed[rows]
-        return Carried(self.codes[rows], self.scale, packed, self.stream)
+        return Carried(
+            self.scale,
+            low=self.low,
+            high=self.high,
+            codes=None if self._codes is None else self._codes[rows],
+            packed=None if self.packed is None else self.packed[rows],
+            stream=self.stream,
+            shape=self.shape,
+            dtype=self.dtype,
+        )
 
 
 class EngineTensor:
@@ -642,7 +749,7 @@ class EngineTensor:
         self._floats: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return len(self.carried.codes)
+        return len(self.carried)
 
     def take(self, rows: np.ndarray) -> EngineTensor:
         return EngineTensor(self.carried.take(rows), self.tail)
@@ -695,21 +802,23 @@ class GraphAccelerator:
         self.low, self.high = datatype.integer_range()
         self._warned = False
         self.carry_scale = _code_scale(self.tail)
+        """The scale of this graph's output codes when its tail is only ``Mul`` + ``Transpose``
+        (blocks, stem, shortcuts): then :meth:`run_carried` returns them as :class:`Carried`."""
         out_type = graph.outputs[0].datatype
         small = out_type.is_integer and out_type.bits <= 15
         self._out_container = np.int16 if small else np.int32
-        """The scale of this graph's output codes when its tail is only ``Mul`` + ``Transpose``
-        (blocks, stem, shortcuts): then :meth:`run_carried` returns them as :class:`Carried`."""
+        self.out_range = out_type.integer_range() if out_type.is_integer else None
+        """The engine's output codes lie in this range (its output datatype's)."""
 
     @property
     def masked(self) -> bool:
         """Whether the engine streams the channel mask (a masked block's engine)."""
         return getattr(self.accelerator, "mask_shape", None) is not None
 
-    def mask_map(self, mask: np.ndarray) -> np.ndarray:
-        """The executor's (N, C) 0/1 channel mask -> the engine's (N, H, W, C) uint8 map."""
+    def _checked_mask(self, mask: np.ndarray) -> np.ndarray:
+        """The executor's (N, C) channel mask, checked 0/1 and of the engine's C."""
         m = np.asarray(mask)
-        h, w, c = self.accelerator.mask_shape
+        c = self.accelerator.mask_shape[-1]
         if m.ndim != 2 or m.shape[1] != c:
             raise AcceleratorError(
                 f"graph {self.graph.name!r}: channel mask of shape {m.shape!r}; the engine "
@@ -717,6 +826,12 @@ class GraphAccelerator:
             )
         if m.size and not np.all((m == 0) | (m == 1)):
             raise AcceleratorError(f"graph {self.graph.name!r}: the channel mask is not 0/1")
+        return m
+
+    def mask_map(self, mask: np.ndarray) -> np.ndarray:
+        """The executor's (N, C) 0/1 channel mask -> the engine's (N, H, W, C) uint8 map."""
+        m = self._checked_mask(mask)
+        h, w, c = self.accelerator.mask_shape
         codes = m.astype(np.uint8)[:, None, None, :]  # (N, 1, 1, C)
         return np.ascontiguousarray(np.broadcast_to(codes, (len(m), h, w, c)))
 
@@ -764,14 +879,14 @@ class GraphAccelerator:
         return self.run_carried(inputs)[0]
 
     def takes(self, carried: Carried) -> bool:
-        """Whether ``carried`` are this graph's input codes as they are (same scale, in range;
-        otherwise the float input is converted, and refused there if it is not codes)."""
-        codes = carried.codes
+        """Whether ``carried`` are this graph's input codes as they are: the same scale, and
+        codes bounded within this input's range (otherwise the float input is converted, and
+        refused there if it is not codes). The bound is the producer's, so no code is read."""
         return (
             carried.scale == np.float32(self.scale)
-            and codes.size > 0
-            and int(codes.min()) >= self.low
-            and int(codes.max()) <= self.high
+            and len(carried) > 0
+            and carried.low >= self.low
+            and carried.high <= self.high
         )
 
     def run_carried(
@@ -785,32 +900,54 @@ class GraphAccelerator:
         engine that computed ``inputs[0]``) when :meth:`takes` it, and returning the output's
         :class:`Carried` too (None when the tail is not a plain rescale). ``floats=False``
         skips the float tail where the output is carried: the output is then ``[None]``
-        (``inputs[0]`` is read only when ``carried`` is not taken)."""
+        (``inputs[0]`` is read only when ``carried`` is not taken), and where the engine's
+        packed bytes are kept its output is not unpacked either (:attr:`Carried.codes` does
+        it if something asks)."""
         engine = self.accelerator
         run_packed = getattr(engine, "run_packed", None)
-        mask = {"mask_map": self.mask_map(inputs[1])} if self.masked else {}
-        packed_in = None
+        packed_in, codes = None, None
         if carried is not None and self.takes(carried):
-            codes = carried.codes
-            same_words = carried.stream is not None and carried.stream == getattr(
-                engine, "input_stream", None
+            same_words = (
+                run_packed is not None
+                and carried.packed is not None
+                and carried.stream == getattr(engine, "input_stream", None)
             )
-            if run_packed is not None and same_words:
+            if same_words:
                 packed_in = carried.packed
+            else:
+                codes = carried.codes
         else:
             codes = self.codes(inputs[0])
+        lazy = not floats and self.carry_scale is not None
         if run_packed is not None:
-            out, packed_out = run_packed(codes, packed_in, **mask)
+            mask = {"channel_mask": self._checked_mask(inputs[1])} if self.masked else {}
+            out, packed_out = run_packed(codes, packed_in, **mask, decode=not lazy)
             stream = engine.output_stream
-        elif mask:
-            out, packed_out, stream = engine.execute(codes, mask["mask_map"]), None, None
+        elif self.masked:
+            out, packed_out, stream = engine.execute(codes, self.mask_map(inputs[1])), None, None
         else:
             out, packed_out, stream = engine.execute(codes), None, None
         if self.carry_scale is None:
             return [self.tail.apply(out)], None
-        codes_out = np.asarray(out).astype(self._out_container)
+        low, high = self.out_range
+        if out is None:  # kept packed: the codes are unpacked only if asked for
+            c, h, w = (int(d) for d in self.graph.outputs[0].shape[1:])  # NCHW
+            result = Carried(
+                self.carry_scale,
+                low=low,
+                high=high,
+                packed=packed_out,
+                stream=stream,
+                shape=(h, w, c),
+                dtype=self._out_container,
+            )
+            return [None], result
+        codes_out = np.asarray(out).astype(self._out_container, copy=False)
         y = self.tail.apply(codes_out) if floats else None
-        return [y], Carried(codes_out, self.carry_scale, packed_out, stream)
+        result = Carried(
+            self.carry_scale, low=low, high=high, codes=codes_out, packed=packed_out, stream=stream
+        )
+        return [y], result
 
 
 # ----------------------------------------------------------------------------------------------

@@ -137,9 +137,12 @@ def padding_mask(datatype: StreamType | str, n: int) -> np.ndarray | None:
     return mask
 
 
-def unpack(packed: np.ndarray, datatype: StreamType | str, n: int) -> np.ndarray:
+def unpack(
+    packed: np.ndarray, datatype: StreamType | str, n: int, dtype: Any = np.float32
+) -> np.ndarray:
     """FINN's packed bytes ``(..., nbytes)`` -> ``n`` integer values per word, as float32
-    (what FINN's driver returns)."""
+    (what FINN's driver returns) or as ``dtype`` (an integer type that holds the datatype: the
+    codes without a float pass)."""
     t = datatype if isinstance(datatype, StreamType) else StreamType.parse(datatype)
     p = np.asarray(packed)
     if p.dtype != np.uint8:
@@ -165,7 +168,7 @@ def unpack(packed: np.ndarray, datatype: StreamType | str, n: int) -> np.ndarray
         u = 2 * u - 1
     elif t.signed:
         u = np.where(u >= (1 << (t.bits - 1)), u - (1 << t.bits), u)
-    return u.astype(np.float32)
+    return u.astype(dtype, copy=False)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -371,32 +371,44 @@ def _assemble_codes(
     parts: Sequence[tuple[np.ndarray, EngineTensor]],
     pieces: Sequence[EngineTensor],
 ) -> EngineTensor:
-    """:meth:`FinnBackend.assemble` on codes (and packed bytes, where every piece of
-    ``pieces``, the base and the parts, has them in one word format): the codes of zeros are
-    zeros, as a block's zero-initialised output."""
+    """:meth:`FinnBackend.assemble` on the packed bytes where every piece of ``pieces`` (the
+    base and the parts) has them in one word format (the codes then unpacked only if asked
+    for), else on the codes: the codes and the bytes of zeros are zeros, as a block's
+    zero-initialised output."""
     n, c, h, w = shape
     first = pieces[0].carried
-    dtype = np.result_type(*(t.carried.codes.dtype for t in pieces))
-    keep_packed = len({t.carried.stream for t in pieces}) == 1 and all(
+    zeros = [0] if base is None else []  # rows no part fills stay zero
+    bounds = {
+        "low": min([*zeros, *(t.carried.low for t in pieces)]),
+        "high": max([*zeros, *(t.carried.high for t in pieces)]),
+    }
+    if len({t.carried.stream for t in pieces}) == 1 and all(
         t.carried.packed is not None for t in pieces
-    )
+    ):
+        if base is not None:
+            packed = np.array(base.carried.packed)
+        else:
+            packed = np.zeros((n, *first.packed.shape[1:]), dtype=first.packed.dtype)
+        for rows, t in parts:
+            packed[rows] = t.carried.packed
+        dtype = np.result_type(*(t.carried.dtype for t in pieces))
+        carried = Carried(
+            first.scale,
+            **bounds,
+            packed=packed,
+            stream=first.stream,
+            shape=(h, w, c),
+            dtype=dtype,
+        )
+        return EngineTensor(carried, pieces[0].tail)
+    dtype = np.result_type(*(t.carried.dtype for t in pieces))
     if base is not None:
         codes = base.carried.codes.astype(dtype, copy=True)
     else:
         codes = np.zeros((n, h, w, c), dtype=dtype)
-    packed = None
-    if keep_packed:
-        packed = (
-            np.array(base.carried.packed)
-            if base is not None
-            else np.zeros((n, *first.packed.shape[1:]), dtype=first.packed.dtype)
-        )
     for rows, t in parts:
         codes[rows] = t.carried.codes
-        if packed is not None:
-            packed[rows] = t.carried.packed
-    carried = Carried(codes, first.scale, packed, first.stream if keep_packed else None)
-    return EngineTensor(carried, pieces[0].tail)
+    return EngineTensor(Carried(first.scale, **bounds, codes=codes), pieces[0].tail)
 
 
 def make_backend(config: RuntimeConfig, bundle: Bundle) -> Backend:

@@ -400,8 +400,9 @@ def test_engines_pass_codes_and_packed_bytes_on(bundle, overlay_build, emulated,
         np.testing.assert_array_equal(got.predictions, want.predictions)
         np.testing.assert_array_equal(got.macs, want.macs)
     (_, off, _), (_, on, _) = results[False], results[True]
-    masks = len(bundle.manifest.blocks)  # full mode: every block runs, and streams its mask
-    assert off["codes"] >= 5 and off["pack"] == (off["codes"] + masks) * chunks  # stem, blocks..
+    # stem, blocks..: each converted input folded and packed; the masks' bytes are one packed
+    # pixel repeated (mask_words), checked against FINN's packing of the map by the stand-in
+    assert off["codes"] >= 5 and off["pack"] == off["codes"] * chunks
     assert on["codes"] == 1  # the stem's input: the preprocessed images
     assert on["pack"] < off["pack"], (on, off)  # some packed outputs went on as they were
     # the activations stayed codes from engine to engine: only the logits were made floats
@@ -673,3 +674,33 @@ def test_float_gates_get_no_engine(gated):
     with pytest.raises(BoardRuntimeError, match="gates without a FINN graph") as info:
         FinnBackend(bundle, {"layer_gate0": object()})
     assert "\n" not in str(info.value)
+
+
+@needs_cifar10
+def test_arm_bench_times_the_boards_finn_path(gate_engines):
+    """``make bench``'s ARM-work run (fpga/board/arm_bench.py) on the quantized-gate bundle:
+    the board's PynqDmaOverlay over the bench's register stand-in gives the numpy executor's
+    results; no block or gate runs whole on the ARM; each engine's images are counted; a run
+    with the same inputs is answered from the stand-in's first run."""
+    from cifar.reader import load_cifar10
+    from fpga.board import arm_bench
+
+    bundle, build, emulated = gate_engines
+    imgs = load_cifar10("test").images[:12]
+    answers: dict = {}
+    on = arm_bench.finn_work(bundle, build, emulated, imgs, "iadi", True, answers)
+    seen = len(answers)
+    off = arm_bench.finn_work(bundle, build, emulated, imgs, "iadi", False, answers)
+    assert len(answers) == seen > 0  # carrying changes the ARM's work, not the engines' inputs
+    want = BundleExecutor(bundle, backend=NumpyBackend(bundle)).run(imgs, mode="iadi")
+    for run in (on, off):
+        for field in ("predictions", "macs", "executed", "channels"):
+            np.testing.assert_array_equal(getattr(run["result"], field), getattr(want, field))
+        t = run["per_image"]
+        assert t.get("masked_blocks", 0.0) == 0.0
+        assert t["marshalling"] > 0 and t["driver"] > 0 and t["gates"] > 0  # the LSTM steps
+        m = bundle.manifest
+        assert run["calls"][m.stem] == run["calls"][m.head] == len(imgs)
+        for i, block in enumerate(m.blocks):
+            assert run["calls"].get(block.graph, 0) == int(want.executed[:, i].sum())
+    assert on["per_image"]["marshalling"] < off["per_image"]["marshalling"]
