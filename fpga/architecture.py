@@ -12,7 +12,9 @@ shortcuts in a CIFAR ResNet) keep fixed weights. See docs/fpga-architecture.md.
 The schedule is per batch and block: the ARM runs the gates, then for block ``i`` loads its
 weights into its engine once (only if some image of the batch runs it) and streams every image
 that runs it through the engine; images that skip a downsampling block go through its shortcut
-engine instead. :class:`CostModel` turns that into cycles::
+engine instead. Engines behind different IODMA pairs (a stage's backbone, a stage's gates) work
+on different batches at once, so a batch leaves every period of the busiest of them
+(``CostModel.schedule``, "pipelined"). :class:`CostModel` turns that into cycles::
 
     from fpga.architecture import CostModel, build_shared
 
@@ -30,7 +32,7 @@ import json
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +104,18 @@ def graph_key(manifest: Any, graph: str) -> tuple:
     return (spec.kind, _shape(spec.inputs[0]), _shape(_engine_output(spec)))
 
 
+def engine_stage(manifest: Any, graph: str) -> str:
+    """The stage of a graph's engine: the resolution it writes (``16px``: a CIFAR ResNet's second
+    stage, its downsampling block and shortcut included), or for an engine whose output is not
+    an image (the gates, the head) the resolution it reads."""
+    spec = manifest.graphs[graph]
+    out_shape, _ = _shape(_engine_output(spec))
+    if len(out_shape) == 3:
+        return f"{out_shape[1]}px"
+    (_, h_in, _), _ = _shape(spec.inputs[0])
+    return f"{h_in}px"
+
+
 def _engine_name(manifest: Any, graph: str, kind: str) -> str:
     spec = manifest.graphs[graph]
     if kind in ("stem", "head"):
@@ -151,9 +165,13 @@ class SharedConfig:
     """PL clock (100 MHz)."""
     target_fps: int = 2500
     """Folding target of every engine (FINN's cycle budget is 1e9 / (fps * clk_period_ns))."""
-    target_fps_by_kind: dict[str, int] = field(default_factory=lambda: {"block_single": 1000})
+    target_fps_by_kind: dict[str, int] = field(
+        default_factory=lambda: {"block_single": 1000, "layer_gate": 50_000, "channel_gate": 5_000}
+    )
     """Overrides by engine kind; ``block_single``: a block engine that serves one block (the
-    downsampling blocks of a CIFAR ResNet run once per image; folded slower to save DSPs)."""
+    downsampling blocks of a CIFAR ResNet run once per image; folded slower to save DSPs); the
+    gates: a pooling and a few small matrices, folded fast (their cycles are those of reading
+    the block input) so that they do not slow their stage down as much as a block."""
     fpga_part: str = "xc7z020clg484-1"
 
     def fps_for(self, engine: Engine) -> int:
@@ -161,6 +179,24 @@ class SharedConfig:
         if kind == "block" and not engine.runtime_weights:
             kind = "block_single"
         return int(self.target_fps_by_kind.get(kind, self.target_fps))
+
+
+SCHEDULES = ("sequential", "pipelined")
+SKIP_FRACTIONS = (0.0, 0.4, 0.5, 0.6, 0.8)
+"""The skip fractions the report's throughput table shows (50%: the 1.8x speed-up check)."""
+DMA_GROUPS = ("stage", "stage_gates", "engine")
+GATE_KINDS = ("layer_gate", "channel_gate")
+
+
+def dma_group_of(graph: dict, how: str) -> str:
+    """The IODMA pair a graph's engine streams through (:attr:`CostModel.dma_group`)."""
+    engine = str(graph.get("engine", ""))
+    if how == "engine":
+        return engine
+    stage = str(graph.get("stage", engine))
+    if how == "stage_gates":
+        return f"{stage} {'gates' if graph.get('kind') in GATE_KINDS else 'backbone'}"
+    return stage
 
 
 @dataclass
@@ -191,10 +227,31 @@ class CostModel:
     """After each weight load one frame runs through the engine alone (FINN's weight streamer
     holds words of the old weights; fpga/board/weights.py): one more call (its overhead) and
     the frame's pipeline latency, charged with the load."""
+    schedule: str = "pipelined"
+    """``sequential``: one engine call at a time, a batch through every block before the next
+    batch starts. ``pipelined``: the engines of different DMA groups work on different batches
+    at once (stage 1's engines on batch k + 2 while stage 3's run batch k; the ARM starts each
+    call and polls for its end), so in steady state a batch leaves every busiest-resource
+    period (:meth:`batch_parts`); a batch's latency stays the sequential sum."""
+    dma_group: str = "stage_gates"
+    """What shares one IODMA pair (and one mask-map DMA): ``stage``, the engines of one stage
+    (:func:`engine_stage`: a CIFAR ResNet stage, with its downsampling block, shortcut and
+    gates), through AXI-Stream switches: they run one call at a time; ``stage_gates``: per
+    stage one pair for the backbone's engines and one for the gates', so a stage's gates work
+    on one batch while its blocks work on another; ``engine``: a pair per engine (FINN's
+    shell), every engine on its own."""
+    hp_ports: int = 2
+    """Zynq HP ports the activation DMAs share (HP0, HP1), each ``dma_bytes_per_cycle``."""
 
     def __post_init__(self) -> None:
         if self.weight_loader not in ("axilite", "dma"):
             raise GraphError(f"weight_loader {self.weight_loader!r} is not 'axilite' or 'dma'")
+        if self.schedule not in SCHEDULES:
+            raise GraphError(f"schedule {self.schedule!r} is not one of {SCHEDULES!r}")
+        if self.dma_group not in DMA_GROUPS:
+            raise GraphError(f"dma_group {self.dma_group!r} is not one of {DMA_GROUPS!r}")
+        if isinstance(self.hp_ports, bool) or self.hp_ports not in (1, 2, 3, 4):
+            raise GraphError(f"hp_ports={self.hp_ports!r}: a Zynq-7000 has 1..4 HP ports")
         for name in ("clock_mhz", "dma_bytes_per_cycle", "axilite_cycles_per_word"):
             if not getattr(self, name) > 0:
                 raise GraphError(f"{name}={getattr(self, name)!r} must be > 0")
@@ -233,10 +290,15 @@ class CostModel:
             + images * self.image_cycles(graph)
         )
 
-    def batch_parts(self, report: dict, executed: np.ndarray) -> dict[str, int]:
+    def batch_parts(self, report: dict, executed: np.ndarray) -> dict[str, Any]:
         """Cycles of a batch by part: ``engine`` (images x cycles), ``weight_load``,
-        ``overhead`` (calls and pipeline fills), ``total``; plus ``weight_bytes`` and
-        ``activation_bytes`` moved. ``executed[k, i]``: image ``k`` runs block ``i``.
+        ``overhead`` (calls and pipeline fills), ``work`` (their sum: every call one after
+        another) and ``total``, the cycles the :attr:`schedule` takes per batch: ``work`` when
+        sequential; when pipelined the largest of ``resources``: each DMA group's calls in a
+        row (:attr:`dma_group`), the ARM's (every call's start and every AXI-lite weight
+        word) and the HP ports' (all bytes the DMAs move), with ``busiest`` naming it. Plus
+        ``weight_bytes`` and ``activation_bytes`` moved. ``executed[k, i]``: image ``k`` runs
+        block ``i``.
         """
         graphs, blocks = report["graphs"], report["blocks"]
         executed = np.asarray(executed, dtype=bool)
@@ -245,7 +307,7 @@ class CostModel:
                 f"executed has shape {executed.shape!r}; expected (images, {len(blocks)})"
             )
         n = executed.shape[0]
-        calls = [(report["stem"], n), (report["head"], n)]
+        calls = [(report["stem"], n)]
         for i, block in enumerate(blocks):
             running = int(executed[:, i].sum())
             if block.get("layer_gate"):
@@ -255,9 +317,12 @@ class CostModel:
             calls.append((block["graph"], running))
             if block["shortcut"]:
                 calls.append((block["shortcut"], n - running))
-        parts = dict.fromkeys(
-            ("engine", "weight_load", "overhead", "total", "weight_bytes", "activation_bytes"), 0
+        calls.append((report["head"], n))
+        parts: dict[str, Any] = dict.fromkeys(
+            ("engine", "weight_load", "overhead", "work", "weight_bytes", "activation_bytes"), 0
         )
+        groups: dict[str, int] = {}
+        arm = 0
         for name, images in calls:
             g = graphs[name]
             total = self.call_cycles(g, images)
@@ -268,9 +333,28 @@ class CostModel:
             parts["engine"] += engine
             parts["weight_load"] += load
             parts["overhead"] += total - engine - load
-            parts["total"] += total
+            parts["work"] += total
             parts["weight_bytes"] += g["weight_bytes"] if g.get("runtime_weights") else 0
             parts["activation_bytes"] += images * g["activation_bytes"]
+            group = dma_group_of(g, self.dma_group)
+            groups[group] = groups.get(group, 0) + total
+            calls_started = 1 + (1 if load and self.flush_frame else 0)
+            writes = 0
+            if load and self.weight_loader == "axilite":  # the ARM writes every word
+                writes = math.ceil(g["weight_words"] * self.axilite_cycles_per_word)
+            arm += calls_started * self.call_overhead_cycles + writes
+        moved = parts["activation_bytes"]
+        if self.weight_loader == "dma":
+            moved += parts["weight_bytes"]
+        resources = {f"dma group {k}": v for k, v in groups.items()}
+        resources["ARM"] = arm
+        resources["HP ports"] = math.ceil(moved / (self.hp_ports * self.dma_bytes_per_cycle))
+        if self.schedule == "sequential":
+            parts["total"], parts["busiest"] = parts["work"], None
+        else:
+            busiest = max(resources, key=resources.get)
+            parts["total"], parts["busiest"] = resources[busiest], busiest
+        parts["resources"] = resources
         return parts
 
     def batch_cycles(self, report: dict, executed: np.ndarray) -> int:
@@ -418,7 +502,7 @@ def shared_report(
     engines: list[Engine],
     built: dict[str, dict],
     cost: CostModel | None = None,
-    skip_fractions: tuple[float, ...] = (0.0, 0.4, 0.6, 0.8),
+    skip_fractions: tuple[float, ...] = SKIP_FRACTIONS,
 ) -> dict[str, Any]:
     """The hardware report of the shared-engine design (JSON-ready; see the module docstring)."""
     cost = cost or CostModel()
@@ -444,10 +528,13 @@ def shared_report(
             },
             "mvaus": b["mvaus"],
         }
+        row["stage"] = engine_stage(manifest, engine.representative)
         engine_rows[engine.name] = row
         for name in engine.graphs:
             g = {
                 "engine": engine.name,
+                "kind": engine.kind,
+                "stage": row["stage"],
                 "cycles": row["cycles"],
                 "latency_cycles": row["latency_cycles"],
                 "bottleneck": row["bottleneck"],
@@ -497,34 +584,57 @@ def shared_report(
         "cost_model": asdict(cost),
     }
     report["throughput"] = throughput(report, cost, skip_fractions)
+    report["dsp_bound"] = dsp_bound(manifest.full_macs, cost.clock_mhz)
     return report
 
 
 def throughput(
-    report: dict, cost: CostModel, skip_fractions: tuple[float, ...] = (0.0, 0.4, 0.6, 0.8)
+    report: dict, cost: CostModel, skip_fractions: tuple[float, ...] = SKIP_FRACTIONS
 ) -> dict[str, Any]:
     """Images/s of the full network per batch of ``cost.batch_images``, for each skip fraction
-    (illustrative pattern: :func:`skip_pattern`), and without batching (batch of 1)."""
+    (illustrative pattern: :func:`skip_pattern`), by ``cost``'s schedule and, beside it, one
+    call at a time (sequential); and without batching (batch of 1, sequential)."""
     n, blocks = cost.batch_images, len(report["blocks"])
+    one_at_a_time = replace(cost, schedule="sequential")
     rows = {}
     for f in skip_fractions:
         executed = skip_pattern(blocks, n, f)
         parts = cost.batch_parts(report, executed)
+        sequential = one_at_a_time.batch_parts(report, executed)["total"]
         rows[f"skip_{round(100 * f)}pct"] = {
             "skip_fraction": f,
             "images_per_s": n * cost.clock_mhz * 1e6 / parts["total"],
             "cycles_per_image": parts["total"] / n,
+            "images_per_s_sequential": n * cost.clock_mhz * 1e6 / sequential,
             **{k: parts[k] for k in parts},
         }
-    single = cost.batch_parts(report, np.ones((1, blocks), dtype=bool))
+    single = one_at_a_time.batch_parts(report, np.ones((1, blocks), dtype=bool))
     return {
         "batch_images": n,
+        "schedule": cost.schedule,
+        "dma_group": cost.dma_group,
         "by_skip": rows,
         "unbatched_no_skip": {
             "images_per_s": cost.clock_mhz * 1e6 / single["total"],
             "cycles_per_image": single["total"],
             "weight_load": single["weight_load"],
         },
+    }
+
+
+DSP_MACS_PER_CYCLE = 4
+"""Multiplies one DSP48E1 does per cycle at W4A4 in FINN's MVAU_rtl (its DSP estimate assumes 4
+for 4-bit operands, 2 for 8-bit: ../HARDWARE.md, "MVAU_rtl on 7-series")."""
+
+
+def dsp_bound(macs_per_image: int, clock_mhz: float, dsps: int = BUDGET["DSP"]) -> dict:
+    """The part's compute ceiling: every DSP busy every cycle at :data:`DSP_MACS_PER_CYCLE`."""
+    rate = dsps * DSP_MACS_PER_CYCLE * clock_mhz * 1e6
+    return {
+        "dsps": dsps,
+        "macs_per_dsp_per_cycle": DSP_MACS_PER_CYCLE,
+        "macs_per_image": int(macs_per_image),
+        "images_per_s": rate / macs_per_image if macs_per_image else None,
     }
 
 
@@ -548,20 +658,33 @@ def report_table(report: dict) -> str:
     verdict = "fits" if report["fits"] else "does NOT fit"
     lines.append(f"\nThe design {verdict} the XC7Z020 ({report['kind']}).\n")
     tp = report["throughput"]
+    schedule = tp.get("schedule", "sequential")
     lines.append(
         f"| skipped blocks | images/s at {report['clock_mhz']:g} MHz (batch "
-        f"{tp['batch_images']}) | cycles/image |"
+        f"{tp['batch_images']}, {schedule}) | cycles/image | busiest | images/s one call at a "
+        "time |"
     )
-    lines.append("|---|---|---|")
+    lines.append("|---|---|---|---|---|")
     for row in tp["by_skip"].values():
+        sequential = row.get("images_per_s_sequential", row["images_per_s"])
         lines.append(
             f"| {100 * row['skip_fraction']:.0f}% | {row['images_per_s']:,.1f} | "
-            f"{row['cycles_per_image']:,.0f} |"
+            f"{row['cycles_per_image']:,.0f} | {row.get('busiest') or '-'} | "
+            f"{sequential:,.1f} |"
         )
     lines.append(
         f"| 0%, no batching | {tp['unbatched_no_skip']['images_per_s']:,.1f} | "
-        f"{tp['unbatched_no_skip']['cycles_per_image']:,.0f} |"
+        f"{tp['unbatched_no_skip']['cycles_per_image']:,.0f} | - | "
+        f"{tp['unbatched_no_skip']['images_per_s']:,.1f} |"
     )
+    bound = report.get("dsp_bound")
+    if bound and bound["images_per_s"]:
+        lines.append(
+            f"\nDSP-bound limit of the part: {bound['dsps']} DSPs x "
+            f"{bound['macs_per_dsp_per_cycle']} MACs a cycle (W4A4) at "
+            f"{report['clock_mhz']:g} MHz over {bound['macs_per_image']:,} MACs an image = "
+            f"{bound['images_per_s']:,.0f} images/s."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -675,8 +798,13 @@ def build_shared(
     }
     # FINN's estimate leaves out DMAs, interconnect, FIFOs, MVAU_rtl and HLS LUTs: the
     # completed budget of one overlay of these engines (fpga/bitstream/budget.py)
+    groups: dict[str, list[str]] = {}
+    for e in engines:  # the engines behind each IODMA pair (CostModel.dma_group)
+        row = {**report["engines"][e.name], "engine": e.name}
+        groups.setdefault(dma_group_of(row, cost.dma_group), []).append(e.name)
+    report["dma_groups"] = groups
     report["resource_budget"] = overlay_budget(
-        Path(out_dir), [e.name for e in engines], config.clk_period_ns
+        Path(out_dir), [e.name for e in engines], config.clk_period_ns, list(groups.values())
     )
     path = hwreport.write(Path(out_dir) / REPORT_FILE, report)
     log.info("shared-engine report -> %s", path)

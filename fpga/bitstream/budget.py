@@ -86,6 +86,15 @@ ALLOWANCES: dict[str, dict[str, Any]] = {
         "DSP": 0,
         "source": "allowance: AXI Interconnect (AMD PG059) per AXI-lite master interface",
     },
+    "axis_switch_port": {
+        "per": "port",
+        "LUT": 200,
+        "FF": 250,
+        "BRAM_18K": 0,
+        "DSP": 0,
+        "source": "allowance: AXI4-Stream Switch (AMD PG085) per port at 64-bit TDATA (mux, "
+        "register slice, arbiter): engines sharing an IODMA pair",
+    },
     "clock_reset": {
         "per": "design",
         "LUT": 200,
@@ -302,11 +311,13 @@ def resource_budget(
     axilite_slaves: int | None = None,
     required_margin: float = REQUIRED_MARGIN,
     mask_dmas: int = 0,
+    switch_ports: int = 0,
 ) -> dict[str, Any]:
     """The completed budget of an overlay: FINN's ``finn_total`` (LUT/BRAM_18K/DSP of
     ``model``'s HW layers) plus every line FINN leaves out, the interconnect plan, the totals
     against the XC7Z020 and the verdict. ``engines`` is the number of DMA pairs, ``mask_dmas``
-    the masked blocks' extra input DMAs (their mask maps); ``axilite_slaves`` defaults to one
+    the masked blocks' extra input DMAs (their mask maps), ``switch_ports`` the ports of the
+    AXI-Stream switches between shared DMAs and their engines; ``axilite_slaves`` defaults to one
     per IODMA and one per layer with runtime-writeable parameters (FINN's shell gives each its
     own AXI-lite slave)."""
     from qonnx.custom_op.registry import getCustomOp
@@ -365,6 +376,8 @@ def resource_budget(
             )
         )
     lines.append(_allowance("IODMA_hls", masters))
+    if switch_ports:
+        lines.append(_allowance("axis_switch_port", switch_ports))
     lines.append(_allowance("smartconnect", len(plan)))
     lines.append(_allowance("smartconnect_si", masters))
     lines.append(_allowance("axi_interconnect", 1))

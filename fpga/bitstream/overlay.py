@@ -185,23 +185,47 @@ def collapse(parents: dict[str, Any]) -> tuple[Any, dict[str, Engine]]:
     return model, engines
 
 
-def overlay_budget(out: Path, folders: list[str], clk_period_ns: float) -> dict[str, Any]:
+def overlay_budget(
+    out: Path,
+    folders: list[str],
+    clk_period_ns: float,
+    dma_groups: list[list[str]] | None = None,
+) -> dict[str, Any]:
     """The budget of one overlay of the engines built in ``out/<folder>`` (each a front-end
     build with ``hw_parent.onnx``), merged by FINN's multi-DNN flow as ``python -m fpga overlay``
-    merges them. A design whose IODMAs exceed the shell's SmartConnects gets its one-line
-    refusal as the verdict (``fits: false``)."""
+    merges them. ``dma_groups``: engines that share one IODMA pair (and one mask-map DMA if
+    any of them is masked) through AXI-Stream switches; None, a pair per engine (FINN's
+    shell). A design whose IODMAs exceed the shell's SmartConnects gets its one-line refusal as
+    the verdict (``fits: false``)."""
     from qonnx.core.modelwrapper import ModelWrapper
 
     parents = {name: ModelWrapper(str(out / name / PARENT_FILE)) for name in folders}
-    masked = sum(len(p.graph.input) > 1 for p in parents.values())  # a mask map's input DMA
+    masked = {name for name, p in parents.items() if len(p.graph.input) > 1}  # mask-map DMAs
+    groups = dma_groups if dma_groups is not None else [[name] for name in folders]
+    if sorted(n for g in groups for n in g) != sorted(folders):
+        raise ValueError(f"dma_groups {groups!r} do not cover the engines {folders!r} once each")
+    pairs = len(groups)
+    mask_dmas = sum(any(n in masked for n in g) for g in groups)
+    # a shared pair: a switch port per engine on the input, output and (masked) mask streams,
+    # and the switches' own port to the DMA
+    switch_ports = sum(
+        2 * (len(g) + 1) + (sum(n in masked for n in g) + 1 if any(n in masked for n in g) else 0)
+        for g in groups
+        if len(g) > 1
+    )
     try:
-        interconnect_plan(2 * len(folders) + masked)
+        interconnect_plan(2 * pairs + mask_dmas)
     except InterconnectError as exc:
         return {"label": LABEL, "fits": False, "fits_with_margin": False, "verdict": str(exc)}
-    model, engines = collapse(parents)
+    model, _ = collapse(parents)
     whole = estimate(model, clk_period_ns)
     return resource_budget(
-        model, whole["total"], len(engines), whole["fpga_part"], mask_dmas=masked
+        model,
+        whole["total"],
+        pairs,
+        whole["fpga_part"],
+        mask_dmas=mask_dmas,
+        switch_ports=switch_ports,
     )
 
 
