@@ -314,8 +314,9 @@ def test_pipelined_batch_period_is_the_busiest_resource():
         report, executed
     )
     assert split["resources"]["dma group 32px gates"] == pipelined.call_cycles(g["b1"], 10)
-    assert split["resources"]["dma group 32px backbone"] == by_stage["32px"] - (
-        split["resources"]["dma group 32px gates"]
+    assert (
+        split["resources"]["dma group 32px backbone"]
+        == by_stage["32px"] - (split["resources"]["dma group 32px gates"])
     )
 
 
