@@ -90,8 +90,8 @@ STATE_FORMAT = "ddi-fpga-reproduce-state"
 STATE_VERSION = 1
 # The options that decide what the steps make; a state file written with others is not resumed.
 STATE_OPTIONS = (
-    "models", "train", "calibrate", "layer_only", "hw_report", "mac_rate", "data", "images",
-    "images_per_window", "repeats",
+    "models", "only", "train", "calibrate", "layer_only", "hw_report", "design", "mac_rate",
+    "data", "images", "images_per_window", "repeats",
 )  # fmt: skip
 
 
@@ -133,6 +133,19 @@ class Job:
 # --- The steps ------------------------------------------------------------------------------
 
 
+def selected(args: argparse.Namespace) -> list[str]:
+    """The keys of :data:`MODELS` the job measures (``--only``; ``base`` always)."""
+    only = getattr(args, "only", None)
+    if not only:
+        return list(MODELS)
+    unknown = sorted(set(only) - set(MODELS))
+    if unknown:
+        raise ReproduceError(
+            f"--only {' '.join(unknown)}: not a model of Table I; choose from {' '.join(MODELS)}"
+        )
+    return ["base", *(k for k in MODELS if k in only and k != "base")]
+
+
 def step_models(job: Job) -> dict[str, str]:
     """Model key -> checkpoint: the trained ones, plus the 60% model calibrated further."""
     # The training stack (torch) is loaded by the steps that train or calibrate, not by a
@@ -151,7 +164,7 @@ def step_models(job: Job) -> dict[str, str]:
         source = work / "train"
         if train_main(["--out", str(source)]) != 0:
             raise ReproduceError("training failed; see its output above")
-    ckpts = {key: source / name / "final.pt" for key, name in MODELS.items()}
+    ckpts = {key: source / MODELS[key] / "final.pt" for key in selected(args)}
     for key, path in ckpts.items():
         if not path.is_file():
             raise ReproduceError(
@@ -159,7 +172,11 @@ def step_models(job: Job) -> dict[str, str]:
                 "`python -m train.reproduce` run, or --train"
             )
     batches: list | None = None
-    source_ckpt = ckpts[CALIBRATE_FROM]
+    if (args.calibrate or args.layer_only) and CALIBRATE_FROM not in ckpts:
+        raise ReproduceError(
+            f"--calibrate and --layer-only make rows from {CALIBRATE_FROM!r}; add it to --only"
+        )
+    source_ckpt = ckpts.get(CALIBRATE_FROM)
     payload = load_checkpoint(source_ckpt) if args.calibrate or args.layer_only else None
     derived = [
         (f"{CALIBRATE_FROM}-cal{round(s * 100)}", s, lambda: build_model(payload), {})
@@ -255,13 +272,19 @@ def step_hw_report(job: Job) -> str | None:
     if args.mac_rate:
         return None
     out = job.work / "hw"
-    path = out / hwreport.FILE
+    path = out / "shared" / hwreport.FILE if args.design == "shared" else out / hwreport.FILE
     if path.is_file():
         try:
             hwreport.read(path, bundle_id)
             return str(path)
         except hwreport.HardwareReportError as exc:
             log.info("rebuilding the hardware report: %s", exc)
+    if getattr(args, "design", "per-graph") == "shared":
+        # qonnx: FINN's front end, loaded only when the estimates are made
+        from fpga.architecture import build_shared
+
+        build_shared(reference, out / "shared")  # writes its own hw_report.json
+        return str(out / "shared" / hwreport.FILE)
     # qonnx: FINN's front end, loaded only when the estimates are made
     from fpga.bitstream.overlay import OverlayConfig, estimate_engines
 
@@ -495,12 +518,13 @@ def _notes(args: argparse.Namespace, timing, bundles: dict[str, Path]) -> list[s
             "layer gate to NN% compute savings (one logit offset on 1,000 training images), "
             "without fine-tuning; not a model trained layer-only."
         )
-    trained = [k for k in MODELS if k != "base"]
-    notes.append(
-        f"`mgl2sNN` / `layerNN`: IADI trained to NN% compute savings with MGL2S (layer and "
-        "channel gates) or with layer gates only (the `iadi-GATING-NN` runs of "
-        f"`python -m train.reproduce`; {len(trained)} models)."
-    )
+    trained = [k for k in selected(args) if k != "base"]
+    if trained:
+        notes.append(
+            f"`mgl2sNN` / `layerNN`: IADI trained to NN% compute savings with MGL2S (layer and "
+            "channel gates) or with layer gates only (the `iadi-GATING-NN` runs of "
+            f"`python -m train.reproduce` under `{args.models}`: {', '.join(trained)})."
+        )
     return notes
 
 
@@ -538,6 +562,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m measurements.reproduce", description=__doc__)
     p.add_argument("--out", default="runs/table1", help="output folder (default runs/table1)")
     p.add_argument("--models", default=str(RECORDED), help="a `python -m train.reproduce` folder")
+    p.add_argument(
+        "--only",
+        nargs="+",
+        metavar="KEY",
+        help=f"measure these models only (and base): some of {' '.join(MODELS)}",
+    )
     p.add_argument("--train", action="store_true", help="train the models afresh first")
     p.add_argument(
         "--calibrate",
@@ -562,6 +592,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--mac-rate", action="store_true", help="time engines by a MAC rate, not FINN estimates"
+    )
+    p.add_argument(
+        "--design",
+        choices=("per-graph", "shared"),
+        default="per-graph",
+        help="the FPGA design the emulator's engine times come from: an engine per graph (the "
+        "overlay), or shared engines with weights written at run time (docs/fpga-architecture.md)",
     )
     p.add_argument("--data", help="CIFAR-10 folder (default: as train/ finds it)")
     p.add_argument("--images", type=int, default=1000, help="test images per model and repeat")

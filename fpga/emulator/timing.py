@@ -25,8 +25,10 @@ An engine phase lasts the longer of its compute and its DMA transfer of all its 
 (``dma_bytes_per_s``: the IODMAs share the port and stream while the engine computes), plus
 its share of the pipeline fill (:meth:`TimingModel.fill_s`, once per DMA transfer of at most
 ``dma_batch`` images, shared by the images of the call), plus
-the time to load its weights when the engine's weights are written at run time
-(``weight_load_s``; 0 for an engine per graph, whose weights are in the bitstream). Around
+its share of the time to load its weights when the engine's weights are written at run time
+(``weight_load_s``, once per call, shared by the images of the call, as the board loads a
+block's weights once before streaming the images that run it; 0 for an engine per graph,
+whose weights are in the bitstream). Around
 every engine call the ARM marshals its streams (fpga/board/accel.py, with the board's default
 ``carry``: activations stay in the engines' integer form, fpga/board/runtime.py), an ``io:``
 phase on the ARM:
@@ -59,8 +61,8 @@ images.
   it with the FPGA estimate as soon as there is one).
 - :class:`HardwareReportTiming`: per-graph cycle counts at ``clock_mhz`` from the FPGA estimate
   report (``{"clock_mhz": 100.0, "graphs": {"stem": {"cycles": 12345}, ...}}``); a graph's
-  ``weight_load_cycles``, where present (engines shared by several blocks), are charged on
-  every call.
+  ``weight_load_cycles``, where present (engines shared by several blocks), are charged once
+  per call, shared by its images.
 
 The parameters and where their values come from are in docs/board.md ("Time and power model");
 :attr:`TimingModel.params` lists them by name (the sensitivity table varies them).
@@ -276,7 +278,7 @@ class TimingModel:
         compute = max(self.engine_s(manifest, graph), nbytes / self.dma_bytes_per_s)
         images = max(int(images), 1)
         fill = math.ceil(images / self.dma_batch) * self.fill_s(manifest, graph) / images
-        busy = compute + fill + self.weight_load_s(manifest, graph)
+        busy = compute + fill + self.weight_load_s(manifest, graph) / images
         marshal = (
             converted * self.arm_marshal_s_per_value
             + integer * self.arm_pack_s_per_value
@@ -425,7 +427,7 @@ class HardwareReportTiming(TimingModel):
     The report is JSON: ``{"clock_mhz": float, "graphs": {NAME: {"cycles": int, ...}}}`` with an
     entry for every engine graph the bundle runs (stem, blocks, shortcuts, exits, head). A
     graph's ``weight_load_cycles`` (an engine shared by blocks, weights written per call) are
-    charged on every call; other fields are ignored, except ``dynamic_power_w`` per graph, read
+    charged once per call, shared by its images; other fields are ignored, except ``dynamic_power_w`` per graph, read
     by :meth:`fpga.emulator.board.PowerModel.with_report`.
     """
 

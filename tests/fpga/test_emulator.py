@@ -140,11 +140,17 @@ def test_engines_are_charged_dense_whatever_the_mask(reference, images):
     assert hw.image_times_s(manifest, result, "iadi") == pytest.approx(
         MacRateTiming(1e9).image_times_s(manifest, result, "iadi"), rel=1e-12
     )
-    # a shared engine's weight load is charged on every call
+    # a shared engine's weight load is charged once per call, shared by the call's images
     report["graphs"][block.graph]["weight_load_cycles"] = 5000
     loaded = HardwareReportTiming(report).image_phases(manifest, executed, full, -1, False)
     (engine,) = [p for p in loaded if p.graph == block.graph]
     assert engine.duration_s == pytest.approx(manifest.graphs[block.graph].macs / 1e9 + 5e-6)
+    (engine,) = [
+        p
+        for p in HardwareReportTiming(report).engine_phases(manifest, block.graph, 4)
+        if p.unit == ENGINE
+    ]
+    assert engine.duration_s == pytest.approx(manifest.graphs[block.graph].macs / 1e9 + 5e-6 / 4)
     # a DMA slower than the engine bounds the phase from below: a block's DMA moves its input
     # codes, its mask map (1 bit per output value) and its output codes
     slow = hw.with_params(dma_bytes_per_s=1.0)

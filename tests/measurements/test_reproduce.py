@@ -172,3 +172,29 @@ def test_the_notes_say_where_the_gates_ran_and_whether_the_engines_fit(tmp_path_
     notes = reproduce._notes(args, HardwareReportTiming(report), {"base": Path(bundle)})
     assert "these engines' HW layers fit the XC7Z020." in notes[0]
     assert not any("calNN" in n for n in notes)  # no calibrated rows by default
+
+
+def test_only_some_models_are_measured_with_only():
+    """``--only``: base and the named models of Table I, in Table I's order; an unknown key is
+    refused in one line naming the choices."""
+    from measurements.reproduce import selected
+
+    assert selected(build_parser().parse_args([])) == list(reproduce.MODELS)
+    args = build_parser().parse_args(["--only", "mgl2s60", "layer40"])
+    assert selected(args) == ["base", "mgl2s60", "layer40"]
+    with pytest.raises(ReproduceError, match=r"^--only mgl2s65: not a model of Table I; choose"):
+        selected(build_parser().parse_args(["--only", "mgl2s65"]))
+
+
+def test_the_shared_design_report_is_the_jobs_own_when_it_belongs_to_the_bundle(
+    tmp_path_factory, tmp_path
+):
+    """``--design shared``: the report of the shared-engine build (fpga/architecture.py) in
+    ``work/hw/shared``, reused when it was made for the reference bundle (no FINN build)."""
+    bundle = shared_bundle(tmp_path_factory)
+    bundle_id = load_bundle(bundle, verify=False).bundle_id
+    job = _job(tmp_path, "--design", "shared")
+    job.results["bundles"] = {"base": str(bundle)}
+    own = hwreport.write(job.work / "hw" / "shared" / hwreport.FILE, _report(bundle_id))
+    assert step_hw_report(job) == str(own)
+    assert not (job.work / "hw" / hwreport.FILE).exists()  # the per-graph report is not made
