@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+import formats
 from export.errors import BundleError
 
 FORMAT = "ddi-fpga-bundle"
@@ -365,17 +366,15 @@ def _count(r: _Reader, key: str) -> int:
 
 def manifest_from_dict(data: Any, origin: str = "<memory>") -> Manifest:
     """Validate a parsed manifest; raise :class:`BundleError` naming the first bad field."""
+    formats.check(
+        data,
+        FORMAT,
+        VERSION,
+        source=f"the manifest of bundle {origin!r}",
+        error=BundleError,
+        remedy="re-export it with this version of ddi-fpga (python -m export CKPT --out DIR)",
+    )
     r = _Reader(data, "manifest", origin)
-    fmt = r.get("format", str)
-    if fmt != FORMAT:
-        raise BundleError(f"{origin!r} is not a ddi-fpga bundle manifest (format {fmt!r})")
-    version = r.get("version", int)
-    if version != VERSION:
-        raise BundleError(
-            f"bundle {origin!r} has manifest version {version!r}; this code reads version "
-            f"{VERSION}: re-export it with this version of ddi-fpga "
-            "(python -m export CKPT --out DIR)"
-        )
     graphs: dict[str, GraphSpec] = {}
     gr = r.sub("graphs")
     for name in gr.data:

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+import formats
 from export.errors import BundleError, ExecutionError
 
 log = logging.getLogger(__name__)
@@ -299,20 +300,28 @@ class Program:
 
     @classmethod
     def from_bytes(cls, data: bytes, origin: str = "<memory>") -> Program:
+        remedy = "re-export the bundle: python -m export CKPT --out DIR"
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as z:
                 arrays = {key: z[key] for key in z.files}
             doc = json.loads(arrays.pop(PROGRAM_KEY).tobytes().decode())
-            if doc.get("format") != PROGRAM_FORMAT or doc.get("version") != PROGRAM_VERSION:
-                raise ValueError(
-                    f"format {doc.get('format')!r} version {doc.get('version')!r}, not "
-                    f"{PROGRAM_FORMAT!r} version {PROGRAM_VERSION}"
-                )
-            return cls(doc["name"], doc["inputs"], doc["outputs"], doc["nodes"], arrays)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise BundleError(
-                f"numpy program {origin!r} cannot be read ({type(exc).__name__}: {exc}); "
-                "re-export the bundle: python -m export CKPT --out DIR"
+                f"numpy program {origin!r} cannot be read ({type(exc).__name__}: {exc}); {remedy}"
+            ) from None
+        formats.check(
+            doc,
+            PROGRAM_FORMAT,
+            PROGRAM_VERSION,
+            source=f"numpy program {origin!r}",
+            error=BundleError,
+            remedy=remedy,
+        )
+        try:
+            return cls(doc["name"], doc["inputs"], doc["outputs"], doc["nodes"], arrays)
+        except (KeyError, TypeError) as exc:
+            raise BundleError(
+                f"numpy program {origin!r} cannot be read ({type(exc).__name__}: {exc}); {remedy}"
             ) from None
 
 

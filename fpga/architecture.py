@@ -41,11 +41,10 @@ import numpy as np
 from export.manifest import load_bundle
 from fpga import hwreport
 from fpga.bitstream.overlay import overlay_budget
+from fpga.board.weights import MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION
 from fpga.finn.errors import GraphError
 from fpga.finn.frontend import FrontendConfig, dataflow_model, estimate, to_hw
 from fpga.weights import (
-    MANIFEST_FILE,
-    MANIFEST_VERSION,
     WEIGHTS_DIR,
     check_same_structure,
     runtime_memories,
@@ -759,6 +758,7 @@ def write_block_weights(
                 memories = runtime_memories(hw)
             blocks_out[graph] = {"engine": engine.name, **save_block(folder, graph, memories)}
     result = {
+        "format": MANIFEST_FORMAT,
         "version": MANIFEST_VERSION,
         "bundle_id": manifest.bundle_id,
         "layout": "FINN decoupled_runtime (make_weight_file), uint32 little-endian",

@@ -24,6 +24,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import formats
+
 FORMAT = "ddi-fpga-hw-report"
 FORMAT_VERSION = 1
 """1: ``format``, ``version`` and ``bundle_id`` recorded (reports before them are refused)."""
@@ -82,14 +84,14 @@ def per_graph_report(
 def validate(report: Any, source: str = "the hardware report") -> dict[str, Any]:
     """``report`` if it is a report of this format and version with a bundle id, a clock and a
     cycle count for every graph; else :class:`HardwareReportError` naming the first bad field."""
-    if not isinstance(report, dict):
-        raise HardwareReportError(f"{source} is not a JSON object")
-    if report.get("format") != FORMAT or report.get("version") != FORMAT_VERSION:
-        raise HardwareReportError(
-            f"{source} has format {report.get('format')!r} version {report.get('version')!r}, "
-            f"not {FORMAT!r} version {FORMAT_VERSION}; regenerate it with "
-            "`python -m fpga estimate BUNDLE --out DIR`"
-        )
+    formats.check(
+        report,
+        FORMAT,
+        FORMAT_VERSION,
+        source=source,
+        error=HardwareReportError,
+        remedy="regenerate it with `python -m fpga estimate BUNDLE --out DIR`",
+    )
     if not isinstance(report.get("bundle_id"), str) or not report["bundle_id"]:
         raise HardwareReportError(f"{source}: bundle_id {report.get('bundle_id')!r} is not an id")
     clock = report.get("clock_mhz")

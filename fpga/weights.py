@@ -44,8 +44,6 @@ from fpga.finn.errors import GraphError
 log = logging.getLogger(__name__)
 
 WEIGHTS_DIR = "runtime_weights"
-MANIFEST_FILE = "runtime_weights.json"
-MANIFEST_VERSION = 1
 MVAU_OPS = ("MVAU", "MVAU_rtl", "MVAU_hls")
 THRESHOLD_OPS = ("Thresholding", "Thresholding_rtl")
 _VOLATILE_ATTRS = ("code_gen_dir", "ipgen_path", "ip_path", "executable_path", "rtlsim")

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import formats
+
 RESULT_COLUMNS = (
     "window",
     "model",
@@ -82,15 +84,14 @@ def read_json(path: str | os.PathLike, kind: str) -> dict[str, Any]:
         document = json.loads(path.read_text())
     except ValueError as exc:
         raise RunError(f"{str(path)!r} is not valid JSON: {exc}") from None
-    expected = json_format(kind)
-    found = (
-        (document.get("format"), document.get("version")) if isinstance(document, dict) else None
+    formats.check(
+        document,
+        json_format(kind),
+        FORMAT_VERSION,
+        source=repr(str(path)),
+        error=RunError,
+        remedy="it was written by another version of ddi-fpga: measure again",
     )
-    if found != (expected, FORMAT_VERSION):
-        raise RunError(
-            f"{str(path)!r} is not a {expected} document version {FORMAT_VERSION} (format, "
-            f"version: {found!r}); it was written by another version of ddi-fpga: measure again"
-        )
     return {k: v for k, v in document.items() if k not in ("format", "version")}
 
 

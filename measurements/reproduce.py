@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import formats
 from cifar.errors import DataError
 from export.errors import BundleError, ExportError
 from export.manifest import load_bundle, sha256_file
@@ -382,17 +383,14 @@ def read_state(path: Path) -> dict[str, Any] | None:
         return None
     except (OSError, ValueError) as exc:
         raise ReproduceError(f"cannot read the job's state {str(path)!r}: {exc}") from None
-    if (
-        not isinstance(state, dict)
-        or state.get("format") != STATE_FORMAT
-        or state.get("version") != STATE_VERSION
-    ):
-        found = state.get("format") if isinstance(state, dict) else None
-        raise ReproduceError(
-            f"{str(path)!r} is not a state file of this job (format {found!r}, not "
-            f"{STATE_FORMAT!r} version {STATE_VERSION}); remove it or pass --restart"
-        )
-    return state
+    return formats.check(
+        state,
+        STATE_FORMAT,
+        STATE_VERSION,
+        source=f"the job's state {str(path)!r}",
+        error=ReproduceError,
+        remedy="it is not a state file of this job: remove it or pass --restart",
+    )
 
 
 def _write_state(path: Path, state: dict[str, Any]) -> None:

@@ -1,9 +1,9 @@
 """The project's import graph, read with ``ast`` from the sources (nothing is imported).
 
 - no cycle between the top-level packages (cifar, train, export, wire, fpga, host,
-  measurements), and none between the modules of one package: every import counts, at the top
-  of a file or inside a function (only ``if TYPE_CHECKING:`` blocks are left out), so a local
-  import cannot hide a cycle;
+  measurements, formats), and none between the modules of one package: every import counts, at
+  the top of a file or inside a function (only ``if TYPE_CHECKING:`` blocks are left out), so a
+  local import cannot hide a cycle;
 - no private name (``_x``) imported from a module of another package (subpackages count);
 - no project module imports a ``__main__`` module: command lines hold no library code;
 - a project import inside a function says why, on its line or the line above its run of
@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("cifar", "train", "export", "wire", "fpga", "host", "measurements")
+PACKAGES = ("cifar", "train", "export", "wire", "fpga", "host", "measurements", "formats")
 # Third-party libraries that are heavy to import (torch, FINN's stack, plotting) or optional where
 # a module runs (an instrument's library, pyserial and pynq on the board, whose runtime must
 # import with numpy alone: tests/arm), and numpy where a module checks its version before it

@@ -16,7 +16,6 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 
 from train.errors import DataError, TrainError
 
@@ -228,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _eval(args: argparse.Namespace) -> dict:
     # torch: loaded only when this runs
     from train.checkpoint import build_model, load_checkpoint
-    from train.evaluate import evaluate_on_test, plot_skip_ratios
+    from train.evaluate import eval_document, evaluate_on_test, plot_skip_ratios, write_eval
     from train.loop import machine_description, setup_distributed
 
     _, device = setup_distributed(args.device)
@@ -248,16 +247,14 @@ def _eval(args: argparse.Namespace) -> dict:
     if args.plot:
         plot_skip_ratios(result, args.plot)
         report["plot"] = str(args.plot)
-    text = json.dumps(report, indent=2)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+        write_eval(args.out, report)
         print(
             f"accuracy {result.accuracy:.2%}, compute savings {result.compute_savings:.1%} "
             f"on {len(result.labels)} images of {result.source} -> {args.out}"
         )
     else:
-        print(text)
+        print(json.dumps(eval_document(report), indent=2))
     return report
 
 

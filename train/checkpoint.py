@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+import formats
 from train.errors import CheckpointError, ConfigError
 from train.model import DDIResNet, create_model
 
@@ -123,17 +124,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"checkpoint {str(path)!r} cannot be read safely: {_torch_refusal(exc)}; "
             "it is corrupt or not a ddi-fpga checkpoint"
         ) from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(
-            f"{str(path)!r} is not a ddi-fpga checkpoint (no format {FORMAT!r}); "
-            "train one with `python -m train`"
-        )
-    version = payload.get("format_version")
-    if version != FORMAT_VERSION:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} has format_version {version!r}, this code reads "
-            f"{FORMAT_VERSION}; re-create it with this version of ddi-fpga"
-        )
+    formats.check(
+        payload,
+        FORMAT,
+        FORMAT_VERSION,
+        source=f"checkpoint {str(path)!r}",
+        error=CheckpointError,
+        remedy="it is not a ddi-fpga checkpoint of this version: train one with `python -m train`",
+        version_key="format_version",
+    )
     for key in ("model", "state_dict", "phase", "config"):
         if key not in payload:
             raise CheckpointError(f"checkpoint {str(path)!r} lacks {key!r}; it is truncated")

@@ -7,7 +7,7 @@ print the one-line message and exit with status 1 (``--debug`` re-raises).
 
 from cifar.errors import DataError
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "TrainError"]
+__all__ = ["CheckpointError", "ConfigError", "DataError", "RecordError", "TrainError"]
 
 
 class TrainError(Exception):
@@ -20,3 +20,7 @@ class CheckpointError(TrainError):
 
 class ConfigError(TrainError):
     """A model name, option or training setting is invalid."""
+
+
+class RecordError(TrainError):
+    """A run's record (``metrics.json``, ``eval.json``) is unreadable or of another format."""

@@ -15,7 +15,9 @@ spent thus never exceed the budget, except for images that must reach the first 
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,11 +26,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import formats
 from train.cost import EnergyCost
 from train.data import CifarLoader, load_cifar10
+from train.errors import RecordError
 from train.model import DDIResNet, eval_mode
 
 logger = logging.getLogger(__name__)
+
+EVAL_FILE = "eval.json"
+EVAL_FORMAT = "ddi-fpga-train-eval"
+EVAL_VERSION = 1
+"""1: an evaluation file carries ``format`` and ``version`` (files before them are refused)."""
 
 
 @dataclass
@@ -305,3 +314,38 @@ def plot_skip_ratios(result: EvalResult, path: str | Path, title: str | None = N
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def eval_document(report: dict[str, Any]) -> dict[str, Any]:
+    """``report`` (:meth:`EvalResult.summary` and what the caller adds) as an evaluation
+    document: ``eval.json`` of ``python -m train eval`` and of each step of ``train.reproduce``."""
+    return {"format": EVAL_FORMAT, "version": EVAL_VERSION, **report}
+
+
+def write_eval(path: str | os.PathLike, report: dict[str, Any]) -> Path:
+    """Write ``report`` as an evaluation file (:func:`eval_document`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(eval_document(report), indent=2) + "\n")
+    return path
+
+
+def read_eval(path: str | os.PathLike) -> dict[str, Any]:
+    """The evaluation file at ``path`` without its ``format`` and ``version``;
+    :class:`RecordError` in one line for a file of another format or version."""
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RecordError(f"cannot read the evaluation {str(path)!r}: {exc}") from None
+    checkpoint = document.get("checkpoint") if isinstance(document, dict) else None
+    formats.check(
+        document,
+        EVAL_FORMAT,
+        EVAL_VERSION,
+        source=f"evaluation {str(path)!r}",
+        error=RecordError,
+        remedy="re-evaluate it: python -m train eval "
+        f"{checkpoint or path.with_name('final.pt')} --out {path}",
+    )
+    return {k: v for k, v in document.items() if k not in ("format", "version")}

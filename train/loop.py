@@ -35,17 +35,22 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+import formats
 from train.calibrate import calibrate_gates
 from train.checkpoint import build_model, load_backbone, load_checkpoint, save_checkpoint, unwrap
 from train.cost import EnergyCost
 from train.data import CifarLoader, load_cifar10
-from train.errors import ConfigError
+from train.errors import ConfigError, RecordError
 from train.evaluate import evaluate_on_test
 from train.model import DDIOutput, DDIResNet, create_model
 
 logger = logging.getLogger(__name__)
 
 PHASES = ("base", "iadi", "ddi")
+METRICS_FILE = "metrics.json"
+METRICS_FORMAT = "ddi-fpga-train-metrics"
+METRICS_VERSION = 1
+"""1: ``metrics.json`` carries ``format`` and ``version`` (files before them are refused)."""
 RESOURCES = ("macs", "energy")
 BUDGET_LOSSES = ("dual", "squared")
 
@@ -641,7 +646,7 @@ class Trainer:
         metrics = self.final_metrics(self.wall_time_s(), self.cpu_time_s())
         if self.dist.main:
             self.save("final.pt", metrics, resumable=False)
-            (self.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            write_metrics(self.out / METRICS_FILE, metrics)
         if self.dist.world_size > 1:
             dist.barrier()
         return metrics
@@ -728,6 +733,35 @@ class Trainer:
             )
             metrics["test"] = result.summary()
         return metrics
+
+
+def write_metrics(path: str | os.PathLike, metrics: dict[str, Any]) -> Path:
+    """Write a run's final ``metrics`` (:meth:`Trainer.final_metrics`, also in its
+    ``final.pt``) as its ``metrics.json``."""
+    path = Path(path)
+    document = {"format": METRICS_FORMAT, "version": METRICS_VERSION, **metrics}
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    return path
+
+
+def read_metrics(path: str | os.PathLike) -> dict[str, Any]:
+    """A run's ``metrics.json`` without its ``format`` and ``version``; :class:`RecordError`
+    in one line for a file of another format or version."""
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RecordError(f"cannot read the metrics {str(path)!r}: {exc}") from None
+    formats.check(
+        document,
+        METRICS_FORMAT,
+        METRICS_VERSION,
+        source=f"metrics {str(path)!r}",
+        error=RecordError,
+        remedy="write it again from the metrics its run's final.pt holds "
+        "(train.loop.write_metrics), or train the run again",
+    )
+    return {k: v for k, v in document.items() if k not in ("format", "version")}
 
 
 def machine_description(device: torch.device) -> dict[str, Any]:

@@ -31,8 +31,8 @@ import torch
 
 from train.checkpoint import build_model, load_checkpoint
 from train.errors import ConfigError, DataError, TrainError
-from train.evaluate import evaluate_on_test, plot_skip_ratios
-from train.loop import TrainConfig, setup_distributed, train
+from train.evaluate import EVAL_FILE, evaluate_on_test, plot_skip_ratios, read_eval, write_eval
+from train.loop import METRICS_FILE, TrainConfig, read_metrics, setup_distributed, train
 
 logger = logging.getLogger("train.reproduce")
 
@@ -248,10 +248,10 @@ def steps(recipe: Recipe, out: Path, common: dict[str, Any]) -> list[tuple[str, 
 def run_step(name: str, cfg: TrainConfig, args: argparse.Namespace, device) -> dict[str, Any]:
     """Train (or resume, or skip) one step, then evaluate it on the test set: its eval.json."""
     folder = Path(cfg.out_dir)
-    evaluation = folder / "eval.json"
+    evaluation = folder / EVAL_FILE
     if (folder / "final.pt").exists() and evaluation.exists():
         logger.info("%s: done (%s), skipping", name, folder)
-        return json.loads(evaluation.read_text())
+        return read_eval(evaluation)
     if not (folder / "final.pt").exists():
         logger.info("%s: training %s", name, folder)
         train(cfg)
@@ -264,7 +264,7 @@ def run_step(name: str, cfg: TrainConfig, args: argparse.Namespace, device) -> d
         title=f"{name}: acc {result.accuracy:.2%}, compute savings {result.compute_savings:.1%} "
         f"(realized {result.realized_compute_savings:.1%})",
     )
-    evaluation.write_text(json.dumps(summary, indent=2) + "\n")
+    write_eval(evaluation, summary)
     return summary
 
 
@@ -273,10 +273,10 @@ def summarize(recipe_name: str, table: list[tuple[str, TrainConfig]], out: Path)
     rows = []
     for name, cfg in table:
         folder = Path(cfg.out_dir)
-        if not (folder / "eval.json").exists() or not (folder / "metrics.json").exists():
+        if not (folder / EVAL_FILE).exists() or not (folder / METRICS_FILE).exists():
             continue
-        ev = json.loads((folder / "eval.json").read_text())
-        metrics = json.loads((folder / "metrics.json").read_text())
+        ev = read_eval(folder / EVAL_FILE)
+        metrics = read_metrics(folder / METRICS_FILE)
         rows.append(
             {
                 "run": name,
@@ -316,7 +316,7 @@ def summarize(recipe_name: str, table: list[tuple[str, TrainConfig]], out: Path)
     ddi = next((r for r in rows if r["phase"] == "ddi"), None)
     if ddi is not None:
         folder = Path(dict(table)[ddi["run"]].out_dir)
-        evaluation = json.loads((folder / "eval.json").read_text())
+        evaluation = read_eval(folder / EVAL_FILE)
         (out / "table2.md").write_text(table2_markdown(evaluation))
     return report
 

@@ -46,6 +46,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+import formats
 from fpga.board.errors import BoardError
 from fpga.board.finnio import FinnIoError, PynqDmaOverlay, StreamType, pack, padding_mask, unpack
 
@@ -83,6 +84,8 @@ OVERLAY_FILE = "accelerators.json"
 OVERLAY_FORMAT = "ddi-fpga overlay"
 OVERLAY_VERSION = 2
 """2: an engine may have a second input DMA, ``mask_input`` (masked blocks)."""
+REBUILD = "rebuild the overlay with this release (make bitstream, or python -m fpga overlay)"
+"""What to do with an overlay file of another format or version."""
 DEFAULT_BATCH = 64
 """Images per DMA transfer: FINN's driver allocates one buffer of this many images per engine
 input and output in the CMA pool (ResNet-8: about 7 MB for all engines)."""
@@ -128,13 +131,19 @@ class OverlaySpec:
             )
         try:
             doc = json.loads(path.read_text())
-            if doc.get("format") != OVERLAY_FORMAT:
-                raise ValueError(f"format is {doc.get('format')!r}, not {OVERLAY_FORMAT!r}")
-            if doc.get("version") != OVERLAY_VERSION:
-                raise ValueError(
-                    f"version {doc.get('version')!r} is not {OVERLAY_VERSION}; rebuild the "
-                    "overlay with this release"
-                )
+        except (OSError, ValueError) as exc:
+            raise AcceleratorError(
+                f"cannot read {str(path)!r}: {type(exc).__name__}: {exc}"
+            ) from None
+        formats.check(
+            doc,
+            OVERLAY_FORMAT,
+            OVERLAY_VERSION,
+            source=repr(str(path)),
+            error=AcceleratorError,
+            remedy=REBUILD,
+        )
+        try:
             engines = {
                 str(name): EngineSpec(
                     int(e["input"]),
@@ -527,12 +536,17 @@ def _container(datatype: Any) -> type:
 # ----------------------------------------------------------------------------------------------
 # The float tail
 
+TAIL_FORMAT = "ddi-fpga-float-tail"
+TAIL_VERSION = 1
+"""1: a tail file carries ``format`` and ``version`` (files before them are refused)."""
+
 
 @dataclass
 class FloatTail:
     """The float nodes after a graph's dataflow partition, applied in numpy (float32).
 
-    ``ops`` is a list of ``{"op": "Mul"|"Add"|"Sub"|"Div", "value": nested list, "shape": [...],
+    Saved as ``{"format": "ddi-fpga-float-tail", "version": 1, "ops": [...]}``. ``ops`` is a
+    list of ``{"op": "Mul"|"Add"|"Sub"|"Div", "value": nested list, "shape": [...],
     "const_first": bool}``, ``{"op": "Transpose", "perm": [...]}``, ``{"op": "Flatten"}`` (axis
     1) or ``{"op": "Reshape",
     "shape": [...]}``, in graph order. Values are float32, stored exactly (JSON's float64
@@ -627,14 +641,28 @@ class FloatTail:
         return np.ascontiguousarray(y, dtype=np.float32)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"ops": self.ops}) + "\n")
+        document = {"format": TAIL_FORMAT, "version": TAIL_VERSION, "ops": self.ops}
+        Path(path).write_text(json.dumps(document) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> FloatTail:
         try:
             document = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise AcceleratorError(
+                f"cannot read the float tail {str(path)!r}: {type(exc).__name__}: {exc}"
+            ) from None
+        formats.check(
+            document,
+            TAIL_FORMAT,
+            TAIL_VERSION,
+            source=f"the float tail {str(path)!r}",
+            error=AcceleratorError,
+            remedy=REBUILD,
+        )
+        try:
             return cls(list(document["ops"]))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (KeyError, TypeError) as exc:
             raise AcceleratorError(
                 f"cannot read the float tail {str(path)!r}: {type(exc).__name__}: {exc}"
             ) from None

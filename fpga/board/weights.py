@@ -32,12 +32,16 @@ from typing import Any
 
 import numpy as np
 
+import formats
 from fpga.board.errors import BoardError
 
 log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "runtime_weights.json"
-MANIFEST_VERSION = 1
+MANIFEST_FORMAT = "ddi-fpga-runtime-weights"
+MANIFEST_VERSION = 2
+"""2: ``format`` recorded (version 1 had a version only). The board's reader owns the file's
+format; :func:`fpga.architecture.write_block_weights` writes it."""
 
 
 class WeightsError(BoardError):
@@ -88,11 +92,15 @@ class WeightStore:
             ) from None
         except (OSError, ValueError) as exc:
             raise WeightsError(f"cannot read {str(path)!r}: {exc}") from None
-        if data.get("version") != MANIFEST_VERSION:
-            raise WeightsError(
-                f"{str(path)!r} has version {data.get('version')!r}; this board runtime reads "
-                f"version {MANIFEST_VERSION} (rebuild the weights or update the runtime)"
-            )
+        formats.check(
+            data,
+            MANIFEST_FORMAT,
+            MANIFEST_VERSION,
+            source=repr(str(path)),
+            error=WeightsError,
+            remedy="rebuild the weights (python -m fpga estimate --design shared) and deploy "
+            "them, or update the board runtime",
+        )
         self.bundle_id = data.get("bundle_id")
         self.engines = {
             name: [MemorySpec(**m) for m in e["memories"]] for name, e in data["engines"].items()

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 from qonnx.core.modelwrapper import ModelWrapper
 
+import formats
 from export.manifest import load_bundle
 from fpga.finn import compat
 from fpga.finn.errors import BuildError, FinnFrontendError, GraphError
@@ -457,15 +458,14 @@ def read_estimates(path: str | os.PathLike) -> dict[str, Any]:
         document = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise BuildError(f"cannot read FINN estimates {str(path)!r}: {exc}") from None
-    found = (
-        (document.get("format"), document.get("version")) if isinstance(document, dict) else None
+    return formats.check(
+        document,
+        ESTIMATES_FORMAT,
+        ESTIMATES_VERSION,
+        source=repr(str(path)),
+        error=BuildError,
+        remedy="rebuild it (python -m fpga estimate BUNDLE --out DIR)",
     )
-    if found != (ESTIMATES_FORMAT, ESTIMATES_VERSION):
-        raise BuildError(
-            f"{str(path)!r} has format {found!r}, not {ESTIMATES_FORMAT!r} version "
-            f"{ESTIMATES_VERSION}; rebuild it (python -m fpga estimate BUNDLE --out DIR)"
-        )
-    return document
 
 
 def estimate_table(estimates: dict[str, dict[str, Any]]) -> str:

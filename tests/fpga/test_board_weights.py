@@ -11,9 +11,16 @@ import json
 import numpy as np
 import pytest
 
-from fpga.board.weights import WeightLoader, WeightsError, WeightStore
+from fpga.board.weights import (
+    MANIFEST_FILE,
+    MANIFEST_FORMAT,
+    MANIFEST_VERSION,
+    WeightLoader,
+    WeightsError,
+    WeightStore,
+)
 from fpga.emulator.weights import AxiLiteMemory
-from fpga.weights import MANIFEST_FILE, MANIFEST_VERSION, Memory, save_block
+from fpga.weights import Memory, save_block
 
 SIZES = {"MVAU_rtl_0": 576, "Thresholding_rtl_0": 256}
 
@@ -33,6 +40,7 @@ def _store(folder, blocks=("block0", "block1")):
         for i, (node, n) in enumerate(SIZES.items())
     ]
     manifest = {
+        "format": MANIFEST_FORMAT,
         "version": MANIFEST_VERSION,
         "bundle_id": "test",
         "engines": {"e": {"representative": blocks[0], "memories": specs}},
@@ -87,17 +95,31 @@ def test_a_window_smaller_than_the_weights_is_refused(tmp_path):
         WeightLoader(WeightStore(tmp_path), {"e": windows}, {"e": lambda: None})
 
 
-def test_missing_manifest_unknown_block_and_version_are_refused(tmp_path):
+def test_missing_manifest_and_unknown_block_are_refused(tmp_path):
     with pytest.raises(WeightsError, match="is missing"):
         WeightStore(tmp_path)
     _store(tmp_path)
     with pytest.raises(WeightsError, match="no runtime weights"):
         WeightStore(tmp_path).block("block7")
-    data = json.loads((tmp_path / MANIFEST_FILE).read_text())
-    data["version"] = 99
+
+
+@pytest.mark.parametrize(
+    ("edit", "found"),
+    [
+        ({"version": 99}, "format 'ddi-fpga-runtime-weights' version 99"),
+        ({"version": 1, "format": None}, "format None version 1"),  # written before the field
+        ({"format": "ddi-fpga-run-config"}, "format 'ddi-fpga-run-config' version 2"),
+    ],
+)
+def test_a_manifest_of_another_format_or_version_is_refused_in_one_line(tmp_path, edit, found):
+    _store(tmp_path)
+    data = {**json.loads((tmp_path / MANIFEST_FILE).read_text()), **edit}
+    data = {k: v for k, v in data.items() if v is not None}
     (tmp_path / MANIFEST_FILE).write_text(json.dumps(data))
-    with pytest.raises(WeightsError, match="version 99"):
+    with pytest.raises(WeightsError, match=r"runtime_weights\.json") as e:
         WeightStore(tmp_path)
+    assert found in str(e.value) and "rebuild the weights" in str(e.value)
+    assert "\n" not in str(e.value)
 
 
 def test_modelled_load_time_is_words_times_the_axilite_write_plus_the_flush():

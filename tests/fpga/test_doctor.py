@@ -13,7 +13,7 @@ import pytest
 
 from fpga.board import doctor
 from fpga.board.__main__ import main
-from fpga.board.accel import OverlaySpec
+from fpga.board.accel import FloatTail, OverlaySpec
 from fpga.board.runtime import BoardRuntimeError, check_cma, check_finn
 
 
@@ -45,7 +45,7 @@ def _overlay(folder: Path, origin: str = "finn build", batch: int = 64) -> Path:
     }  # fmt: skip
     (folder / "driver" / "settings.json").write_text(json.dumps(settings))
     (folder / "overlay.bit").write_bytes(b"\0")
-    (folder / "tail.json").write_text(json.dumps({"ops": []}))
+    FloatTail([]).save(folder / "tail.json")
     doc = {
         "format": "ddi-fpga overlay", "version": 2, "bundle_id": "b", "bitfile": "overlay.bit",
         "settings": "driver/settings.json", "settings_origin": origin, "batch_size": batch,

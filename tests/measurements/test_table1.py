@@ -129,9 +129,9 @@ def test_refusals(tmp_path, capsys):
     assert "no summary.json" in capsys.readouterr().err
     unversioned = _run(tmp_path, "h")
     (unversioned / "summary.json").write_text(json.dumps(summary))  # no format field
-    with pytest.raises(TableError, match=r"not a ddi-fpga-run-summary document version 1"):
+    with pytest.raises(TableError, match=r"version None, not 'ddi-fpga-run-summary' version 1"):
         build_table([unversioned])
     other = _run(tmp_path, "i")
     write_json(other / "summary.json", "config", summary)  # another document of a run
-    with pytest.raises(TableError, match=r"'ddi-fpga-run-config', 1"):
+    with pytest.raises(TableError, match=r"format 'ddi-fpga-run-config' version 1, not"):
         build_table([other])

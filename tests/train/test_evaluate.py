@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from train.calibrate import calibrate_gates
-from train.evaluate import evaluate, plot_skip_ratios
+from train.errors import RecordError
+from train.evaluate import (
+    EVAL_FORMAT,
+    EVAL_VERSION,
+    evaluate,
+    plot_skip_ratios,
+    read_eval,
+    write_eval,
+)
 from train.model import create_model
 
 
@@ -87,3 +97,30 @@ def test_model_without_exits_always_answers_with_the_final_classifier():
 def test_skip_ratio_plot_is_written(result, tmp_path):
     path = plot_skip_ratios(result, tmp_path / "skip.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_evaluation_file_round_trips_with_its_format(tmp_path):
+    path = write_eval(tmp_path / "run" / "eval.json", {"images": 3, "accuracy": 0.5})
+    document = json.loads(path.read_text())
+    assert (document["format"], document["version"]) == (EVAL_FORMAT, EVAL_VERSION)
+    assert read_eval(path) == {"images": 3, "accuracy": 0.5}
+
+
+@pytest.mark.parametrize(
+    ("document", "found"),
+    [
+        ({"images": 3}, "format None version None"),  # written before the fields
+        ({"format": EVAL_FORMAT, "version": EVAL_VERSION + 1}, f"version {EVAL_VERSION + 1}"),
+        ({"format": "ddi-fpga-train-metrics", "version": 1}, "'ddi-fpga-train-metrics'"),
+        ({"format": EVAL_FORMAT, "version": True}, "version True"),
+        ([1, 2], "holds a list"),
+    ],
+)
+def test_an_evaluation_of_another_format_is_refused_in_one_line(tmp_path, document, found):
+    path = tmp_path / "eval.json"
+    path.write_text(json.dumps(document))
+    with pytest.raises(RecordError) as e:
+        read_eval(path)
+    message = str(e.value)
+    assert found in message and repr(str(path)) in message and "\n" not in message
+    assert f"python -m train eval {tmp_path / 'final.pt'} --out {path}" in message

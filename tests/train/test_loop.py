@@ -10,8 +10,17 @@ import torch
 from train.calibrate import calibrate_gates, gate_biases, mean_cost
 from train.checkpoint import build_model, load_checkpoint, save_checkpoint
 from train.data import CifarLoader, load_cifar10
-from train.errors import ConfigError
-from train.loop import AlphaController, TrainConfig, Trainer, train
+from train.errors import ConfigError, RecordError
+from train.loop import (
+    METRICS_FORMAT,
+    METRICS_VERSION,
+    AlphaController,
+    TrainConfig,
+    Trainer,
+    read_metrics,
+    train,
+    write_metrics,
+)
 from train.model import create_model
 
 SMALL = dict(batch_size=64, train_limit=10_000, eval_limit=1_000, eval_batch_size=500)
@@ -324,3 +333,28 @@ def test_stochastic_depth_skips_blocks_per_image_in_training_only():
     assert float(model(images).block_gates.mean()) == 1.0  # evaluation runs every block
     with pytest.raises(ConfigError, match="stochastic_depth applies to the base phase"):
         TrainConfig(phase="iadi", out_dir="x", init="b.pt", stochastic_depth=0.3)
+
+
+def test_metrics_round_trip_with_their_format(tmp_path):
+    path = write_metrics(tmp_path / "metrics.json", {"phase": "base", "train_wall_time_s": 1.5})
+    document = json.loads(path.read_text())
+    assert (document["format"], document["version"]) == (METRICS_FORMAT, METRICS_VERSION)
+    assert read_metrics(path) == {"phase": "base", "train_wall_time_s": 1.5}
+
+
+@pytest.mark.parametrize(
+    ("document", "found"),
+    [
+        ({"phase": "base"}, "format None version None"),  # written before the fields
+        ({"format": METRICS_FORMAT, "version": 0}, "version 0, not"),
+        ({"format": "ddi-fpga-train-eval", "version": 1}, "format 'ddi-fpga-train-eval'"),
+    ],
+)
+def test_metrics_of_another_format_are_refused_in_one_line(tmp_path, document, found):
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps(document))
+    with pytest.raises(RecordError) as e:
+        read_metrics(path)
+    message = str(e.value)
+    assert found in message and repr(str(path)) in message and "\n" not in message
+    assert "write_metrics" in message

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from train.reproduce import RECIPES, main, steps
+from train.errors import RecordError
+from train.evaluate import read_eval
+from train.loop import read_metrics, write_metrics
+from train.reproduce import RECIPES, main, steps, summarize
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_recipe_has_float_qat_ten_iadi_and_one_ddi_step(tmp_path):
@@ -65,3 +71,34 @@ def test_unknown_step_is_refused_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "iadi-99" in err and "\n" not in err
     assert not (tmp_path / "summary.json").exists()
+
+
+def test_the_recorded_runs_are_of_this_format():
+    """The committed records (measurements/train) are read by the strict readers."""
+    evals = sorted((ROOT / "measurements" / "train").glob("*/*/eval.json"))
+    metrics = sorted((ROOT / "measurements" / "train").glob("*/*/metrics.json"))
+    assert len(evals) == len(metrics) >= 18
+    assert all(read_eval(p)["images"] == 10_000 for p in evals)
+    assert all(read_metrics(p)["phase"] in ("base", "iadi", "ddi") for p in metrics)
+
+
+def test_an_unversioned_record_stops_the_recipe_in_one_line(tmp_path, capsys):
+    folder = tmp_path / "float"
+    folder.mkdir()
+    (folder / "final.pt").touch()  # a finished step: only its eval.json is read
+    (folder / "eval.json").write_text(json.dumps({"images": 100, "accuracy": 0.5}))
+    assert main(["--out", str(tmp_path), "--only", "float"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and repr(str(folder / "eval.json")) in err
+    assert "format None version None" in err and "python -m train eval" in err
+    # the summary reads metrics.json too: an unversioned one is refused the same way
+    table = steps(RECIPES["resnet20-cpu"], tmp_path, {})
+    eval_json = (ROOT / "measurements/train/resnet20-w4a4/base/eval.json").read_text()
+    (folder / "eval.json").write_text(eval_json)
+    (folder / "metrics.json").write_text(json.dumps({"phase": "base"}))
+    with pytest.raises(RecordError, match=r"metrics '.*metrics\.json' has format None") as e:
+        summarize("resnet20-cpu", table, tmp_path)
+    assert "\n" not in str(e.value)
+    base = ROOT / "measurements/train/resnet20-w4a4/base/metrics.json"
+    write_metrics(folder / "metrics.json", read_metrics(base))
+    assert [r["run"] for r in summarize("resnet20-cpu", table, tmp_path)["runs"]] == ["float"]
