@@ -47,7 +47,7 @@ RUN python -m pip install torch==2.13.0 --index-url https://download.pytorch.org
 
 # finn_xsi (FINN builds xsi.so into it) and FINN_DEPS must be writable by the caller's uid.
 COPY . .
-RUN python -m pip install -e '.[dev,finn]' \
+RUN python -m pip install -e '.[train,dev,finn]' \
     && python -m pip install --no-deps finn-plus==1.6.1 \
     && python -c "import torch, finn.builder.build_dataflow_config, fpga.bitstream" \
     && mkdir -p "$FINN_DEPS" \

@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch first, pinned: nothing later may replace it with another (e.g. multi-GB CUDA) build.
 	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,finn]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[train,dev,finn]'
 	# FINN without its own pins (brevitas 0.13.0, CUDA torch); its run-time deps are in [finn].
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps finn-plus==1.6.1
 	touch $(STAMP)

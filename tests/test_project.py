@@ -96,3 +96,55 @@ def test_protocol_page_quotes_the_recorded_link_benchmark():
     assert overhead and float(overhead.group(1)) == pytest.approx(
         record["clean_overhead"] * 100, abs=0.05
     )
+
+
+def test_the_harness_runs_on_the_core_dependencies():
+    """A lab laptop installs ``pip install .``: every distribution the measuring side loads
+    (host/ and measurements/run_measurement.py, imported in a fresh interpreter) is a core
+    dependency or one of theirs; torch, Brevitas, ONNX and FINN are in the ``train`` extra."""
+    import subprocess
+    import sys
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    core = [Requirement(r) for r in PYPROJECT["project"]["dependencies"]]
+    heavy = {"torch", "brevitas", "onnx", "onnxruntime", "qonnx", "finn-plus"}
+    assert not heavy & {r.name for r in core}
+    assert {"torch", "brevitas", "onnx", "onnxruntime", "qonnx"} <= {
+        Requirement(r).name for r in PYPROJECT["project"]["optional-dependencies"]["train"]
+    }
+
+    def canonical(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    allowed, todo = set(), [r.name for r in core]
+    while todo:  # the core dependencies and everything they require (no extras)
+        name = canonical(todo.pop())
+        if name in allowed:
+            continue
+        allowed.add(name)
+        for text in metadata.requires(name) or []:
+            req = Requirement(text)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+    code = (  # what the interpreter loaded before (site's .pth hooks) is not the harness's
+        "import sys\n"
+        "before = set(sys.modules)\n"
+        "import importlib, pkgutil, host, measurements.run_measurement\n"
+        "for m in pkgutil.walk_packages(host.__path__, 'host.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "print('\\n'.join(sorted({n.split('.')[0] for n in set(sys.modules) - before})))\n"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    owners = metadata.packages_distributions()
+    ours = set(PACKAGES)
+    used = {
+        canonical(d)
+        for name in loaded
+        if name not in sys.stdlib_module_names and name not in ours
+        for d in owners.get(name, [])
+    }
+    assert used and used <= allowed, sorted(used - allowed)

@@ -427,8 +427,8 @@ class HardwareReportTiming(TimingModel):
     The report is JSON: ``{"clock_mhz": float, "graphs": {NAME: {"cycles": int, ...}}}`` with an
     entry for every engine graph the bundle runs (stem, blocks, shortcuts, exits, head). A
     graph's ``weight_load_cycles`` (an engine shared by blocks, weights written per call) are
-    charged once per call, shared by its images; other fields are ignored, except ``dynamic_power_w`` per graph, read
-    by :meth:`fpga.emulator.board.PowerModel.with_report`.
+    charged once per call, shared by its images; other fields are ignored, except
+    ``dynamic_power_w`` per graph, read by :meth:`fpga.emulator.board.PowerModel.with_report`.
     """
 
     PARAMS = ("clock_mhz", *TimingModel.PARAMS)
