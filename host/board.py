@@ -22,6 +22,7 @@ holding another bundle than asked (:class:`BundleMismatchError`), and the board'
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import time
@@ -63,6 +64,11 @@ from wire.protocol import (
 log = logging.getLogger(__name__)
 
 DEFAULT_RUN_TIMEOUT_S = 3600.0
+RUN_RETRY_S = 60.0  # host.measure.RUN_RETRY_FIRST_S: the same, for a window's first run
+"""How long the host waits for a RUN_BATCH reply before sending the request again when the run's
+length is not known yet: a request lost whole on the line (its header damaged) is answered by
+silence, and the board, which answers a retransmitted request from its cache, never runs a
+batch twice."""
 # SELECT_BUNDLE builds the bundle's executor (onnxruntime sessions, an overlay): seconds on a
 # board, far beyond the turnaround of other commands, so it is allowed this long per try.
 SELECT_TIMEOUT_S = 10.0
@@ -290,14 +296,22 @@ class BoardClient:
         *,
         repeats: int = 1,
         timeout_s: float = DEFAULT_RUN_TIMEOUT_S,
+        retry_s: float = RUN_RETRY_S,
     ) -> tuple[int, int]:
         """Run a batch; returns the board clock's ``(start_ns, end_ns)`` around the run.
 
-        ``timeout_s`` must exceed the run's duration: no frame should cross the line during a
-        measurement window.
+        Without a reply the request goes again every ``retry_s`` (a lost request would
+        otherwise cost the whole ``timeout_s``), up to ``timeout_s`` in all. No frame should
+        cross the line during a measurement window, so ``retry_s`` should exceed the run's
+        duration (:func:`host.measure.run_retry_s` makes it three times the last run of the
+        model); a resent request that arrives while the board runs is answered from its cache
+        when the run ends.
         """
+        if not (retry_s > 0 and timeout_s >= retry_s):
+            raise ValueError(f"retry_s={retry_s!r} must be > 0 and at most timeout_s={timeout_s!r}")
         msg = RunBatch(batch_id, _mode(mode), int(budget_macs or 0), repeats)
-        done = self.client.request(msg, timeout_s=timeout_s)
+        tries = min(math.ceil(timeout_s / retry_s), self.client.max_failures)
+        done = self.client.request(msg, timeout_s=retry_s, retries=max(tries - 1, 0))
         return done.board_start_ns, done.board_end_ns
 
     def fetch(self, batch_id: int, count: int, *, first_index: int = 0) -> np.ndarray:

@@ -333,6 +333,28 @@ def _record_source(run: RunFolder, source: dict[str, Any]) -> None:
     write_json(path, "source", source)
 
 
+RUN_RETRY_FACTOR = 3.0
+RUN_RETRY_MIN_S = 2.0
+RUN_RETRY_FIRST_S = 60.0
+"""Before any window has run: how long a RUN_BATCH may stay unanswered before it is sent again
+(host.board.RUN_RETRY_S)."""
+RUN_RETRY_MAX_S = 3600.0
+
+
+def run_retry_s(seconds_per_image: dict[str, float], model: str, images: int) -> float:
+    """How long to wait for a window's RUN_BATCH reply before sending it again
+    (:meth:`host.board.BoardClient.run`): three times the model's last run at ``images``
+    images (at least 2 s), so that no request crosses the line while the board runs, and a
+    request lost on the line costs seconds, not the run's whole timeout. Before the model's
+    first window: three times the slowest model seen yet, else :data:`RUN_RETRY_FIRST_S`."""
+    per_image = seconds_per_image.get(model)
+    if per_image is None and seconds_per_image:
+        per_image = max(seconds_per_image.values())
+    if per_image is None:
+        return RUN_RETRY_FIRST_S
+    return min(max(RUN_RETRY_FACTOR * per_image * images, RUN_RETRY_MIN_S), RUN_RETRY_MAX_S)
+
+
 def measure(config: MeasurementConfig, run: RunFolder, *, progress: bool = True) -> dict[str, Any]:
     """Measure every window of ``config`` not yet committed in ``run``; return the summary."""
     from tqdm.auto import tqdm
@@ -399,6 +421,7 @@ def measure(config: MeasurementConfig, run: RunFolder, *, progress: bool = True)
             idle_w = _idle(config, run, power)
             meta["idle_power_w"] = idle_w
             active: str | None = None
+            run_s_per_image: dict[str, float] = {}  # the last window's run, by model
             bar = tqdm(total=len(plan), desc="windows", unit="window", disable=not progress)
             for key, mi, rep, first, count in plan:
                 m = config.models[mi]
@@ -407,7 +430,9 @@ def measure(config: MeasurementConfig, run: RunFolder, *, progress: bool = True)
                     active = m.key
                 batch_id = 1
                 board.upload(batch_id, images[first : first + count])
-                start_ns, end_ns = board.run(batch_id, m.mode, m.budget_macs)
+                retry_s = run_retry_s(run_s_per_image, m.key, count)
+                start_ns, end_ns = board.run(batch_id, m.mode, m.budget_macs, retry_s=retry_s)
+                run_s_per_image[m.key] = max((end_ns - start_ns) / 1e9, 0.0) / max(count, 1)
                 records = board.fetch(batch_id, count)
                 h = board.hello()
                 observations.append(ClockObservation(h.host_send_s, h.host_receive_s,
