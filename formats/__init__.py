@@ -12,9 +12,38 @@ package may use it without an import cycle, the board's runtime included (Python
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any
 
-__all__ = ["check"]
+__all__ = ["check", "read"]
+
+
+def read(
+    path: str | os.PathLike,
+    format: str,
+    version: int,
+    *,
+    error: type[Exception],
+    remedy: str,
+    what: str = "",
+    version_key: str = "version",
+) -> dict[str, Any]:
+    """The JSON document at ``path``, :func:`check`-ed. A file that cannot be read or parsed
+    is ``error`` in one line (``what``, e.g. ``"the metrics"``, names the document);
+    ``FileNotFoundError`` passes, for the caller to say how to make the file."""
+    path = Path(path)
+    name = f"{what} {str(path)!r}" if what else repr(str(path))
+    try:
+        document = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise error(f"cannot read {name}: {exc}") from None
+    return check(
+        document, format, version, source=name, error=error, remedy=remedy, version_key=version_key
+    )
 
 
 def check(

@@ -749,18 +749,17 @@ def read_metrics(path: str | os.PathLike) -> dict[str, Any]:
     in one line for a file of another format or version."""
     path = Path(path)
     try:
-        document = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+        document = formats.read(
+            path,
+            METRICS_FORMAT,
+            METRICS_VERSION,
+            error=RecordError,
+            remedy="write it again from the metrics its run's final.pt holds "
+            "(train.loop.write_metrics), or train the run again",
+            what="the metrics",
+        )
+    except FileNotFoundError as exc:
         raise RecordError(f"cannot read the metrics {str(path)!r}: {exc}") from None
-    formats.check(
-        document,
-        METRICS_FORMAT,
-        METRICS_VERSION,
-        source=f"metrics {str(path)!r}",
-        error=RecordError,
-        remedy="write it again from the metrics its run's final.pt holds "
-        "(train.loop.write_metrics), or train the run again",
-    )
     return {k: v for k, v in document.items() if k not in ("format", "version")}
 
 

@@ -129,19 +129,8 @@ class OverlaySpec:
                 f"{str(root)!r} holds no {OVERLAY_FILE}; pass the deploy folder that "
                 "`make bitstream` (or `python -m fpga overlay`) wrote"
             )
-        try:
-            doc = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise AcceleratorError(
-                f"cannot read {str(path)!r}: {type(exc).__name__}: {exc}"
-            ) from None
-        formats.check(
-            doc,
-            OVERLAY_FORMAT,
-            OVERLAY_VERSION,
-            source=repr(str(path)),
-            error=AcceleratorError,
-            remedy=REBUILD,
+        doc = formats.read(
+            path, OVERLAY_FORMAT, OVERLAY_VERSION, error=AcceleratorError, remedy=REBUILD
         )
         try:
             engines = {

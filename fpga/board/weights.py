@@ -22,7 +22,6 @@ Runs on the board: standard library and numpy (>= 1.21); pynq only in :func:`pyn
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -84,23 +83,19 @@ class WeightStore:
         self.folder = Path(folder)
         path = self.folder / MANIFEST_FILE
         try:
-            data = json.loads(path.read_text())
+            data = formats.read(
+                path,
+                MANIFEST_FORMAT,
+                MANIFEST_VERSION,
+                error=WeightsError,
+                remedy="rebuild the weights (python -m fpga estimate --design shared) and "
+                "deploy them, or update the board runtime",
+            )
         except FileNotFoundError:
             raise WeightsError(
                 f"{str(path)!r} is missing; build the shared engines' runtime weights "
                 "(python -m fpga estimate --design shared) and deploy them"
             ) from None
-        except (OSError, ValueError) as exc:
-            raise WeightsError(f"cannot read {str(path)!r}: {exc}") from None
-        formats.check(
-            data,
-            MANIFEST_FORMAT,
-            MANIFEST_VERSION,
-            source=repr(str(path)),
-            error=WeightsError,
-            remedy="rebuild the weights (python -m fpga estimate --design shared) and deploy "
-            "them, or update the board runtime",
-        )
         self.bundle_id = data.get("bundle_id")
         self.engines = {
             name: [MemorySpec(**m) for m in e["memories"]] for name, e in data["engines"].items()

@@ -54,3 +54,21 @@ def test_the_version_field_may_have_another_name():
     assert _check(document, version_key="format_version") is document
     with pytest.raises(OwnError, match="format_version None, not 'ddi-fpga-x' format_version 2"):
         _check({"format": "ddi-fpga-x", "version": 2}, version_key="format_version")
+
+
+def test_read_loads_checks_and_names_the_file(tmp_path):
+    """``read``: the document checked; unreadable JSON is the caller's error in one line naming
+    the document; a missing file passes as FileNotFoundError (the caller says how to make it)."""
+    from formats import read
+
+    path = tmp_path / "doc.json"
+    path.write_text('{"format": "ddi-fpga-test", "version": 1, "x": 2}')
+    assert read(path, "ddi-fpga-test", 1, error=ValueError, remedy="fix it")["x"] == 2
+    path.write_text("{not json")
+    with pytest.raises(KeyError, match=r"cannot read the test document '.*doc\.json'"):
+        read(path, "ddi-fpga-test", 1, error=KeyError, remedy="fix it", what="the test document")
+    path.write_text('{"format": "ddi-fpga-test", "version": 2}')
+    with pytest.raises(ValueError, match=r"version 2, not 'ddi-fpga-test' version 1; fix it$"):
+        read(path, "ddi-fpga-test", 1, error=ValueError, remedy="fix it")
+    with pytest.raises(FileNotFoundError):
+        read(tmp_path / "missing.json", "ddi-fpga-test", 1, error=ValueError, remedy="fix it")

@@ -523,12 +523,12 @@ def test_dockerfile_installs_as_the_makefile_does():
     # finn_xsi (xsi.so is built into it) and FINN_DEPS writable for the caller's uid
     assert "import finn_xsi" in runs and "chmod -R a+rwX" in runs
     torch = runs.index("pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu")
-    project = runs.index("pip install -e '.[dev,finn]'")
+    project = runs.index("pip install -e '.[train,dev,finn]'")
     finn = runs.index("pip install --no-deps finn-plus==1.6.1")
     assert torch < project < finn
     makefile = (ROOT / "Makefile").read_text()
     assert "torch==2.13.0" in makefile and "--no-deps finn-plus==1.6.1" in makefile
-    assert "'.[dev,finn]'" in makefile
+    assert "'.[train,dev,finn]'" in makefile
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert '"torch==2.13.0"' in pyproject
     # Vivado is mounted at run time, never installed or downloaded into the image

@@ -77,7 +77,9 @@ def test_the_recorded_runs_are_of_this_format():
     """The committed records (measurements/train) are read by the strict readers."""
     evals = sorted((ROOT / "measurements" / "train").glob("*/*/eval.json"))
     metrics = sorted((ROOT / "measurements" / "train").glob("*/*/metrics.json"))
-    assert len(evals) == len(metrics) >= 18
+    # every evaluated run has its metrics (a run may have no eval.json: resnet74's brief float
+    # run, whose final.pt is not kept)
+    assert {p.parent for p in evals} <= {p.parent for p in metrics} and len(evals) >= 18
     assert all(read_eval(p)["images"] == 10_000 for p in evals)
     assert all(read_metrics(p)["phase"] in ("base", "iadi", "ddi") for p in metrics)
 
