@@ -136,7 +136,7 @@ class Job:
 
 def selected(args: argparse.Namespace) -> list[str]:
     """The keys of :data:`MODELS` the job measures (``--only``; ``base`` always)."""
-    only = getattr(args, "only", None)
+    only = args.only
     if not only:
         return list(MODELS)
     unknown = sorted(set(only) - set(MODELS))
@@ -280,7 +280,7 @@ def step_hw_report(job: Job) -> str | None:
             return str(path)
         except hwreport.HardwareReportError as exc:
             log.info("rebuilding the hardware report: %s", exc)
-    if getattr(args, "design", "per-graph") == "shared":
+    if args.design == "shared":
         # qonnx: FINN's front end, loaded only when the estimates are made
         from fpga.architecture import build_shared
 
@@ -378,19 +378,16 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 def read_state(path: Path) -> dict[str, Any] | None:
     """The state file at ``path``, None if there is none; a wrong format is refused."""
     try:
-        state = json.loads(path.read_text())
+        return formats.read(
+            path,
+            STATE_FORMAT,
+            STATE_VERSION,
+            error=ReproduceError,
+            remedy="it is not a state file of this job: remove it or pass --restart",
+            what="the job's state",
+        )
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
-        raise ReproduceError(f"cannot read the job's state {str(path)!r}: {exc}") from None
-    return formats.check(
-        state,
-        STATE_FORMAT,
-        STATE_VERSION,
-        source=f"the job's state {str(path)!r}",
-        error=ReproduceError,
-        remedy="it is not a state file of this job: remove it or pass --restart",
-    )
 
 
 def _write_state(path: Path, state: dict[str, Any]) -> None:

@@ -204,15 +204,13 @@ def overlay_budget(
     groups = dma_groups if dma_groups is not None else [[name] for name in folders]
     if sorted(n for g in groups for n in g) != sorted(folders):
         raise ValueError(f"dma_groups {groups!r} do not cover the engines {folders!r} once each")
-    pairs = len(groups)
-    mask_dmas = sum(any(n in masked for n in g) for g in groups)
-    # a shared pair: a switch port per engine on the input, output and (masked) mask streams,
-    # and the switches' own port to the DMA
-    switch_ports = sum(
-        2 * (len(g) + 1) + (sum(n in masked for n in g) + 1 if any(n in masked for n in g) else 0)
-        for g in groups
-        if len(g) > 1
-    )
+    pairs, mask_dmas, switch_ports = len(groups), 0, 0
+    for g in groups:
+        masks = sum(n in masked for n in g)
+        mask_dmas += masks > 0
+        if len(g) > 1:  # a shared pair: a switch port per engine on the input, output and
+            # (masked) mask streams, and each switch's own port to its DMA
+            switch_ports += 2 * (len(g) + 1) + (masks + 1 if masks else 0)
     try:
         interconnect_plan(2 * pairs + mask_dmas)
     except InterconnectError as exc:

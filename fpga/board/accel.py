@@ -390,9 +390,7 @@ class DmaEngine:
         if channel_mask is not None and mask_map is None:
             words = self.mask_words(channel_mask)
             if words is None:
-                h, w, c = self.mask_shape
-                m = np.asarray(channel_mask, dtype=np.uint8)[:, None, None, :]
-                mask_map = np.ascontiguousarray(np.broadcast_to(m, (len(m), h, w, c)))
+                mask_map = _mask_map(channel_mask, self.mask_shape)
         else:
             words = None
         masked = mask_map is not None or words is not None
@@ -504,6 +502,13 @@ class DmaEngine:
                     f"engine DMA {i}->{o} did not finish {n} images within {self.timeout_s} s; "
                     "the overlay or accelerators.json does not match (rebuild, reset the board)"
                 )
+
+
+def _mask_map(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """An (N, C) 0/1 channel mask broadcast over the pixels: the (N, H, W, C) uint8 map."""
+    h, w, c = shape
+    codes = np.asarray(mask, dtype=np.uint8)[:, None, None, :]  # (N, 1, 1, C)
+    return np.ascontiguousarray(np.broadcast_to(codes, (len(codes), h, w, c)))
 
 
 def _joined(parts: list[np.ndarray]) -> np.ndarray:
@@ -636,22 +641,16 @@ class FloatTail:
     @classmethod
     def load(cls, path: str | Path) -> FloatTail:
         try:
-            document = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as exc:
-            raise AcceleratorError(
-                f"cannot read the float tail {str(path)!r}: {type(exc).__name__}: {exc}"
-            ) from None
-        formats.check(
-            document,
-            TAIL_FORMAT,
-            TAIL_VERSION,
-            source=f"the float tail {str(path)!r}",
-            error=AcceleratorError,
-            remedy=REBUILD,
-        )
-        try:
+            document = formats.read(
+                path,
+                TAIL_FORMAT,
+                TAIL_VERSION,
+                error=AcceleratorError,
+                remedy=REBUILD,
+                what="the float tail",
+            )
             return cls(list(document["ops"]))
-        except (KeyError, TypeError) as exc:
+        except (FileNotFoundError, KeyError, TypeError) as exc:
             raise AcceleratorError(
                 f"cannot read the float tail {str(path)!r}: {type(exc).__name__}: {exc}"
             ) from None
@@ -719,11 +718,6 @@ class Carried:
 
     def __len__(self) -> int:
         return len(self._codes) if self._codes is not None else len(self.packed)
-
-    @property
-    def decoded(self) -> bool:
-        """Whether the codes exist (given, or unpacked from the bytes already)."""
-        return self._codes is not None
 
     @property
     def codes(self) -> np.ndarray:
@@ -847,10 +841,7 @@ class GraphAccelerator:
 
     def mask_map(self, mask: np.ndarray) -> np.ndarray:
         """The executor's (N, C) 0/1 channel mask -> the engine's (N, H, W, C) uint8 map."""
-        m = self._checked_mask(mask)
-        h, w, c = self.accelerator.mask_shape
-        codes = m.astype(np.uint8)[:, None, None, :]  # (N, 1, 1, C)
-        return np.ascontiguousarray(np.broadcast_to(codes, (len(m), h, w, c)))
+        return _mask_map(self._checked_mask(mask), self.accelerator.mask_shape)
 
     def accepts(self, inputs: Sequence[np.ndarray]) -> bool:
         """True for a masked engine; for a dense one when every mask is all ones."""
@@ -947,24 +938,19 @@ class GraphAccelerator:
         if self.carry_scale is None:
             return [self.tail.apply(out)], None
         low, high = self.out_range
-        if out is None:  # kept packed: the codes are unpacked only if asked for
-            c, h, w = (int(d) for d in self.graph.outputs[0].shape[1:])  # NCHW
-            result = Carried(
-                self.carry_scale,
-                low=low,
-                high=high,
-                packed=packed_out,
-                stream=stream,
-                shape=(h, w, c),
-                dtype=self._out_container,
-            )
-            return [None], result
-        codes_out = np.asarray(out).astype(self._out_container, copy=False)
-        y = self.tail.apply(codes_out) if floats else None
-        result = Carried(
-            self.carry_scale, low=low, high=high, codes=codes_out, packed=packed_out, stream=stream
+        codes_out = None if out is None else np.asarray(out).astype(self._out_container, copy=False)
+        c, h, w = (int(d) for d in self.graph.outputs[0].shape[1:])  # NCHW
+        result = Carried(  # kept packed (out is None): the codes are unpacked only if asked for
+            self.carry_scale,
+            low=low,
+            high=high,
+            codes=codes_out,
+            packed=packed_out,
+            stream=stream,
+            shape=(h, w, c),
+            dtype=self._out_container,
         )
-        return [y], result
+        return [self.tail.apply(codes_out) if floats else None], result
 
 
 # ----------------------------------------------------------------------------------------------

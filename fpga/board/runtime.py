@@ -382,33 +382,25 @@ def _assemble_codes(
         "low": min([*zeros, *(t.carried.low for t in pieces)]),
         "high": max([*zeros, *(t.carried.high for t in pieces)]),
     }
-    if len({t.carried.stream for t in pieces}) == 1 and all(
-        t.carried.packed is not None for t in pieces
-    ):
-        if base is not None:
-            packed = np.array(base.carried.packed)
-        else:
-            packed = np.zeros((n, *first.packed.shape[1:]), dtype=first.packed.dtype)
-        for rows, t in parts:
-            packed[rows] = t.carried.packed
-        dtype = np.result_type(*(t.carried.dtype for t in pieces))
-        carried = Carried(
-            first.scale,
-            **bounds,
-            packed=packed,
-            stream=first.stream,
-            shape=(h, w, c),
-            dtype=dtype,
-        )
-        return EngineTensor(carried, pieces[0].tail)
     dtype = np.result_type(*(t.carried.dtype for t in pieces))
+    as_bytes = len({t.carried.stream for t in pieces}) == 1 and all(
+        t.carried.packed is not None for t in pieces
+    )
+
+    def data(t: EngineTensor) -> np.ndarray:
+        return t.carried.packed if as_bytes else t.carried.codes
+
     if base is not None:
-        codes = base.carried.codes.astype(dtype, copy=True)
+        out = np.array(data(base), dtype=first.packed.dtype if as_bytes else dtype)
+    elif as_bytes:
+        out = np.zeros((n, *first.packed.shape[1:]), dtype=first.packed.dtype)
     else:
-        codes = np.zeros((n, h, w, c), dtype=dtype)
+        out = np.zeros((n, h, w, c), dtype=dtype)
     for rows, t in parts:
-        codes[rows] = t.carried.codes
-    return EngineTensor(Carried(first.scale, **bounds, codes=codes), pieces[0].tail)
+        out[rows] = data(t)
+    stored = {"packed": out, "stream": first.stream} if as_bytes else {"codes": out}
+    carried = Carried(first.scale, **bounds, **stored, shape=(h, w, c), dtype=dtype)
+    return EngineTensor(carried, pieces[0].tail)
 
 
 def make_backend(config: RuntimeConfig, bundle: Bundle) -> Backend:

@@ -455,17 +455,16 @@ def read_estimates(path: str | os.PathLike) -> dict[str, Any]:
     for a file of another format or version (rebuild it)."""
     path = Path(path)
     try:
-        document = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+        return formats.read(
+            path,
+            ESTIMATES_FORMAT,
+            ESTIMATES_VERSION,
+            error=BuildError,
+            remedy="rebuild it (python -m fpga estimate BUNDLE --out DIR)",
+            what="FINN estimates",
+        )
+    except FileNotFoundError as exc:
         raise BuildError(f"cannot read FINN estimates {str(path)!r}: {exc}") from None
-    return formats.check(
-        document,
-        ESTIMATES_FORMAT,
-        ESTIMATES_VERSION,
-        source=repr(str(path)),
-        error=BuildError,
-        remedy="rebuild it (python -m fpga estimate BUNDLE --out DIR)",
-    )
 
 
 def estimate_table(estimates: dict[str, dict[str, Any]]) -> str:
