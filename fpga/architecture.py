@@ -165,12 +165,20 @@ class SharedConfig:
     target_fps: int = 2500
     """Folding target of every engine (FINN's cycle budget is 1e9 / (fps * clk_period_ns))."""
     target_fps_by_kind: dict[str, int] = field(
-        default_factory=lambda: {"block_single": 1000, "layer_gate": 50_000, "channel_gate": 5_000}
+        default_factory=lambda: {
+            "stem": 10_000,
+            "shortcut": 10_000,
+            "head": 25_000,
+            "layer_gate": 50_000,
+            "channel_gate": 5_000,
+        }
     )
-    """Overrides by engine kind; ``block_single``: a block engine that serves one block (the
-    downsampling blocks of a CIFAR ResNet run once per image; folded slower to save DSPs); the
-    gates: a pooling and a few small matrices, folded fast (their cycles are those of reading
-    the block input) so that they do not slow their stage down as much as a block."""
+    """Overrides by engine kind (``block_single``: a block engine that serves one block, a CIFAR
+    ResNet's downsampling block, if it is to be folded apart). Every image pays for the stem,
+    the head, its layer gates and, when it skips a downsampling block, that block's shortcut,
+    whatever it skips: these are folded fast (a few DSPs each once ``step_refold_mvaus`` packs
+    four PEs into a DSP), so that skipping a block saves nearly its share of the time. The
+    channel gates run with their block and read its input; folded at twice the blocks' rate."""
     fpga_part: str = "xc7z020clg484-1"
 
     def fps_for(self, engine: Engine) -> int:

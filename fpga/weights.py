@@ -63,7 +63,7 @@ class Memory:
     """``uint32``, in AXI-lite address order (word ``i`` at byte offset ``4 * i``)."""
 
 
-def _line_words(bits: int) -> int:
+def line_words(bits: int) -> int:
     """32-bit words per memory line of ``bits`` bits (FINN pads to a power of two)."""
     return max(1, 2 ** math.ceil(math.log2(bits / 32)))
 
@@ -96,7 +96,7 @@ def mvau_words(
     goes to PE ``r % PE``; memory line ``(r // PE) * (MW // SIMD) + c // SIMD`` holds input
     column ``c`` of every PE; inside the line, value ``pe * SIMD + c % SIMD`` sits at bit
     ``bits * (pe * SIMD + c % SIMD)`` (value 0 least significant), zero-padded to
-    :func:`_line_words` words, least significant word first.
+    :func:`line_words` words, least significant word first.
     """
     mw, mh = weights.shape
     if mh % pe or mw % simd:
@@ -104,7 +104,7 @@ def mvau_words(
     u = _unsigned(weights, bits, bipolar)
     lines = u.T.reshape(mh // pe, pe, mw // simd, simd).transpose(0, 2, 1, 3)
     lines = lines.reshape(-1, pe * simd)  # (WMEM, PE * SIMD), value 0 first
-    per_line = _line_words(pe * simd * bits)
+    per_line = line_words(pe * simd * bits)
     # every value's bits, least significant first, then one packbits per line: FINN packs
     # any width from 1 to 32 bits, so a shift-and-or per width would need many cases
     b = (lines[..., None] >> np.arange(bits, dtype=np.uint64)) & np.uint64(1)
@@ -126,7 +126,7 @@ def mvau_values(
 ) -> np.ndarray:
     """The weights (MW, MH), float32 integers, that :func:`mvau_words` laid out as ``words``."""
     mw, mh = shape
-    per_line = _line_words(pe * simd * bits)
+    per_line = line_words(pe * simd * bits)
     wmem = (mw // simd) * (mh // pe)
     words = np.asarray(words, dtype="<u4")
     if words.shape != (wmem * per_line,):

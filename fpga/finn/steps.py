@@ -20,6 +20,10 @@ steps are named by string (FINN looks them up), ours are functions here:
   runtime-writeable before bit-width minimization (only with :data:`RUNTIME_WEIGHTS_KEY`).
 - :func:`step_check_hw_layers`: after ``SpecializeLayers``, every node of the partition must be
   an HLS or RTL layer.
+- :func:`step_refold_mvaus`: every MVAU refolded, at the engine's frame interval, for the
+  fewest DSPs (FINN's RTL MVAU packs four PEs into a DSP48) and, runtime-writeable, the fewest
+  padded AXI-lite words.
+- :func:`step_pixel_words`: an engine's boundary layers take and give one pixel a stream word.
 
 Why each of these exists, and what was tried first, is in docs/finn-frontend.md.
 """
@@ -27,6 +31,8 @@ Why each of these exists, and what was tried first, is in docs/finn-frontend.md.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
+from typing import Any
 
 from finn.builder.build_dataflow_config import DataflowBuildConfig
 from finn.builder.custom_step_library.resnet import step_resnet50_streamline_linear
@@ -85,6 +91,7 @@ from fpga.finn.transforms import (
     NarrowMaskedProducts,
     OrderJoinInputs,
 )
+from fpga.weights import line_words
 
 log = logging.getLogger(__name__)
 
@@ -322,6 +329,98 @@ def step_check_hw_layers(model: ModelWrapper, cfg: DataflowBuildConfig) -> Model
     return model
 
 
+def padded_weight_words(mh: int, mw: int, pe: int, simd: int, bits: int) -> int:
+    """AXI-lite words of an MVAU's runtime-writeable weight memory: ``MH/PE * MW/SIMD`` lines
+    of ``PE * SIMD * bits`` bits, each padded to a power of two of 32-bit words (FINN's
+    ``decoupled_runtime`` weight file; :func:`fpga.weights.line_words`)."""
+    return (mh // pe) * (mw // simd) * line_words(pe * simd * bits)
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def step_refold_mvaus(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
+    """Refold every MVAU for the fewest DSPs, and a runtime-writeable one (a shared engine's)
+    for the fewest AXI-lite words, without slowing the engine down.
+
+    ``SetFolding`` grows SIMD up to ``mvau_wwidth_max`` first, then PE, and knows neither cost:
+
+    - DSPs: on DSP48 (7-series) FINN's RTL MVAU packs four PEs into one DSP
+      (``MVAU_rtl.dsp_estimation``: ``ceil(PE / 4) * SIMD``), so PE = 1, SIMD = 4 takes as many
+      DSPs as PE = 4, SIMD = 4 at a quarter of the rate, and PE = 1, SIMD = 12 four times the
+      DSPs of PE = 4, SIMD = 3 at the same rate;
+    - words: each memory line of a runtime-writeable MVAU (``PE * SIMD`` weights) is padded to
+      a power of two of 32-bit words, and the ARM writes every word before each block runs
+      (``fpga/board/weights.py``): at 4-bit weights SIMD = 9, PE = 8 gives 288-bit lines
+      written as 512 bits, 44% of the words padding.
+
+    Each MVAU takes, among the ``PE`` dividing MH and ``SIMD`` dividing MW with
+    ``SIMD * bits <= mvau_wwidth_max`` whose cycles stay within the partition's bottleneck (the
+    engine's frame interval is unchanged), the folding with the fewest DSPs (the part's scarcest
+    resource), then the fewest padded words (runtime-writeable only), then the least
+    parallelism; on a tie the folding it has stays. Nodes that ``folding_config_file`` names
+    keep their folding.
+    """
+    import json
+
+    from qonnx.custom_op.registry import getCustomOp
+
+    named: set[str] = set()
+    if cfg.folding_config_file is not None:
+        named = set(json.loads(Path(cfg.folding_config_file).read_text())) - {"Defaults"}
+    part = cfg._resolve_fpga_part()
+    ops = [(n, getCustomOp(n)) for n in model.graph.node]
+    bottleneck = max(int(op.get_exp_cycles()) for _, op in ops)
+    for node, op in ops:
+        if node.op_type.startswith("MVAU") and node.name not in named:
+            _refold(node.name, op, max(bottleneck, int(op.get_exp_cycles())), part, cfg)
+    return model
+
+
+def _fold_rank(op: Any, pe: int, simd: int, limit: int, part: str) -> tuple[int, int, int] | None:
+    """(DSPs, padded words if runtime-writeable, -cycles) of ``op`` folded by (PE, SIMD), or
+    None above ``limit`` cycles; leaves ``op`` folded so."""
+    op.set_nodeattr("PE", pe)
+    op.set_nodeattr("SIMD", simd)
+    cycles = int(op.get_exp_cycles())
+    if cycles > limit:
+        return None
+    words = 0
+    if op.get_nodeattr("runtime_writeable_weights") == 1:
+        mw, mh = int(op.get_nodeattr("MW")), int(op.get_nodeattr("MH"))
+        words = padded_weight_words(mh, mw, pe, simd, op.get_input_datatype(1).bitwidth())
+    return int(op.dsp_estimation(part)), words, -cycles
+
+
+def _refold(name: str, op: Any, limit: int, part: str, cfg: DataflowBuildConfig) -> None:
+    """One MVAU of :func:`step_refold_mvaus`."""
+    bits = op.get_input_datatype(1).bitwidth()
+    now = (int(op.get_nodeattr("PE")), int(op.get_nodeattr("SIMD")))
+    first = _fold_rank(op, *now, limit, part)  # SetFolding's choice is always a candidate
+    best, chosen = first, now
+    for pe in _divisors(int(op.get_nodeattr("MH"))):
+        for simd in _divisors(int(op.get_nodeattr("MW"))):
+            if simd * bits > cfg.mvau_wwidth_max or (pe, simd) == now:
+                continue
+            rank = _fold_rank(op, pe, simd, limit, part)
+            if rank is not None and rank < best:
+                best, chosen = rank, (pe, simd)
+    op.set_nodeattr("PE", chosen[0])
+    op.set_nodeattr("SIMD", chosen[1])
+    if chosen != now:
+        log.info(
+            "%s: PE=%d SIMD=%d -> PE=%d SIMD=%d (DSP %d -> %d, weight words %d -> %d)",
+            name,
+            *now,
+            *chosen,
+            first[0],
+            best[0],
+            first[1],
+            best[1],
+        )
+
+
 PIXEL_WORD_ATTRIBUTE = {
     "FMPadding": "SIMD",
     "DuplicateStreams": "PE",
@@ -377,6 +476,7 @@ FRONTEND_STEPS: list = [
     step_check_hw_layers,
     "step_target_fps_parallelization",
     "step_apply_folding_config",
+    step_refold_mvaus,
     step_minimize_bit_width_masked,
     "step_generate_estimate_reports",
 ]

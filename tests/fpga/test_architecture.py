@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -122,6 +123,75 @@ def test_shared_build_fits_and_has_writeable_weights(r14_build):
     assert iodma["IODMA_hls"] == masters and iodma["axis_switch_port"] > 0
     assert budget["verdict"].startswith("fits" if budget["fits"] else "does not fit")
     assert budget["label"].startswith("modelled")
+
+
+def _mvaus(path: Path) -> dict[str, Any]:
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.custom_op.registry import getCustomOp
+
+    model = ModelWrapper(str(path))
+    return {n.name: getCustomOp(n) for n in model.graph.node if n.op_type.startswith("MVAU")}
+
+
+def test_mvaus_are_refolded_for_dsps_and_whole_weight_lines(r14_build):
+    """``step_refold_mvaus`` against FINN's own folding of the same build: per MVAU no more
+    DSPs (FINN's estimate), no more padded AXI-lite words, and no slower than the partition's
+    bottleneck before it; the shared block engine's 288-bit lines (PE 8, SIMD 9 at 4 bits,
+    written as 512) become whole 256-bit lines with fewer DSPs."""
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.custom_op.registry import getCustomOp
+
+    from fpga.finn.steps import padded_weight_words
+
+    out, report = r14_build
+    part = report["fpga_part"]
+    changed = {}
+    for engine in report["engines"]:
+        steps = out / engine / "intermediate_models"
+        before = _mvaus(steps / "step_apply_folding_config.onnx")
+        after = _mvaus(steps / "step_refold_mvaus.onnx")
+        assert before.keys() == after.keys()
+        folded = ModelWrapper(str(steps / "step_apply_folding_config.onnx"))
+        bottleneck = max(getCustomOp(n).get_exp_cycles() for n in folded.graph.node)
+        for name, old in before.items():
+            new = after[name]
+            assert new.dsp_estimation(part) <= old.dsp_estimation(part), (engine, name)
+            assert new.get_exp_cycles() <= max(bottleneck, old.get_exp_cycles()), (engine, name)
+            if new.get_nodeattr("runtime_writeable_weights") == 1:
+                shape = [new.get_nodeattr(k) for k in ("MH", "MW")]
+                bits = new.get_input_datatype(1).bitwidth()
+                words = [
+                    padded_weight_words(
+                        *shape, op.get_nodeattr("PE"), op.get_nodeattr("SIMD"), bits
+                    )
+                    for op in (old, new)
+                ]
+                assert words[1] <= words[0] or new.dsp_estimation(part) < old.dsp_estimation(part)
+            fold = [(op.get_nodeattr("PE"), op.get_nodeattr("SIMD")) for op in (old, new)]
+            if fold[0] != fold[1]:
+                changed[(engine, name)] = fold
+    stage = {k: v for k, v in changed.items() if k[0] == "block_16to16_s1_32px"}
+    assert stage and all(new[0] * new[1] == 64 for _, new in stage.values()), changed
+
+
+def test_padded_weight_words_are_the_words_the_weight_file_holds():
+    from fpga.finn.steps import padded_weight_words
+    from fpga.weights import mvau_words
+
+    rng = np.random.default_rng(0)
+    for mw, mh, pe, simd, bits in [
+        (144, 16, 8, 9, 4),
+        (144, 16, 8, 8, 4),
+        (16, 10, 2, 1, 8),
+        (576, 64, 4, 16, 4),
+    ]:
+        weights = rng.integers(-(2 ** (bits - 1)), 2 ** (bits - 1), size=(mw, mh))
+        assert len(mvau_words(weights, bits, pe, simd)) == padded_weight_words(
+            mh, mw, pe, simd, bits
+        )
+    # ResNet-74's third-stage MVAU: 288-bit lines padded to 512, against whole 256-bit lines
+    assert padded_weight_words(64, 576, 8, 9, 4) == 8192
+    assert padded_weight_words(64, 576, 8, 8, 4) == 4608
 
 
 def test_report_is_read_by_the_emulator_timing(r14, r14_build):
