@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import os
+import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -40,10 +41,22 @@ import numpy as np
 
 from export.manifest import load_bundle
 from fpga import hwreport
-from fpga.bitstream.overlay import overlay_budget
+from fpga.bitstream.overlay import (
+    BITFILE,
+    DEPLOY_DIR,
+    OVERLAY_MODEL,
+    PREDICTED,
+    SETTINGS,
+    adopt_settings,
+    collapse,
+    overlay_budget,
+    predict_driver,
+)
+from fpga.bitstream.zedboard import interconnect_plan
+from fpga.board.accel import DEFAULT_BATCH, EngineSpec, FloatTail, OverlaySpec
 from fpga.board.weights import MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION
 from fpga.finn.errors import GraphError
-from fpga.finn.frontend import FrontendConfig, dataflow_model, estimate, to_hw
+from fpga.finn.frontend import PARENT_FILE, FrontendConfig, dataflow_model, estimate, to_hw
 from fpga.weights import (
     WEIGHTS_DIR,
     check_same_structure,
@@ -817,3 +830,146 @@ def build_shared(
     path = hwreport.write(Path(out_dir) / REPORT_FILE, report)
     log.info("shared-engine report -> %s", path)
     return report
+
+
+# -- an overlay of the shared engines ---------------------------------------------------------
+
+
+@dataclass
+class SharedOverlay:
+    """What :func:`prepare_shared_overlay` made (paths inside its build folder)."""
+
+    out: Path
+    bundle_id: str
+    model: Path
+    engines: dict[str, tuple[int, int, int | None]]
+    """Engine name -> its input, output and mask input in the collapsed model (DMA indices)."""
+    deploy: Path
+    report: dict[str, Any]
+
+
+def _graph_parent(out: Path, engine: Engine, graph: str) -> Any:
+    """The dataflow parent of ``graph``'s own FINN build: the engine's for its representative,
+    ``out/<engine>/<graph>`` for the other graphs of a shared engine (their float tails)."""
+    from qonnx.core.modelwrapper import ModelWrapper  # qonnx: loaded only when this runs
+
+    folder = out / engine.name if graph == engine.representative else out / engine.name / graph
+    return ModelWrapper(str(folder / PARENT_FILE))
+
+
+def axilite_windows(
+    engines: list[Engine], files: list, weights: dict[str, Any], folder: Path
+) -> dict[str, dict[str, str]]:
+    """Per shared engine, per runtime-writeable memory (FINN node name of the engine's build)
+    the key of its AXI-lite interface in the overlay's ``ip_dict``.
+
+    ``files`` are the memories FINN's driver generator numbered for the collapsed overlay
+    (:func:`fpga.bitstream.overlay.predict_driver`, in partition and layer order). The merge
+    keeps the engines' order and each engine's layer order, so they line up one to one with
+    the engines' memories in ``weights`` (``runtime_weights.json``); each pair is checked
+    word for word against the representative's ``.npz`` (FINN's layout of the same values),
+    so a misaligned or differently laid out memory stops the build. The key follows FINN's
+    numbering: ``StreamingDataflowPartition_<partition>/s_axilite_<layer>``; the board checks
+    it against the bitstream's ``ip_dict`` when it opens the overlay."""
+    ours = []
+    for engine in engines:
+        entry = weights["engines"].get(engine.name)
+        if entry is None:
+            continue
+        with np.load(folder / weights["blocks"][engine.representative]["file"]) as npz:
+            for m in entry["memories"]:
+                ours.append((engine.name, m["node"], npz[m["node"]]))
+    if len(ours) != len(files):
+        raise GraphError(
+            f"FINN's driver numbers {len(files)} runtime-writeable memories in the overlay, the "
+            f"shared engines have {len(ours)}; report this as a bug"
+        )
+    windows: dict[str, dict[str, str]] = {}
+    for (engine, node, words), (sdp, layer, finn_node, finn_words) in zip(ours, files, strict=True):
+        if not np.array_equal(words, finn_words):
+            raise GraphError(
+                f"memory {node!r} of engine {engine!r} does not match FINN's runtime weight file "
+                f"of {finn_node!r} (partition {sdp}, layer {layer}); report this as a bug"
+            )
+        windows.setdefault(engine, {})[node] = f"StreamingDataflowPartition_{sdp}/s_axilite_{layer}"
+    return windows
+
+
+def prepare_shared_overlay(
+    bundle: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: SharedConfig | None = None,
+    *,
+    gates: bool = True,
+    report: dict[str, Any] | None = None,
+    batch_size: int | None = None,
+) -> SharedOverlay:
+    """One overlay of the bundle's shared engines, as far as it goes without Vivado.
+
+    The engines and every block's runtime weights come from :func:`build_shared` (or
+    ``report``, what it returned for this ``out_dir``). Their HW partitions are merged as
+    :func:`fpga.bitstream.overlay.prepare_overlay` merges a bundle's graphs (FINN's multi-DNN
+    ``Parallel`` merge, an IODMA pair per engine and one per mask map), so graphs of one engine
+    share its DMA pair. ``gates=False`` leaves the quantized gates' engines out: they run on
+    the ARM from their numpy programs (FINN's shell gives every engine its own IODMAs, and a
+    ResNet-14's 17 engines with its 5 mask maps would need 39 AXI masters; the
+    :class:`CostModel`'s shared IODMA pairs behind AXI-Stream switches are not built here).
+
+    ``out_dir/deploy/`` is the board's overlay folder: ``accelerators.json`` (every graph
+    with its engine's DMA pair, its own float tail and, for a shared engine, the engine's
+    name), the engines' AXI-lite windows (:func:`axilite_windows`), ``runtime_weights/`` of
+    the engines in the overlay, and FINN's driver settings predicted without Vivado.
+    """
+    from qonnx.core.modelwrapper import ModelWrapper  # qonnx: loaded only when this runs
+
+    config = config or SharedConfig()
+    loaded = load_bundle(bundle)
+    manifest = loaded.manifest
+    engines = [e for e in plan_engines(manifest) if gates or e.kind not in GATE_KINDS]
+    masks = sum(any(manifest.graphs[g].masked for g in e.graphs) for e in engines)
+    interconnect_plan(2 * len(engines) + masks)  # refuse before any work
+    out = Path(out_dir).resolve()
+    if report is None:
+        report = build_shared(loaded.path, out, config)
+    parents = {e.name: ModelWrapper(str(out / e.name / PARENT_FILE)) for e in engines}
+    model, indices = collapse(parents)
+    model.save(str(out / OVERLAY_MODEL))
+    settings, files = predict_driver(model, config.clk_period_ns)
+
+    deploy = out / DEPLOY_DIR
+    weights_out = deploy / WEIGHTS_DIR
+    shutil.rmtree(weights_out, ignore_errors=True)
+    weights_out.mkdir(parents=True)
+    weights = json.loads((out / WEIGHTS_DIR / MANIFEST_FILE).read_text())
+    kept = {e.name for e in engines}
+    weights["engines"] = {k: v for k, v in weights["engines"].items() if k in kept}
+    weights["blocks"] = {k: v for k, v in weights["blocks"].items() if v["engine"] in kept}
+    for entry in weights["blocks"].values():
+        shutil.copy2(out / WEIGHTS_DIR / entry["file"], weights_out / entry["file"])
+    (weights_out / MANIFEST_FILE).write_text(json.dumps(weights, indent=1) + "\n")
+    windows = axilite_windows(engines, files, weights, weights_out)
+
+    (deploy / "tails").mkdir(parents=True, exist_ok=True)
+    specs = {}
+    for engine in engines:
+        i, o, m = indices[engine.name]
+        for graph in engine.graphs:
+            tail = FloatTail.from_parent(_graph_parent(out, engine, graph))
+            tail.save(deploy / "tails" / f"{graph}.json")
+            specs[graph] = EngineSpec(i, o, f"tails/{graph}.json", m, engine=engine.name)
+    spec = OverlaySpec(
+        root=deploy,
+        bundle_id=loaded.bundle_id,
+        bitfile=BITFILE,
+        settings=SETTINGS,
+        settings_origin=PREDICTED,
+        engines=specs,
+        batch_size=batch_size or DEFAULT_BATCH,
+        runtime_weights=f"{WEIGHTS_DIR}/{MANIFEST_FILE}" if windows else None,
+        axilite=windows,
+    )
+    adopt_settings(spec, settings, PREDICTED)
+    log.info(
+        "overlay of %d shared engines (%d graphs) prepared in %s", len(engines), len(specs), out
+    )
+    return SharedOverlay(out, loaded.bundle_id, out / OVERLAY_MODEL, indices, deploy, report)

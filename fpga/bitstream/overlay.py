@@ -41,6 +41,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from export.manifest import load_bundle
 from fpga.bitstream.budget import LABEL, resource_budget
 from fpga.bitstream.zedboard import (
@@ -228,7 +230,22 @@ def overlay_budget(
 
 
 def predict_driver_settings(model: Any, clk_period_ns: float) -> dict[str, Any]:
-    """FINN's ``settings.json`` for ``model`` (a collapsed overlay), made without Vivado.
+    """FINN's ``settings.json`` for ``model`` (a collapsed overlay), made without Vivado
+    (:func:`predict_driver`)."""
+    return predict_driver(model, clk_period_ns)[0]
+
+
+RuntimeWeightFile = tuple[int, int, str, "Any"]
+"""One runtime-writeable memory as FINN's driver generator writes it: (partition index, layer
+index within the partition, node name, its ``uint32`` words)."""
+
+
+def predict_driver(
+    model: Any, clk_period_ns: float
+) -> tuple[dict[str, Any], list[RuntimeWeightFile]]:
+    """FINN's ``settings.json`` for ``model`` (a collapsed overlay), made without Vivado, and
+    the runtime-writeable memories its driver generator numbered (``runtime_weights/
+    <partition>_<layer>_<node>.dat``: FINN's AXI-lite numbering, in file order).
 
     Runs ``ZynqBuild``'s preparation (``InsertIODMA`` at the ZedBoard's 64-bit HP port,
     ``InsertDWC``, ``SpecializeLayers``, ``Floorplan``, ``CreateDataflowPartition``), names each
@@ -275,7 +292,14 @@ def predict_driver_settings(model: Any, clk_period_ns: float) -> dict[str, Any]:
     )
     folder = Path(model.get_metadata_prop("pynq_driver_dir"))
     try:
-        return json.loads((folder / "settings.json").read_text())
+        settings = json.loads((folder / "settings.json").read_text())
+        files = []
+        for path in sorted((folder / "runtime_weights").glob("*.dat")):
+            sdp, layer, node = path.stem.split("_", 2)
+            words = np.array([int(w, 16) for w in path.read_text().split()], dtype=np.uint32)
+            files.append((int(sdp), int(layer), node, words))
+        files.sort(key=lambda f: (f[0], f[1]))
+        return settings, files
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

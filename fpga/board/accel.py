@@ -7,7 +7,10 @@ integer codes back. This module is the adapter between the two:
 - :class:`OverlaySpec`: ``accelerators.json`` of an overlay's deploy folder, written by the
   build (:mod:`fpga.bitstream.overlay`): which bundle the overlay was built from, its bitfile,
   FINN's driver ``settings.json``, and per bundle graph the engine's DMA pair (the index of its
-  input and output in FINN's ``io_shape_dict``) and its float tail.
+  input and output in FINN's ``io_shape_dict``) and its float tail; in an overlay of shared
+  engines (:mod:`fpga.architecture`), also the engine a graph runs on and that engine's
+  runtime-writeable memories (their AXI-lite windows), whose words the board writes before
+  the graph runs (:class:`fpga.board.weights.WeightLoader`).
 - :func:`open_finn_overlay`: the overlay through pynq alone
   (:class:`fpga.board.finnio.PynqDmaOverlay`: FINN's stream packing in numpy, CMA buffers and
   IODMA registers through pynq), made from FINN's ``settings.json``.
@@ -36,10 +39,11 @@ overlay is opened.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -49,6 +53,7 @@ import numpy as np
 import formats
 from fpga.board.errors import BoardError
 from fpga.board.finnio import FinnIoError, PynqDmaOverlay, StreamType, pack, padding_mask, unpack
+from fpga.board.weights import WeightLoader, WeightsError, WeightStore, flush_frame
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +87,10 @@ class Accelerator(Protocol):
 
 OVERLAY_FILE = "accelerators.json"
 OVERLAY_FORMAT = "ddi-fpga overlay"
-OVERLAY_VERSION = 2
-"""2: an engine may have a second input DMA, ``mask_input`` (masked blocks)."""
+OVERLAY_VERSION = 3
+"""2: an engine may have a second input DMA, ``mask_input`` (masked blocks). 3: graphs may
+share an engine whose weights are written at run time (``engine``, ``runtime_weights``,
+``axilite``); a version-2 runtime would run them with the bitstream's weights."""
 REBUILD = "rebuild the overlay with this release (make bitstream, or python -m fpga overlay)"
 """What to do with an overlay file of another format or version."""
 DEFAULT_BATCH = 64
@@ -94,12 +101,15 @@ input and output in the CMA pool (ResNet-8: about 7 MB for all engines)."""
 @dataclass(frozen=True)
 class EngineSpec:
     """One bundle graph's engine: its DMA pair in ``io_shape_dict`` and its float tail; a
-    masked block's engine also has the input DMA of its mask map (``mask_input``)."""
+    masked block's engine also has the input DMA of its mask map (``mask_input``). ``engine``
+    names the engine when graphs share it (the overlay's ``axilite`` then says whether its
+    weights are written at run time); None: the graph's own engine."""
 
     input: int
     output: int
     tail: str
     mask_input: int | None = None
+    engine: str | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +119,9 @@ class OverlaySpec:
     Paths are relative to the file's folder (the deploy folder). ``settings_origin`` says where
     ``settings.json`` came from: ``finn build`` (FINN's ``step_make_driver`` after synthesis) or
     ``predicted`` (FINN's driver generator run without Vivado, :mod:`fpga.bitstream.overlay`).
+    An overlay of shared engines has ``runtime_weights`` (the manifest of
+    :mod:`fpga.board.weights`) and ``axilite``: per shared engine, per runtime-writeable layer
+    (FINN node name) the key of its AXI-lite interface in the overlay's ``ip_dict``.
     """
 
     root: Path
@@ -118,6 +131,13 @@ class OverlaySpec:
     settings_origin: str
     engines: dict[str, EngineSpec]
     batch_size: int = DEFAULT_BATCH
+    runtime_weights: str | None = None
+    axilite: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def shared(self, graph: str) -> str | None:
+        """The shared engine whose weights ``graph`` writes before it runs, else None."""
+        name = self.engines[graph].engine
+        return name if name in self.axilite else None
 
     @classmethod
     def load(cls, folder: str | Path) -> OverlaySpec:
@@ -139,9 +159,15 @@ class OverlaySpec:
                     int(e["output"]),
                     str(e["tail"]),
                     None if e.get("mask_input") is None else int(e["mask_input"]),
+                    None if e.get("engine") is None else str(e["engine"]),
                 )
                 for name, e in dict(doc["engines"]).items()
             }
+            axilite = {
+                str(engine): {str(node): str(key) for node, key in dict(windows).items()}
+                for engine, windows in dict(doc.get("axilite") or {}).items()
+            }
+            weights = doc.get("runtime_weights")
             spec = cls(
                 root=root,
                 bundle_id=str(doc["bundle_id"]),
@@ -150,6 +176,8 @@ class OverlaySpec:
                 settings_origin=str(doc.get("settings_origin", "")),
                 engines=engines,
                 batch_size=int(doc.get("batch_size", DEFAULT_BATCH)),
+                runtime_weights=None if weights is None else str(weights),
+                axilite=axilite,
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise AcceleratorError(
@@ -157,6 +185,13 @@ class OverlaySpec:
             ) from None
         if spec.batch_size < 1:
             raise AcceleratorError(f"{str(path)!r}: batch_size {spec.batch_size} must be >= 1")
+        if bool(spec.axilite) != (spec.runtime_weights is not None):
+            raise AcceleratorError(
+                f"{str(path)!r} has "
+                + ("AXI-lite windows but no runtime_weights" if spec.axilite else "runtime_weights")
+                + " but no AXI-lite windows; "
+                + REBUILD
+            )
         return spec
 
     def save(self) -> Path:
@@ -174,10 +209,14 @@ class OverlaySpec:
                     "output": e.output,
                     "tail": e.tail,
                     **({} if e.mask_input is None else {"mask_input": e.mask_input}),
+                    **({} if e.engine is None else {"engine": e.engine}),
                 }
                 for n, e in self.engines.items()
             },
         }
+        if self.runtime_weights is not None:
+            doc["runtime_weights"] = self.runtime_weights
+            doc["axilite"] = self.axilite
         path = self.root / OVERLAY_FILE
         path.write_text(json.dumps(doc, indent=1) + "\n")
         return path
@@ -275,10 +314,10 @@ def open_finn_overlay(
         )
     info = spec.driver_information()
     weights = spec.root / "runtime_weights"
-    if weights.is_dir() and any(weights.iterdir()):
+    if spec.runtime_weights is None and weights.is_dir() and any(weights.iterdir()):
         raise AcceleratorError(
-            f"{str(weights)!r} holds runtime-writable weights, which the board runtime does not "
-            "load; build the overlay with weights in the bitstream"
+            f"{str(weights)!r} holds runtime weights, but {str(spec.root / OVERLAY_FILE)!r} "
+            f"lists no shared engine; {REBUILD}"
         )
     try:
         overlay = PynqDmaOverlay(
@@ -799,9 +838,19 @@ class GraphAccelerator:
     only all-ones masks (the backend runs the other calls on the ARM; logged once per graph).
     """
 
-    def __init__(self, graph: Any, accelerator: Accelerator, tail: FloatTail | str | Path):
+    def __init__(
+        self,
+        graph: Any,
+        accelerator: Accelerator,
+        tail: FloatTail | str | Path,
+        *,
+        prepare: Callable[[], object] | None = None,
+    ):
         self.graph = graph
         self.accelerator = accelerator
+        self.prepare = prepare
+        """Called before every engine call with images (a shared engine: the loader writes
+        this graph's weights into it unless it holds them already)."""
         self.tail = tail if isinstance(tail, FloatTail) else FloatTail.load(tail)
         datatype = graph.inputs[0].datatype
         if not datatype.is_integer or not datatype.scale:
@@ -912,6 +961,8 @@ class GraphAccelerator:
         packed bytes are kept its output is not unpacked either (:attr:`Carried.codes` does
         it if something asks)."""
         engine = self.accelerator
+        if self.prepare is not None and len(carried if carried is not None else inputs[0]):
+            self.prepare()
         run_packed = getattr(engine, "run_packed", None)
         packed_in, codes = None, None
         if carried is not None and self.takes(carried):
@@ -998,12 +1049,48 @@ def load_overlay(
                 + ("takes" if graphs[name].masked else "takes no")
                 + " mask map; rebuild the overlay for this bundle"
             )
+    dmas = {
+        name: DmaEngine(overlay, e.input, e.output, mask_input=e.mask_input)
+        for name, e in spec.engines.items()
+    }
+    loader = None if spec.runtime_weights is None else weight_loader(spec, overlay, dmas)
     accelerators = {
         name: GraphAccelerator(
             graphs[name],
-            DmaEngine(overlay, e.input, e.output, mask_input=e.mask_input),
+            dmas[name],
             spec.root / e.tail,
+            prepare=None
+            if loader is None or spec.shared(name) is None
+            else functools.partial(loader.load, name),
         )
         for name, e in spec.engines.items()
     }
     return overlay, accelerators
+
+
+def weight_loader(spec: OverlaySpec, overlay: Any, dmas: dict[str, DmaEngine]) -> Any:
+    """The :class:`fpga.board.weights.WeightLoader` of an overlay of shared engines: its
+    weight files read and checked now (none is read in a timed window), each shared engine's
+    memories the overlay's AXI-lite windows (``overlay.axilite(key)``), its flush frame one
+    frame through the DMA pair of a graph it serves."""
+    folder = (spec.root / str(spec.runtime_weights)).parent
+    try:
+        store = WeightStore(folder)
+        store.preload()
+        served = {g: spec.shared(g) for g in spec.engines if spec.shared(g) is not None}
+        for graph, engine in served.items():
+            if store.engine_of(graph) != engine:
+                raise WeightsError(
+                    f"{graph!r} runs on engine {engine!r} in {OVERLAY_FILE}, on "
+                    f"{store.engine_of(graph)!r} in the runtime weights; {REBUILD}"
+                )
+        memories = {
+            engine: {node: overlay.axilite(key) for node, key in windows.items()}
+            for engine, windows in spec.axilite.items()
+        }
+        flush = {}
+        for graph, engine in served.items():
+            flush.setdefault(engine, flush_frame(dmas[graph]))
+        return WeightLoader(store, memories, flush)
+    except (WeightsError, FinnIoError) as exc:
+        raise AcceleratorError(str(exc)) from None

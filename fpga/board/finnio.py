@@ -213,6 +213,7 @@ class PynqDmaOverlay:
         download: bool = True,
         allocate: Callable[..., Any] | None = None,
         ip: Callable[[str], Any] | None = None,
+        axilite: Callable[[str], Any] | None = None,
     ) -> None:
         io = dict(info["io_shape_dict"])
         self.batch_size = int(batch_size)
@@ -221,7 +222,10 @@ class PynqDmaOverlay:
         b = self.batch_size
         self._shape = {k: _shapes(io, k, b) for k in SHAPE_KEYS}
         if allocate is None or ip is None:
-            allocate, ip = self._open_pynq(bitfile, download, float(info.get("fclk_mhz", 100.0)))
+            allocate, ip, axilite = self._open_pynq(
+                bitfile, download, float(info.get("fclk_mhz", 100.0))
+            )
+        self._axilite = axilite
         try:
             self.idma = [ip(name) for name in io["idma_names"]]
             self.odma = [ip(name) for name in io["odma_names"]]
@@ -268,7 +272,26 @@ class PynqDmaOverlay:
             raise FinnIoError(
                 f"pynq cannot open {str(bitfile)!r}: {type(exc).__name__}: {exc}"
             ) from None
-        return pynq.allocate, lambda name: getattr(overlay, name)
+
+        def axilite(key: str) -> Any:
+            entry = overlay.ip_dict.get(key)
+            if entry is None:
+                have = sorted(k for k in overlay.ip_dict if "axilite" in k)[:6]
+                raise FinnIoError(
+                    f"the overlay has no AXI-lite interface {key!r} (it has {have!r}...); the "
+                    "bitfile and accelerators.json come from different builds"
+                )
+            return pynq.MMIO(int(entry["phys_addr"]), int(entry["addr_range"]))
+
+        return pynq.allocate, lambda name: getattr(overlay, name), axilite
+
+    def axilite(self, key: str) -> Any:
+        """The register window of AXI-lite interface ``key`` of the overlay's ``ip_dict``
+        (``pynq.MMIO``: its ``array`` is a ``uint32`` view of the range): a shared engine's
+        runtime-writeable memory (:class:`fpga.board.weights.WeightLoader`)."""
+        if self._axilite is None:
+            raise FinnIoError(f"no AXI-lite windows were given for {key!r}")
+        return self._axilite(key)
 
     def stream(self, side: str, ind: int = 0) -> tuple[str, tuple[int, ...]] | None:
         """The packed word format of input or output DMA ``ind``: its datatype and folded shape

@@ -16,7 +16,9 @@ assignment into the memory's ``MMIO.array``, pynq's numpy view of the mapped AXI
 and runs one flush frame through that engine only; it skips both when the engine already holds
 the block's weights, and reports the words written and the time taken.
 
-Runs on the board: standard library and numpy (>= 1.21); pynq only in :func:`pynq_memories`.
+Runs on the board: standard library and numpy (>= 1.21). The register windows come from the
+overlay (:meth:`fpga.board.finnio.PynqDmaOverlay.axilite`, ``pynq.MMIO``), wired up by
+:func:`fpga.board.accel.load_overlay`.
 """
 
 from __future__ import annotations
@@ -260,25 +262,3 @@ def _low(datatype: Any) -> int:
     ``StreamType``); 0 when it holds 0."""
     low = datatype.min() if callable(getattr(datatype, "min", None)) else datatype.low
     return 0 if low <= 0 else int(low)
-
-
-def pynq_memories(overlay: Any, windows: Mapping[str, str]) -> dict[str, Any]:
-    """``pynq.MMIO`` per memory: ``windows[node]`` is the key of its AXI-lite interface in
-    the overlay's ``ip_dict`` (read from the bitstream's ``.hwh`` by pynq)."""
-    try:
-        import pynq
-    except ImportError:
-        raise WeightsError(
-            "writing runtime weights needs the pynq package (a PYNQ image; docs/board.md)"
-        ) from None
-    out = {}
-    for node, key in windows.items():
-        entry = overlay.ip_dict.get(key)
-        if entry is None:
-            close = sorted(k for k in overlay.ip_dict if "axilite" in k)[:6]
-            raise WeightsError(
-                f"the overlay has no AXI-lite interface {key!r} for {node!r} (it has {close!r}"
-                "...); the bitstream and the weights come from different builds"
-            )
-        out[node] = pynq.MMIO(int(entry["phys_addr"]), int(entry["addr_range"]))
-    return out

@@ -42,6 +42,7 @@ from fpga.board.accel import (
     DMA_CTRL,
     OverlaySpec,
 )
+from fpga.board.finnio import FinnIoError
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,8 @@ class EmulatedDmaOverlay:
         self.batch_size = int(batch_size)
         self.images_run = {k: 0 for k in engines}
         self.external_weights: list = []
+        self.windows: dict[str, Any] = {}
+        """AXI-lite windows of shared engines' memories, by ``ip_dict`` key (:meth:`axilite`)."""
         address = BUFFER_BASE
         self.ibuf_packed_device, self.obuf_packed_device = [], []
         for kind, buffers in (
@@ -146,24 +149,49 @@ class EmulatedDmaOverlay:
 
     @classmethod
     def from_build(cls, out_dir: str | Path, batch_size: int | None = None) -> EmulatedDmaOverlay:
-        """The overlay that :func:`fpga.bitstream.overlay.prepare_overlay` prepared in
-        ``out_dir``: its deploy folder's settings, each engine the graph's HW partition."""
+        """The overlay that :func:`fpga.bitstream.overlay.prepare_overlay` (an engine per
+        graph: ``out_dir/graphs/<graph>/``) or :func:`fpga.architecture.prepare_shared_overlay`
+        (shared engines: ``out_dir/<engine>/``, built from the engine's first graph) prepared
+        in ``out_dir``: its deploy folder's settings, each engine that graph's HW partition. A
+        shared engine is a :class:`fpga.emulator.weights.RuntimeWeightEngine`: its memories
+        are the AXI-lite windows that ``accelerators.json`` names (:meth:`axilite`), filled
+        with the bitstream's words (the first graph's)."""
         from qonnx.core.modelwrapper import ModelWrapper
 
         # qonnx (FINN's stack): loaded only when this runs
         from fpga.bitstream.overlay import DEPLOY_DIR
+        from fpga.emulator.weights import RuntimeWeightEngine
         from fpga.finn.frontend import PARENT_FILE, dataflow_model, python_model
 
         out = Path(out_dir)
         spec = OverlaySpec.load(out / DEPLOY_DIR)
         settings = json.loads((spec.root / spec.settings).read_text())
-        engines, masks = {}, {}
+        engines, masks, windows = {}, {}, {}
         for name, e in spec.engines.items():
-            parent = ModelWrapper(str(out / "graphs" / name / PARENT_FILE))
-            engines[e.input] = (e.output, _finn_engine(python_model(dataflow_model(parent))))
+            if e.input in engines:  # a shared engine: built once, from its first graph
+                continue
+            folder = out / "graphs" / name if e.engine is None else out / e.engine
+            hw = python_model(dataflow_model(ModelWrapper(str(folder / PARENT_FILE))))
+            if e.engine in spec.axilite:
+                engine = RuntimeWeightEngine(hw)
+                for node, key in spec.axilite[e.engine].items():
+                    windows[key] = engine.memories[node]
+            else:
+                engine = _finn_engine(hw)
+            engines[e.input] = (e.output, engine)
             if e.mask_input is not None:
                 masks[e.input] = e.mask_input
-        return cls(settings, engines, batch_size or spec.batch_size, masks)
+        overlay = cls(settings, engines, batch_size or spec.batch_size, masks)
+        overlay.windows = windows
+        return overlay
+
+    def axilite(self, key: str) -> Any:
+        """The AXI-lite window ``key`` (``pynq.MMIO``'s stand-in: ``array`` is its ``uint32``
+        view), as :meth:`fpga.board.finnio.PynqDmaOverlay.axilite` gives it on the board."""
+        try:
+            return self.windows[key]
+        except KeyError:
+            raise FinnIoError(f"the emulated overlay has no AXI-lite window {key!r}") from None
 
     # --- what the board's DmaEngine calls (FINNDMAOverlay's interface) ---------------------
 

@@ -278,8 +278,10 @@ def test_overlay_refusals(bundle, overlay_build, emulated, tmp_path):
 
     cases = {
         "holds no accelerators.json": tmp_path,
-        "format 'x' version 2, not": variant(lambda d: d.update(format="x")),
-        "version 9, not 'ddi-fpga overlay' version 2": variant(lambda d: d.update(version=9)),
+        "format 'x' version 3, not": variant(lambda d: d.update(format="x")),
+        "version 9, not 'ddi-fpga overlay' version 3": variant(lambda d: d.update(version=9)),
+        # an older runtime's file: graphs sharing an engine did not exist
+        "version 2, not 'ddi-fpga overlay' version 3": variant(lambda d: d.update(version=2)),
         "has no mask input": variant(lambda d: d["engines"][GRAPH].pop("mask_input")),
         "has 10 inputs": variant(lambda d: d["engines"][GRAPH].update(input=99)),
         "was built from bundle 'other'": variant(lambda d: d.update(bundle_id="other")),

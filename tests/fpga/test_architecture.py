@@ -23,6 +23,7 @@ import pytest
 
 from fpga.architecture import BUDGET, CostModel, plan_engines, skip_pattern
 from fpga.finn.errors import GraphError
+from tests.conftest import needs_cifar10
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORDED = ROOT / "measurements" / "fpga" / "resnet74-shared-engines.json"
@@ -192,6 +193,100 @@ def test_padded_weight_words_are_the_words_the_weight_file_holds():
     # ResNet-74's third-stage MVAU: 288-bit lines padded to 512, against whole 256-bit lines
     assert padded_weight_words(64, 576, 8, 9, 4) == 8192
     assert padded_weight_words(64, 576, 8, 8, 4) == 4608
+
+
+@pytest.fixture(scope="module")
+def r14_overlay(r14, r14_build):
+    """The shared engines of the ResNet-14 build as one overlay (its backbone: the quantized
+    gates run on the ARM, see prepare_shared_overlay), on the emulated PL."""
+    from fpga.architecture import prepare_shared_overlay
+    from fpga.emulator.overlay import EmulatedDmaOverlay
+
+    out, report = r14_build
+    build = prepare_shared_overlay(r14.path, out, gates=False, report=report, batch_size=8)
+    return build, EmulatedDmaOverlay.from_build(build.out)
+
+
+def test_a_shared_overlay_lists_each_graph_on_its_engine(r14, r14_overlay):
+    from fpga.board.accel import OverlaySpec
+
+    build, _ = r14_overlay
+    spec = OverlaySpec.load(build.deploy)
+    b0, b1 = spec.engines["block0"], spec.engines["block1"]
+    assert (b0.input, b0.output, b0.mask_input) == (b1.input, b1.output, b1.mask_input)
+    assert b0.tail != b1.tail  # each block's own float tail (its own output scale)
+    assert spec.shared("block0") == spec.shared("block1") == "block_16to16_s1_32px"
+    assert spec.shared("block2") is None and spec.shared("stem") is None
+    assert not any(g.startswith(("layer_gate", "channel_gate")) for g in spec.engines)
+    windows = spec.axilite["block_16to16_s1_32px"]
+    assert len(windows) == 5 and len(set(windows.values())) == 5  # 2 MVAUs, 3 thresholds
+    assert all(k.startswith("StreamingDataflowPartition_") for k in windows.values())
+    weights = json.loads((spec.root / spec.runtime_weights).read_text())
+    assert set(weights["engines"]) == set(spec.axilite)
+    assert {"block0", "block1"} <= set(weights["blocks"])
+    masters = 2 * len(build.engines) + sum(m is not None for _, _, m in build.engines.values())
+    assert masters <= 32
+
+
+@needs_cifar10
+def test_the_board_loads_each_blocks_weights_into_its_shared_engine(r14, r14_overlay):
+    """iadi and full mode through FinnBackend over the emulated PL: block0 and block1 run on
+    one engine, the board's WeightLoader writing each one's words through the overlay's
+    AXI-lite windows (and a flush frame) before it runs; predictions, executed blocks and
+    logits equal the onnxruntime executor's. The same overlay without the loader computes
+    both blocks with the weights the engine last held, and the logits differ."""
+    from export.executor import BundleExecutor
+    from fpga.board.accel import load_overlay
+    from fpga.board.runtime import FinnBackend
+    from train.data import load_cifar10
+
+    build, emulated = r14_overlay
+    bundle = r14
+    images = load_cifar10("test").images[:6]
+    overlay, accelerators = load_overlay(bundle, build.deploy, overlay=emulated)
+    engine = emulated.engines[accelerators["block0"].accelerator.input][1]
+    loads = accelerators["block0"].prepare.func.__self__
+    backend = FinnBackend(bundle, accelerators, overlay=overlay, threads=1)
+    for mode in ("full", "iadi"):
+        before = loads.loads
+        got = BundleExecutor(bundle, backend=backend).run(images, mode=mode)
+        want = BundleExecutor(bundle, threads=1).run(images, mode=mode)
+        np.testing.assert_array_equal(got.predictions, want.predictions)
+        np.testing.assert_array_equal(got.executed, want.executed)
+        np.testing.assert_allclose(got.logits, want.logits, rtol=0, atol=1e-5)
+        ran = int(got.executed[:, :2].any(axis=0).sum())
+        assert loads.loads - before >= ran - 1  # a load per block call, but the one held
+    # the first load writes block0's words over the bitstream's (the same: the engine was built
+    # from block0); every later one changes the memories, and its flush frame took the stale
+    # frame that follows a change (no image of the run was stale: the outputs equal the twin's)
+    assert loads.loads >= 3 and engine.weight_changes == loads.loads - 1
+    assert engine.stale_frames == engine.weight_changes
+    for accelerator in accelerators.values():
+        accelerator.prepare = None
+    stale = BundleExecutor(bundle, backend=backend).run(images, mode="full")
+    want = BundleExecutor(bundle, threads=1).run(images, mode="full")
+    assert not np.allclose(stale.logits, want.logits, atol=1e-3)
+
+
+def test_a_window_the_bitstream_lacks_is_refused_in_one_line(r14, r14_overlay, tmp_path):
+    import shutil
+
+    from fpga.board.accel import OVERLAY_FILE, AcceleratorError, load_overlay
+
+    build, emulated = r14_overlay
+    deploy = tmp_path / "deploy"
+    shutil.copytree(build.deploy, deploy)
+    doc = json.loads((deploy / OVERLAY_FILE).read_text())
+    node = next(iter(doc["axilite"]["block_16to16_s1_32px"]))
+    doc["axilite"]["block_16to16_s1_32px"][node] = "StreamingDataflowPartition_9/s_axilite_9"
+    (deploy / OVERLAY_FILE).write_text(json.dumps(doc))
+    with pytest.raises(AcceleratorError, match="s_axilite_9") as err:
+        load_overlay(r14, deploy, overlay=emulated)
+    assert "\n" not in str(err.value)
+    del doc["runtime_weights"]
+    (deploy / OVERLAY_FILE).write_text(json.dumps(doc))
+    with pytest.raises(AcceleratorError, match="no runtime_weights"):
+        load_overlay(r14, deploy, overlay=emulated)
 
 
 def test_report_is_read_by_the_emulator_timing(r14, r14_build):

@@ -13,7 +13,7 @@ import pytest
 
 from fpga.board import doctor
 from fpga.board.__main__ import main
-from fpga.board.accel import FloatTail, OverlaySpec
+from fpga.board.accel import OVERLAY_FORMAT, OVERLAY_VERSION, FloatTail, OverlaySpec
 from fpga.board.runtime import BoardRuntimeError, check_cma, check_finn
 
 
@@ -47,8 +47,9 @@ def _overlay(folder: Path, origin: str = "finn build", batch: int = 64) -> Path:
     (folder / "overlay.bit").write_bytes(b"\0")
     FloatTail([]).save(folder / "tail.json")
     doc = {
-        "format": "ddi-fpga overlay", "version": 2, "bundle_id": "b", "bitfile": "overlay.bit",
-        "settings": "driver/settings.json", "settings_origin": origin, "batch_size": batch,
+        "format": OVERLAY_FORMAT, "version": OVERLAY_VERSION, "bundle_id": "b",
+        "bitfile": "overlay.bit", "settings": "driver/settings.json", "settings_origin": origin,
+        "batch_size": batch,
         "engines": {"stem": {"input": 0, "output": 0, "tail": "tail.json"}},
     }  # fmt: skip
     (folder / "accelerators.json").write_text(json.dumps(doc))
