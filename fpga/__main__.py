@@ -30,7 +30,13 @@ from pathlib import Path
 from export.errors import ExportError
 from export.manifest import load_bundle
 from fpga import hwreport
-from fpga.architecture import REPORT_FILE, SharedConfig, build_shared, report_table
+from fpga.architecture import (
+    REPORT_FILE,
+    SharedConfig,
+    build_shared,
+    prepare_shared_overlay,
+    report_table,
+)
 from fpga.bitstream.budget import budget_markdown
 from fpga.bitstream.overlay import (
     OverlayConfig,
@@ -38,6 +44,7 @@ from fpga.bitstream.overlay import (
     overlay_budget,
     prepare_overlay,
 )
+from fpga.board.accel import OverlaySpec
 from fpga.board.errors import BoardError
 from fpga.emulator import EmulatorError
 from fpga.emulator.timing import HardwareReportTiming, MacRateTiming
@@ -148,7 +155,29 @@ def estimate(args: argparse.Namespace) -> int:
     return 0
 
 
+def overlay_shared(args: argparse.Namespace) -> int:
+    """``overlay --design shared``: the shared engines as one overlay (fpga/architecture.py)."""
+    config = SharedConfig(clk_period_ns=args.clk_period_ns)
+    if args.target_fps is not None:
+        config.target_fps = args.target_fps
+    built = prepare_shared_overlay(
+        args.bundle, args.out, config, gates=not args.gates_on_arm, batch_size=args.batch
+    )
+    spec = OverlaySpec.load(built.deploy)
+    print(f"{len(built.engines)} shared engines serve {len(spec.engines)} graphs in one overlay")
+    for name, (i, o, m) in built.engines.items():
+        graphs = sorted(g for g, e in spec.engines.items() if e.engine == name)
+        mask = "" if m is None else f", mask map idma {m}"
+        weights = ", weights written at run time" if name in spec.axilite else ""
+        print(f"  {name}: idma/odma {i}/{o}{mask}{weights}: {', '.join(graphs)}")
+    print(f"deploy folder {built.deploy} (driver settings predicted; AXI-lite windows by FINN's")
+    print("  numbering, checked against the bitstream when the board opens it)")
+    return 0
+
+
 def overlay(args: argparse.Namespace) -> int:
+    if args.design == "shared":
+        return overlay_shared(args)
     config = OverlayConfig(
         clk_period_ns=args.clk_period_ns,
         target_fps=1000 if args.target_fps is None else args.target_fps or None,
@@ -222,6 +251,19 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--uniform-fps", action="store_true", help=UNIFORM)
     o.add_argument("--batch", type=int, default=64, help="images per DMA transfer on the board")
     o.add_argument("--record", help="also write the budget as RECORD.json and RECORD.md")
+    o.add_argument(
+        "--design",
+        choices=("per-graph", "shared"),
+        default="per-graph",
+        help="per-graph: an engine per graph; shared: an engine per graph shape, each block's "
+        "weights written at run time (docs/fpga-architecture.md)",
+    )
+    o.add_argument(
+        "--gates-on-arm",
+        action="store_true",
+        help="--design shared: leave the quantized gates' engines out (their numpy programs "
+        "run on the ARM): FINN's shell gives every engine its own IODMAs",
+    )
     p = commands.add_parser("emulate", help="serve the emulated board on a pty")
     p.add_argument("bundle", help="bundle folder (python -m export)")
     timing = p.add_argument_group("time model")

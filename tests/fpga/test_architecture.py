@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from fpga.architecture import BUDGET, CostModel, plan_engines, skip_pattern
+from fpga.board.accel import OverlaySpec
 from fpga.finn.errors import GraphError
 from tests.conftest import needs_cifar10
 
@@ -196,20 +197,25 @@ def test_padded_weight_words_are_the_words_the_weight_file_holds():
 
 
 @pytest.fixture(scope="module")
-def r14_overlay(r14, r14_build):
-    """The shared engines of the ResNet-14 build as one overlay (its backbone: the quantized
-    gates run on the ARM, see prepare_shared_overlay), on the emulated PL."""
-    from fpga.architecture import prepare_shared_overlay
+def r14_overlay(r14, tmp_path_factory):
+    """``python -m fpga overlay BUNDLE --design shared --gates-on-arm``: the ResNet-14's
+    shared engines as one overlay (its backbone: the quantized gates run on the ARM, see
+    prepare_shared_overlay), on the emulated PL."""
+    from fpga.__main__ import main
+    from fpga.architecture import SharedOverlay
     from fpga.emulator.overlay import EmulatedDmaOverlay
 
-    out, report = r14_build
-    build = prepare_shared_overlay(r14.path, out, gates=False, report=report, batch_size=8)
-    return build, EmulatedDmaOverlay.from_build(build.out)
+    out = tmp_path_factory.mktemp("r14-shared-overlay")
+    argv = ["overlay", str(r14.path), "--out", str(out), "--design", "shared", "--gates-on-arm"]
+    assert main([*argv, "--batch", "8"]) == 0
+    spec = OverlaySpec.load(out / "deploy")
+    engines = {e.engine: (e.input, e.output, e.mask_input) for e in spec.engines.values()}
+    report = json.loads((out / "hw_report.json").read_text())
+    build = SharedOverlay(out, r14.bundle_id, out / "overlay.onnx", engines, out / "deploy", report)
+    return build, EmulatedDmaOverlay.from_build(out)
 
 
 def test_a_shared_overlay_lists_each_graph_on_its_engine(r14, r14_overlay):
-    from fpga.board.accel import OverlaySpec
-
     build, _ = r14_overlay
     spec = OverlaySpec.load(build.deploy)
     b0, b1 = spec.engines["block0"], spec.engines["block1"]

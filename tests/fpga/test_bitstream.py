@@ -732,6 +732,7 @@ def test_budget_adds_what_finns_estimate_leaves_out(small_overlay):
             "finn formula",
             "modelled",
             "reported",
+            "derived",
             "allowance",
         )
     text = b.budget_markdown(budget, "small")
