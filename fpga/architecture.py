@@ -858,27 +858,29 @@ def _graph_parent(out: Path, engine: Engine, graph: str) -> Any:
 
 
 def axilite_windows(
-    engines: list[Engine], files: list, weights: dict[str, Any], folder: Path
+    order: list[str], files: list, weights: dict[str, Any], folder: Path
 ) -> dict[str, dict[str, str]]:
     """Per shared engine, per runtime-writeable memory (FINN node name of the engine's build)
     the key of its AXI-lite interface in the overlay's ``ip_dict``.
 
     ``files`` are the memories FINN's driver generator numbered for the collapsed overlay
-    (:func:`fpga.bitstream.overlay.predict_driver`, in partition and layer order). The merge
-    keeps the engines' order and each engine's layer order, so they line up one to one with
-    the engines' memories in ``weights`` (``runtime_weights.json``); each pair is checked
-    word for word against the representative's ``.npz`` (FINN's layout of the same values),
-    so a misaligned or differently laid out memory stops the build. The key follows FINN's
-    numbering: ``StreamingDataflowPartition_<partition>/s_axilite_<layer>``; the board checks
-    it against the bitstream's ``ip_dict`` when it opens the overlay."""
+    (:func:`fpga.bitstream.overlay.predict_driver`, or the driver of the real build; in
+    partition and layer order); ``order`` the overlay's engines in the order of the merge. The
+    merge keeps the engines' order and each engine's layer order, so the files line up one to
+    one with the memories of the engines in ``weights`` (``runtime_weights.json``, in
+    ``folder``); each pair is checked word for word against the representative's ``.npz``
+    (FINN's layout of the same values), so a misaligned or differently laid out memory stops
+    the build. The key follows FINN's numbering:
+    ``StreamingDataflowPartition_<partition>/s_axilite_<layer>``; the board checks it against
+    the bitstream's ``ip_dict`` when it opens the overlay."""
     ours = []
-    for engine in engines:
-        entry = weights["engines"].get(engine.name)
+    for name in order:
+        entry = weights["engines"].get(name)
         if entry is None:
             continue
-        with np.load(folder / weights["blocks"][engine.representative]["file"]) as npz:
+        with np.load(folder / weights["blocks"][entry["representative"]]["file"]) as npz:
             for m in entry["memories"]:
-                ours.append((engine.name, m["node"], npz[m["node"]]))
+                ours.append((name, m["node"], npz[m["node"]]))
     if len(ours) != len(files):
         raise GraphError(
             f"FINN's driver numbers {len(files)} runtime-writeable memories in the overlay, the "
@@ -891,7 +893,8 @@ def axilite_windows(
                 f"memory {node!r} of engine {engine!r} does not match FINN's runtime weight file "
                 f"of {finn_node!r} (partition {sdp}, layer {layer}); report this as a bug"
             )
-        windows.setdefault(engine, {})[node] = f"StreamingDataflowPartition_{sdp}/s_axilite_{layer}"
+        key = f"StreamingDataflowPartition_{sdp}/s_axilite_{layer}"
+        windows.setdefault(engine, {})[node] = key
     return windows
 
 
@@ -947,7 +950,7 @@ def prepare_shared_overlay(
     for entry in weights["blocks"].values():
         shutil.copy2(out / WEIGHTS_DIR / entry["file"], weights_out / entry["file"])
     (weights_out / MANIFEST_FILE).write_text(json.dumps(weights, indent=1) + "\n")
-    windows = axilite_windows(engines, files, weights, weights_out)
+    windows = axilite_windows([e.name for e in engines], files, weights, weights_out)
 
     (deploy / "tails").mkdir(parents=True, exist_ok=True)
     specs = {}

@@ -13,7 +13,13 @@ import sys
 
 from export.errors import ExportError
 from fpga.bitstream import zedboard
-from fpga.bitstream.flow import BitstreamConfig, build_bitstreams, require_vivado, tool_environment
+from fpga.bitstream.flow import (
+    DESIGNS,
+    BitstreamConfig,
+    build_bitstreams,
+    require_vivado,
+    tool_environment,
+)
 from fpga.finn.compat import reexec_for_vivado
 from fpga.finn.errors import FinnFrontendError
 
@@ -33,7 +39,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--clk-period-ns", type=float, default=10.0, help="fabric clock (10: 100 MHz)"
     )
-    parser.add_argument("--target-fps", type=int, default=1000, help="0: no automatic folding")
+    parser.add_argument(
+        "--target-fps",
+        type=int,
+        help="FINN folding target per engine (default 1000; --design shared: 2500); 0: no "
+        "automatic folding",
+    )
+    parser.add_argument(
+        "--design",
+        choices=DESIGNS,
+        default="per-graph",
+        help="per-graph: an engine per graph; shared: an engine per graph shape, each block's "
+        "weights written at run time by the board (docs/fpga-architecture.md)",
+    )
+    parser.add_argument(
+        "--gates-on-arm",
+        action="store_true",
+        help="--design shared: leave the quantized gates' engines out (the ARM runs them)",
+    )
     parser.add_argument(
         "--uniform-fps",
         action="store_true",
@@ -95,9 +118,14 @@ def main(argv: list[str] | None = None) -> int:
 
         tool_environment(*require_vivado())  # XILINX_HLS too, for its fpo_v7_1 library path
         reexec_for_vivado()  # once: the loader must see FINN's LD_LIBRARY_PATH (XSI in-process)
+        target_fps = args.target_fps
+        if target_fps is None and args.design == "per-graph":
+            target_fps = 1000
         config = BitstreamConfig(
             clk_period_ns=args.clk_period_ns,
-            target_fps=args.target_fps or None,
+            target_fps=target_fps or None,
+            design=args.design,
+            gates_on_arm=args.gates_on_arm,
             balance_macs=not args.uniform_fps,
             folding_config_file=args.folding_config,
             graphs=args.graphs,

@@ -24,6 +24,7 @@ line (:class:`VivadoError`, :class:`ToolchainError`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -35,6 +36,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+# the module, not its names: fpga.architecture imports fpga.bitstream.overlay, whose package
+# (this one) imports this module first
+import fpga.architecture as architecture
 from fpga.bitstream.overlay import (
     BITFILE,
     FINN_BUILD,
@@ -42,6 +46,7 @@ from fpga.bitstream.overlay import (
     OverlayConfig,
     adopt_settings,
     prepare_overlay,
+    runtime_weight_files,
 )
 from fpga.bitstream.zedboard import ZEDBOARD, ZEDBOARD_PART, register_zedboard, zedboard_shell
 from fpga.board.accel import OverlaySpec
@@ -310,6 +315,12 @@ class BitstreamConfig:
     FIFOs are refused on designs with residual joins (:func:`check_fifo_strategy`)."""
     rtlsim_images: int = RTLSIM_IMAGES
     """Images per engine simulated on the stitched IP before synthesis (0: skip the check)."""
+    design: str = "per-graph"
+    """``per-graph``: an engine per graph (:func:`fpga.bitstream.overlay.prepare_overlay`);
+    ``shared``: an engine per graph shape, each block's weights written at run time
+    (:func:`fpga.architecture.prepare_shared_overlay`; ``target_fps`` None: its default)."""
+    gates_on_arm: bool = False
+    """``shared`` only: leave the quantized gates' engines out (the ARM runs them)."""
 
 
 def backend_config(config: BitstreamConfig, out_dir: Path) -> Any:
@@ -362,6 +373,22 @@ def ensure_finn_deps() -> None:
         raise ToolchainError(f"`finn deps update -d {deps}` failed; it needs access to GitHub")
 
 
+DESIGNS = ("per-graph", "shared")
+
+
+def adopt_windows(spec: OverlaySpec, files: list) -> OverlaySpec:
+    """``spec`` with the AXI-lite windows of the real build: FINN's driver numbered its runtime
+    weight files (``files``) after synthesis; :func:`fpga.architecture.axilite_windows` lines
+    them up with the shared engines' memories, word for word, as the prediction did. A window
+    that moved is logged and the real one kept."""
+    weights_dir = (spec.root / str(spec.runtime_weights)).parent
+    weights = json.loads((spec.root / str(spec.runtime_weights)).read_text())
+    windows = architecture.axilite_windows(list(spec.axilite), files, weights, weights_dir)
+    if windows != spec.axilite:
+        log.warning("the build numbered the AXI-lite windows otherwise than predicted; kept")
+    return dataclasses.replace(spec, axilite=windows)
+
+
 def build_bitstreams(
     bundle: str | os.PathLike, out_dir: str | os.PathLike, config: BitstreamConfig | None = None
 ) -> dict[str, str]:
@@ -397,19 +424,33 @@ def build_bitstreams(
     if os.environ.get("FINN_DEPS"):
         get_settings().finn_deps = os.environ["FINN_DEPS"]
     (out / "bitstream_config.json").write_text(json.dumps(asdict(config), indent=1) + "\n")
-    prepared = prepare_overlay(
-        bundle,
-        out,
-        OverlayConfig(
-            clk_period_ns=config.clk_period_ns,
-            target_fps=config.target_fps,
-            balance_macs=config.balance_macs,
-            pixel_words=config.pixel_words,
-            folding_config_file=config.folding_config_file,
-            graphs=config.graphs,
+    if config.design not in DESIGNS:
+        raise BuildError(f"design {config.design!r} unknown; use one of {DESIGNS!r}")
+    if config.design == "shared":
+        shared = architecture.SharedConfig(clk_period_ns=config.clk_period_ns)
+        if config.target_fps is not None:
+            shared.target_fps = config.target_fps
+        prepared = architecture.prepare_shared_overlay(
+            bundle,
+            out,
+            shared,
+            gates=not config.gates_on_arm,
             batch_size=config.batch_size,
-        ),
-    )
+        )
+    else:
+        prepared = prepare_overlay(
+            bundle,
+            out,
+            OverlayConfig(
+                clk_period_ns=config.clk_period_ns,
+                target_fps=config.target_fps,
+                balance_macs=config.balance_macs,
+                pixel_words=config.pixel_words,
+                folding_config_file=config.folding_config_file,
+                graphs=config.graphs,
+                batch_size=config.batch_size,
+            ),
+        )
     from qonnx.core.modelwrapper import ModelWrapper
 
     overlay_model = ModelWrapper(str(prepared.model))
@@ -435,10 +476,13 @@ def build_bitstreams(
     deploy = prepared.deploy
     shutil.copytree(finn_deploy / "bitfile", deploy / "bitfile", dirs_exist_ok=True)
     weights = finn_deploy / "driver" / "runtime_weights"
-    if weights.is_dir():
+    spec = OverlaySpec.load(deploy)
+    if spec.runtime_weights is not None:
+        spec = adopt_windows(spec, runtime_weight_files(weights))
+    elif weights.is_dir():
         shutil.copytree(weights, deploy / "runtime_weights", dirs_exist_ok=True)
     settings = json.loads((finn_deploy / "driver" / "settings.json").read_text())
-    adopt_settings(OverlaySpec.load(deploy), settings, FINN_BUILD)
+    adopt_settings(spec, settings, FINN_BUILD)
     files = {
         "deploy": str(deploy),
         "bitfile": str(deploy / BITFILE),

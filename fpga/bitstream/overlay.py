@@ -293,15 +293,20 @@ def predict_driver(
     folder = Path(model.get_metadata_prop("pynq_driver_dir"))
     try:
         settings = json.loads((folder / "settings.json").read_text())
-        files = []
-        for path in sorted((folder / "runtime_weights").glob("*.dat")):
-            sdp, layer, node = path.stem.split("_", 2)
-            words = np.array([int(w, 16) for w in path.read_text().split()], dtype=np.uint32)
-            files.append((int(sdp), int(layer), node, words))
-        files.sort(key=lambda f: (f[0], f[1]))
-        return settings, files
+        return settings, runtime_weight_files(folder / "runtime_weights")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def runtime_weight_files(folder: Path) -> list[RuntimeWeightFile]:
+    """FINN's driver's runtime weight files in ``folder`` (``<partition>_<layer>_<node>.dat``,
+    one hex word a line), in partition and layer order; none if the folder does not exist."""
+    files = []
+    for path in Path(folder).glob("*.dat"):
+        sdp, layer, node = path.stem.split("_", 2)
+        words = np.array([int(w, 16) for w in path.read_text().split()], dtype=np.uint32)
+        files.append((int(sdp), int(layer), node, words))
+    return sorted(files, key=lambda f: (f[0], f[1]))
 
 
 def write_deploy(

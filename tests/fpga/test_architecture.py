@@ -274,6 +274,32 @@ def test_the_board_loads_each_blocks_weights_into_its_shared_engine(r14, r14_ove
     assert not np.allclose(stale.logits, want.logits, atol=1e-3)
 
 
+def test_the_real_builds_numbering_replaces_the_predicted_windows(r14_overlay, caplog):
+    """After synthesis the flow reads FINN's driver's runtime weight files and lines them up
+    with the shared engines' memories again (fpga.bitstream.flow.adopt_windows): the same
+    numbering keeps the windows; another is adopted (and logged); files whose words are not
+    the engines' stop the build."""
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from fpga.bitstream.flow import adopt_windows
+    from fpga.bitstream.overlay import predict_driver
+
+    build, _ = r14_overlay
+    spec = OverlaySpec.load(build.deploy)
+    _, files = predict_driver(ModelWrapper(str(build.model)), 10.0)
+    assert adopt_windows(spec, files).axilite == spec.axilite
+    moved = [(sdp + 1, layer, node, words) for sdp, layer, node, words in files]
+    adopted = adopt_windows(spec, moved).axilite
+    key = next(iter(adopted["block_16to16_s1_32px"].values()))
+    assert key.startswith(f"StreamingDataflowPartition_{files[0][0] + 1}/")
+    assert "otherwise than predicted" in caplog.text
+    wrong = [(*f[:3], f[3] + 1) for f in files]
+    with pytest.raises(GraphError, match="does not match FINN's runtime weight file"):
+        adopt_windows(spec, wrong)
+    with pytest.raises(GraphError, match="numbers 1 runtime-writeable"):
+        adopt_windows(spec, files[:1])
+
+
 def test_a_window_the_bitstream_lacks_is_refused_in_one_line(r14, r14_overlay, tmp_path):
     import shutil
 

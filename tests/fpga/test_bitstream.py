@@ -672,6 +672,21 @@ def test_overlay_bitstream(bundle, tmp_path):
     assert spec.driver_information()["io_shape_dict"]["num_inputs"] == 2
 
 
+@pytest.mark.vivado
+def test_shared_overlay_bitstream(r14, tmp_path):
+    """The ResNet-14 backbone's shared engines as one bitstream: the AXI-lite windows that
+    accelerators.json names, numbered by FINN's driver of the real build, are in the .hwh."""
+    from fpga.board.accel import OverlaySpec
+
+    config = flow.BitstreamConfig(design="shared", gates_on_arm=True, target_fps=None)
+    files = flow.build_bitstreams(r14.path, tmp_path, config)
+    spec = OverlaySpec.load(files["deploy"])
+    assert spec.settings_origin == "finn build" and spec.axilite
+    hwh = Path(files["hwh"]).read_text()
+    for windows in spec.axilite.values():
+        assert all(key.split("/")[0] in hwh for key in windows.values())
+
+
 @pytest.mark.docker
 def test_image_refuses_without_vivado():
     tag = "ddi-fpga:test"
