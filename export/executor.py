@@ -203,7 +203,11 @@ class BundleExecutor:
                 spent,
                 np.zeros(0, dtype=bool),
             )
-        (x,) = self._run(m.stem, m.preprocess.apply(images))  # (N, C, H, W)
+        # a backend may take the images as they are (the FINN backend: the stem's codes from
+        # the preprocessing table, no floats)
+        stem_input = getattr(self.backend, "stem_input", None)
+        first = m.preprocess.apply(images) if stem_input is None else stem_input(images)
+        (x,) = self._run(m.stem, first)  # (N, C, H, W)
 
         gather = getattr(self.backend, "take", None)  # a backend may keep rows' codes too
         assemble = getattr(self.backend, "assemble", assemble_floats)  # ... and assemble them

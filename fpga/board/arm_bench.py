@@ -11,7 +11,9 @@ machine, per image:
 
 - ``gates``: what the ARM computes of the gates: the layer gates' LSTM steps after their
   engines (numpy), and any gate without an engine;
-- ``marshalling``: float -> integer codes, FINN folding and packing, unpacking, buffer copies;
+- ``marshalling``: the images to the stem's input (``preprocess``: with carrying, its codes
+  from the manifest's preprocessing table; without, the float images), float -> integer codes,
+  FINN folding and packing, unpacking, buffer copies;
 - ``driver``: the IODMA register sequence of each engine call (the PL's own time excluded);
 - ``tails``: the float tails after each engine;
 - ``masked_blocks``: block calls that ran on the ARM's numpy programs, reported apart, since
@@ -85,7 +87,7 @@ needs more AXI masters than the HP ports take)."""
 A9_CLOCK_HZ = 667e6
 A9_FLOPS_PER_CYCLE = 4.0
 """Cortex-A9 NEON: one 4-wide float32 multiply-accumulate every 2 cycles = 4 flops/cycle."""
-MARSHALLING = ("codes", "fold", "pack", "copies", "unpack", "carry", "other")
+MARSHALLING = ("preprocess", "codes", "fold", "pack", "copies", "unpack", "carry", "other")
 A9_SOURCE = (
     "Cortex-A9 NEON peak 4 float32 flop/cycle (3.999 GFLOP/s measured at 1 GHz, "
     "http://gruntthepeon.free.fr/blog/index.php/2011/05/26/54-arm-cortex-a9-peak-flops)"
@@ -299,6 +301,9 @@ def finn_work(
         clock.wrap(overlay, method, f"marshalling: {part}")
     take = accel.Carried.take
     clock.wrap(accel.Carried, "take", "marshalling: carry")  # rows of carried codes
+    # the images -> the stem's input: its codes from the preprocessing table (carry on), or
+    # the preprocessed floats that the stem's engine then turns into codes (carry off)
+    clock.wrap(backend, "stem_input", "marshalling: preprocess")
     try:
         t = time.perf_counter()
         result = BundleExecutor(bundle, backend=backend).run(imgs, mode=mode)
@@ -314,6 +319,7 @@ def finn_work(
         - per_image.get("driver", 0.0)
         - per_image.get("tails", 0.0)
         + per_image.get("marshalling: carry", 0.0)
+        + per_image.get("marshalling: preprocess", 0.0)
     )
     listed = sum(per_image.get(f"marshalling: {p}", 0.0) for p in MARSHALLING if p != "other")
     per_image["marshalling: other"] = per_image["marshalling"] - listed

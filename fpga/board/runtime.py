@@ -46,6 +46,7 @@ from fpga.board.accel import (
     AcceleratorError,
     Carried,
     EngineTensor,
+    FloatTail,
     OverlaySpec,
     as_floats,
     load_overlay,
@@ -285,11 +286,50 @@ class FinnBackend:
                 f"gate_threshold {threshold!r} of bundle {bundle.bundle_id!r} is outside [0, 1): "
                 "a channel gate engine's keep bits (1.0/0.0) cannot stand for its probabilities"
             )
+        # the stem's input codes straight from the uint8 images (stem_input), when its engine
+        # takes codes: the manifest's preprocessing table, one column per channel
+        stem = self.accelerators.get(bundle.manifest.stem)
+        self._preprocess = bundle.manifest.preprocess
+        self._stem_table: np.ndarray | None = None
+        if carry and getattr(stem, "run_carried", None) is not None:
+            self._stem_table = np.asarray(bundle.manifest.preprocess.lut, dtype=np.int16)
+            datatype = bundle.manifest.preprocess.datatype
+            self._stem_scale = np.float32(datatype.scale)
+            self._stem_range = datatype.integer_range()
+            self._stem_tail = FloatTail(
+                [
+                    {"op": "Transpose", "perm": [0, 3, 1, 2]},
+                    {
+                        "op": "Mul",
+                        "value": float(self._stem_scale),
+                        "shape": [],
+                        "const_first": False,
+                    },
+                ]
+            )
         log.info(
             "finn backend: %d graphs accelerated (%s), the rest on the ARM",
             len(self.accelerators),
             ", ".join(sorted(self.accelerators)) or "none",
         )
+
+    def stem_input(self, images: np.ndarray) -> object:
+        """The stem's input for uint8 images (N, H, W, C), as the executor asks for it: with
+        the stem on its engine and ``carry`` on, its integer codes NHWC as the stem's engine
+        takes them, looked up in the manifest's preprocessing table (``lut[c][pixel]``, the
+        values the model computes) without a float on the way (an
+        :class:`fpga.board.accel.EngineTensor`: its floats are the preprocessed images, made
+        only if the ARM needs them); else the preprocessed float images."""
+        table = self._stem_table
+        images = np.asarray(images)
+        if table is None or images.ndim != 4 or images.shape[-1] != len(table):
+            return self._preprocess.apply(images)
+        codes = np.empty(images.shape, dtype=np.int16)
+        for channel, column in enumerate(table):  # np.take per channel: a 256-entry table
+            np.take(column, images[..., channel], out=codes[..., channel], mode="clip")
+        low, high = self._stem_range
+        carried = Carried(self._stem_scale, low=low, high=high, codes=codes)
+        return EngineTensor(carried, self._stem_tail)
 
     def run(self, graph: GraphSpec, inputs: Sequence[object]) -> list[object]:
         accelerator = self.accelerators.get(graph.name)

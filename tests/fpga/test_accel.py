@@ -349,7 +349,8 @@ def test_engines_pass_codes_and_packed_bytes_on(bundle, overlay_build, emulated,
     next input DMA has the same word format, go straight to the next engine. The board's own
     driver (PynqDmaOverlay) over a stand-in of the PL's registers that checks every packed input
     against what FINN's packing gave for that call (recorded with carrying off): the bytes, the
-    results and the logits are identical, and only the stem's input is converted from floats."""
+    results and the logits are identical, and no input is converted from floats: the stem's
+    codes come from the manifest's preprocessing table (FinnBackend.stem_input)."""
     from fpga.board.accel import GraphAccelerator, OverlaySpec, load_overlay
     from fpga.board.finnio import PynqDmaOverlay
     from tests.arm.pl_standin import CALL_ARRAYS, RecordedPL, record_calls
@@ -405,13 +406,26 @@ def test_engines_pass_codes_and_packed_bytes_on(bundle, overlay_build, emulated,
     # stem, blocks..: each converted input folded and packed; the masks' bytes are one packed
     # pixel repeated (mask_words), checked against FINN's packing of the map by the stand-in
     assert off["codes"] >= 5 and off["pack"] == off["codes"] * chunks
-    assert on["codes"] == 1  # the stem's input: the preprocessed images
+    # not even the stem's input: its codes come from the preprocessing table (stem_input)
+    assert on["codes"] == 0
     assert on["pack"] < off["pack"], (on, off)  # some packed outputs went on as they were
     # the activations stayed codes from engine to engine: only the logits were made floats
     m = bundle.manifest
     assert on["tails"] == ["head"]
     assert set(off["tails"]) == {m.stem, m.head, *(b.graph for b in m.blocks)}  # full mode
     assert engines >= 5
+
+    # the stem's input codes from the table are the codes of the preprocessed floats
+    overlay, accelerators = load_overlay(bundle, overlay_build.deploy, overlay=emulated)
+    backend = FinnBackend(bundle, accelerators, overlay=overlay)
+    stem_in = backend.stem_input(images)
+    assert isinstance(stem_in, EngineTensor)
+    floats = m.preprocess.apply(images)
+    np.testing.assert_array_equal(stem_in.floats(), floats)
+    np.testing.assert_array_equal(stem_in.carried.codes, accelerators[m.stem].codes(floats))
+    assert accelerators[m.stem].takes(stem_in.carried)
+    no_carry = FinnBackend(bundle, accelerators, overlay=overlay, carry=False)
+    np.testing.assert_array_equal(no_carry.stem_input(images), floats)
 
     # rows of a carried tensor (the executor's gather for the images that run a block)
     m = bundle.manifest
