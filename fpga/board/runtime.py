@@ -325,8 +325,8 @@ class FinnBackend:
         if table is None or images.ndim != 4 or images.shape[-1] != len(table):
             return self._preprocess.apply(images)
         codes = np.empty(images.shape, dtype=np.int16)
-        for channel, column in enumerate(table):  # np.take per channel: a 256-entry table
-            np.take(column, images[..., channel], out=codes[..., channel], mode="clip")
+        for channel, column in enumerate(table):  # a 256-entry table per channel
+            codes[..., channel] = column[images[..., channel]]
         low, high = self._stem_range
         carried = Carried(self._stem_scale, low=low, high=high, codes=codes)
         return EngineTensor(carried, self._stem_tail)
