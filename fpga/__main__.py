@@ -48,7 +48,7 @@ from fpga.board.accel import OverlaySpec
 from fpga.board.errors import BoardError
 from fpga.emulator import EmulatorError
 from fpga.emulator.timing import HardwareReportTiming, MacRateTiming
-from fpga.finn.errors import FinnFrontendError
+from fpga.finn.errors import FinnFrontendError, GraphError
 from fpga.finn.frontend import estimate_table
 from fpga.hwreport import HardwareReportError
 
@@ -157,6 +157,21 @@ def estimate(args: argparse.Namespace) -> int:
 
 def overlay_shared(args: argparse.Namespace) -> int:
     """``overlay --design shared``: the shared engines as one overlay (fpga/architecture.py)."""
+    unused = [
+        flag
+        for flag, given in (
+            ("--graphs", args.graphs),
+            ("--uniform-fps", args.uniform_fps),
+            ("--record", args.record),
+        )
+        if given
+    ]
+    if unused or args.target_fps == 0:
+        what = ", ".join(unused) if unused else "--target-fps 0"
+        raise GraphError(
+            f"{what} does not apply to --design shared (its engines are folded by "
+            "SharedConfig; python -m fpga estimate --design shared --record writes its report)"
+        )
     config = SharedConfig(clk_period_ns=args.clk_period_ns)
     if args.target_fps is not None:
         config.target_fps = args.target_fps

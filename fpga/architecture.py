@@ -846,6 +846,10 @@ class SharedOverlay:
     """Engine name -> its input, output and mask input in the collapsed model (DMA indices)."""
     deploy: Path
     report: dict[str, Any]
+    finn_nodes: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Per shared engine, per memory: the name FINN gives that layer in the merged overlay (to
+    find its runtime weight file in the real build's driver, :func:`fpga.bitstream.flow.
+    adopt_windows`)."""
 
 
 def _graph_parent(out: Path, engine: Engine, graph: str) -> Any:
@@ -857,45 +861,66 @@ def _graph_parent(out: Path, engine: Engine, graph: str) -> Any:
     return ModelWrapper(str(folder / PARENT_FILE))
 
 
-def axilite_windows(
-    order: list[str], files: list, weights: dict[str, Any], folder: Path
-) -> dict[str, dict[str, str]]:
-    """Per shared engine, per runtime-writeable memory (FINN node name of the engine's build)
-    the key of its AXI-lite interface in the overlay's ``ip_dict``.
+def axilite_key(partition: int, layer: int) -> str:
+    """The ``ip_dict`` key of a runtime-writeable layer's AXI-lite interface, in FINN's
+    numbering (its driver's ``<partition>_<layer>_<node>.dat``)."""
+    return f"StreamingDataflowPartition_{partition}/s_axilite_{layer}"
 
-    ``files`` are the memories FINN's driver generator numbered for the collapsed overlay
-    (:func:`fpga.bitstream.overlay.predict_driver`, or the driver of the real build; in
-    partition and layer order); ``order`` the overlay's engines in the order of the merge. The
-    merge keeps the engines' order and each engine's layer order, so the files line up one to
-    one with the memories of the engines in ``weights`` (``runtime_weights.json``, in
-    ``folder``); each pair is checked word for word against the representative's ``.npz``
-    (FINN's layout of the same values), so a misaligned or differently laid out memory stops
-    the build. The key follows FINN's numbering:
-    ``StreamingDataflowPartition_<partition>/s_axilite_<layer>``; the board checks it against
-    the bitstream's ``ip_dict`` when it opens the overlay."""
-    ours = []
-    for name in order:
-        entry = weights["engines"].get(name)
-        if entry is None:
+
+def _engine_words(weights: dict[str, Any], folder: Path, engine: str) -> list[tuple[str, Any]]:
+    """(node, words) of each memory of ``engine``, in its build's order, from its
+    representative's ``.npz`` (``runtime_weights.json`` in ``folder``)."""
+    entry = weights["engines"][engine]
+    with np.load(folder / weights["blocks"][entry["representative"]]["file"]) as npz:
+        return [(m["node"], npz[m["node"]]) for m in entry["memories"]]
+
+
+def axilite_windows(
+    indices: dict[str, tuple[int, int, int | None]],
+    files: list,
+    weights: dict[str, Any],
+    folder: Path,
+) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, str]]]:
+    """Per shared engine, per runtime-writeable memory (FINN node name of the engine's build):
+    the key of its AXI-lite interface in the overlay's ``ip_dict``, and the name FINN gave
+    that layer in the merged overlay.
+
+    ``files`` are the memories FINN's driver generator numbered for the merged overlay
+    (:func:`fpga.bitstream.overlay.predict_driver`), each with the overlay inputs its
+    partition is fed from; ``indices`` each engine's inputs (:func:`collapse`). A file belongs
+    to the engine whose codes' input feeds it; the engine's files, in partition and layer
+    order, line up with its memories in ``weights`` (``runtime_weights.json`` in ``folder``),
+    and each pair is checked word for word against the representative's ``.npz`` (FINN's layout
+    of the same values), so a misassigned or differently laid out memory stops the build. The
+    board checks the keys against the bitstream's ``ip_dict`` when it opens the overlay."""
+    windows: dict[str, dict[str, str]] = {}
+    names: dict[str, dict[str, str]] = {}
+    claimed = 0
+    for engine, (codes_input, _, _) in indices.items():
+        if engine not in weights["engines"]:
             continue
-        with np.load(folder / weights["blocks"][entry["representative"]]["file"]) as npz:
-            for m in entry["memories"]:
-                ours.append((name, m["node"], npz[m["node"]]))
-    if len(ours) != len(files):
+        mine = sorted((f for f in files if codes_input in f[4]), key=lambda f: f[:2])
+        claimed += len(mine)
+        ours = _engine_words(weights, folder, engine)
+        if len(mine) != len(ours):
+            raise GraphError(
+                f"engine {engine!r} has {len(ours)} runtime-writeable memories, FINN's driver "
+                f"numbers {len(mine)} in its part of the overlay; report this as a bug"
+            )
+        for (node, words), (sdp, layer, finn_node, finn_words, _) in zip(ours, mine, strict=True):
+            if not np.array_equal(words, finn_words):
+                raise GraphError(
+                    f"memory {node!r} of engine {engine!r} does not match FINN's runtime weight "
+                    f"file of {finn_node!r} (partition {sdp}, layer {layer}); report this as a bug"
+                )
+            windows.setdefault(engine, {})[node] = axilite_key(sdp, layer)
+            names.setdefault(engine, {})[node] = finn_node
+    if claimed != len(files):
         raise GraphError(
             f"FINN's driver numbers {len(files)} runtime-writeable memories in the overlay, the "
-            f"shared engines have {len(ours)}; report this as a bug"
+            f"shared engines claim {claimed}; report this as a bug"
         )
-    windows: dict[str, dict[str, str]] = {}
-    for (engine, node, words), (sdp, layer, finn_node, finn_words) in zip(ours, files, strict=True):
-        if not np.array_equal(words, finn_words):
-            raise GraphError(
-                f"memory {node!r} of engine {engine!r} does not match FINN's runtime weight file "
-                f"of {finn_node!r} (partition {sdp}, layer {layer}); report this as a bug"
-            )
-        key = f"StreamingDataflowPartition_{sdp}/s_axilite_{layer}"
-        windows.setdefault(engine, {})[node] = key
-    return windows
+    return windows, names
 
 
 def prepare_shared_overlay(
@@ -950,7 +975,9 @@ def prepare_shared_overlay(
     for entry in weights["blocks"].values():
         shutil.copy2(out / WEIGHTS_DIR / entry["file"], weights_out / entry["file"])
     (weights_out / MANIFEST_FILE).write_text(json.dumps(weights, indent=1) + "\n")
-    windows = axilite_windows([e.name for e in engines], files, weights, weights_out)
+    windows, finn_nodes = axilite_windows(indices, files, weights, weights_out)
+    if not windows:  # no engine of this overlay is shared: nothing for the board to write
+        shutil.rmtree(weights_out)
 
     (deploy / "tails").mkdir(parents=True, exist_ok=True)
     specs = {}
@@ -975,4 +1002,6 @@ def prepare_shared_overlay(
     log.info(
         "overlay of %d shared engines (%d graphs) prepared in %s", len(engines), len(specs), out
     )
-    return SharedOverlay(out, loaded.bundle_id, out / OVERLAY_MODEL, indices, deploy, report)
+    return SharedOverlay(
+        out, loaded.bundle_id, out / OVERLAY_MODEL, indices, deploy, report, finn_nodes
+    )

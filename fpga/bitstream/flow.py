@@ -36,6 +36,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 # the module, not its names: fpga.architecture imports fpga.bitstream.overlay, whose package
 # (this one) imports this module first
 import fpga.architecture as architecture
@@ -318,7 +320,9 @@ class BitstreamConfig:
     design: str = "per-graph"
     """``per-graph``: an engine per graph (:func:`fpga.bitstream.overlay.prepare_overlay`);
     ``shared``: an engine per graph shape, each block's weights written at run time
-    (:func:`fpga.architecture.prepare_shared_overlay`; ``target_fps`` None: its default)."""
+    (:func:`fpga.architecture.prepare_shared_overlay`): ``target_fps`` is then the block
+    engines' target (None: ``SharedConfig``'s, 2,500), and ``balance_macs``, ``pixel_words``,
+    ``folding_config_file`` and ``graphs`` do not apply."""
     gates_on_arm: bool = False
     """``shared`` only: leave the quantized gates' engines out (the ARM runs them)."""
 
@@ -376,14 +380,32 @@ def ensure_finn_deps() -> None:
 DESIGNS = ("per-graph", "shared")
 
 
-def adopt_windows(spec: OverlaySpec, files: list) -> OverlaySpec:
-    """``spec`` with the AXI-lite windows of the real build: FINN's driver numbered its runtime
-    weight files (``files``) after synthesis; :func:`fpga.architecture.axilite_windows` lines
-    them up with the shared engines' memories, word for word, as the prediction did. A window
-    that moved is logged and the real one kept."""
+def adopt_windows(
+    spec: OverlaySpec, finn_nodes: dict[str, dict[str, str]], files: list
+) -> OverlaySpec:
+    """``spec`` with the AXI-lite windows of the real build: after synthesis FINN's driver
+    numbered its runtime weight files (``files``) itself. Each memory's file is found by the
+    name FINN gave its layer in the merged overlay (``finn_nodes``, from the prediction:
+    :attr:`fpga.architecture.SharedOverlay.finn_nodes`) and checked word for word against the
+    block's ``.npz``; its partition and layer give the key. A window that moved is logged and
+    the real one kept; a memory the build does not have stops it."""
     weights_dir = (spec.root / str(spec.runtime_weights)).parent
     weights = json.loads((spec.root / str(spec.runtime_weights)).read_text())
-    windows = architecture.axilite_windows(list(spec.axilite), files, weights, weights_dir)
+    by_name = {f[2]: f for f in files}
+    windows: dict[str, dict[str, str]] = {}
+    for engine, nodes in finn_nodes.items():
+        with np.load(
+            weights_dir / weights["blocks"][weights["engines"][engine]["representative"]]["file"]
+        ) as npz:
+            for node, finn_node in nodes.items():
+                found = by_name.get(finn_node)
+                if found is None or not np.array_equal(found[3], npz[node]):
+                    raise BuildError(
+                        f"FINN's build has no runtime weight file of {finn_node!r} with the words "
+                        f"of {node!r} (engine {engine!r}); the prediction and the build differ: "
+                        "report this as a bug"
+                    )
+                windows.setdefault(engine, {})[node] = architecture.axilite_key(*found[:2])
     if windows != spec.axilite:
         log.warning("the build numbered the AXI-lite windows otherwise than predicted; kept")
     return dataclasses.replace(spec, axilite=windows)
@@ -478,7 +500,7 @@ def build_bitstreams(
     weights = finn_deploy / "driver" / "runtime_weights"
     spec = OverlaySpec.load(deploy)
     if spec.runtime_weights is not None:
-        spec = adopt_windows(spec, runtime_weight_files(weights))
+        spec = adopt_windows(spec, prepared.finn_nodes, runtime_weight_files(weights))
     elif weights.is_dir():
         shutil.copytree(weights, deploy / "runtime_weights", dirs_exist_ok=True)
     settings = json.loads((finn_deploy / "driver" / "settings.json").read_text())

@@ -235,9 +235,10 @@ def predict_driver_settings(model: Any, clk_period_ns: float) -> dict[str, Any]:
     return predict_driver(model, clk_period_ns)[0]
 
 
-RuntimeWeightFile = tuple[int, int, str, "Any"]
+RuntimeWeightFile = tuple[int, int, str, "Any", frozenset]
 """One runtime-writeable memory as FINN's driver generator writes it: (partition index, layer
-index within the partition, node name, its ``uint32`` words)."""
+index within the partition, node name, its ``uint32`` words, the indices of the overlay's
+inputs its partition is fed from: the engine it belongs to; empty when not known)."""
 
 
 def predict_driver(
@@ -293,19 +294,51 @@ def predict_driver(
     folder = Path(model.get_metadata_prop("pynq_driver_dir"))
     try:
         settings = json.loads((folder / "settings.json").read_text())
-        return settings, runtime_weight_files(folder / "runtime_weights")
+        fed = partition_inputs(model)
+        files = [
+            (*f[:4], fed.get(f[0], frozenset()))
+            for f in runtime_weight_files(folder / "runtime_weights")
+        ]
+        return settings, files
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def partition_inputs(model: Any) -> dict[int, frozenset]:
+    """Per partition (its index among the nodes of a partitioned model, as FINN's driver numbers
+    it), the indices of the model's inputs it is fed from, through the partitions upstream. The
+    engines of a merged overlay are disjoint, so this names the engine a partition belongs to
+    (its codes' input, and a masked block's mask input). FINN's ``SortGraph`` orders the
+    merged engines' nodes level by level, interleaving them, so the numbering alone cannot."""
+    inputs = {t.name: k for k, t in enumerate(model.graph.input)}
+    nodes = list(model.graph.node)
+    memo: dict[int, frozenset] = {}
+
+    def fed(k: int) -> frozenset:
+        if k not in memo:
+            memo[k] = frozenset()  # a cycle cannot occur in a dataflow model; be safe
+            found: set[int] = set()
+            for name in nodes[k].input:
+                if name in inputs:
+                    found.add(inputs[name])
+                producer = model.find_producer(name)
+                if producer is not None:
+                    found |= fed(nodes.index(producer))
+            memo[k] = frozenset(found)
+        return memo[k]
+
+    return {k: fed(k) for k in range(len(nodes))}
+
+
 def runtime_weight_files(folder: Path) -> list[RuntimeWeightFile]:
     """FINN's driver's runtime weight files in ``folder`` (``<partition>_<layer>_<node>.dat``,
-    one hex word a line), in partition and layer order; none if the folder does not exist."""
+    one hex word a line), in partition and layer order (their inputs not known: empty); none if
+    the folder does not exist."""
     files = []
     for path in Path(folder).glob("*.dat"):
         sdp, layer, node = path.stem.split("_", 2)
         words = np.array([int(w, 16) for w in path.read_text().split()], dtype=np.uint32)
-        files.append((int(sdp), int(layer), node, words))
+        files.append((int(sdp), int(layer), node, words, frozenset()))
     return sorted(files, key=lambda f: (f[0], f[1]))
 
 

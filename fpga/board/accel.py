@@ -186,12 +186,8 @@ class OverlaySpec:
         if spec.batch_size < 1:
             raise AcceleratorError(f"{str(path)!r}: batch_size {spec.batch_size} must be >= 1")
         if bool(spec.axilite) != (spec.runtime_weights is not None):
-            raise AcceleratorError(
-                f"{str(path)!r} has "
-                + ("AXI-lite windows but no runtime_weights" if spec.axilite else "runtime_weights")
-                + " but no AXI-lite windows; "
-                + REBUILD
-            )
+            has, lacks = ("AXI-lite windows", "runtime_weights")[:: 1 if spec.axilite else -1]
+            raise AcceleratorError(f"{str(path)!r} has {has} but no {lacks}; {REBUILD}")
         return spec
 
     def save(self) -> Path:

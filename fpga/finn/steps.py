@@ -358,9 +358,12 @@ def step_refold_mvaus(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWra
     Each MVAU takes, among the ``PE`` dividing MH and ``SIMD`` dividing MW with
     ``SIMD * bits <= mvau_wwidth_max`` whose cycles stay within the partition's bottleneck (the
     engine's frame interval is unchanged), the folding with the fewest DSPs (the part's scarcest
-    resource), then the fewest padded words (runtime-writeable only), then the least
-    parallelism; on a tie the folding it has stays. Nodes that ``folding_config_file`` names
-    keep their folding.
+    resource), then the fewest padded words (runtime-writeable only), then the fewest BRAMs
+    (FINN's ``bram_estimation``), then the least parallelism; on a tie the folding it has
+    stays. Fewer DSPs may cost BRAM: a 3x3 conv of 64 channels at PE 8, SIMD 8 has 576 memory
+    lines, one more BRAM18 deep than PE 8, SIMD 9's 512 (8 -> 15 BRAM18 for 18 -> 16 DSP, by
+    FINN's estimates); the log line of each refolded node says what it traded. Nodes that
+    ``folding_config_file`` names keep their folding.
     """
     import json
 
@@ -378,9 +381,11 @@ def step_refold_mvaus(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWra
     return model
 
 
-def _fold_rank(op: Any, pe: int, simd: int, limit: int, part: str) -> tuple[int, int, int] | None:
-    """(DSPs, padded words if runtime-writeable, -cycles) of ``op`` folded by (PE, SIMD), or
-    None above ``limit`` cycles; leaves ``op`` folded so."""
+def _fold_rank(
+    op: Any, pe: int, simd: int, limit: int, part: str
+) -> tuple[int, int, int, int] | None:
+    """(DSPs, padded words if runtime-writeable, BRAM18s, -cycles) of ``op`` folded by (PE,
+    SIMD), or None above ``limit`` cycles; leaves ``op`` folded so."""
     op.set_nodeattr("PE", pe)
     op.set_nodeattr("SIMD", simd)
     cycles = int(op.get_exp_cycles())
@@ -390,7 +395,7 @@ def _fold_rank(op: Any, pe: int, simd: int, limit: int, part: str) -> tuple[int,
     if op.get_nodeattr("runtime_writeable_weights") == 1:
         mw, mh = int(op.get_nodeattr("MW")), int(op.get_nodeattr("MH"))
         words = padded_weight_words(mh, mw, pe, simd, op.get_input_datatype(1).bitwidth())
-    return int(op.dsp_estimation(part)), words, -cycles
+    return int(op.dsp_estimation(part)), words, int(op.bram_estimation(part)), -cycles
 
 
 def _refold(name: str, op: Any, limit: int, part: str, cfg: DataflowBuildConfig) -> None:
@@ -398,6 +403,7 @@ def _refold(name: str, op: Any, limit: int, part: str, cfg: DataflowBuildConfig)
     bits = op.get_input_datatype(1).bitwidth()
     now = (int(op.get_nodeattr("PE")), int(op.get_nodeattr("SIMD")))
     first = _fold_rank(op, *now, limit, part)  # SetFolding's choice is always a candidate
+    assert first is not None
     best, chosen = first, now
     for pe in _divisors(int(op.get_nodeattr("MH"))):
         for simd in _divisors(int(op.get_nodeattr("MW"))):
@@ -410,7 +416,8 @@ def _refold(name: str, op: Any, limit: int, part: str, cfg: DataflowBuildConfig)
     op.set_nodeattr("SIMD", chosen[1])
     if chosen != now:
         log.info(
-            "%s: PE=%d SIMD=%d -> PE=%d SIMD=%d (DSP %d -> %d, weight words %d -> %d)",
+            "%s: PE=%d SIMD=%d -> PE=%d SIMD=%d (DSP %d -> %d, weight words %d -> %d, "
+            "BRAM18 %d -> %d)",
             name,
             *now,
             *chosen,
@@ -418,6 +425,8 @@ def _refold(name: str, op: Any, limit: int, part: str, cfg: DataflowBuildConfig)
             best[0],
             first[1],
             best[1],
+            first[2],
+            best[2],
         )
 
 

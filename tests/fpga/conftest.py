@@ -26,10 +26,9 @@ def quantized_gates_overlay(quantized_gates, tmp_path_factory):
     return bundle, prepare_overlay(bundle.path, tmp_path_factory.mktemp("quantized-gates-overlay"))
 
 
-@pytest.fixture(scope="session")
-def r14(tmp_path_factory):
-    """An untrained quantized ResNet-14 MGL2S bundle (random-image BN and activation statistics):
-    two blocks per stage, so a shared engine serves two graphs."""
+def _untrained_bundle(tmp_path_factory, name: str):
+    """An untrained quantized MGL2S bundle of ``name`` (random-image BN and activation
+    statistics): only its structure matters."""
     import torch
 
     from export.bundle import export_bundle
@@ -40,15 +39,28 @@ def r14(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = create_model("resnet14", gating="mgl2s", quant={})
+    model = create_model(name, gating="mgl2s", quant={})
     model.train()
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for _ in range(2):
             model(torch.randint(0, 256, (16, 3, 32, 32), generator=g).float().div(255))
     model.eval()
-    folder = tmp_path_factory.mktemp("r14")
-    save_checkpoint(folder / "r14.pt", model, phase="test", config={})
-    export_bundle(folder / "r14.pt", folder / "bundle", progress=False)
+    folder = tmp_path_factory.mktemp(name)
+    save_checkpoint(folder / f"{name}.pt", model, phase="test", config={})
+    export_bundle(folder / f"{name}.pt", folder / "bundle", progress=False)
     torch.set_num_threads(threads)
     return load_bundle(folder / "bundle")
+
+
+@pytest.fixture(scope="session")
+def r14(tmp_path_factory):
+    """An untrained quantized ResNet-14 MGL2S bundle: two blocks per stage, so a shared engine
+    serves two graphs."""
+    return _untrained_bundle(tmp_path_factory, "resnet14")
+
+
+@pytest.fixture(scope="session")
+def r20(tmp_path_factory):
+    """An untrained quantized ResNet-20 MGL2S bundle: three shared stage engines."""
+    return _untrained_bundle(tmp_path_factory, "resnet20")

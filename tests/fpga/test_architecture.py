@@ -137,9 +137,10 @@ def _mvaus(path: Path) -> dict[str, Any]:
 
 def test_mvaus_are_refolded_for_dsps_and_whole_weight_lines(r14_build):
     """``step_refold_mvaus`` against FINN's own folding of the same build: per MVAU no more
-    DSPs (FINN's estimate), no more padded AXI-lite words, and no slower than the partition's
-    bottleneck before it; the shared block engine's 288-bit lines (PE 8, SIMD 9 at 4 bits,
-    written as 512) become whole 256-bit lines with fewer DSPs."""
+    DSPs (FINN's estimate), no more padded AXI-lite words, more BRAM only for fewer DSPs, and
+    no slower than the partition's bottleneck before it; the shared block engine's 288-bit
+    lines (PE 8, SIMD 9 at 4 bits, written as 512) become whole 256-bit lines with fewer
+    DSPs."""
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.custom_op.registry import getCustomOp
 
@@ -158,6 +159,10 @@ def test_mvaus_are_refolded_for_dsps_and_whole_weight_lines(r14_build):
         for name, old in before.items():
             new = after[name]
             assert new.dsp_estimation(part) <= old.dsp_estimation(part), (engine, name)
+            # BRAM grows only where DSPs fall (deeper memories of narrower lines)
+            assert new.bram_estimation(part) <= old.bram_estimation(part) or (
+                new.dsp_estimation(part) < old.dsp_estimation(part)
+            ), (engine, name)
             assert new.get_exp_cycles() <= max(bottleneck, old.get_exp_cycles()), (engine, name)
             if new.get_nodeattr("runtime_writeable_weights") == 1:
                 shape = [new.get_nodeattr(k) for k in ("MH", "MW")]
@@ -275,29 +280,66 @@ def test_the_board_loads_each_blocks_weights_into_its_shared_engine(r14, r14_ove
 
 
 def test_the_real_builds_numbering_replaces_the_predicted_windows(r14_overlay, caplog):
-    """After synthesis the flow reads FINN's driver's runtime weight files and lines them up
-    with the shared engines' memories again (fpga.bitstream.flow.adopt_windows): the same
-    numbering keeps the windows; another is adopted (and logged); files whose words are not
-    the engines' stop the build."""
+    """After synthesis the flow reads FINN's driver's runtime weight files (without the graph:
+    by the names FINN gave the layers, as predicted) and takes each memory's key from them
+    (fpga.bitstream.flow.adopt_windows): the same numbering keeps the windows; another is
+    adopted (and logged); a file whose words are not the memory's stops the build."""
     from qonnx.core.modelwrapper import ModelWrapper
 
+    from fpga.architecture import axilite_windows
     from fpga.bitstream.flow import adopt_windows
     from fpga.bitstream.overlay import predict_driver
+    from fpga.finn.errors import BuildError
 
     build, _ = r14_overlay
     spec = OverlaySpec.load(build.deploy)
     _, files = predict_driver(ModelWrapper(str(build.model)), 10.0)
-    assert adopt_windows(spec, files).axilite == spec.axilite
-    moved = [(sdp + 1, layer, node, words) for sdp, layer, node, words in files]
-    adopted = adopt_windows(spec, moved).axilite
+    weights = json.loads((spec.root / spec.runtime_weights).read_text())
+    folder = (spec.root / spec.runtime_weights).parent
+    windows, names = axilite_windows(build.engines, files, weights, folder)
+    assert windows == spec.axilite
+    real = [(*f[:4], frozenset()) for f in files]  # the driver's files say nothing of the graph
+    assert adopt_windows(spec, names, real).axilite == spec.axilite
+    moved = [(sdp + 1, *rest) for sdp, *rest in real]
+    adopted = adopt_windows(spec, names, moved).axilite
     key = next(iter(adopted["block_16to16_s1_32px"].values()))
     assert key.startswith(f"StreamingDataflowPartition_{files[0][0] + 1}/")
     assert "otherwise than predicted" in caplog.text
-    wrong = [(*f[:3], f[3] + 1) for f in files]
-    with pytest.raises(GraphError, match="does not match FINN's runtime weight file"):
-        adopt_windows(spec, wrong)
-    with pytest.raises(GraphError, match="numbers 1 runtime-writeable"):
-        adopt_windows(spec, files[:1])
+    wrong = [(*f[:3], f[3] + 1, f[4]) for f in real]
+    with pytest.raises(BuildError, match="no runtime weight file of"):
+        adopt_windows(spec, names, wrong)
+    with pytest.raises(GraphError, match="claim"):
+        axilite_windows(build.engines, [*files, (*files[0][:4], frozenset({999}))], weights, folder)
+
+
+@needs_cifar10
+def test_three_shared_engines_each_get_their_own_windows(r20, tmp_path):
+    """ResNet-20's backbone: three shared stage engines, whose layers FINN's SortGraph
+    interleaves in the merged overlay; each engine's memories are found by the overlay input
+    that feeds their partitions, and the blocks equal their onnxruntime twins through the
+    board's loader on the emulated PL."""
+    from export.executor import BundleExecutor
+    from fpga.architecture import prepare_shared_overlay
+    from fpga.board.accel import load_overlay
+    from fpga.board.runtime import FinnBackend
+    from fpga.emulator.overlay import EmulatedDmaOverlay
+    from train.data import load_cifar10
+
+    build = prepare_shared_overlay(r20.path, tmp_path, gates=False, batch_size=8)
+    spec = OverlaySpec.load(build.deploy)
+    assert len(spec.axilite) == 3
+    keys = [k for windows in spec.axilite.values() for k in windows.values()]
+    assert len(set(keys)) == len(keys)
+    emulated = EmulatedDmaOverlay.from_build(build.out)
+    overlay, accelerators = load_overlay(r20, build.deploy, overlay=emulated)
+    backend = FinnBackend(r20, accelerators, overlay=overlay, threads=1)
+    images = load_cifar10("test").images[:4]
+    got = BundleExecutor(r20, backend=backend).run(images, mode="full")
+    want = BundleExecutor(r20, threads=1).run(images, mode="full")
+    np.testing.assert_array_equal(got.predictions, want.predictions)
+    np.testing.assert_allclose(got.logits, want.logits, rtol=0, atol=1e-5)
+    loader = accelerators["block0"].prepare.func.__self__
+    assert loader.loads >= 7  # blocks 0-2, 4-5 and 7-8 each loaded into their engine
 
 
 def test_a_window_the_bitstream_lacks_is_refused_in_one_line(r14, r14_overlay, tmp_path):

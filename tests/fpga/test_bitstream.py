@@ -815,3 +815,21 @@ def test_stitched_ip_check_stops_in_one_line_without_a_stitched_ip(small_overlay
         flow.step_stitched_ip_rtlsim(model, cfg)
     assert "\n" not in str(info.value)
     assert model.get_metadata_prop("exec_mode") != "rtlsim"  # the build's model is untouched
+
+
+def test_the_shared_design_refuses_options_that_do_not_apply(r8_bundle, tmp_path, capsys):
+    """--design shared folds its engines by SharedConfig: a per-graph option, or no folding,
+    is refused in one line before any work (and before Vivado is looked for)."""
+    from fpga.__main__ import main as fpga_main
+    from fpga.bitstream.__main__ import main as bitstream_main
+
+    out = tmp_path / "out"
+    argv = [str(r8_bundle), "--out", str(out), "--design", "shared"]
+    with pytest.raises(SystemExit) as exit_info:
+        bitstream_main([*argv, "--graphs", "stem"])
+    assert exit_info.value.code == 2
+    assert "--graphs does not apply to --design shared" in capsys.readouterr().err
+    assert fpga_main(["overlay", *argv, "--target-fps", "0"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "--target-fps 0 does not apply to --design shared" in err and "\n" not in err
+    assert not out.exists()
