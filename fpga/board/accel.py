@@ -185,6 +185,23 @@ class OverlaySpec:
             ) from None
         if spec.batch_size < 1:
             raise AcceleratorError(f"{str(path)!r}: batch_size {spec.batch_size} must be >= 1")
+        pairs: dict[str, tuple[int, int, int | None]] = {}
+        for graph, e in spec.engines.items():
+            if e.engine is None:
+                continue
+            pair = pairs.setdefault(e.engine, (e.input, e.output, e.mask_input))
+            if pair != (e.input, e.output, e.mask_input):
+                raise AcceleratorError(
+                    f"{str(path)!r}: graph {graph!r} runs on engine {e.engine!r} through DMAs "
+                    f"{(e.input, e.output, e.mask_input)!r}, another of its graphs through "
+                    f"{pair!r}; {REBUILD}"
+                )
+        orphans = sorted(set(spec.axilite) - set(pairs))
+        if orphans:
+            raise AcceleratorError(
+                f"{str(path)!r} has AXI-lite windows of engines {orphans!r} that no graph runs on; "
+                f"{REBUILD}"
+            )
         if bool(spec.axilite) != (spec.runtime_weights is not None):
             has, lacks = ("AXI-lite windows", "runtime_weights")[:: 1 if spec.axilite else -1]
             raise AcceleratorError(f"{str(path)!r} has {has} but no {lacks}; {REBUILD}")
@@ -1015,9 +1032,10 @@ def load_overlay(
     """The overlay of ``folder`` (its ``accelerators.json``) and a :class:`GraphAccelerator`
     per engine, for ``bundle``.
 
-    The overlay must have been built from this bundle (its weights are in the bitstream): the
-    bundle ids must match. ``overlay`` replaces :func:`open_finn_overlay` (a stand-in for the
-    PL: :class:`fpga.emulator.overlay.EmulatedDmaOverlay`).
+    The overlay must have been built from this bundle (its weights are in the bitstream, or for
+    shared engines in its ``runtime_weights/``): the bundle ids must match. ``overlay``
+    replaces :func:`open_finn_overlay` (a stand-in for the PL:
+    :class:`fpga.emulator.overlay.EmulatedDmaOverlay`).
     """
     spec = OverlaySpec.load(folder)
     if spec.bundle_id != bundle.bundle_id:
@@ -1072,6 +1090,11 @@ def weight_loader(spec: OverlaySpec, overlay: Any, dmas: dict[str, DmaEngine]) -
     folder = (spec.root / str(spec.runtime_weights)).parent
     try:
         store = WeightStore(folder)
+        if store.bundle_id != spec.bundle_id:
+            raise WeightsError(
+                f"the runtime weights in {str(folder)!r} are of bundle {store.bundle_id!r}, the "
+                f"overlay of {spec.bundle_id!r}; copy the deploy folder of one build whole"
+            )
         store.preload()
         served = {g: spec.shared(g) for g in spec.engines if spec.shared(g) is not None}
         for graph, engine in served.items():

@@ -322,7 +322,12 @@ class FinnBackend:
         only if the ARM needs them); else the preprocessed float images."""
         table = self._stem_table
         images = np.asarray(images)
-        if table is None or images.ndim != 4 or images.shape[-1] != len(table):
+        if (
+            table is None
+            or images.dtype != np.uint8
+            or images.ndim != 4
+            or images.shape[-1] != len(table)
+        ):
             return self._preprocess.apply(images)
         codes = np.empty(images.shape, dtype=np.int16)
         for channel, column in enumerate(table):  # a 256-entry table per channel

@@ -426,6 +426,8 @@ def test_engines_pass_codes_and_packed_bytes_on(bundle, overlay_build, emulated,
     assert accelerators[m.stem].takes(stem_in.carried)
     no_carry = FinnBackend(bundle, accelerators, overlay=overlay, carry=False)
     np.testing.assert_array_equal(no_carry.stem_input(images), floats)
+    # anything but uint8 is not looked up (a negative value would index the table's end)
+    np.testing.assert_array_equal(backend.stem_input(images.astype(np.int16)), floats)
 
     # rows of a carried tensor (the executor's gather for the images that run a block)
     m = bundle.manifest

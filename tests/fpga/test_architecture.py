@@ -357,9 +357,25 @@ def test_a_window_the_bitstream_lacks_is_refused_in_one_line(r14, r14_overlay, t
     with pytest.raises(AcceleratorError, match="s_axilite_9") as err:
         load_overlay(r14, deploy, overlay=emulated)
     assert "\n" not in str(err.value)
-    del doc["runtime_weights"]
-    (deploy / OVERLAY_FILE).write_text(json.dumps(doc))
-    with pytest.raises(AcceleratorError, match="no runtime_weights"):
+    good = json.loads((build.deploy / OVERLAY_FILE).read_text())
+    cases = {
+        "has AXI-lite windows but no runtime_weights": lambda d: d.pop("runtime_weights"),
+        "another of its graphs through": lambda d: d["engines"]["block1"].update(input=0),
+        "that no graph runs on": lambda d: d["axilite"].update(gone={"MVAU_rtl_0": "x"}),
+    }
+    for message, edit in cases.items():
+        doc = json.loads(json.dumps(good))
+        edit(doc)
+        (deploy / OVERLAY_FILE).write_text(json.dumps(doc))
+        with pytest.raises(AcceleratorError, match=message) as err:
+            load_overlay(r14, deploy, overlay=emulated)
+        assert "\n" not in str(err.value)
+    # weights of another bundle (a runtime_weights folder of another build copied in)
+    (deploy / OVERLAY_FILE).write_text(json.dumps(good))
+    manifest = deploy / good["runtime_weights"]
+    weights = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**weights, "bundle_id": "other"}))
+    with pytest.raises(AcceleratorError, match="of bundle 'other'"):
         load_overlay(r14, deploy, overlay=emulated)
 
 
