@@ -35,6 +35,7 @@ from fpga.architecture import (
     SharedConfig,
     build_shared,
     prepare_shared_overlay,
+    refuse_per_graph_options,
     report_table,
 )
 from fpga.bitstream.budget import budget_markdown
@@ -157,21 +158,10 @@ def estimate(args: argparse.Namespace) -> int:
 
 def overlay_shared(args: argparse.Namespace) -> int:
     """``overlay --design shared``: the shared engines as one overlay (fpga/architecture.py)."""
-    unused = [
-        flag
-        for flag, given in (
-            ("--graphs", args.graphs),
-            ("--uniform-fps", args.uniform_fps),
-            ("--record", args.record),
-        )
-        if given
-    ]
-    if unused or args.target_fps == 0:
-        what = ", ".join(unused) if unused else "--target-fps 0"
-        raise GraphError(
-            f"{what} does not apply to --design shared (its engines are folded by "
-            "SharedConfig; python -m fpga estimate --design shared --record writes its report)"
-        )
+    given = {"--graphs": args.graphs, "--uniform-fps": args.uniform_fps, "--record": args.record}
+    refusal = refuse_per_graph_options(given, args.target_fps)
+    if refusal:
+        raise GraphError(refusal)
     config = SharedConfig(clk_period_ns=args.clk_period_ns)
     if args.target_fps is not None:
         config.target_fps = args.target_fps

@@ -923,6 +923,21 @@ def axilite_windows(
     return windows, names
 
 
+def refuse_per_graph_options(given: dict[str, Any], target_fps: int | None) -> str | None:
+    """The one line that refuses the per-graph options ``given`` (flag -> value, refused when
+    set) and ``--target-fps 0`` with ``--design shared``, or None: its engines are folded by
+    :class:`SharedConfig`."""
+    unused = [flag for flag, value in given.items() if value]
+    if target_fps == 0:
+        unused.append("--target-fps 0")
+    if not unused:
+        return None
+    return (
+        f"{', '.join(unused)} does not apply to --design shared (its engines are folded by "
+        "SharedConfig: --target-fps sets the blocks' target)"
+    )
+
+
 def prepare_shared_overlay(
     bundle: str | os.PathLike,
     out_dir: str | os.PathLike,

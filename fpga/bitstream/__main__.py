@@ -12,6 +12,7 @@ import os
 import sys
 
 from export.errors import ExportError
+from fpga.architecture import refuse_per_graph_options
 from fpga.bitstream import zedboard
 from fpga.bitstream.flow import (
     DESIGNS,
@@ -117,18 +118,14 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("BUNDLE and --out are required (or --check / --print-tcl)")
 
         if args.design == "shared":
-            unused = [
-                flag
-                for flag, given in (
-                    ("--graphs", args.graphs),
-                    ("--uniform-fps", args.uniform_fps),
-                    ("--folding-config", args.folding_config),
-                )
-                if given
-            ]
-            if unused or args.target_fps == 0:
-                what = ", ".join(unused) if unused else "--target-fps 0"
-                parser.error(f"{what} does not apply to --design shared (SharedConfig folds it)")
+            given = {
+                "--graphs": args.graphs,
+                "--uniform-fps": args.uniform_fps,
+                "--folding-config": args.folding_config,
+            }
+            refusal = refuse_per_graph_options(given, args.target_fps)
+            if refusal:
+                parser.error(refusal)
         tool_environment(*require_vivado())  # XILINX_HLS too, for its fpo_v7_1 library path
         reexec_for_vivado()  # once: the loader must see FINN's LD_LIBRARY_PATH (XSI in-process)
         target_fps = args.target_fps
