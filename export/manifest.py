@@ -219,6 +219,14 @@ class Preprocess:
         chw = np.ascontiguousarray(images.transpose(0, 3, 1, 2))  # (N, C, H, W)
         return table[np.arange(table.shape[0])[None, :, None, None], chw]
 
+    def nhwc_codes(self, images: np.ndarray) -> np.ndarray:
+        """uint8 images (N, H, W, C) -> integer codes in the images' own layout (N, H, W, C),
+        int16: as an engine that takes NHWC codes needs them (a 256-entry table per channel)."""
+        codes = np.empty(images.shape, dtype=np.int16)
+        for channel, column in enumerate(np.asarray(self.lut, dtype=np.int16)):
+            codes[..., channel] = column[images[..., channel]]
+        return codes
+
     def apply(self, images: np.ndarray) -> np.ndarray:
         """uint8 images (N, H, W, C) -> the stem's float32 input (N, C, H, W)."""
         scale = np.float32(self.datatype.scale)

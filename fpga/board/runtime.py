@@ -290,10 +290,9 @@ class FinnBackend:
         # takes codes: the manifest's preprocessing table, one column per channel
         stem = self.accelerators.get(bundle.manifest.stem)
         self._preprocess = bundle.manifest.preprocess
-        self._stem_table: np.ndarray | None = None
-        if carry and getattr(stem, "run_carried", None) is not None:
-            self._stem_table = np.asarray(bundle.manifest.preprocess.lut, dtype=np.int16)
-            datatype = bundle.manifest.preprocess.datatype
+        self._stem_codes = carry and getattr(stem, "run_carried", None) is not None
+        if self._stem_codes:
+            datatype = self._preprocess.datatype
             self._stem_scale = np.float32(datatype.scale)
             self._stem_range = datatype.integer_range()
             self._stem_tail = FloatTail(
@@ -320,18 +319,16 @@ class FinnBackend:
         values the model computes) without a float on the way (an
         :class:`fpga.board.accel.EngineTensor`: its floats are the preprocessed images, made
         only if the ARM needs them); else the preprocessed float images."""
-        table = self._stem_table
         images = np.asarray(images)
+        channels = len(self._preprocess.lut)
         if (
-            table is None
+            not self._stem_codes
             or images.dtype != np.uint8
             or images.ndim != 4
-            or images.shape[-1] != len(table)
+            or images.shape[-1] != channels
         ):
             return self._preprocess.apply(images)
-        codes = np.empty(images.shape, dtype=np.int16)
-        for channel, column in enumerate(table):  # a 256-entry table per channel
-            codes[..., channel] = column[images[..., channel]]
+        codes = self._preprocess.nhwc_codes(images)
         low, high = self._stem_range
         carried = Carried(self._stem_scale, low=low, high=high, codes=codes)
         return EngineTensor(carried, self._stem_tail)
