@@ -42,18 +42,16 @@ import numpy as np
 from export.manifest import load_bundle
 from fpga import hwreport
 from fpga.bitstream.overlay import (
-    BITFILE,
     DEPLOY_DIR,
     OVERLAY_MODEL,
     PREDICTED,
-    SETTINGS,
-    adopt_settings,
     collapse,
     overlay_budget,
     predict_driver,
+    write_deploy,
 )
 from fpga.bitstream.zedboard import interconnect_plan
-from fpga.board.accel import DEFAULT_BATCH, EngineSpec, FloatTail, OverlaySpec
+from fpga.board.accel import DEFAULT_BATCH
 from fpga.board.weights import MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION
 from fpga.finn.errors import GraphError
 from fpga.finn.frontend import PARENT_FILE, FrontendConfig, dataflow_model, estimate, to_hw
@@ -867,7 +865,7 @@ def axilite_key(partition: int, layer: int) -> str:
     return f"StreamingDataflowPartition_{partition}/s_axilite_{layer}"
 
 
-def _engine_words(weights: dict[str, Any], folder: Path, engine: str) -> list[tuple[str, Any]]:
+def engine_words(weights: dict[str, Any], folder: Path, engine: str) -> list[tuple[str, Any]]:
     """(node, words) of each memory of ``engine``, in its build's order, from its
     representative's ``.npz`` (``runtime_weights.json`` in ``folder``)."""
     entry = weights["engines"][engine]
@@ -901,7 +899,7 @@ def axilite_windows(
             continue
         mine = sorted((f for f in files if codes_input in f[4]), key=lambda f: f[:2])
         claimed += len(mine)
-        ours = _engine_words(weights, folder, engine)
+        ours = engine_words(weights, folder, engine)
         if len(mine) != len(ours):
             raise GraphError(
                 f"engine {engine!r} has {len(ours)} runtime-writeable memories, FINN's driver "
@@ -980,42 +978,33 @@ def prepare_shared_overlay(
     settings, files = predict_driver(model, config.clk_period_ns)
 
     deploy = out / DEPLOY_DIR
-    weights_out = deploy / WEIGHTS_DIR
-    shutil.rmtree(weights_out, ignore_errors=True)
-    weights_out.mkdir(parents=True)
     weights = json.loads((out / WEIGHTS_DIR / MANIFEST_FILE).read_text())
     kept = {e.name for e in engines}
     weights["engines"] = {k: v for k, v in weights["engines"].items() if k in kept}
     weights["blocks"] = {k: v for k, v in weights["blocks"].items() if v["engine"] in kept}
-    for entry in weights["blocks"].values():
-        shutil.copy2(out / WEIGHTS_DIR / entry["file"], weights_out / entry["file"])
-    (weights_out / MANIFEST_FILE).write_text(json.dumps(weights, indent=1) + "\n")
-    windows, finn_nodes = axilite_windows(indices, files, weights, weights_out)
-    if not windows:  # no engine of this overlay is shared: nothing for the board to write
-        shutil.rmtree(weights_out)
-
-    (deploy / "tails").mkdir(parents=True, exist_ok=True)
-    specs = {}
-    for engine in engines:
-        i, o, m = indices[engine.name]
-        for graph in engine.graphs:
-            tail = FloatTail.from_parent(_graph_parent(out, engine, graph))
-            tail.save(deploy / "tails" / f"{graph}.json")
-            specs[graph] = EngineSpec(i, o, f"tails/{graph}.json", m, engine=engine.name)
-    spec = OverlaySpec(
-        root=deploy,
-        bundle_id=loaded.bundle_id,
-        bitfile=BITFILE,
-        settings=SETTINGS,
-        settings_origin=PREDICTED,
-        engines=specs,
-        batch_size=batch_size or DEFAULT_BATCH,
+    windows, finn_nodes = axilite_windows(indices, files, weights, out / WEIGHTS_DIR)
+    weights_out = deploy / WEIGHTS_DIR
+    shutil.rmtree(weights_out, ignore_errors=True)
+    if windows:  # the weights of this overlay's shared engines, for the board to write
+        weights_out.mkdir(parents=True)
+        for entry in weights["blocks"].values():
+            shutil.copy2(out / WEIGHTS_DIR / entry["file"], weights_out / entry["file"])
+        (weights_out / MANIFEST_FILE).write_text(json.dumps(weights, indent=1) + "\n")
+    graphs = [(engine, graph) for engine in engines for graph in engine.graphs]
+    write_deploy(
+        deploy,
+        loaded.bundle_id,
+        {graph: _graph_parent(out, engine, graph) for engine, graph in graphs},
+        {graph: indices[engine.name] for engine, graph in graphs},
+        settings,
+        PREDICTED,
+        batch_size or DEFAULT_BATCH,
+        shared={graph: engine.name for engine, graph in graphs},
         runtime_weights=f"{WEIGHTS_DIR}/{MANIFEST_FILE}" if windows else None,
         axilite=windows,
     )
-    adopt_settings(spec, settings, PREDICTED)
     log.info(
-        "overlay of %d shared engines (%d graphs) prepared in %s", len(engines), len(specs), out
+        "overlay of %d shared engines (%d graphs) prepared in %s", len(engines), len(graphs), out
     )
     return SharedOverlay(
         out, loaded.bundle_id, out / OVERLAY_MODEL, indices, deploy, report, finn_nodes

@@ -394,18 +394,16 @@ def adopt_windows(
     by_name = {f[2]: f for f in files}
     windows: dict[str, dict[str, str]] = {}
     for engine, nodes in finn_nodes.items():
-        with np.load(
-            weights_dir / weights["blocks"][weights["engines"][engine]["representative"]]["file"]
-        ) as npz:
-            for node, finn_node in nodes.items():
-                found = by_name.get(finn_node)
-                if found is None or not np.array_equal(found[3], npz[node]):
-                    raise BuildError(
-                        f"FINN's build has no runtime weight file of {finn_node!r} with the words "
-                        f"of {node!r} (engine {engine!r}); the prediction and the build differ: "
-                        "report this as a bug"
-                    )
-                windows.setdefault(engine, {})[node] = architecture.axilite_key(*found[:2])
+        for node, words in architecture.engine_words(weights, weights_dir, engine):
+            finn_node = nodes[node]
+            found = by_name.get(finn_node)
+            if found is None or not np.array_equal(found[3], words):
+                raise BuildError(
+                    f"FINN's build has no runtime weight file of {finn_node!r} with the words "
+                    f"of {node!r} (engine {engine!r}); the prediction and the build differ: "
+                    "report this as a bug"
+                )
+            windows.setdefault(engine, {})[node] = architecture.axilite_key(*found[:2])
     if windows != spec.axilite:
         log.warning("the build numbered the AXI-lite windows otherwise than predicted; kept")
     return dataclasses.replace(spec, axilite=windows)

@@ -350,14 +350,24 @@ def write_deploy(
     settings: dict[str, Any],
     origin: str,
     batch_size: int = DEFAULT_BATCH,
+    *,
+    shared: dict[str, str] | None = None,
+    runtime_weights: str | None = None,
+    axilite: dict[str, dict[str, str]] | None = None,
 ) -> OverlaySpec:
-    """``out`` as the board's overlay folder: the tails, FINN's settings, ``accelerators.json``."""
+    """``out`` as the board's overlay folder: the tails, FINN's settings, ``accelerators.json``.
+
+    ``parents`` and ``engines`` are per graph (its dataflow parent, for its float tail; its
+    engine's DMA indices). An overlay of shared engines also names each graph's engine
+    (``shared``: graph -> engine), its runtime weights manifest and the engines' AXI-lite
+    windows (:mod:`fpga.architecture`)."""
     (out / "tails").mkdir(parents=True, exist_ok=True)
     specs = {}
     for name, parent in parents.items():
         FloatTail.from_parent(parent).save(out / "tails" / f"{name}.json")
         i, o, m = engines[name]
-        specs[name] = EngineSpec(i, o, tail=f"tails/{name}.json", mask_input=m)
+        engine = None if shared is None else shared[name]
+        specs[name] = EngineSpec(i, o, tail=f"tails/{name}.json", mask_input=m, engine=engine)
     spec = OverlaySpec(
         root=out,
         bundle_id=bundle_id,
@@ -366,6 +376,8 @@ def write_deploy(
         settings_origin=origin,
         engines=specs,
         batch_size=batch_size,
+        runtime_weights=runtime_weights,
+        axilite=axilite or {},
     )
     return adopt_settings(spec, settings, origin)
 
