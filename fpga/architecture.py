@@ -217,13 +217,71 @@ def dma_group_of(graph: dict, how: str) -> str:
     return stage
 
 
+ROOT = Path(__file__).resolve().parents[1]
+ARM_BENCH = Path("measurements") / "bench" / "arm_work.json"
+"""The ARM bench's record (``make bench``, fpga/board/arm_bench.py), relative to the repo."""
+
+
+@dataclass(frozen=True)
+class ArmWork:
+    """The board runtime's own work on the ARM (numpy on one Cortex-A9 core at 667 MHz), in
+    seconds, by the parts :func:`fpga.board.arm_bench.fit_arm_model` fits to the ARM bench:
+    per engine call ``call_s`` and per image of it ``call_image_s + call_byte_s x`` its
+    activation bytes in and out (the driver, gathering rows, packing, copies into and out of
+    the DMA buffers, unpacking, tails; ``call_s`` overlaps :attr:`CostModel.
+    call_overhead_cycles`, an assumption charged as well, so the ARM is not undercharged);
+    per image of a layer gate, the LSTM step; per image, its stem input from the
+    preprocessing table; per image and block, the executor's own work. The bench measures the
+    board's code on x86 and scales it by a cited x86/Cortex-A9 ratio, so these are modelled."""
+
+    call_s: float = 0.0
+    call_image_s: float = 0.0
+    call_byte_s: float = 0.0
+    lstm_image_s: float = 0.0
+    image_s: float = 0.0
+    block_image_s: float = 0.0
+    source: str = "none"
+    """Where the figures come from (the bench record and its bundle)."""
+
+    FIELDS = ("call_s", "call_image_s", "call_byte_s", "lstm_image_s", "image_s", "block_image_s")
+
+    @classmethod
+    def recorded(cls, path: str | os.PathLike | None = None) -> ArmWork:
+        """The figures of the committed ARM bench record (:data:`ARM_BENCH`), or of ``path``."""
+        path = Path(path) if path is not None else ROOT / ARM_BENCH
+        try:
+            doc = json.loads(path.read_text())
+            model = doc["arm_model"]
+            values = {k: float(model[k]) for k in cls.FIELDS}
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise GraphError(
+                f"no ARM-work model in {path} ({type(e).__name__}: {e}); run "
+                "`python -m fpga.board.arm_bench` (make bench) to measure it"
+            ) from None
+        shown = ARM_BENCH if path == ROOT / ARM_BENCH else path
+        return cls(
+            **values,
+            source=f"{shown}: bundle {doc.get('bundle')}, measured on x86 and scaled to a "
+            f"Cortex-A9 at 667 MHz (x{float(doc.get('x86_to_a9_factor', 0)):.1f}, modelled)",
+        )
+
+    def seconds(self, images: int, activation_bytes: int, layer_gate: bool) -> float:
+        """The ARM's seconds for one engine call of ``images`` images."""
+        if images <= 0:
+            return 0.0
+        lstm = self.lstm_image_s if layer_gate else 0.0
+        per_image = self.call_image_s + self.call_byte_s * activation_bytes + lstm
+        return self.call_s + images * per_image
+
+
 @dataclass
 class CostModel:
     """Cycles of a batch on the shared-engine design (assumptions in docs/fpga-architecture.md).
 
     Per block and batch: nothing if no image runs it; else ``call_overhead_cycles`` (the ARM
     programs the DMAs and waits), the weight load (shared engines only), the pipeline fill
-    (``latency_cycles - cycles``) and per image ``max(cycles, activation bytes / DMA rate)``.
+    (``latency_cycles - cycles``) and per image ``max(cycles, activation bytes / DMA rate)``;
+    and the ARM's own work for the call's images (:class:`ArmWork`, measured by the ARM bench).
     A block's gate engines (quantized gates) are calls of their own: its layer gate's for every
     image of the batch, its channel gate's for the images that run the block.
     """
@@ -260,8 +318,14 @@ class CostModel:
     shell), every engine on its own."""
     hp_ports: int = 2
     """Zynq HP ports the activation DMAs share (HP0, HP1), each ``dma_bytes_per_cycle``."""
+    arm_work: ArmWork = field(default_factory=ArmWork.recorded)
+    """The ARM's own work per image and call (:class:`ArmWork`; by default the committed ARM
+    bench's figures): with one call at a time it adds to the batch's time; pipelined, it is
+    part of the ARM's busy time."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.arm_work, dict):  # a report's cost_model, read back
+            self.arm_work = ArmWork(**self.arm_work)
         if self.weight_loader not in ("axilite", "dma"):
             raise GraphError(f"weight_loader {self.weight_loader!r} is not 'axilite' or 'dma'")
         if self.schedule not in SCHEDULES:
@@ -311,10 +375,11 @@ class CostModel:
     def batch_parts(self, report: dict, executed: np.ndarray) -> dict[str, Any]:
         """Cycles of a batch by part: ``engine`` (images x cycles), ``weight_load``,
         ``overhead`` (calls and pipeline fills), ``work`` (their sum: every call one after
-        another) and ``total``, the cycles the :attr:`schedule` takes per batch: ``work`` when
+        another), ``arm_work`` (the ARM's own work per image and call, :attr:`arm_work`) and
+        ``total``, the cycles the :attr:`schedule` takes per batch: ``work + arm_work`` when
         sequential; when pipelined the largest of ``resources``: each DMA group's calls in a
-        row (:attr:`dma_group`), the ARM's (every call's start and every AXI-lite weight
-        word) and the HP ports' (all bytes the DMAs move), with ``busiest`` naming it. Plus
+        row (:attr:`dma_group`), the ARM's (every call's start, every AXI-lite weight word and
+        ``arm_work``) and the HP ports' (all bytes the DMAs move), with ``busiest`` naming it. Plus
         ``weight_bytes`` and ``activation_bytes`` moved. ``executed[k, i]``: image ``k`` runs
         block ``i``.
         """
@@ -341,11 +406,14 @@ class CostModel:
         )
         groups: dict[str, int] = {}
         arm = 0
+        arm_s = n * (self.arm_work.image_s + len(blocks) * self.arm_work.block_image_s)
         for name, images in calls:
             g = graphs[name]
             total = self.call_cycles(g, images)
             if not total:
                 continue
+            layer_gate = g.get("kind") == "layer_gate"
+            arm_s += self.arm_work.seconds(images, g["activation_bytes"], layer_gate)
             engine = images * self.image_cycles(g)
             load = self.load_cycles(g)
             parts["engine"] += engine
@@ -364,11 +432,12 @@ class CostModel:
         moved = parts["activation_bytes"]
         if self.weight_loader == "dma":
             moved += parts["weight_bytes"]
+        parts["arm_work"] = math.ceil(arm_s * self.clock_mhz * 1e6)
         resources = {f"dma group {k}": v for k, v in groups.items()}
-        resources["ARM"] = arm
+        resources["ARM"] = arm + parts["arm_work"]
         resources["HP ports"] = math.ceil(moved / (self.hp_ports * self.dma_bytes_per_cycle))
-        if self.schedule == "sequential":
-            parts["total"], parts["busiest"] = parts["work"], None
+        if self.schedule == "sequential":  # the ARM's work between the calls adds up
+            parts["total"], parts["busiest"] = parts["work"] + parts["arm_work"], None
         else:
             busiest = max(resources, key=resources.get)
             parts["total"], parts["busiest"] = resources[busiest], busiest
@@ -464,7 +533,7 @@ def _external_brams(hw: Any, fpga_part: str) -> float:
     return float(sum(r.get("BRAM_18K", 0) for r in res.values()))
 
 
-def _activation_bytes(manifest: Any, graph: str) -> int:
+def activation_bytes(manifest: Any, graph: str) -> int:
     """Bytes an image moves in and out of an engine for ``graph`` (integer codes, packed)."""
     spec = manifest.graphs[graph]
     total = 0
@@ -559,7 +628,7 @@ def shared_report(
                 "runtime_weights": engine.runtime_weights,
                 "weight_words": row["weight_words"],
                 "weight_bytes": row["weight_bytes"],
-                "activation_bytes": _activation_bytes(manifest, name),
+                "activation_bytes": activation_bytes(manifest, name),
             }
             g["weight_load_cycles"] = cost.load_cycles(g)
             g["throughput_fps"] = cost.clock_mhz * 1e6 / row["cycles"]
@@ -673,8 +742,12 @@ def report_table(report: dict) -> str:
         f"{t['LUT']:,.0f} ({100 * u['LUT']:.0f}%) | {t['BRAM_18K']:,.0f} "
         f"({100 * u['BRAM_18K']:.0f}%) | {t['DSP']:,.0f} ({100 * u['DSP']:.0f}%) | |"
     )
-    verdict = "fits" if report["fits"] else "does NOT fit"
-    lines.append(f"\nThe design {verdict} the XC7Z020 ({report['kind']}).\n")
+    verdict = "fit" if report["fits"] else "do NOT fit"
+    lines.append(
+        f"\nBy FINN's estimate of their HW layers alone ({report['kind']}) the engines {verdict}"
+        " the XC7Z020; what FINN leaves out (DMAs, interconnect, the LUTs of MVAU_rtl and HLS"
+        " layers) is in the completed budget, which decides whether one overlay fits.\n"
+    )
     tp = report["throughput"]
     schedule = tp.get("schedule", "sequential")
     lines.append(
@@ -695,6 +768,21 @@ def report_table(report: dict) -> str:
         f"{tp['unbatched_no_skip']['cycles_per_image']:,.0f} | - | "
         f"{tp['unbatched_no_skip']['images_per_s']:,.1f} |"
     )
+    arm = report.get("cost_model", {}).get("arm_work")
+    if arm:
+        zero = next(iter(tp["by_skip"].values()))
+        ms = tp["batch_images"] * report["clock_mhz"] * 1e3  # cycles of a batch -> ms an image
+        lines.append(
+            f"\nThe ARM's own work is charged per image and call ({arm['source']}): an engine "
+            f"call {arm['call_s'] * 1e6:.0f} us, per image of it "
+            f"{arm['call_image_s'] * 1e6:.1f} us + "
+            f"{arm['call_byte_s'] * 1e9:.2f} ns per activation byte, the LSTM step "
+            f"{arm['lstm_image_s'] * 1e6:.1f} us per image of a layer gate, "
+            f"{arm['image_s'] * 1e6:.1f} us per image and {arm['block_image_s'] * 1e6:.1f} us per "
+            f"image and block; at {100 * zero['skip_fraction']:.0f}% skipped that is "
+            f"{zero['arm_work'] / ms:,.2f} ms an image, of {zero['resources']['ARM'] / ms:,.2f} "
+            "ms of ARM time with the calls' starts and the weight writes."
+        )
     bound = report.get("dsp_bound")
     if bound and bound["images_per_s"]:
         lines.append(

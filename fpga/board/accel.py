@@ -52,7 +52,16 @@ import numpy as np
 
 import formats
 from fpga.board.errors import BoardError
-from fpga.board.finnio import FinnIoError, PynqDmaOverlay, StreamType, pack, padding_mask, unpack
+from fpga.board.finnio import (
+    FinnIoError,
+    PynqDmaOverlay,
+    StreamType,
+    pack,
+    padding_mask,
+    reword,
+    same_bytes,
+    unpack,
+)
 from fpga.board.weights import WeightLoader, WeightsError, WeightStore, flush_frame
 
 log = logging.getLogger(__name__)
@@ -979,13 +988,13 @@ class GraphAccelerator:
         run_packed = getattr(engine, "run_packed", None)
         packed_in, codes = None, None
         if carried is not None and self.takes(carried):
-            same_words = (
+            stream = getattr(engine, "input_stream", None)
+            if (  # the same bytes, maybe in words of another size: passed on as they are
                 run_packed is not None
                 and carried.packed is not None
-                and carried.stream == getattr(engine, "input_stream", None)
-            )
-            if same_words:
-                packed_in = carried.packed
+                and same_bytes(carried.stream, stream)
+            ):
+                packed_in = reword(carried.packed, stream)
             else:
                 codes = carried.codes
         else:

@@ -22,7 +22,13 @@ machine, per image:
   runs there (0); an engine without a mask stream runs only all-ones masks.
 
 ``marshalling`` is all of an engine call's ARM work but the driver and the tail (its listed
-parts and the rest: casts, the kept packed output, the carry's bookkeeping). The FINN path runs
+parts and the rest: casts, the kept packed output, the carry's bookkeeping); ``executor`` is
+the rest of the run (the executor's bookkeeping, splitting the batch, assembling a block's
+output): with it, ``arm_total`` is all of the ARM's work. Each timed run follows an untimed
+one on the same images, so what the runtime reads on its first use of a graph (read once per
+LOAD on the board) is not counted per batch. ``arm_model`` fits the parts that
+:class:`fpga.architecture.ArmWork` charges in the shared-engine cost model to the headline
+run (:func:`fit_arm_model`). The FINN path runs
 with the engines passing their output codes on to the next engine (``--carry on``, the board's
 default, :class:`fpga.board.runtime.FinnBackend`) and without (``off``), in ``iadi`` mode and in
 ``full`` mode (every block dense on its engine), interleaved, ``--repeats`` times each (median
@@ -68,7 +74,7 @@ from typing import Any
 
 import numpy as np
 
-from export.executor import BundleExecutor
+from export.executor import BATCH_SIZE, BundleExecutor
 from export.manifest import load_bundle
 from export.program import NumpyBackend
 from fpga.board import accel
@@ -88,6 +94,11 @@ A9_CLOCK_HZ = 667e6
 A9_FLOPS_PER_CYCLE = 4.0
 """Cortex-A9 NEON: one 4-wide float32 multiply-accumulate every 2 cycles = 4 flops/cycle."""
 MARSHALLING = ("preprocess", "codes", "fold", "pack", "copies", "unpack", "carry", "other")
+SMALL_BATCH = 32
+"""Executor batch of the ARM-work model's second run (calls of fewer images)."""
+ADAPTER = ("gates", "marshalling", "driver", "tails")
+"""The adapter's work around the engines; with ``executor`` (the rest of the run) all of the
+ARM's work per image."""
 A9_SOURCE = (
     "Cortex-A9 NEON peak 4 float32 flop/cycle (3.999 GFLOP/s measured at 1 GHz, "
     "http://gruntthepeon.free.fr/blog/index.php/2011/05/26/54-arm-cortex-a9-peak-flops)"
@@ -249,10 +260,11 @@ def finn_work(
     mode: str,
     carry: bool,
     answers: dict[tuple[Any, ...], Any] | None = None,
+    batch_size: int = BATCH_SIZE,
 ) -> dict[str, Any]:
     """One run of the FINN backend as the board runs it, its ARM time per image by category
-    (the stand-in PL's time excluded). ``answers``: the stand-in's engine outputs by call,
-    shared by the runs of one benchmark."""
+    (the stand-in PL's time excluded), in executor batches of ``batch_size``. ``answers``:
+    the stand-in's engine outputs by call, shared by the runs of one benchmark."""
 
     spec = accel.OverlaySpec.load(build.deploy)
     info = spec.driver_information()
@@ -263,6 +275,8 @@ def finn_work(
     backend = FinnBackend(bundle, accelerators, overlay=overlay, carry=carry)
     kind = {name: g.kind for name, g in bundle.manifest.graphs.items()}
     calls: dict[str, int] = defaultdict(int)
+    graph_s: dict[str, float] = defaultdict(float)  # each graph's engine calls, PL excluded
+    graph_calls: dict[str, int] = defaultdict(int)
     numpy_run = backend.cpu.run
 
     def cpu_run(graph: Any, inputs: Any) -> Any:
@@ -287,7 +301,12 @@ def finn_work(
             inputs: Any, *args: Any, _name: str = name, _run: Any = original, **kw: Any
         ) -> Any:
             calls[_name] += len(inputs[0])
-            return _run(inputs, *args, **kw)
+            graph_calls[_name] += 1
+            before, t = clock.excluded, time.perf_counter()
+            try:
+                return _run(inputs, *args, **kw)
+            finally:
+                graph_s[_name] += time.perf_counter() - t - (clock.excluded - before)
 
         acc.run_carried = counted
     for method, part in (
@@ -304,9 +323,17 @@ def finn_work(
     # the images -> the stem's input: its codes from the preprocessing table (carry on), or
     # the preprocessed floats that the stem's engine then turns into codes (carry off)
     clock.wrap(backend, "stem_input", "marshalling: preprocess")
+    executor = BundleExecutor(bundle, backend=backend)
     try:
+        # a warm-up run on the same images: what the runtime reads on its first use of a
+        # graph (tails' and gates' arrays) is read once at LOAD on the board, not per batch
+        executor.run(imgs, mode=mode, batch_size=batch_size)
+        clock.seconds.clear()
+        clock.excluded = 0.0
+        for counts in (calls, graph_s, graph_calls):
+            counts.clear()
         t = time.perf_counter()
-        result = BundleExecutor(bundle, backend=backend).run(imgs, mode=mode)
+        result = executor.run(imgs, mode=mode, batch_size=batch_size)
         wall = time.perf_counter() - t - clock.excluded
     finally:
         accel.Carried.take = take
@@ -323,7 +350,18 @@ def finn_work(
     )
     listed = sum(per_image.get(f"marshalling: {p}", 0.0) for p in MARSHALLING if p != "other")
     per_image["marshalling: other"] = per_image["marshalling"] - listed
-    return {"result": result, "calls": dict(calls), "wall": wall, "per_image": per_image}
+    # the executor's own work (its bookkeeping, splitting the batch, assembling a block's
+    # output from its parts): the ARM does it too
+    adapter = sum(per_image.get(k, 0.0) for k in ADAPTER)
+    per_image["executor"] = max(0.0, wall / len(imgs) - adapter)
+    return {
+        "result": result,
+        "calls": dict(calls),
+        "graph_seconds": dict(graph_s),
+        "graph_calls": dict(graph_calls),
+        "wall": wall,
+        "per_image": per_image,
+    }
 
 
 def run(
@@ -380,6 +418,10 @@ def run(
             "per_image": {
                 k: float(np.median([r["per_image"].get(k, 0.0) for r in rs])) for k in names
             },
+            "graph_seconds": {
+                g: float(np.median([r["graph_seconds"][g] for r in rs]))
+                for g in rs[0]["graph_seconds"]
+            },
         }
     for key, r in runs.items():  # bit-identical whatever the carrying
         same = runs[f"{key.split(',')[0]}, carry {'on' if carries[0] else 'off'}"]["result"]
@@ -389,6 +431,19 @@ def run(
         assert np.array_equal(r["result"].predictions, reference.predictions), key
     main_key = f"iadi, carry {'on' if carries[-1] else 'off'}"
     main = runs[main_key]
+    # the same images in smaller batches: calls of fewer images, for the ARM-work model's fit
+    smalls = [
+        finn_work(bundle, build, emulated, imgs, "iadi", carries[-1], answers, SMALL_BATCH)
+        for _ in range(repeats)
+    ]
+    small = {
+        **smalls[0],
+        "batch_size": SMALL_BATCH,
+        "graph_seconds": {
+            g: float(np.median([r["graph_seconds"][g] for r in smalls]))
+            for g in smalls[0]["graph_seconds"]
+        },
+    }
     result, calls, wall = main["result"], main["calls"], main["wall"]
     per_image = main["per_image"]
 
@@ -410,7 +465,9 @@ def run(
     # the ARM's work mixes numpy kernels, copies and interpreter overhead: scaled by the larger
     # of the two cited ratios, so the Cortex-A9 figures do not flatter the design
     factor = max(factors.values())
-    adapter = sum(per_image.get(k, 0.0) for k in ("gates", "marshalling", "driver", "tails"))
+    adapter = sum(per_image.get(k, 0.0) for k in ADAPTER)
+    arm_total = adapter + per_image.get("executor", 0.0)
+    model = fit_arm_model(main, m, len(imgs), factor, small)
     doc = {
         "benchmark": "arm_work",
         "bundle": m.bundle_id,
@@ -427,6 +484,7 @@ def run(
         "measured_x86_s_per_image": {
             **per_image,
             "adapter_total": adapter,
+            "arm_total": arm_total,
             "run_wall_minus_pl": wall / len(imgs),
         },
         "engine_images": dict(calls),
@@ -439,14 +497,16 @@ def run(
         "x86_to_a9_factors": factors,
         "x86_to_a9_factor": factor,
         "modelled_a9_s_per_image": {k: v * factor for k, v in per_image.items()}
-        | {"adapter_total": adapter * factor},
+        | {"adapter_total": adapter * factor, "arm_total": arm_total * factor},
         "modelled_pl_s_per_image_finn_estimates": pl_s,
         "modelled_pl_dense_s_per_image_finn_estimates": pl_dense_s,
         "adapter_over_pl": adapter * factor / pl_s if pl_s else None,
+        "arm_over_pl": arm_total * factor / pl_s if pl_s else None,
         "adapter_over_pl_by_factor": {
             k: adapter * f / pl_s if pl_s else None for k, f in factors.items()
         },
         "adapter_over_pl_dense": adapter * factor / pl_dense_s if pl_dense_s else None,
+        "arm_model": model,
         "carry": main_key.split(", ")[1],
         "finn_runs_x86_s_per_image": {
             key: {
@@ -471,12 +531,82 @@ def run(
     return doc
 
 
+def fit_arm_model(
+    run: dict[str, Any], manifest: Any, images: int, factor: float, small: dict[str, Any]
+) -> dict:
+    """The ARM's work of ``run`` (one ``finn_work`` result, median per category) as the parts
+    :class:`fpga.architecture.ArmWork` charges, in Cortex-A9 seconds (x86 seconds x
+    ``factor``). An engine call's work, ``call_s + images x (call_image_s + call_byte_s x``
+    the activation bytes of an image in and out of the engine``)``, is fitted by least squares
+    (every term >= 0) to each graph's calls in ``run`` and in ``small`` (the same images in
+    smaller executor batches: calls of fewer images, so that the per-call part is told apart
+    from the per-image one). The LSTM step per image of a layer gate; per image, the images to
+    the stem's input; per image and block, the executor's own work and the rows it gathers:
+    from ``run``. ``check`` compares the model's total for ``run`` with the measured one."""
+    from scipy.optimize import nnls
+
+    from fpga.architecture import activation_bytes
+
+    def rows(r: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        names = sorted(r["calls"])
+        nbytes = np.array([activation_bytes(manifest, g) for g in names], dtype=float)
+        n = np.array([r["calls"][g] for g in names], dtype=float)
+        k = np.array([r["graph_calls"][g] for g in names], dtype=float)
+        seconds = np.array([r["graph_seconds"][g] for g in names])
+        return np.stack([k, n, n * nbytes], axis=1), seconds
+
+    terms, seconds = (np.concatenate(p) for p in zip(rows(run), rows(small), strict=True))
+    scale = terms.max(axis=0)  # columns of one magnitude for the solver
+    (c, a, b), _ = nnls(terms / scale, seconds)
+    c, a, b = c / scale[0], a / scale[1], b / scale[2]
+    per, calls = run["per_image"], run["calls"]
+    names = sorted(calls)
+    gate_images = sum(calls[g] for g in names if manifest.graphs[g].kind == "layer_gate")
+    blocks = len(manifest.blocks)
+    model = {
+        "call_s": c * factor,
+        "call_image_s": a * factor,
+        "call_byte_s": b * factor,
+        "lstm_image_s": per.get("gates", 0.0) * images / gate_images * factor
+        if gate_images
+        else 0.0,
+        "image_s": per.get("marshalling: preprocess", 0.0) * factor,
+        "block_image_s": (per.get("executor", 0.0) + per.get("marshalling: carry", 0.0))
+        / blocks
+        * factor,
+    }
+    coef = np.array([model["call_s"], model["call_image_s"], model["call_byte_s"]])
+    fitted_on = {}
+    for label, r in (("", run), (f", batches of {small['batch_size']}", small)):
+        t, sec = rows(r)
+        for g, row, measured, f in zip(sorted(r["calls"]), t, sec, t @ coef, strict=True):
+            fitted_on[f"{g}{label}"] = {
+                "calls": int(row[0]),
+                "images": int(row[1]),
+                "bytes_per_image": round(row[2] / row[1]) if row[1] else 0,
+                "a9_s": float(measured * factor),
+                "model_a9_s": float(f),
+            }
+    head, _ = rows(run)
+    predicted = (
+        float((head @ coef).sum())
+        + gate_images * model["lstm_image_s"]
+        + images * (model["image_s"] + blocks * model["block_image_s"])
+    ) / images
+    measured = (per.get("executor", 0.0) + sum(per.get(k, 0.0) for k in ADAPTER)) * factor
+    return {
+        **model,
+        "fitted_on": fitted_on,
+        "check": {"a9_s_per_image_measured": measured, "a9_s_per_image_model": predicted},
+    }
+
+
 def _markdown(d: dict[str, Any]) -> str:
     x86 = d["measured_x86_s_per_image"]
     a9 = d["modelled_a9_s_per_image"]
     ms = 1e3
     keys = ["gates", "marshalling", *(f"marshalling: {p}" for p in MARSHALLING)]
-    keys += ["driver", "tails", "adapter_total", "masked_blocks"]
+    keys += ["driver", "tails", "adapter_total", "executor", "arm_total", "masked_blocks"]
     rows = [f"| {k} | {x86.get(k, 0) * ms:.3f} | {a9.get(k, 0) * ms:.3f} |" for k in keys]
     goal = d["adapter_over_pl"]
     by = d["adapter_over_pl_by_factor"]
@@ -515,13 +645,17 @@ def _markdown(d: dict[str, Any]) -> str:
             ),
             f"ARM adapter work (gates, marshalling, driver, tails) over PL time: {goal:.1%} "
             f"(goal <= 10%: {'met' if goal <= 0.1 else 'NOT met'}); by the compute ratio "
-            f"{by['compute']:.1%}, by the memory ratio {by['memory']:.1%}.",
+            f"{by['compute']:.1%}, by the memory ratio {by['memory']:.1%}. With the executor's "
+            f"own work (its bookkeeping, splitting the batch, assembling block outputs), all "
+            f"of the ARM's work: {d['arm_over_pl']:.1%} of the PL time.",
             (
                 "No block call ran on the ARM: every block's engine streams its channel mask."
                 if x86.get("masked_blocks", 0) == 0
                 else "Some block calls ran on the ARM (an engine without a mask stream takes "
                 "only all-ones masks); they are listed apart (masked_blocks)."
             ),
+            "",
+            *_model_lines(d["arm_model"]),
             "",
             *_carry_table(d),
             "",
@@ -532,6 +666,34 @@ def _markdown(d: dict[str, Any]) -> str:
             "",
         ]
     )
+
+
+def _model_lines(model: dict[str, Any]) -> list[str]:
+    us = 1e6
+    check = model["check"]
+    rows = [
+        f"| {g} | {f['calls']} | {f['images']} | {f['bytes_per_image']:,} | "
+        f"{f['a9_s'] * 1e3:.2f} | "
+        f"{f['model_a9_s'] * 1e3:.2f} |"
+        for g, f in model["fitted_on"].items()
+    ]
+    return [
+        "The ARM's work as the shared-engine cost model charges it (`fpga.architecture."
+        "ArmWork`, read from this file), Cortex-A9 (modelled): an engine call "
+        f"{model['call_s'] * us:.0f} us, plus per image {model['call_image_s'] * us:.1f} us + "
+        f"{model['call_byte_s'] * 1e9:.2f} ns per byte of its activations in and out "
+        "(non-negative least squares over this run's calls and those of the same images in "
+        "smaller executor batches); the LSTM step "
+        f"{model['lstm_image_s'] * us:.1f} us per image of a layer gate; the stem's input "
+        f"{model['image_s'] * us:.1f} us per image; the executor "
+        f"{model['block_image_s'] * us:.1f} us per image and block. For this run the model "
+        f"gives {check['a9_s_per_image_model'] * 1e3:.3f} ms an image, measured "
+        f"{check['a9_s_per_image_measured'] * 1e3:.3f} ms.",
+        "",
+        "| engine calls | calls | images | activation bytes/image | A9 ms (measured) | model |",
+        "|---|---|---|---|---|---|",
+        *rows,
+    ]
 
 
 def _carry_table(d: dict[str, Any]) -> list[str]:

@@ -23,6 +23,7 @@ Runs on the board: standard library and numpy (>= 1.21); pynq only when an overl
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +123,38 @@ def pack(values: np.ndarray, datatype: StreamType | str) -> np.ndarray:
     flat = np.zeros((*lead, nbytes * 8), dtype=np.uint8)
     flat[..., : n * t.bits] = bits.reshape(*lead, n * t.bits)
     return np.packbits(flat, axis=-1, bitorder="little")
+
+
+Stream = tuple[str, tuple[int, ...]]
+"""A packed word format: the datatype's name and the folded shape of one image
+(:meth:`PynqDmaOverlay.stream`)."""
+
+
+def same_bytes(a: Stream | None, b: Stream | None) -> bool:
+    """Whether the same values packed in word formats ``a`` and ``b`` are the same bytes:
+    equal formats, or one datatype, the same number of values per image and words of whole
+    bytes without padding bits in both. :func:`pack` (FINN's ``finnpy_to_packed_bytearray``
+    with the driver's ``reverse_inner`` and ``reverse_endian``) puts a word's values least
+    significant first and its bytes little-endian, so such words concatenate: one 64-bit word
+    of 16 UINT4 values is the bytes of four 16-bit words of 4 values. Folding (how many values
+    a word holds) then changes the shape of the bytes, not the bytes."""
+    if a is None or b is None:
+        return False
+    if a == b:
+        return True
+    (name_a, fold_a), (name_b, fold_b) = a, b
+    if name_a != name_b or math.prod(fold_a) != math.prod(fold_b):
+        return False
+    bits = StreamType.parse(name_a).bits
+    return all(fold and fold[-1] * bits % 8 == 0 for fold in (fold_a, fold_b))
+
+
+def reword(packed: np.ndarray, stream: Stream) -> np.ndarray:
+    """Packed bytes ``(N, ...)`` of a format :func:`same_bytes` as ``stream``, in ``stream``'s
+    word shape ``(N, *folded[:-1], bytes per word)`` (a view where the bytes are contiguous)."""
+    name, folded = stream
+    words = packed_bytes(folded[-1], StreamType.parse(name).bits)
+    return packed.reshape(len(packed), *folded[:-1], words)
 
 
 def padding_mask(datatype: StreamType | str, n: int) -> np.ndarray | None:

@@ -52,7 +52,7 @@ from fpga.board.accel import (
     load_overlay,
 )
 from fpga.board.errors import BoardError, CommandError
-from fpga.board.finnio import buffer_bytes
+from fpga.board.finnio import buffer_bytes, reword, same_bytes
 from fpga.board.store import DEFAULT_MAX_BUNDLE_BYTES, BundleStore, LoadSession
 from wire.protocol import (
     MAX_BATCHES_LISTED,
@@ -425,12 +425,12 @@ def _assemble_codes(
         "high": max([*zeros, *(t.carried.high for t in pieces)]),
     }
     dtype = np.result_type(*(t.carried.dtype for t in pieces))
-    as_bytes = len({t.carried.stream for t in pieces}) == 1 and all(
-        t.carried.packed is not None for t in pieces
-    )
+    as_bytes = all(
+        t.carried.packed is not None and same_bytes(t.carried.stream, first.stream) for t in pieces
+    )  # the same bytes for the same values (words of another size are reshaped)
 
     def data(t: EngineTensor) -> np.ndarray:
-        return t.carried.packed if as_bytes else t.carried.codes
+        return reword(t.carried.packed, first.stream) if as_bytes else t.carried.codes
 
     if base is not None:
         out = np.array(data(base), dtype=first.packed.dtype if as_bytes else dtype)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fpga.architecture import BUDGET, CostModel, plan_engines, skip_pattern
+from fpga.architecture import BUDGET, ArmWork, CostModel, plan_engines, skip_pattern
 from fpga.board.accel import OverlaySpec
 from fpga.finn.errors import GraphError
 from tests.conftest import needs_cifar10
@@ -461,24 +461,30 @@ SYNTHETIC = {
 SEQUENTIAL = {"schedule": "sequential"}
 
 
+def _cost(**kw):
+    """A cost model of the PL alone (no ARM work per image): the PL's parts are tested here,
+    the ARM's work in test_the_arms_work_is_charged_per_image_and_call."""
+    return CostModel(arm_work=ArmWork(), **kw)
+
+
 def test_cost_of_one_call():
-    cost = CostModel(call_overhead_cycles=50, axilite_cycles_per_word=4)
+    cost = _cost(call_overhead_cycles=50, axilite_cycles_per_word=4)
     g = SYNTHETIC["graphs"]["b0"]
     flush = 50 + 3_000  # one more call, and one frame's latency through the engine
     assert cost.load_cycles(g) == 2_000 + flush
     assert cost.call_cycles(g, 0) == 0
     assert cost.call_cycles(g, 8) == 50 + 2_000 + flush + (3_000 - 1_000) + 8 * 1_000
-    no_flush = CostModel(call_overhead_cycles=50, axilite_cycles_per_word=4, flush_frame=False)
+    no_flush = _cost(call_overhead_cycles=50, axilite_cycles_per_word=4, flush_frame=False)
     assert no_flush.load_cycles(g) == 2_000
     assert cost.load_cycles(SYNTHETIC["graphs"]["b2"]) == 0  # fixed weights: no load, no flush
-    dma = CostModel(weight_loader="dma", dma_bytes_per_cycle=8.0, flush_frame=False)
+    dma = _cost(weight_loader="dma", dma_bytes_per_cycle=8.0, flush_frame=False)
     assert dma.load_cycles(g) == 250  # 500 words x 4 bytes / 8 bytes per cycle
-    slow_dma = CostModel(dma_bytes_per_cycle=0.5)  # activations, not the engine, bound it
+    slow_dma = _cost(dma_bytes_per_cycle=0.5)  # activations, not the engine, bound it
     assert slow_dma.image_cycles(g) == 2_000
 
 
 def test_skipping_a_block_for_every_image_saves_its_cycles_and_weight_load():
-    cost = CostModel(call_overhead_cycles=50, **SEQUENTIAL)
+    cost = _cost(call_overhead_cycles=50, **SEQUENTIAL)
     everything = np.ones((10, 3), dtype=bool)
     without_b1 = everything.copy()
     without_b1[:, 1] = False
@@ -491,7 +497,7 @@ def test_skipping_a_block_for_every_image_saves_its_cycles_and_weight_load():
 
 
 def test_skipping_for_some_images_keeps_the_weight_load():
-    cost = CostModel(**SEQUENTIAL)
+    cost = _cost(**SEQUENTIAL)
     some = np.ones((10, 3), dtype=bool)
     some[:4, 0] = False
     full = cost.batch_parts(SYNTHETIC, np.ones((10, 3), dtype=bool))
@@ -501,7 +507,7 @@ def test_skipping_for_some_images_keeps_the_weight_load():
 
 
 def test_skipped_downsampling_block_runs_its_shortcut():
-    cost = CostModel(call_overhead_cycles=50, **SEQUENTIAL)
+    cost = _cost(call_overhead_cycles=50, **SEQUENTIAL)
     executed = np.ones((10, 3), dtype=bool)
     executed[:3, 2] = False
     g = SYNTHETIC["graphs"]
@@ -510,7 +516,7 @@ def test_skipped_downsampling_block_runs_its_shortcut():
 
 
 def test_batching_pays_each_weight_load_once_per_batch():
-    cost = CostModel(call_overhead_cycles=50, **SEQUENTIAL)
+    cost = _cost(call_overhead_cycles=50, **SEQUENTIAL)
     batch = cost.batch_parts(SYNTHETIC, np.ones((10, 3), dtype=bool))
     single = cost.batch_parts(SYNTHETIC, np.ones((1, 3), dtype=bool))
     assert batch["weight_load"] == single["weight_load"]
@@ -540,8 +546,8 @@ def test_pipelined_batch_period_is_the_busiest_resource():
     """Stages work on different batches at once: a batch period is the busiest DMA group's
     calls in a row (or the ARM's, or the HP ports'); one call at a time it is their sum."""
     report, executed = _staged(), np.ones((10, 3), dtype=bool)
-    pipelined = CostModel(call_overhead_cycles=50, dma_group="stage")
-    sequential = CostModel(call_overhead_cycles=50, **SEQUENTIAL)
+    pipelined = _cost(call_overhead_cycles=50, dma_group="stage")
+    sequential = _cost(call_overhead_cycles=50, **SEQUENTIAL)
     g = report["graphs"]
     by_stage = {
         "32px": sum(pipelined.call_cycles(g[k], 10) for k in ("stem", "b0", "b1")),
@@ -558,16 +564,12 @@ def test_pipelined_batch_period_is_the_busiest_resource():
     # 2 x 500 words
     assert parts["resources"]["ARM"] == 7 * 50 + 2 * math.ceil(500 * 16.0)
     # a pair per engine: the shared engine of b0 and b1 is the busiest
-    per_engine = CostModel(call_overhead_cycles=50, dma_group="engine").batch_parts(
-        report, executed
-    )
+    per_engine = _cost(call_overhead_cycles=50, dma_group="engine").batch_parts(report, executed)
     assert per_engine["busiest"] == "dma group e01"
     assert per_engine["total"] < parts["total"]
     # a stage's gates behind a pair of their own: b1 stands in for a gate engine here
     report["graphs"]["b1"]["kind"] = "channel_gate"
-    split = CostModel(call_overhead_cycles=50, dma_group="stage_gates").batch_parts(
-        report, executed
-    )
+    split = _cost(call_overhead_cycles=50, dma_group="stage_gates").batch_parts(report, executed)
     assert split["resources"]["dma group 32px gates"] == pipelined.call_cycles(g["b1"], 10)
     assert (
         split["resources"]["dma group 32px backbone"]
@@ -578,18 +580,77 @@ def test_pipelined_batch_period_is_the_busiest_resource():
 def test_pipelined_period_can_be_the_arm_or_the_ports():
     report, executed = _staged(), np.ones((10, 3), dtype=bool)
     # the ARM starts every group's calls: slow starts make it the busiest
-    slow_starts = CostModel(call_overhead_cycles=1_000_000).batch_parts(report, executed)
+    slow_starts = _cost(call_overhead_cycles=1_000_000).batch_parts(report, executed)
     assert slow_starts["busiest"] == "ARM"
     assert slow_starts["total"] == slow_starts["resources"]["ARM"]
-    narrow = CostModel(dma_bytes_per_cycle=0.01, hp_ports=1).batch_parts(report, executed)
+    narrow = _cost(dma_bytes_per_cycle=0.01, hp_ports=1).batch_parts(report, executed)
     assert narrow["busiest"] == "HP ports"
     assert narrow["total"] == math.ceil(narrow["activation_bytes"] / 0.01)
     # skipping half of b0 and b1 shortens the busiest stage by those images' cycles
     half = executed.copy()
     half[:5, :2] = False
-    cost = CostModel(call_overhead_cycles=50, dma_group="stage")
+    cost = _cost(call_overhead_cycles=50, dma_group="stage")
     saved = cost.batch_parts(report, executed)["total"] - cost.batch_parts(report, half)["total"]
     assert saved == 2 * 5 * 1_000
+
+
+def test_the_arms_work_is_charged_per_image_and_call():
+    """Every engine call costs the ARM its images' work (a per-image part and one per byte of
+    activations, the LSTM step for a layer gate), every image its stem input and the
+    executor's work per block: one call at a time it adds to the batch, pipelined it is part
+    of the ARM's busy time, and a skipped block's images cost it nothing."""
+    report, executed = _staged(), np.ones((10, 3), dtype=bool)
+    report["graphs"]["b1"]["kind"] = "layer_gate"  # b1 stands in for a layer gate here
+    arm = ArmWork(
+        call_s=7e-5,
+        call_image_s=1e-6,
+        call_byte_s=1e-9,
+        lstm_image_s=5e-6,
+        image_s=3e-6,
+        block_image_s=2e-7,
+    )
+    calls = {"stem": 10, "b0": 10, "b1": 10, "b2": 10, "head": 10}  # no image runs s2
+    g = report["graphs"]
+    seconds = sum(7e-5 + n * (1e-6 + 1e-9 * g[k]["activation_bytes"]) for k, n in calls.items())
+    seconds += 10 * 5e-6 + 10 * (3e-6 + 3 * 2e-7)
+    cycles = math.ceil(seconds * 100e6)
+    sequential = _cost(**SEQUENTIAL).batch_parts(report, executed)
+    charged = CostModel(arm_work=arm, **SEQUENTIAL).batch_parts(report, executed)
+    assert charged["arm_work"] == cycles and sequential["arm_work"] == 0
+    assert charged["total"] == sequential["total"] + cycles == charged["work"] + cycles
+    pipelined = CostModel(arm_work=arm, call_overhead_cycles=50).batch_parts(report, executed)
+    plain = _cost(call_overhead_cycles=50).batch_parts(report, executed)
+    assert pipelined["resources"]["ARM"] == plain["resources"]["ARM"] + cycles
+    slow = CostModel(arm_work=ArmWork(call_image_s=1.0), call_overhead_cycles=50)
+    assert slow.batch_parts(report, executed)["busiest"] == "ARM"
+    skipped = executed.copy()
+    skipped[:, 0] = False  # nobody runs b0: its call, and its images' work, are gone
+    fewer = CostModel(arm_work=arm, **SEQUENTIAL).batch_parts(report, skipped)["arm_work"]
+    b0 = 7e-5 + 10 * (1e-6 + 1e-9 * g["b0"]["activation_bytes"])
+    assert fewer == math.ceil((seconds - b0) * 100e6)
+    assert CostModel(**{"arm_work": {**arm.__dict__}}).arm_work == arm  # a report, read back
+
+
+def test_the_default_arm_work_is_the_recorded_bench(tmp_path):
+    """The cost model charges what the committed ARM bench measured, and its fit reproduces
+    that run; a record without the model is refused in one line that says what to run."""
+    arm = CostModel().arm_work
+    bench = json.loads((Path(__file__).parents[2] / "measurements/bench/arm_work.json").read_text())
+    assert arm == ArmWork.recorded() and bench["bundle"] in arm.source
+    assert "modelled" in arm.source
+    assert arm.call_image_s + arm.call_byte_s > 0 and arm.image_s > 0 and arm.lstm_image_s > 0
+    check = bench["arm_model"]["check"]
+    assert check["a9_s_per_image_model"] == pytest.approx(
+        check["a9_s_per_image_measured"], rel=0.25
+    )
+    assert check["a9_s_per_image_measured"] == pytest.approx(
+        bench["modelled_a9_s_per_image"]["arm_total"]
+    )
+    old = tmp_path / "arm_work.json"
+    old.write_text(json.dumps({k: v for k, v in bench.items() if k != "arm_model"}))
+    with pytest.raises(GraphError, match=r"run `python -m fpga\.board\.arm_bench`") as info:
+        ArmWork.recorded(old)
+    assert "\n" not in str(info.value)
 
 
 def test_skip_pattern_and_errors():
@@ -600,12 +661,12 @@ def test_skip_pattern_and_errors():
     with pytest.raises(GraphError, match=r"skip_fraction 1\.5"):
         skip_pattern(3, 10, 1.5)
     with pytest.raises(GraphError, match="weight_loader 'pcie'"):
-        CostModel(weight_loader="pcie")
+        _cost(weight_loader="pcie")
     with pytest.raises(GraphError, match="schedule 'overlapped'"):
-        CostModel(schedule="overlapped")
+        _cost(schedule="overlapped")
     with pytest.raises(GraphError, match="dma_group 'layer'"):
-        CostModel(dma_group="layer")
+        _cost(dma_group="layer")
     with pytest.raises(GraphError, match="hp_ports=5"):
-        CostModel(hp_ports=5)
+        _cost(hp_ports=5)
     with pytest.raises(GraphError, match=r"executed has shape \(4, 2\)"):
-        CostModel().batch_cycles(SYNTHETIC, np.ones((4, 2), dtype=bool))
+        _cost().batch_cycles(SYNTHETIC, np.ones((4, 2), dtype=bool))

@@ -73,3 +73,42 @@ def test_padding_mask_clears_what_the_pl_may_set(name):
     assert not np.array_equal(dirty, want)
     np.testing.assert_array_equal(dirty & mask, want)
     np.testing.assert_array_equal(unpack(dirty & mask, t, 3), values)
+
+
+@pytest.mark.parametrize(
+    ("name", "wide", "narrow", "same"),
+    [
+        ("UINT4", (8, 8, 1, 16), (8, 8, 4, 4), True),  # a pixel in one word or in four
+        ("INT4", (8, 8, 1, 16), (8, 8, 8, 2), True),
+        ("UINT2", (4, 4, 1, 32), (4, 4, 8, 4), True),
+        ("INT8", (16, 1, 64), (16, 64, 1), True),
+        ("UINT4", (8, 8, 1, 16), (8, 8, 16, 1), False),  # 4-bit words: padded to a byte
+        ("UINT3", (4, 4, 1, 8), (4, 4, 2, 4), False),  # 12-bit words: padding bits
+        ("UINT4", (8, 8, 1, 16), (8, 8, 2, 4), False),  # another number of values
+    ],
+)
+def test_words_of_whole_bytes_are_the_same_bytes_whatever_the_folding(name, wide, narrow, same):
+    """FINN's own packing of one image's values folded two ways: the same bytes exactly when
+    `same_bytes` says so, and `reword` gives one word shape from the other."""
+    from fpga.board.finnio import reword, same_bytes
+
+    t = StreamType.parse(f"DataType['{name}']")
+    rng = np.random.default_rng(len(wide) + 7 * len(narrow))
+    values = rng.integers(t.low, t.high + 1, (3, int(np.prod(wide))), dtype=np.int64)
+    dt = DataType[name]
+
+    def finn(fold):
+        folded = values[:, : int(np.prod(fold))].reshape(3, *fold).astype(np.float32)
+        return data_packing.finnpy_to_packed_bytearray(
+            folded, dt, reverse_inner=True, reverse_endian=True
+        )
+
+    a, b = finn(wide), finn(narrow)
+    assert same_bytes((name, wide), (name, narrow)) is same
+    assert same_bytes((name, wide), (name, wide)) and not same_bytes((name, wide), None)
+    assert not same_bytes((name, wide), ("INT8" if name != "INT8" else "UINT8", wide))
+    if same:
+        np.testing.assert_array_equal(reword(a, (name, narrow)), b)
+        np.testing.assert_array_equal(reword(b, (name, wide)), a)
+    elif np.prod(wide) == np.prod(narrow):
+        assert a.tobytes() != b.tobytes()
