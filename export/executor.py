@@ -247,8 +247,9 @@ class BundleExecutor:
             if gated and block.channel_gate and run.size:
                 run = halt_if(run, block.channel_gate_macs)
             mask = np.ones((run.size, block.out_channels), dtype=np.float32)
+            x_run = take(x, run) if run.size else None  # the rows the gate and the block read
             if gated and block.channel_gate and run.size:
-                (prob,) = self._run(block.channel_gate, take(x, run))
+                (prob,) = self._run(block.channel_gate, x_run)
                 spent[run] += block.channel_gate_macs
                 mask = (prob > m.gate_threshold).astype(np.float32)  # (run, C_out)
             kept = mask.sum(axis=1).astype(np.int64)  # (run,)
@@ -258,13 +259,15 @@ class BundleExecutor:
                 run = halt_if(run, body)
                 alive = np.isin(before, run)
                 mask, kept, body = mask[alive], kept[alive], body[alive]
+                if run.size < before.size:
+                    x_run = take(x, run) if run.size else None
             skip = halt_if(skip, block.shortcut_macs)
             out_shape = (n, block.out_channels, block.out_size, block.out_size)
             parts = []  # (rows, their output) of the images that went either way
             if run.size == n:  # every image runs the block: no gather, no scatter
                 (y,) = self._run(block.graph, x, mask)
             elif run.size:
-                parts.append((run, self._run(block.graph, take(x, run), mask)[0]))
+                parts.append((run, self._run(block.graph, x_run, mask)[0]))
             if run.size:
                 executed[run, i] = True
                 channels[run, i] = kept

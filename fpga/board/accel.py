@@ -389,6 +389,8 @@ class DmaEngine:
         self.mask_input = mask_input
         """The input DMA of a masked block's mask map (1 bit per output value), or None."""
         self.timeout_s = timeout_s
+        self._kept_buffer: Any = None
+        """The DMA buffer the last call's output was kept in, until :meth:`claim`."""
 
     def execute(self, codes: np.ndarray, mask_map: np.ndarray | None = None) -> np.ndarray:
         return self.run_packed(codes, mask_map=mask_map)[0]
@@ -500,11 +502,18 @@ class DmaEngine:
         if keep:
             name, folded = self.output_stream
             pad = padding_mask(name, folded[-1])
+        # one chunk on an overlay whose buffers can be kept: the input streamed from where an
+        # engine left it, the output kept where this one writes it (no copies)
+        in_place = getattr(ov, "zero_copy", False) and partial and n_images <= b
+        self._kept_buffer = None
         outputs, packed_out = [], []
         for start in range(0, n_images, b):
             n = min(b, n_images - start)
+            address = None
             if packed_in is not None:
                 data = packed_in[start : start + n]
+                if in_place:
+                    address = ov.address_of(data)
                 if n < b and not partial:
                     data = np.concatenate([data, np.zeros((b - n, *data.shape[1:]), np.uint8)])
             else:
@@ -523,35 +532,55 @@ class DmaEngine:
                 if n < b and not partial:
                     m = np.concatenate([m, np.zeros((b - n, *m.shape[1:]), m.dtype)])
                 ov.copy_input_data_to_device(ov.pack_input(ov.fold_input(m, ind=k), ind=k), ind=k)
-            ov.copy_input_data_to_device(data, ind=i)
-            self._transfer(n)
-            # partial: the output DMA's bytes copied once, into an array of their own
-            packed = np.empty_like(ov.obuf_packed[o][:n]) if partial else ov.obuf_packed[o]
-            ov.copy_output_data_from_device(packed, ind=o)
-            if keep:  # padding bits cleared as pack's; the host buffer is reused: a copy
-                kept = packed if partial else np.array(packed[:n])
-                if pad is not None:
-                    np.bitwise_and(kept, pad, out=kept)
-                packed_out.append(kept)
+            if address is None:
+                ov.copy_input_data_to_device(data, ind=i)
+            ready = getattr(ov, "ready_output", None)
+            if ready is not None:  # not into a buffer that a kept output still holds
+                ready(o)
+            self._transfer(n, address)
+            if in_place and keep and pad is None:  # no padding bits to clear: kept in place
+                packed, self._kept_buffer = ov.keep_output(o, n)
+                packed_out.append(packed)
+            else:
+                # partial: the output DMA's bytes copied once, into an array of their own
+                packed = np.empty_like(ov.obuf_packed[o][:n]) if partial else ov.obuf_packed[o]
+                ov.copy_output_data_from_device(packed, ind=o)
+                if keep:  # padding bits cleared as pack's; the host buffer is reused: a copy
+                    kept = packed if partial else np.array(packed[:n])
+                    if pad is not None:
+                        np.bitwise_and(kept, pad, out=kept)
+                    packed_out.append(kept)
             if decode:
                 out = ov.unfold_output(ov.unpack_output(packed, ind=o), ind=o)
                 outputs.append(np.asarray(out)[:n])
         joined = _joined(packed_out) if keep else None
         return (_joined(outputs) if decode else None), joined
 
-    def _transfer(self, n: int) -> None:
+    def claim(self, holder: object) -> None:
+        """``holder`` keeps the output the last call kept in its DMA buffer (the overlay's
+        :meth:`fpga.board.finnio.PynqDmaOverlay.claim`): no DMA writes that buffer while
+        ``holder`` lives."""
+        if self._kept_buffer is not None:
+            self.overlay.claim(self._kept_buffer, holder)
+            self._kept_buffer = None
+
+    def _transfer(self, n: int, input_address: int | None = None) -> None:
+        """Program and start this engine's DMAs for ``n`` images and wait for the output;
+        ``input_address``: stream the input from there instead of the input buffer."""
         ov, i, o = self.overlay, self.input, self.output
         odma, idma = ov.odma[o], ov.idma[i]
         if not odma.read(DMA_CTRL) & AP_IDLE:
             raise AcceleratorError(
                 f"output DMA {o} is busy before a transfer; reset the board runtime"
             )
-        order = [(odma, ov.obuf_packed_device[o])]  # FINN's driver: the output DMA first
+        order = [(odma, int(ov.obuf_packed_device[o].device_address))]  # FINN: output first
         if self.mask_input is not None:
-            order.append((ov.idma[self.mask_input], ov.ibuf_packed_device[self.mask_input]))
-        order.append((idma, ov.ibuf_packed_device[i]))
-        for dma, buffer in order:
-            address = int(buffer.device_address)
+            mask = ov.ibuf_packed_device[self.mask_input]
+            order.append((ov.idma[self.mask_input], int(mask.device_address)))
+        if input_address is None:
+            input_address = int(ov.ibuf_packed_device[i].device_address)
+        order.append((idma, input_address))
+        for dma, address in order:
             dma.write(DMA_ADDR_LO, address & 0xFFFFFFFF)
             dma.write(DMA_ADDR_HI, (address >> 32) & 0xFFFFFFFF)
             dma.write(DMA_COUNT, n)
@@ -735,6 +764,12 @@ def _perm(node: Any) -> tuple[int, ...]:
 # One bundle graph on one accelerator
 
 
+Allocator = Callable[[tuple[int, ...]], "tuple[np.ndarray, Callable[[object], None]] | None"]
+"""``shape -> (array, claim)`` of a ``uint8`` array in a DMA buffer and the function that makes
+its holder the buffer's owner, or None (use host memory): :meth:`fpga.board.runtime.
+FinnBackend.device_array`."""
+
+
 class Carried:
     """An engine's output in the form the next engine takes, kept beside its float tensor.
 
@@ -752,7 +787,17 @@ class Carried:
     reading them.
     """
 
-    __slots__ = ("_codes", "dtype", "high", "low", "packed", "scale", "shape", "stream")
+    __slots__ = (
+        "__weakref__",
+        "_codes",
+        "dtype",
+        "high",
+        "low",
+        "packed",
+        "scale",
+        "shape",
+        "stream",
+    )
 
     def __init__(
         self,
@@ -789,17 +834,36 @@ class Carried:
             self._codes = values.reshape(len(values), *self.shape)
         return self._codes
 
-    def take(self, rows: np.ndarray) -> Carried:
-        return Carried(
+    def detach(self) -> None:
+        """Copy the packed bytes out of the DMA buffer they may lie in (the buffer is needed
+        again: :meth:`fpga.board.finnio.PynqDmaOverlay.ready_output`)."""
+        if self.packed is not None:
+            self.packed = np.array(self.packed)
+
+    def take(self, rows: np.ndarray, device: Allocator | None = None) -> Carried:
+        """The rows ``rows`` (sorted indices); ``device`` may give the array their packed
+        bytes are gathered in (a DMA buffer, so that the engines it feeds stream it in place)."""
+        packed, claim = None, None
+        if self.packed is not None:
+            got = device((len(rows), *self.packed.shape[1:])) if device is not None else None
+            if got is None:
+                packed = self.packed[rows]
+            else:
+                packed, claim = got
+                np.take(self.packed, rows, axis=0, out=packed, mode="clip")
+        taken = Carried(
             self.scale,
             low=self.low,
             high=self.high,
             codes=None if self._codes is None else self._codes[rows],
-            packed=None if self.packed is None else self.packed[rows],
+            packed=packed,
             stream=self.stream,
             shape=self.shape,
             dtype=self.dtype,
         )
+        if claim is not None:
+            claim(taken)
+        return taken
 
 
 class EngineTensor:
@@ -823,8 +887,8 @@ class EngineTensor:
     def __len__(self) -> int:
         return len(self.carried)
 
-    def take(self, rows: np.ndarray) -> EngineTensor:
-        return EngineTensor(self.carried.take(rows), self.tail)
+    def take(self, rows: np.ndarray, device: Allocator | None = None) -> EngineTensor:
+        return EngineTensor(self.carried.take(rows, device), self.tail)
 
     def floats(self) -> np.ndarray:
         """The float tensor (read-only), as the graph's onnxruntime twin returns it."""
@@ -1023,6 +1087,9 @@ class GraphAccelerator:
             shape=(h, w, c),
             dtype=self._out_container,
         )
+        claim = getattr(engine, "claim", None)
+        if claim is not None and packed_out is not None:
+            claim(result)  # its packed bytes may be the DMA buffer itself: kept while it lives
         return [self.tail.apply(codes_out) if floats else None], result
 
 

@@ -94,6 +94,10 @@ A9_CLOCK_HZ = 667e6
 A9_FLOPS_PER_CYCLE = 4.0
 """Cortex-A9 NEON: one 4-wide float32 multiply-accumulate every 2 cycles = 4 flops/cycle."""
 MARSHALLING = ("preprocess", "codes", "fold", "pack", "copies", "unpack", "carry", "other")
+IN_PLACE = "carry on, in place"
+"""The way with DMA buffers of one executor batch (``--overlay-batch 256`` on the board): every
+engine call is one transfer, so an engine's output stays in its buffer for the next engine,
+and the rows the gates select are gathered into a buffer the engines read in place."""
 SMALL_BATCH = 32
 """Executor batch of the ARM-work model's second run (calls of fewer images)."""
 ADAPTER = ("gates", "marshalling", "driver", "tails")
@@ -211,9 +215,12 @@ def _pl(emulated: Any, io: dict[str, Any], clock: Clock, outputs: dict[tuple[Any
         return next(b for b in buffers if b.device_address == address)
 
     def streamed(dma: Any, k: int, n: int) -> np.ndarray:
+        """The values input DMA ``k`` streams: ``n`` images' packed bytes in a row from its
+        address, whatever the buffer's shape (as the IODMA reads memory)."""
         address = dma.values.get(0x10, 0) | (dma.values.get(0x14, 0) << 32)
-        folded = io["ishape_folded"][k]
-        data = unpack(np.asarray(at(address))[:n], StreamType.parse(io["idt"][k]), folded[-1])
+        folded, packed = io["ishape_folded"][k], io["ishape_packed"][k]
+        words = np.asarray(at(address)).reshape(-1)[: n * math.prod(packed[1:])]
+        data = unpack(words.reshape(n, *packed[1:]), StreamType.parse(io["idt"][k]), folded[-1])
         return data.reshape(n, *io["ishape_normal"][k][1:])
 
     def run(idma: Any) -> None:
@@ -261,16 +268,18 @@ def finn_work(
     carry: bool,
     answers: dict[tuple[Any, ...], Any] | None = None,
     batch_size: int = BATCH_SIZE,
+    dma_batch: int | None = None,
 ) -> dict[str, Any]:
     """One run of the FINN backend as the board runs it, its ARM time per image by category
-    (the stand-in PL's time excluded), in executor batches of ``batch_size``. ``answers``:
-    the stand-in's engine outputs by call, shared by the runs of one benchmark."""
+    (the stand-in PL's time excluded), in executor batches of ``batch_size``, with DMA
+    buffers of ``dma_batch`` images (default: the overlay's ``batch_size``). ``answers``: the
+    stand-in's engine outputs by call, shared by the runs of one benchmark."""
 
     spec = accel.OverlaySpec.load(build.deploy)
     info = spec.driver_information()
     clock = Clock()
     allocate, ip = _pl(emulated, info["io_shape_dict"], clock, {} if answers is None else answers)
-    overlay = PynqDmaOverlay(info, spec.batch_size, allocate=allocate, ip=ip)
+    overlay = PynqDmaOverlay(info, dma_batch or spec.batch_size, allocate=allocate, ip=ip)
     overlay, accelerators = accel.load_overlay(bundle, build.deploy, overlay=overlay)
     backend = FinnBackend(bundle, accelerators, overlay=overlay, carry=carry)
     kind = {name: g.kind for name, g in bundle.manifest.graphs.items()}
@@ -401,11 +410,19 @@ def run(
     emulated = EmulatedDmaOverlay.from_build(build.out)
     repeated: dict[str, list[dict[str, Any]]] = defaultdict(list)
     answers: dict[tuple[Any, ...], Any] = {}
-    for _ in range(repeats):  # interleaved, so that both ways see the same machine load
+    # the ways: carrying off and on with the overlay's DMA buffers (its batch_size images),
+    # and with carrying, buffers of one executor batch, so that a call is one DMA transfer
+    # and engines read what the previous one left in its buffer in place
+    ways = [(f"carry {'on' if c else 'off'}", c, None) for c in carries]
+    if carries[-1]:
+        ways.append((IN_PLACE, True, BATCH_SIZE))
+    for _ in range(repeats):  # interleaved, so that every way sees the same machine load
         for mode in MODES:
-            for carry in carries:
-                repeated[f"{mode}, carry {'on' if carry else 'off'}"].append(
-                    finn_work(bundle, build, emulated, imgs, mode, carry, answers)
+            for label, carry, dma_batch in ways:
+                repeated[f"{mode}, {label}"].append(
+                    finn_work(
+                        bundle, build, emulated, imgs, mode, carry, answers, dma_batch=dma_batch
+                    )
                 )
     runs: dict[str, dict[str, Any]] = {}
     for key, rs in repeated.items():  # the median of each category over the repeats
@@ -423,17 +440,19 @@ def run(
                 for g in rs[0]["graph_seconds"]
             },
         }
-    for key, r in runs.items():  # bit-identical whatever the carrying
-        same = runs[f"{key.split(',')[0]}, carry {'on' if carries[0] else 'off'}"]["result"]
+    for key, r in runs.items():  # bit-identical whatever the way
+        same = runs[f"{key.split(',')[0]}, {ways[0][0]}"]["result"]
         for field in ("predictions", "logits", "macs", "executed", "channels"):
             assert np.array_equal(getattr(r["result"], field), getattr(same, field)), key
         reference = executors["numpy"].run(imgs, mode=key.split(",")[0])
         assert np.array_equal(r["result"].predictions, reference.predictions), key
-    main_key = f"iadi, carry {'on' if carries[-1] else 'off'}"
+    main_key = f"iadi, {ways[-1][0]}"
     main = runs[main_key]
     # the same images in smaller batches: calls of fewer images, for the ARM-work model's fit
     smalls = [
-        finn_work(bundle, build, emulated, imgs, "iadi", carries[-1], answers, SMALL_BATCH)
+        finn_work(
+            bundle, build, emulated, imgs, "iadi", ways[-1][1], answers, SMALL_BATCH, ways[-1][2]
+        )
         for _ in range(repeats)
     ]
     small = {
@@ -507,7 +526,7 @@ def run(
         },
         "adapter_over_pl_dense": adapter * factor / pl_dense_s if pl_dense_s else None,
         "arm_model": model,
-        "carry": main_key.split(", ")[1],
+        "carry": main_key.split(", ", 1)[1],
         "finn_runs_x86_s_per_image": {
             key: {
                 **{
@@ -517,6 +536,9 @@ def run(
                 "gates": r["per_image"].get("gates", 0.0),
                 "driver": r["per_image"].get("driver", 0.0),
                 "tails": r["per_image"].get("tails", 0.0),
+                "executor": r["per_image"].get("executor", 0.0),
+                "arm_total": r["per_image"].get("executor", 0.0)
+                + sum(r["per_image"].get(k, 0.0) for k in ADAPTER),
                 "engine_images": r["calls"],
             }
             for key, r in runs.items()
@@ -702,6 +724,7 @@ def _carry_table(d: dict[str, Any]) -> list[str]:
         return [f"Engines pass codes on: {d['carry']} (run with --carry both to compare)."]
     keys = list(runs)
     parts = ["marshalling", *(f"marshalling: {p}" for p in MARSHALLING), "tails"]
+    parts += ["gates", "driver", "executor", "arm_total"]
     rows = [
         f"| {p} | " + " | ".join(f"{runs[k].get(p, 0.0) * 1e3:.4f}" for k in keys) + " |"
         for p in parts
@@ -713,7 +736,11 @@ def _carry_table(d: dict[str, Any]) -> list[str]:
         f"{d['finn_repeats']} interleaved runs each; results bit-identical (checked). Carrying "
         "applies where an engine's output, or rows of it, is the next engine's input; a tensor "
         "the executor assembles from several graphs' outputs (a block run by some images and "
-        "skipped by others) is converted from floats.",
+        "skipped by others) is converted from floats. `carry on, in place`: carrying with DMA "
+        "buffers of one executor batch (the board's `--overlay-batch 256`; the others use the "
+        "overlay's batch_size): every call is one transfer, an engine's output stays in its DMA "
+        "buffer and the next engine streams it from there, and the rows the gates select are "
+        "gathered into a DMA buffer that the channel gate and the block both read in place.",
         "",
         "| x86 ms/image | " + " | ".join(keys) + " |",
         "|---|" + "---|" * len(keys),
@@ -727,6 +754,14 @@ def _carry_table(d: dict[str, Any]) -> list[str]:
                 f"{mode}: marshalling {off['marshalling'] * 1e3:.4f} -> "
                 f"{on['marshalling'] * 1e3:.4f} ms/image "
                 f"({on['marshalling'] / off['marshalling'] - 1:+.0%}).",
+            ]
+        placed = runs.get(f"{mode}, {IN_PLACE}")
+        if on and placed and on["arm_total"] > 0:
+            lines += [
+                "",
+                f"{mode}: all of the ARM's work {on['arm_total'] * 1e3:.4f} ms/image with the "
+                f"overlay's DMA buffers, {placed['arm_total'] * 1e3:.4f} in place "
+                f"({placed['arm_total'] / on['arm_total'] - 1:+.0%}).",
             ]
     return lines
 

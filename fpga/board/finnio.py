@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -280,8 +281,106 @@ class PynqDmaOverlay:
                 f"{exc}); free CMA (python -m fpga.board doctor) or lower --overlay-batch"
             ) from None
         self.obuf_packed = [np.empty(s, dtype=np.uint8) for s in self._shape["oshape_packed"]]
+        self._allocate = allocate
+        self._kept: dict[int, tuple[Any, Any]] = {}
+        """Output buffers kept in place (:meth:`keep_output`): data address -> (buffer, a
+        weak reference to what holds it, or None while unclaimed)."""
+        self._spare: dict[int, list[Any]] = {}
+        """Per output DMA, the buffers it has written and may write again once their holder
+        is gone."""
+        self._scratch: list[Any] = []
+        """Buffers the ARM gathers or assembles engines' inputs in (:meth:`device_array`)."""
 
     partial_batches = True
+
+    zero_copy = True
+    """Engines' outputs stay in their DMA buffers (:meth:`keep_output`) and an engine reads
+    such a buffer in place (:meth:`address_of`): no copies into or out of the buffers for an
+    activation that goes from engine to engine whole."""
+
+    MAX_SPARE = 3
+    """Buffers per output DMA beyond its own before a kept output is copied out instead."""
+
+    MAX_SCRATCH = 8
+    """Buffers for :meth:`device_array`; when all are held, host memory is used instead."""
+
+    def device_array(self, shape: tuple[int, ...]) -> tuple[np.ndarray, Any] | None:
+        """A ``uint8`` array of ``shape`` in a DMA buffer nobody holds, for the ARM to gather
+        or assemble an engine's packed input in (the engine then streams it in place,
+        :meth:`address_of`), and the buffer, for :meth:`claim`; None when :attr:`MAX_SCRATCH`
+        buffers are held or CMA is short (the caller uses host memory)."""
+        nbytes = math.prod(shape)
+        free = next((b for b in self._scratch if b.nbytes >= nbytes and not self._held(b)), None)
+        if free is None:
+            if len(self._scratch) >= self.MAX_SCRATCH:
+                return None
+            largest = max(int(b.nbytes) for b in self.ibuf_packed_device)
+            try:
+                free = self._allocate(shape=(max(nbytes, largest),), dtype=np.uint8)
+            except (MemoryError, RuntimeError):
+                return None
+            self._scratch.append(free)
+        view = np.asarray(free)[:nbytes].reshape(shape)
+        self._kept[_pointer(view)] = (free, None)
+        return view, free
+
+    def keep_output(self, ind: int, n: int) -> tuple[np.ndarray, Any]:
+        """The first ``n`` images of output buffer ``ind`` as the DMA wrote them, in place (no
+        copy; the CPU's stale cache lines dropped), and the buffer itself, for :meth:`claim`.
+        Until the holder claimed with it is gone, the DMA writes other buffers."""
+        buffer = self.obuf_packed_device[ind]
+        getattr(buffer, "invalidate", lambda: None)()
+        view = np.asarray(buffer)[:n]
+        self._kept[_pointer(view)] = (buffer, None)
+        return view, buffer
+
+    def claim(self, buffer: Any, holder: Any) -> None:
+        """``holder`` (an object that keeps a view of ``buffer``) owns it while it lives."""
+        self._kept[_pointer(np.asarray(buffer))] = (buffer, weakref.ref(holder))
+
+    def address_of(self, data: np.ndarray) -> int | None:
+        """The device address of ``data`` when it is a kept buffer's images from the first,
+        contiguous (an output kept in place, or a :meth:`device_array`: an engine can stream it
+        in place; the buffer is flushed from the ARM's cache first), else None."""
+        entry = self._kept.get(_pointer(data))
+        if entry is None or not data.flags.c_contiguous:
+            return None
+        buffer = entry[0]
+        if data.nbytes > buffer.nbytes:
+            return None
+        getattr(buffer, "flush", lambda: None)()  # what the ARM wrote there, out of its cache
+        return int(buffer.device_address)
+
+    def ready_output(self, ind: int) -> None:
+        """Before output DMA ``ind`` writes: if a live holder still keeps its buffer, the
+        DMA gets a buffer nobody holds (a spare, or a new one from ``allocate``); with
+        :attr:`MAX_SPARE` spares all held, the oldest holder's images are copied out of
+        theirs (:meth:`detach` of the holder) and that buffer is written."""
+        buffer = self.obuf_packed_device[ind]
+        if not self._held(buffer):
+            return
+        spares = self._spare.setdefault(ind, [])
+        free = next((b for b in spares if not self._held(b)), None)
+        if free is None and len(spares) < self.MAX_SPARE:
+            try:
+                free = self._allocate(shape=buffer.shape, dtype=np.uint8)
+            except (MemoryError, RuntimeError):
+                free = None  # CMA is short: copy the oldest holder's images out instead
+        if free is None:
+            free = spares.pop(0) if spares else buffer
+            holder = self._kept[_pointer(np.asarray(free))][1]()
+            if holder is not None:
+                holder.detach()
+            self._kept.pop(_pointer(np.asarray(free)), None)
+        else:
+            spares[:] = [b for b in spares if b is not free]
+        if free is not buffer:
+            spares.append(buffer)
+        self.obuf_packed_device[ind] = free
+
+    def _held(self, buffer: Any) -> bool:
+        entry = self._kept.get(_pointer(np.asarray(buffer)))
+        return entry is not None and entry[1] is not None and entry[1]() is not None
 
     def buffer_shapes(self) -> list[tuple[int, ...]]:
         return [*self._shape["ishape_packed"], *self._shape["oshape_packed"]]
@@ -368,6 +467,11 @@ class PynqDmaOverlay:
     def unfold_output(self, obuf_folded: np.ndarray, ind: int = 0) -> np.ndarray:
         y = np.asarray(obuf_folded)
         return y.reshape(len(y), *self._shape["oshape_normal"][ind][1:])
+
+
+def _pointer(data: np.ndarray) -> int:
+    """The address of an array's first byte in this process."""
+    return int(np.asarray(data).__array_interface__["data"][0])
 
 
 def buffer_bytes(info: dict[str, Any], batch_size: int) -> int:

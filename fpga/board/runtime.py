@@ -32,8 +32,9 @@ import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -380,26 +381,39 @@ class FinnBackend:
         given = [graph.finn.twin_tensor, *program.inputs[1:]]  # the embedding, then h and c
         return self.cpu.run_from(graph, given, [out, *inputs[1:]])
 
-    @staticmethod
-    def take(x: object, rows: np.ndarray) -> object:
-        """``x[rows]`` (the executor's gather), in integer form for an engine's output."""
-        return x.take(rows) if isinstance(x, EngineTensor) else x[rows]
+    def device_array(self, shape: tuple[int, ...]) -> tuple[np.ndarray, Any] | None:
+        """A ``uint8`` array in one of the overlay's DMA buffers and the function that makes
+        its holder the buffer's owner (an engine then streams it in place), or None where the
+        overlay keeps no buffers (``PynqDmaOverlay.device_array``)."""
+        make = getattr(self.overlay, "device_array", None)
+        got = make(shape) if make is not None else None
+        if got is None:
+            return None
+        array, buffer = got
+        return array, partial(self.overlay.claim, buffer)
 
-    @staticmethod
+    def take(self, x: object, rows: np.ndarray) -> object:
+        """``x[rows]`` (the executor's gather), in integer form for an engine's output: its
+        packed bytes gathered in a DMA buffer, which the engines it feeds read in place."""
+        return x.take(rows, self.device_array) if isinstance(x, EngineTensor) else x[rows]
+
     def assemble(
-        base: object | None, shape: tuple[int, ...], parts: Sequence[tuple[np.ndarray, object]]
+        self,
+        base: object | None,
+        shape: tuple[int, ...],
+        parts: Sequence[tuple[np.ndarray, object]],
     ) -> object:
         """The executor's assembly of a block's output (its default is
         ``export.executor.assemble_floats``): ``base`` (the block input, for a block without
         shortcut; None: zeros) with ``rows`` replaced by each part, in integer form when every
-        piece is an engine's output of one scale."""
+        piece is an engine's output of one scale (the packed bytes in a DMA buffer)."""
         pieces = [t for t in (base, *(t for _, t in parts)) if t is not None]
         if (
             pieces
             and all(isinstance(t, EngineTensor) for t in pieces)
             and len({t.carried.scale for t in pieces}) == 1
         ):
-            return _assemble_codes(base, shape, parts, pieces)
+            return _assemble_codes(base, shape, parts, pieces, self.device_array)
         return assemble_floats(
             None if base is None else as_floats(base),
             shape,
@@ -412,6 +426,7 @@ def _assemble_codes(
     shape: tuple[int, ...],
     parts: Sequence[tuple[np.ndarray, EngineTensor]],
     pieces: Sequence[EngineTensor],
+    device: Callable[[tuple[int, ...]], Any] | None = None,
 ) -> EngineTensor:
     """:meth:`FinnBackend.assemble` on the packed bytes where every piece of ``pieces`` (the
     base and the parts) has them in one word format (the codes then unpacked only if asked
@@ -432,16 +447,25 @@ def _assemble_codes(
     def data(t: EngineTensor) -> np.ndarray:
         return reword(t.carried.packed, first.stream) if as_bytes else t.carried.codes
 
-    if base is not None:
-        out = np.array(data(base), dtype=first.packed.dtype if as_bytes else dtype)
-    elif as_bytes:
-        out = np.zeros((n, *first.packed.shape[1:]), dtype=first.packed.dtype)
+    claim = None
+    if as_bytes:  # in a DMA buffer where one is free: the next engines read it in place
+        words = (n, *first.packed.shape[1:])
+        got = device(words) if device is not None and first.packed.dtype == np.uint8 else None
+        out, claim = got if got is not None else (np.empty(words, first.packed.dtype), None)
+        if base is not None:
+            np.copyto(out, data(base))
+        else:
+            out.fill(0)
+    elif base is not None:
+        out = np.array(data(base), dtype=dtype)
     else:
         out = np.zeros((n, h, w, c), dtype=dtype)
     for rows, t in parts:
         out[rows] = data(t)
     stored = {"packed": out, "stream": first.stream} if as_bytes else {"codes": out}
     carried = Carried(first.scale, **bounds, **stored, shape=(h, w, c), dtype=dtype)
+    if claim is not None:
+        claim(carried)
     return EngineTensor(carried, pieces[0].tail)
 
 

@@ -96,6 +96,9 @@ class RecordedPL:
             if m >= 0:
                 self.mask_of[k] = m
         self.buffers, self.dmas, self.next_address, self.served = [], {}, 0x1000_0000, 0
+        self.image_bytes = {
+            i: int(np.prod(shape[1:])) for i, shape in enumerate(io["ishape_packed"])
+        }
 
     def allocate(self, shape, dtype):
         buffer = np.zeros(shape, dtype).view(Buffer)
@@ -110,6 +113,12 @@ class RecordedPL:
     def _buffer_at(self, address):
         return next(b for b in self.buffers if b.device_address == address)
 
+    def _read(self, address, k, n):
+        """The bytes input DMA ``k`` streams for ``n`` images from ``address``: ``n`` images'
+        packed bytes in a row, whatever the buffer's shape (as the IODMA reads memory)."""
+        memory = np.asarray(self._buffer_at(address)).reshape(-1)
+        return memory[: n * self.image_bytes[k]].tobytes()
+
     def started(self, dma):
         if not dma.name.startswith("idma"):
             return  # an output DMA waits for its engine
@@ -117,15 +126,15 @@ class RecordedPL:
         if k in self.mask_of.values():
             return  # a mask stream flows when its engine's input DMA starts
         n = dma.values.get(COUNT, 0)
-        data = np.asarray(self._buffer_at(dma.address))[:n]
+        data = self._read(dma.address, k, n)
         mask = b""
         if k in self.mask_of:
             mdma = self.dmas[self.mask_name[self.mask_of[k]]]
             if mdma.ctrl & AP_IDLE or mdma.values.get(COUNT) != n:
                 raise AssertionError(f"mask DMA {self.mask_of[k]} is not streaming {n} images")
-            mask = np.asarray(self._buffer_at(mdma.address))[:n].tobytes()
+            mask = self._read(mdma.address, self.mask_of[k], n)
             mdma.ctrl = AP_DONE | AP_IDLE
-        found = self.calls.get((k, data.tobytes(), mask))
+        found = self.calls.get((k, data, mask))
         if found is None:
             raise AssertionError(f"input DMA {k}: packed bytes of {n} images were not recorded")
         o, images, out = found

@@ -1,0 +1,180 @@
+"""Engines' outputs kept in their DMA buffers and streamed from there (fpga.board.finnio's
+``PynqDmaOverlay.keep_output``/``address_of``/``ready_output``, fpga.board.accel's
+``DmaEngine``): no copies for an activation that goes from engine to engine whole, and no DMA
+ever writes a buffer whose kept output is still held."""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+
+from fpga.board.accel import AP_DONE, AP_IDLE, AP_START, DMA_COUNT, DMA_CTRL, DmaEngine
+from fpga.board.finnio import PynqDmaOverlay, pack
+
+B = 8  # images per buffer
+SHAPE = (4, 4, 8)  # one image: 4x4 pixels of 8 UINT4 channels, one pixel a 32-bit word
+INFO = {
+    "io_shape_dict": {
+        "idt": ["DataType['UINT4']"],
+        "odt": ["DataType['UINT4']"],
+        "ishape_normal": [(1, *SHAPE)],
+        "ishape_folded": [(1, 4, 4, 1, 8)],
+        "ishape_packed": [(1, 4, 4, 1, 4)],
+        "oshape_normal": [(1, *SHAPE)],
+        "oshape_folded": [(1, 4, 4, 1, 8)],
+        "oshape_packed": [(1, 4, 4, 1, 4)],
+        "idma_names": ["idma0"],
+        "odma_names": ["odma0"],
+    }
+}
+PATTERN = np.uint8(0x11)
+"""The stand-in engine's output bytes are its input's XOR 0x11: every UINT4 value's low bit
+flipped (still UINT4 values, and not the input)."""
+
+
+class StandIn:
+    """Buffers with device addresses and an engine behind idma0/odma0 that writes its input's
+    bytes XOR :data:`PATTERN` into the output DMA's buffer."""
+
+    def __init__(self) -> None:
+        self.buffers: list[np.ndarray] = []
+        self.registers: dict[str, Registers] = {}
+        self.inputs_from: list[int] = []
+        self.copies_in = 0
+
+    def allocate(self, shape, dtype):
+        buffer = np.zeros(shape, dtype).view(Buffer)
+        buffer.device_address = 0x1000_0000 + 0x10_0000 * len(self.buffers)
+        self.buffers.append(buffer)
+        return buffer
+
+    def ip(self, name: str) -> Registers:
+        return self.registers.setdefault(name, Registers(self, name))
+
+    def at(self, address: int) -> np.ndarray:
+        return next(b for b in self.buffers if b.device_address == address)
+
+    def run(self) -> None:
+        idma, odma = self.registers["idma0"], self.registers["odma0"]
+        n = idma.values[DMA_COUNT]
+        assert odma.values[DMA_COUNT] == n and not odma.ctrl & AP_IDLE, "output DMA not ready"
+        self.inputs_from.append(idma.address)
+        target = self.at(odma.address)
+        image = target[0].nbytes  # the input's images are as large as the output's
+        memory = np.asarray(self.at(idma.address)).reshape(-1)[: n * image]
+        target[:n] = memory.reshape(target[:n].shape) ^ PATTERN
+        idma.ctrl = odma.ctrl = AP_DONE | AP_IDLE
+
+
+class Buffer(np.ndarray):
+    device_address = 0
+
+    def flush(self) -> None:
+        pass
+
+    def invalidate(self) -> None:
+        pass
+
+
+class Registers:
+    def __init__(self, pl: StandIn, name: str) -> None:
+        self.pl, self.name, self.values, self.ctrl = pl, name, {}, AP_IDLE
+
+    @property
+    def address(self) -> int:
+        return self.values.get(0x10, 0) | (self.values.get(0x14, 0) << 32)
+
+    def read(self, offset: int) -> int:
+        if offset != DMA_CTRL:
+            return self.values.get(offset, 0)
+        value = self.ctrl
+        self.ctrl &= ~AP_DONE
+        return value
+
+    def write(self, offset: int, value: int) -> None:
+        if offset == DMA_CTRL and value & AP_START:
+            self.ctrl &= ~AP_IDLE
+            if self.name == "idma0":
+                self.pl.run()
+        elif offset != DMA_CTRL:
+            self.values[offset] = int(value)
+
+
+class Holder:
+    """What keeps an engine's output (the board's :class:`fpga.board.accel.Carried`)."""
+
+    def __init__(self, packed: np.ndarray) -> None:
+        self.packed = packed
+        self.detached = False
+
+    def detach(self) -> None:
+        self.packed = np.array(self.packed)
+        self.detached = True
+
+
+def _engine():
+    pl = StandIn()
+    overlay = PynqDmaOverlay(INFO, B, allocate=pl.allocate, ip=pl.ip)
+    copy_in = overlay.copy_input_data_to_device
+
+    def counted(data, ind=0):
+        pl.copies_in += 1
+        copy_in(data, ind)
+
+    overlay.copy_input_data_to_device = counted
+    return pl, overlay, DmaEngine(overlay, 0, 0)
+
+
+def _codes(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 7, (n, *SHAPE)).astype(np.uint8)
+
+
+def test_an_output_goes_to_the_next_engine_in_place_and_stays_while_held():
+    pl, overlay, engine = _engine()
+    codes = _codes(B, 0)
+    _, first = engine.run_packed(codes, decode=False)
+    want = pack(codes.reshape(B, 4, 4, 1, 8), "UINT4") ^ PATTERN
+    np.testing.assert_array_equal(first, want)
+    address = overlay.address_of(first)
+    assert address is not None and pl.copies_in == 1  # kept in the output buffer
+    a = Holder(first)
+    engine.claim(a)
+    _, second = engine.run_packed(packed_in=first, decode=False)  # read in place
+    assert pl.inputs_from[-1] == address and pl.copies_in == 1
+    np.testing.assert_array_equal(second, want ^ PATTERN)
+    np.testing.assert_array_equal(a.packed, want)  # written elsewhere: a's bytes unchanged
+    assert overlay.address_of(second) not in (None, address)
+    assert overlay.address_of(np.array(first)) is None  # a host copy is not a DMA buffer
+    assert overlay.address_of(first[1:]) is None  # nor are rows from the second on
+
+
+def test_a_buffer_nobody_holds_is_written_again_and_held_ones_are_copied_out_at_the_limit():
+    pl, overlay, engine = _engine()
+    _, out = engine.run_packed(_codes(B, 1), decode=False)
+    first = overlay.address_of(out)
+    del out
+    gc.collect()
+    _, out = engine.run_packed(_codes(B, 2), decode=False)  # unclaimed: the same buffer
+    assert overlay.address_of(out) == first
+    held = []
+    for seed in range(3, 3 + overlay.MAX_SPARE + 2):
+        _, out = engine.run_packed(_codes(B, seed), decode=False)
+        h = Holder(out)
+        engine.claim(h)
+        held.append((h, np.array(out)))
+    # one buffer of its own and MAX_SPARE spares: the oldest holder was copied out
+    assert len(pl.buffers) == 1 + 1 + overlay.MAX_SPARE  # the input buffer, the outputs
+    assert held[0][0].detached and not held[-1][0].detached
+    for h, bytes_then in held:
+        np.testing.assert_array_equal(h.packed, bytes_then)  # every holder's bytes intact
+    assert overlay.address_of(held[0][0].packed) is None
+
+
+def test_a_call_of_more_images_than_a_buffer_copies_as_before():
+    pl, overlay, engine = _engine()
+    codes = _codes(B + 3, 9)
+    _, out = engine.run_packed(codes, decode=False)
+    assert overlay.address_of(out) is None and pl.copies_in == 2  # two chunks, joined
+    want = pack(codes.reshape(B + 3, 4, 4, 1, 8), "UINT4") ^ PATTERN
+    np.testing.assert_array_equal(out, want)
