@@ -226,10 +226,11 @@ ARM_BENCH = Path("measurements") / "bench" / "arm_work.json"
 class ArmWork:
     """The board runtime's own work on the ARM (numpy on one Cortex-A9 core at 667 MHz), in
     seconds, by the parts :func:`fpga.board.arm_bench.fit_arm_model` fits to the ARM bench:
-    per engine call ``call_s`` and per image of it ``call_image_s + call_byte_s x`` its
-    activation bytes in and out (the driver, gathering rows, packing, copies into and out of
-    the DMA buffers, unpacking, tails; ``call_s`` overlaps :attr:`CostModel.
-    call_overhead_cycles`, an assumption charged as well, so the ARM is not undercharged);
+    per engine call ``call_s`` and per image of it ``call_image_s + byte_s x`` its activation
+    bytes in and out, ``byte_s`` by the graph's kind (``byte_s_by_kind``, else
+    ``call_byte_s``): the driver, gathering rows, packing, copies into and out of the DMA
+    buffers, unpacking, tails (``call_s`` overlaps :attr:`CostModel.call_overhead_cycles`, an
+    assumption charged as well, so the ARM is not undercharged);
     per image of a layer gate, the LSTM step; per image, its stem input from the
     preprocessing table; per image and block, the executor's own work. The bench measures the
     board's code on x86 and scales it by a cited x86/Cortex-A9 ratio, so these are modelled."""
@@ -237,6 +238,7 @@ class ArmWork:
     call_s: float = 0.0
     call_image_s: float = 0.0
     call_byte_s: float = 0.0
+    byte_s_by_kind: dict[str, float] = field(default_factory=dict)
     lstm_image_s: float = 0.0
     image_s: float = 0.0
     block_image_s: float = 0.0
@@ -252,7 +254,10 @@ class ArmWork:
         try:
             doc = json.loads(path.read_text())
             model = doc["arm_model"]
-            values = {k: float(model[k]) for k in cls.FIELDS}
+            values: dict[str, Any] = {k: float(model[k]) for k in cls.FIELDS}
+            values["byte_s_by_kind"] = {
+                str(k): float(v) for k, v in model.get("byte_s_by_kind", {}).items()
+            }
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise GraphError(
                 f"no ARM-work model in {path} ({type(e).__name__}: {e}); run "
@@ -265,12 +270,13 @@ class ArmWork:
             f"Cortex-A9 at 667 MHz (x{float(doc.get('x86_to_a9_factor', 0)):.1f}, modelled)",
         )
 
-    def seconds(self, images: int, activation_bytes: int, layer_gate: bool) -> float:
-        """The ARM's seconds for one engine call of ``images`` images."""
+    def seconds(self, images: int, activation_bytes: int, kind: str | None) -> float:
+        """The ARM's seconds for one engine call of ``images`` images of a graph of ``kind``."""
         if images <= 0:
             return 0.0
-        lstm = self.lstm_image_s if layer_gate else 0.0
-        per_image = self.call_image_s + self.call_byte_s * activation_bytes + lstm
+        lstm = self.lstm_image_s if kind == "layer_gate" else 0.0
+        rate = self.byte_s_by_kind.get(str(kind), self.call_byte_s)
+        per_image = self.call_image_s + rate * activation_bytes + lstm
         return self.call_s + images * per_image
 
 
@@ -412,8 +418,7 @@ class CostModel:
             total = self.call_cycles(g, images)
             if not total:
                 continue
-            layer_gate = g.get("kind") == "layer_gate"
-            arm_s += self.arm_work.seconds(images, g["activation_bytes"], layer_gate)
+            arm_s += self.arm_work.seconds(images, g["activation_bytes"], g.get("kind"))
             engine = images * self.image_cycles(g)
             load = self.load_cycles(g)
             parts["engine"] += engine
@@ -775,8 +780,9 @@ def report_table(report: dict) -> str:
         lines.append(
             f"\nThe ARM's own work is charged per image and call ({arm['source']}): an engine "
             f"call {arm['call_s'] * 1e6:.0f} us, per image of it "
-            f"{arm['call_image_s'] * 1e6:.1f} us + "
-            f"{arm['call_byte_s'] * 1e9:.2f} ns per activation byte, the LSTM step "
+            f"{arm['call_image_s'] * 1e6:.1f} us + per activation byte "
+            + ", ".join(f"{v * 1e9:.2f} ns ({k})" for k, v in arm.get("byte_s_by_kind", {}).items())
+            + f" (another kind {arm['call_byte_s'] * 1e9:.2f} ns), the LSTM step "
             f"{arm['lstm_image_s'] * 1e6:.1f} us per image of a layer gate, "
             f"{arm['image_s'] * 1e6:.1f} us per image and {arm['block_image_s'] * 1e6:.1f} us per "
             f"image and block; at {100 * zero['skip_fraction']:.0f}% skipped that is "

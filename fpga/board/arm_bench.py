@@ -558,37 +558,46 @@ def fit_arm_model(
 ) -> dict:
     """The ARM's work of ``run`` (one ``finn_work`` result, median per category) as the parts
     :class:`fpga.architecture.ArmWork` charges, in Cortex-A9 seconds (x86 seconds x
-    ``factor``). An engine call's work, ``call_s + images x (call_image_s + call_byte_s x``
-    the activation bytes of an image in and out of the engine``)``, is fitted by least squares
-    (every term >= 0) to each graph's calls in ``run`` and in ``small`` (the same images in
-    smaller executor batches: calls of fewer images, so that the per-call part is told apart
-    from the per-image one). The LSTM step per image of a layer gate; per image, the images to
-    the stem's input; per image and block, the executor's own work and the rows it gathers:
-    from ``run``. ``check`` compares the model's total for ``run`` with the measured one."""
+    ``factor``). An engine call's work, ``call_s + images x (call_image_s + byte_s x`` the
+    activation bytes of an image in and out of the engine``)`` with ``byte_s`` by the graph's
+    kind (``byte_s_by_kind``; ``call_byte_s``, their mean weighted by bytes, for another
+    kind), is fitted by least squares (every term >= 0) to each graph's calls in ``run`` and
+    in ``small`` (the same images in smaller executor batches: calls of fewer images, so that
+    the per-call part is told apart from the per-image one). The LSTM step per image of a
+    layer gate; per image, the images to the stem's input; per image and block, the
+    executor's own work and the rows it gathers: from ``run``. ``check`` compares the model's
+    total for ``run`` with the measured one."""
     from scipy.optimize import nnls
 
     from fpga.architecture import activation_bytes
 
-    def rows(r: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    kinds = sorted({manifest.graphs[g].kind for g in run["calls"]})
+
+    def rows(r: dict[str, Any]) -> tuple[list[str], np.ndarray, np.ndarray]:
         names = sorted(r["calls"])
         nbytes = np.array([activation_bytes(manifest, g) for g in names], dtype=float)
         n = np.array([r["calls"][g] for g in names], dtype=float)
         k = np.array([r["graph_calls"][g] for g in names], dtype=float)
+        of = np.array([[manifest.graphs[g].kind == kind for kind in kinds] for g in names])
         seconds = np.array([r["graph_seconds"][g] for g in names])
-        return np.stack([k, n, n * nbytes], axis=1), seconds
+        return names, np.column_stack([k, n, (n * nbytes)[:, None] * of]), seconds
 
-    terms, seconds = (np.concatenate(p) for p in zip(rows(run), rows(small), strict=True))
-    scale = terms.max(axis=0)  # columns of one magnitude for the solver
-    (c, a, b), _ = nnls(terms / scale, seconds)
-    c, a, b = c / scale[0], a / scale[1], b / scale[2]
+    (_, t_run, s_run), (_, t_small, s_small) = rows(run), rows(small)
+    terms, seconds = np.vstack([t_run, t_small]), np.concatenate([s_run, s_small])
+    scale = np.where(terms.max(axis=0) > 0, terms.max(axis=0), 1.0)  # one magnitude
+    coef, _ = nnls(terms / scale, seconds)
+    coef = coef / scale * factor  # Cortex-A9 seconds
+    by_kind = dict(zip(kinds, (float(v) for v in coef[2:]), strict=True))
+    moved = terms[:, 2:].sum(axis=0)  # bytes of each kind the fit saw
     per, calls = run["per_image"], run["calls"]
     names = sorted(calls)
     gate_images = sum(calls[g] for g in names if manifest.graphs[g].kind == "layer_gate")
     blocks = len(manifest.blocks)
     model = {
-        "call_s": c * factor,
-        "call_image_s": a * factor,
-        "call_byte_s": b * factor,
+        "call_s": float(coef[0]),
+        "call_image_s": float(coef[1]),
+        "call_byte_s": float(coef[2:] @ moved / moved.sum()) if moved.sum() else 0.0,
+        "byte_s_by_kind": by_kind,
         "lstm_image_s": per.get("gates", 0.0) * images / gate_images * factor
         if gate_images
         else 0.0,
@@ -597,21 +606,20 @@ def fit_arm_model(
         / blocks
         * factor,
     }
-    coef = np.array([model["call_s"], model["call_image_s"], model["call_byte_s"]])
     fitted_on = {}
     for label, r in (("", run), (f", batches of {small['batch_size']}", small)):
-        t, sec = rows(r)
-        for g, row, measured, f in zip(sorted(r["calls"]), t, sec, t @ coef, strict=True):
+        names_r, t, sec = rows(r)
+        for g, row, measured, f in zip(names_r, t, sec, t @ coef, strict=True):
             fitted_on[f"{g}{label}"] = {
+                "kind": manifest.graphs[g].kind,
                 "calls": int(row[0]),
                 "images": int(row[1]),
-                "bytes_per_image": round(row[2] / row[1]) if row[1] else 0,
+                "bytes_per_image": round(row[2:].sum() / row[1]) if row[1] else 0,
                 "a9_s": float(measured * factor),
                 "model_a9_s": float(f),
             }
-    head, _ = rows(run)
     predicted = (
-        float((head @ coef).sum())
+        float((t_run @ coef).sum())
         + gate_images * model["lstm_image_s"]
         + images * (model["image_s"] + blocks * model["block_image_s"])
     ) / images
@@ -703,7 +711,9 @@ def _model_lines(model: dict[str, Any]) -> list[str]:
         "The ARM's work as the shared-engine cost model charges it (`fpga.architecture."
         "ArmWork`, read from this file), Cortex-A9 (modelled): an engine call "
         f"{model['call_s'] * us:.0f} us, plus per image {model['call_image_s'] * us:.1f} us + "
-        f"{model['call_byte_s'] * 1e9:.2f} ns per byte of its activations in and out "
+        "per byte of its activations in and out "
+        + ", ".join(f"{v * 1e9:.2f} ns ({k})" for k, v in model["byte_s_by_kind"].items())
+        + f" (mean {model['call_byte_s'] * 1e9:.2f} ns) "
         "(non-negative least squares over this run's calls and those of the same images in "
         "smaller executor batches); the LSTM step "
         f"{model['lstm_image_s'] * us:.1f} us per image of a layer gate; the stem's input "

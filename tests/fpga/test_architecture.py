@@ -605,13 +605,17 @@ def test_the_arms_work_is_charged_per_image_and_call():
         call_s=7e-5,
         call_image_s=1e-6,
         call_byte_s=1e-9,
+        byte_s_by_kind={"layer_gate": 4e-9},  # b1's bytes cost more; the others 1 ns each
         lstm_image_s=5e-6,
         image_s=3e-6,
         block_image_s=2e-7,
     )
     calls = {"stem": 10, "b0": 10, "b1": 10, "b2": 10, "head": 10}  # no image runs s2
     g = report["graphs"]
-    seconds = sum(7e-5 + n * (1e-6 + 1e-9 * g[k]["activation_bytes"]) for k, n in calls.items())
+    rate = {"b1": 4e-9}
+    seconds = sum(
+        7e-5 + n * (1e-6 + rate.get(k, 1e-9) * g[k]["activation_bytes"]) for k, n in calls.items()
+    )
     seconds += 10 * 5e-6 + 10 * (3e-6 + 3 * 2e-7)
     cycles = math.ceil(seconds * 100e6)
     sequential = _cost(**SEQUENTIAL).batch_parts(report, executed)
@@ -627,8 +631,9 @@ def test_the_arms_work_is_charged_per_image_and_call():
     skipped[:, 0] = False  # nobody runs b0: its call, and its images' work, are gone
     fewer = CostModel(arm_work=arm, **SEQUENTIAL).batch_parts(report, skipped)["arm_work"]
     b0 = 7e-5 + 10 * (1e-6 + 1e-9 * g["b0"]["activation_bytes"])
-    assert fewer == math.ceil((seconds - b0) * 100e6)
+    assert fewer == pytest.approx((seconds - b0) * 100e6, abs=1)
     assert CostModel(**{"arm_work": {**arm.__dict__}}).arm_work == arm  # a report, read back
+    assert arm.seconds(0, 1_000, "block") == 0.0 and arm.seconds(2, 0, None) == 7e-5 + 2e-6
 
 
 def test_the_default_arm_work_is_the_recorded_bench(tmp_path):
@@ -639,6 +644,7 @@ def test_the_default_arm_work_is_the_recorded_bench(tmp_path):
     assert arm == ArmWork.recorded() and bench["bundle"] in arm.source
     assert "modelled" in arm.source
     assert arm.call_image_s + arm.call_byte_s > 0 and arm.image_s > 0 and arm.lstm_image_s > 0
+    assert {"block", "layer_gate", "channel_gate"} <= set(arm.byte_s_by_kind)
     check = bench["arm_model"]["check"]
     assert check["a9_s_per_image_model"] == pytest.approx(
         check["a9_s_per_image_measured"], rel=0.25
