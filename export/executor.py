@@ -26,7 +26,9 @@ Only an image that has not reached its first exit can overspend (reported as ``o
 
 A backend may have ``take(x, rows)``: the executor gathers the rows of a tensor it passes to a
 graph with it instead of ``x[rows]`` (the board's FINN backend keeps the rows' integer codes
-with them, :class:`fpga.board.runtime.FinnBackend`).
+with them, :class:`fpga.board.runtime.FinnBackend`), and ``assemble(base, shape, parts,
+consume=...)`` for a block's output (``consume``: no exit saved ``base``, so the backend may
+fill the output into it).
 """
 
 from __future__ import annotations
@@ -210,7 +212,15 @@ class BundleExecutor:
         (x,) = self._run(m.stem, first)  # (N, C, H, W)
 
         gather = getattr(self.backend, "take", None)  # a backend may keep rows' codes too
-        assemble = getattr(self.backend, "assemble", assemble_floats)  # ... and assemble them
+        custom = getattr(self.backend, "assemble", None)  # ... and assemble them
+
+        def assemble(base, shape, parts):
+            """The block's output; the backend may fill it into ``base`` itself where no
+            exit saved that tensor (it is not read again)."""
+            if custom is None:
+                return assemble_floats(base, shape, parts)
+            owned = base is not None and all(s is not base for s in saved.values())
+            return custom(base, shape, parts, consume=owned)
 
         def take(a: np.ndarray, rows: np.ndarray) -> np.ndarray:
             """``a[rows]`` without the copy when ``rows`` is every image (rows are sorted)."""

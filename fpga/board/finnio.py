@@ -338,6 +338,13 @@ class PynqDmaOverlay:
         """``holder`` (an object that keeps a view of ``buffer``) owns it while it lives."""
         self._kept[_pointer(np.asarray(buffer))] = (buffer, weakref.ref(holder))
 
+    def claim_array(self, data: np.ndarray, holder: Any) -> None:
+        """``holder`` owns the kept buffer whose images ``data`` are from the first (the
+        tensor that took over another's bytes in place); nothing if ``data`` is in none."""
+        entry = self._kept.get(_pointer(data))
+        if entry is not None:
+            self.claim(entry[0], holder)
+
     def address_of(self, data: np.ndarray) -> int | None:
         """The device address of ``data`` when it is a kept buffer's images from the first,
         contiguous (an output kept in place, or a :meth:`device_array`: an engine can stream it

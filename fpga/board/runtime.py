@@ -392,6 +392,12 @@ class FinnBackend:
         array, buffer = got
         return array, partial(self.overlay.claim, buffer)
 
+    def _reclaim(self, array: np.ndarray, holder: object) -> None:
+        """``holder`` now owns the DMA buffer ``array`` lies in, if it lies in one."""
+        claim = getattr(self.overlay, "claim_array", None)
+        if claim is not None:
+            claim(array, holder)
+
     def take(self, x: object, rows: np.ndarray) -> object:
         """``x[rows]`` (the executor's gather), in integer form for an engine's output: its
         packed bytes gathered in a DMA buffer, which the engines it feeds read in place."""
@@ -402,18 +408,23 @@ class FinnBackend:
         base: object | None,
         shape: tuple[int, ...],
         parts: Sequence[tuple[np.ndarray, object]],
+        *,
+        consume: bool = False,
     ) -> object:
         """The executor's assembly of a block's output (its default is
         ``export.executor.assemble_floats``): ``base`` (the block input, for a block without
         shortcut; None: zeros) with ``rows`` replaced by each part, in integer form when every
-        piece is an engine's output of one scale (the packed bytes in a DMA buffer)."""
+        piece is an engine's output of one scale (the packed bytes in a DMA buffer).
+        ``consume``: nothing reads ``base`` again, so its packed bytes may take the parts'
+        rows in place (no copy of the rows that skipped the block)."""
         pieces = [t for t in (base, *(t for _, t in parts)) if t is not None]
         if (
             pieces
             and all(isinstance(t, EngineTensor) for t in pieces)
             and len({t.carried.scale for t in pieces}) == 1
         ):
-            return _assemble_codes(base, shape, parts, pieces, self.device_array)
+            reuse = self._reclaim if consume else None
+            return _assemble_codes(base, shape, parts, pieces, self.device_array, reuse)
         return assemble_floats(
             None if base is None else as_floats(base),
             shape,
@@ -427,11 +438,14 @@ def _assemble_codes(
     parts: Sequence[tuple[np.ndarray, EngineTensor]],
     pieces: Sequence[EngineTensor],
     device: Callable[[tuple[int, ...]], Any] | None = None,
+    reuse: Callable[[np.ndarray, object], None] | None = None,
 ) -> EngineTensor:
     """:meth:`FinnBackend.assemble` on the packed bytes where every piece of ``pieces`` (the
     base and the parts) has them in one word format (the codes then unpacked only if asked
     for), else on the codes: the codes and the bytes of zeros are zeros, as a block's
-    zero-initialised output."""
+    zero-initialised output. The bytes go into a ``device`` array (a DMA buffer) where one is
+    given and free; with ``reuse`` (nothing reads ``base`` again) into the base's own bytes
+    where they are writeable, ``reuse(bytes, new carried)`` handing their buffer on."""
     n, c, h, w = shape
     first = pieces[0].carried
     zeros = [0] if base is None else []  # rows no part fills stay zero
@@ -448,7 +462,18 @@ def _assemble_codes(
         return reword(t.carried.packed, first.stream) if as_bytes else t.carried.codes
 
     claim = None
-    if as_bytes:  # in a DMA buffer where one is free: the next engines read it in place
+    kept = base.carried.packed if as_bytes and base is not None else None
+    in_base = (  # nothing reads the base again: its bytes take the parts' rows in place
+        reuse is not None
+        and kept is not None
+        and len(kept) == n
+        and kept.dtype == np.uint8
+        and kept.flags.writeable
+        and kept.flags.c_contiguous
+    )
+    if in_base:
+        out = kept
+    elif as_bytes:  # in a DMA buffer where one is free: the next engines read it in place
         words = (n, *first.packed.shape[1:])
         got = device(words) if device is not None and first.packed.dtype == np.uint8 else None
         out, claim = got if got is not None else (np.empty(words, first.packed.dtype), None)
@@ -466,6 +491,8 @@ def _assemble_codes(
     carried = Carried(first.scale, **bounds, **stored, shape=(h, w, c), dtype=dtype)
     if claim is not None:
         claim(carried)
+    elif in_base:
+        reuse(out, carried)  # the base's DMA buffer, if it lies in one, is the new tensor's
     return EngineTensor(carried, pieces[0].tail)
 
 

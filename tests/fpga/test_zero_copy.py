@@ -178,3 +178,47 @@ def test_a_call_of_more_images_than_a_buffer_copies_as_before():
     assert overlay.address_of(out) is None and pl.copies_in == 2  # two chunks, joined
     want = pack(codes.reshape(B + 3, 4, 4, 1, 8), "UINT4") ^ PATTERN
     np.testing.assert_array_equal(out, want)
+
+
+def _tensor(packed: np.ndarray):
+    from fpga.board.accel import Carried, EngineTensor
+
+    stream = ("UINT4", (4, 4, 1, 8))
+    carried = Carried(
+        1.0, low=0, high=15, packed=packed, stream=stream, shape=SHAPE, dtype=np.uint8
+    )
+    return EngineTensor(carried, tail=None)
+
+
+def test_a_block_output_takes_the_rows_in_its_input_only_when_nothing_reads_the_input_again():
+    """The executor's assembly (FinnBackend.assemble through _assemble_codes): with ``reuse``
+    (no exit saved the block input) the parts' rows are written into the input's bytes and the
+    new tensor owns its buffer; without, a new array and the input unchanged."""
+    from fpga.board.runtime import _assemble_codes
+
+    rng = np.random.default_rng(5)
+    before = rng.integers(0, 256, (6, 4, 4, 1, 4), dtype=np.uint8)
+    part = _tensor(rng.integers(0, 256, (2, 4, 4, 1, 4), dtype=np.uint8))
+    rows = np.array([1, 4])
+    want = before.copy()
+    want[rows] = part.carried.packed
+    shape = (6, SHAPE[2], *SHAPE[:2])  # (N, C, H, W)
+    base = _tensor(before.copy())
+    kept = _assemble_codes(base, shape, [(rows, part)], [base, part])
+    assert kept.carried.packed is not base.carried.packed
+    np.testing.assert_array_equal(base.carried.packed, before)  # untouched
+    np.testing.assert_array_equal(kept.carried.packed, want)
+    claimed = []
+    base = _tensor(before.copy())
+    placed = _assemble_codes(
+        base, shape, [(rows, part)], [base, part], None, lambda a, h: claimed.append((a, h))
+    )
+    assert placed.carried.packed is base.carried.packed  # in place: no copy of the other rows
+    np.testing.assert_array_equal(placed.carried.packed, want)
+    assert claimed == [(placed.carried.packed, placed.carried)]
+    frozen = before.copy()
+    frozen.flags.writeable = False  # bytes that cannot be written are copied as before
+    base = _tensor(frozen)
+    copied = _assemble_codes(base, shape, [(rows, part)], [base, part], None, claimed.append)
+    assert copied.carried.packed is not frozen and len(claimed) == 1
+    np.testing.assert_array_equal(copied.carried.packed, want)
