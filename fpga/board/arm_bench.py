@@ -758,21 +758,19 @@ def _carry_table(d: dict[str, Any]) -> list[str]:
     ]
     for mode in MODES:
         off, on = runs.get(f"{mode}, carry off"), runs.get(f"{mode}, carry on")
-        if off and on and off["marshalling"] > 0:
-            lines += [
-                "",
-                f"{mode}: marshalling {off['marshalling'] * 1e3:.4f} -> "
-                f"{on['marshalling'] * 1e3:.4f} ms/image "
-                f"({on['marshalling'] / off['marshalling'] - 1:+.0%}).",
-            ]
         placed = runs.get(f"{mode}, {IN_PLACE}")
-        if on and placed and on["arm_total"] > 0:
-            lines += [
-                "",
-                f"{mode}: all of the ARM's work {on['arm_total'] * 1e3:.4f} ms/image with the "
-                f"overlay's DMA buffers, {placed['arm_total'] * 1e3:.4f} in place "
-                f"({placed['arm_total'] / on['arm_total'] - 1:+.0%}).",
-            ]
+        for what, before, after, how in (
+            ("marshalling", off, on, "{} -> {} ms/image"),
+            ("arm_total", on, placed, "{} ms/image with the overlay's DMA buffers, {} in place"),
+        ):
+            if before and after and before[what] > 0:
+                b, a = before[what], after[what]
+                label = "marshalling" if what == "marshalling" else "all of the ARM's work"
+                lines += [
+                    "",
+                    f"{mode}: {label} {how.format(f'{b * 1e3:.4f}', f'{a * 1e3:.4f}')} "
+                    f"({a / b - 1:+.0%}).",
+                ]
     return lines
 
 

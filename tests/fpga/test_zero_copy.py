@@ -9,8 +9,9 @@ import gc
 
 import numpy as np
 
-from fpga.board.accel import AP_DONE, AP_IDLE, AP_START, DMA_COUNT, DMA_CTRL, DmaEngine
+from fpga.board.accel import AP_DONE, AP_IDLE, DMA_COUNT, DmaEngine
 from fpga.board.finnio import PynqDmaOverlay, pack
+from tests.arm.pl_standin import Buffer, Registers
 
 B = 8  # images per buffer
 SHAPE = (4, 4, 8)  # one image: 4x4 pixels of 8 UINT4 channels, one pixel a 32-bit word
@@ -55,6 +56,12 @@ class StandIn:
     def at(self, address: int) -> np.ndarray:
         return next(b for b in self.buffers if b.device_address == address)
 
+    def started(self, dma: Registers) -> None:
+        """A DMA was started (tests/arm/pl_standin.py's registers tell it): the input DMA's
+        start runs the engine."""
+        if dma.name == "idma0":
+            self.run()
+
     def run(self) -> None:
         idma, odma = self.registers["idma0"], self.registers["odma0"]
         n = idma.values[DMA_COUNT]
@@ -65,40 +72,6 @@ class StandIn:
         memory = np.asarray(self.at(idma.address)).reshape(-1)[: n * image]
         target[:n] = memory.reshape(target[:n].shape) ^ PATTERN
         idma.ctrl = odma.ctrl = AP_DONE | AP_IDLE
-
-
-class Buffer(np.ndarray):
-    device_address = 0
-
-    def flush(self) -> None:
-        pass
-
-    def invalidate(self) -> None:
-        pass
-
-
-class Registers:
-    def __init__(self, pl: StandIn, name: str) -> None:
-        self.pl, self.name, self.values, self.ctrl = pl, name, {}, AP_IDLE
-
-    @property
-    def address(self) -> int:
-        return self.values.get(0x10, 0) | (self.values.get(0x14, 0) << 32)
-
-    def read(self, offset: int) -> int:
-        if offset != DMA_CTRL:
-            return self.values.get(offset, 0)
-        value = self.ctrl
-        self.ctrl &= ~AP_DONE
-        return value
-
-    def write(self, offset: int, value: int) -> None:
-        if offset == DMA_CTRL and value & AP_START:
-            self.ctrl &= ~AP_IDLE
-            if self.name == "idma0":
-                self.pl.run()
-        elif offset != DMA_CTRL:
-            self.values[offset] = int(value)
 
 
 class Holder:
