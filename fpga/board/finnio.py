@@ -290,6 +290,9 @@ class PynqDmaOverlay:
         is gone."""
         self._scratch: list[Any] = []
         """Buffers the ARM gathers or assembles engines' inputs in (:meth:`device_array`)."""
+        self._written: set[int] = set()
+        """Output buffers the ARM wrote into (:meth:`claim_array`): their cache lines are
+        flushed before a DMA writes them again, or an eviction could overwrite its data."""
 
     partial_batches = True
 
@@ -340,10 +343,12 @@ class PynqDmaOverlay:
 
     def claim_array(self, data: np.ndarray, holder: Any) -> None:
         """``holder`` owns the kept buffer whose images ``data`` are from the first (the
-        tensor that took over another's bytes in place); nothing if ``data`` is in none."""
+        tensor that took over another's bytes in place, the ARM having written into them);
+        nothing if ``data`` is in none."""
         entry = self._kept.get(_pointer(data))
         if entry is not None:
             self.claim(entry[0], holder)
+            self._written.add(id(entry[0]))
 
     def address_of(self, data: np.ndarray) -> int | None:
         """The device address of ``data`` when it is a kept buffer's images from the first,
@@ -365,6 +370,7 @@ class PynqDmaOverlay:
         theirs (:meth:`detach` of the holder) and that buffer is written."""
         buffer = self.obuf_packed_device[ind]
         if not self._held(buffer):
+            self._clean(buffer)
             return
         spares = self._spare.setdefault(ind, [])
         free = next((b for b in spares if not self._held(b)), None)
@@ -384,6 +390,13 @@ class PynqDmaOverlay:
         if free is not buffer:
             spares.append(buffer)
         self.obuf_packed_device[ind] = free
+        self._clean(free)
+
+    def _clean(self, buffer: Any) -> None:
+        """Flush what the ARM wrote into ``buffer`` before a DMA writes it."""
+        if id(buffer) in self._written:
+            self._written.discard(id(buffer))
+            getattr(buffer, "flush", lambda: None)()
 
     def _held(self, buffer: Any) -> bool:
         entry = self._kept.get(_pointer(np.asarray(buffer)))

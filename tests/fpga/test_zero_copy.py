@@ -195,3 +195,23 @@ def test_a_block_output_takes_the_rows_in_its_input_only_when_nothing_reads_the_
     copied = _assemble_codes(base, shape, [(rows, part)], [base, part], None, claimed.append)
     assert copied.carried.packed is not frozen and len(claimed) == 1
     np.testing.assert_array_equal(copied.carried.packed, want)
+
+
+def test_what_the_arm_wrote_into_a_kept_buffer_is_flushed_before_a_dma_writes_it_again():
+    """A block output assembled in its input's bytes (claim_array) leaves the ARM's cache
+    lines dirty: they are written back before the output DMA writes that buffer again, so
+    that no eviction lands on the engine's data afterwards."""
+    _, overlay, engine = _engine()
+    _, out = engine.run_packed(_codes(B, 11), decode=False)
+    buffer = overlay.obuf_packed_device[0]
+    holder = Holder(out)
+    out[:2] = 0  # the ARM writes rows into it in place, then hands it on
+    overlay.claim_array(out, holder)
+    flushed = buffer.flushed
+    del holder, out
+    gc.collect()
+    engine.run_packed(_codes(B, 12), decode=False)  # the same buffer, written again
+    assert buffer.flushed == flushed + 1
+    engine.run_packed(_codes(B, 13), decode=False)  # not written by the ARM since: no flush
+    assert buffer.flushed == flushed + 1
+    assert overlay.obuf_packed_device[0] is buffer
