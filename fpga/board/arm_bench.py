@@ -569,7 +569,7 @@ def fit_arm_model(
     total for ``run`` with the measured one."""
     from scipy.optimize import nnls
 
-    from fpga.architecture import activation_bytes
+    from fpga.architecture import activation_bytes  # finn and qonnx: loaded only when this runs
 
     kinds = sorted({manifest.graphs[g].kind for g in run["calls"]})
 
