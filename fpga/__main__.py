@@ -48,7 +48,7 @@ from fpga.bitstream.overlay import (
 from fpga.board.accel import OverlaySpec
 from fpga.board.errors import BoardError
 from fpga.emulator import EmulatorError
-from fpga.emulator.timing import HardwareReportTiming, MacRateTiming
+from fpga.emulator.timing import HardwareReportTiming, MacRateTiming, recorded_arm_work
 from fpga.finn.errors import FinnFrontendError, GraphError
 from fpga.finn.frontend import estimate_table
 from fpga.hwreport import HardwareReportError
@@ -64,6 +64,8 @@ def emulate(args: argparse.Namespace) -> int:
         "arm_marshal_s_per_value": args.arm_marshal_ns * 1e-9,
         "arm_mask_s_per_value": args.arm_mask_ns * 1e-9,
     }
+    if not args.arm_rates:  # the ARM's work as the ARM bench measured the board's code
+        gate["arm_work"] = recorded_arm_work()
     power = PowerModel.from_json(args.power_model) if args.power_model else PowerModel()
     if args.hw_report:
         timing = HardwareReportTiming.from_json(args.hw_report, **gate)
@@ -293,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=8.0,
         help="ARM time per value of a masked block's mask map, broadcast and packed (ns)",
+    )
+    timing.add_argument(
+        "--arm-rates",
+        action="store_true",
+        help="charge the ARM's engine calls at the per-value rates above instead of the ARM "
+        "bench's model of the board's code (measurements/bench/arm_work.json, the default)",
     )
     timing.add_argument(
         "--speed",

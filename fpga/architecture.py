@@ -248,12 +248,15 @@ class ArmWork:
     FIELDS = ("call_s", "call_image_s", "call_byte_s", "lstm_image_s", "image_s", "block_image_s")
 
     @classmethod
-    def recorded(cls, path: str | os.PathLike | None = None) -> ArmWork:
-        """The figures of the committed ARM bench record (:data:`ARM_BENCH`), or of ``path``."""
+    def recorded(cls, path: str | os.PathLike | None = None, way: str | None = None) -> ArmWork:
+        """The figures of the committed ARM bench record (:data:`ARM_BENCH`), or of ``path``:
+        of its headline run (one DMA transfer a call, engines reading in place), or of
+        ``way``, one of its ``arm_models`` (``"carry on"``: the overlay's own DMA buffers, a
+        call of more images moved in chunks and copied)."""
         path = Path(path) if path is not None else ROOT / ARM_BENCH
         try:
             doc = json.loads(path.read_text())
-            model = doc["arm_model"]
+            model = doc["arm_model"] if way is None else doc["arm_models"][way]
             values: dict[str, Any] = {k: float(model[k]) for k in cls.FIELDS}
             values["byte_s_by_kind"] = {
                 str(k): float(v) for k, v in model.get("byte_s_by_kind", {}).items()
@@ -264,9 +267,10 @@ class ArmWork:
                 "`python -m fpga.board.arm_bench` (make bench) to measure it"
             ) from None
         shown = ARM_BENCH if path == ROOT / ARM_BENCH else path
+        run = f", {way}" if way is not None else ""
         return cls(
             **values,
-            source=f"{shown}: bundle {doc.get('bundle')}, measured on x86 and scaled to a "
+            source=f"{shown}{run}: bundle {doc.get('bundle')}, measured on x86 and scaled to a "
             f"Cortex-A9 at 667 MHz (x{float(doc.get('x86_to_a9_factor', 0)):.1f}, modelled)",
         )
 

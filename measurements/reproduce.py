@@ -55,7 +55,12 @@ from export.errors import BundleError, ExportError
 from export.manifest import load_bundle, sha256_file
 from fpga import hwreport
 from fpga.emulator import EmulatorError
-from fpga.emulator.timing import HardwareReportTiming, MacRateTiming, TimingModel
+from fpga.emulator.timing import (
+    HardwareReportTiming,
+    MacRateTiming,
+    TimingModel,
+    recorded_arm_work,
+)
 from host.measure import MeasureError, MeasurementConfig, ModelSpec, measure
 from host.records import RunError, RunFolder, write_json
 from measurements.sensitivity import sensitivity
@@ -128,7 +133,10 @@ class Job:
     def timing(self) -> TimingModel:
         """The emulator's timing model, rebuilt from the ``hw_report`` step's result."""
         report = self.results["hw_report"]
-        return HardwareReportTiming.from_json(report) if report else MacRateTiming()
+        arm = recorded_arm_work()  # the ARM's work as the ARM bench measured the board's code
+        if report:
+            return HardwareReportTiming.from_json(report, arm_work=arm)
+        return MacRateTiming(arm_work=arm)
 
 
 # --- The steps ------------------------------------------------------------------------------
@@ -495,11 +503,19 @@ def _gates_note(timing, bundles: dict[str, Path]) -> str:
 
 
 def _notes(args: argparse.Namespace, timing, bundles: dict[str, Path]) -> list[str]:
+    work = getattr(timing, "arm_work", None)
+    arm = (
+        "every engine call adds the ARM's own work as the ARM bench measured the board's code "
+        f"(scaled to a Cortex-A9: {work.source}), and every image the stem's input and the "
+        "executor's work per block"
+        if work is not None
+        else "every engine call adds the ARM's marshalling, at the rates above"
+    )
     notes = [
         f"Emulator timing: {timing!r}. {_timing_note(timing)} A running block is charged its "
-        f"engine's dense time whatever its channel mask; {_gates_note(timing, bundles)}; every "
-        "engine call adds the ARM's marshalling, at the rates above: see docs/board.md for the "
-        "parameters and their sources, and sensitivity.md for how the savings move with each."
+        f"engine's dense time whatever its channel mask; {_gates_note(timing, bundles)}; "
+        f"{arm}: see docs/board.md for the parameters and their sources, and sensitivity.md "
+        "for how the savings move with each."
     ]
     if args.calibrate:
         notes.append(

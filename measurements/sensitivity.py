@@ -31,7 +31,7 @@ import numpy as np
 
 from export.manifest import load_bundle
 from fpga.emulator import EmulatorError
-from fpga.emulator.timing import HardwareReportTiming, MacRateTiming, Phase
+from fpga.emulator.timing import HardwareReportTiming, MacRateTiming, Phase, recorded_arm_work
 from host.records import RunError, read_json
 
 FACTORS = (0.5, 1.5)
@@ -228,10 +228,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hw-report", help="the run's hardware report (default: MAC-rate timing)")
     p.add_argument("--power-model", help="the run's power model JSON (default: the defaults)")
     p.add_argument("--out", required=True, help="folder for sensitivity.{json,md}")
+    p.add_argument(
+        "--arm-rates",
+        action="store_true",
+        help="the ARM's engine calls at the per-value rates, not the ARM bench's model "
+        "(as the run was made)",
+    )
     args = p.parse_args(argv)
     try:
+        arm = {} if args.arm_rates else {"arm_work": recorded_arm_work()}
         timing = (
-            HardwareReportTiming.from_json(args.hw_report) if args.hw_report else MacRateTiming()
+            HardwareReportTiming.from_json(args.hw_report, **arm)
+            if args.hw_report
+            else MacRateTiming(**arm)
         )
         power = PowerModel.from_json(args.power_model) if args.power_model else PowerModel()
         if args.hw_report:

@@ -78,6 +78,7 @@ import copy
 import math
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -91,6 +92,20 @@ ARM = "arm"
 ENGINE = "engine"
 IO_PREFIX = "io:"
 LSTM_PREFIX = "lstm:"
+EXECUTOR = "executor"
+"""The ARM phase of an image's stem input and the executor's own work (with ``arm_work``)."""
+ARM_WORK_WAY = "carry on"
+"""The ARM bench's way that the emulated board's time follows: carrying codes on, with the
+overlay's own DMA buffers (``batch_size`` images a transfer, the board's default)."""
+
+
+def recorded_arm_work() -> Any:
+    """The ARM bench's model of the board runtime's own work
+    (:meth:`fpga.architecture.ArmWork.recorded`, way :data:`ARM_WORK_WAY`)."""
+    from fpga.architecture import ArmWork  # qonnx and finn: host side only
+
+    return ArmWork.recorded(way=ARM_WORK_WAY)
+
 
 # Defaults; docs/board.md ("Time and power model") gives the reasoning and sources.
 ARM_GATE_S_PER_CALL = 100e-6
@@ -147,6 +162,8 @@ class TimingModel:
         arm_mask_s_per_value: float = ARM_MASK_S_PER_VALUE,
         arm_pack_s_per_value: float = ARM_PACK_S_PER_VALUE,
         dma_batch: int = DEFAULT_BATCH,
+        arm_work: Any = None,
+        arm_work_scale: float = 1.0,
     ):
         self.arm_gate_s_per_call = _seconds("arm_gate_s_per_call", arm_gate_s_per_call)
         self.arm_macs_per_s = _rate("arm_macs_per_s", arm_macs_per_s)
@@ -158,6 +175,12 @@ class TimingModel:
             raise EmulatorError(f"dma_batch={dma_batch!r} must be a count of images >= 1")
         self.dma_batch = dma_batch
         """Images per DMA transfer (the overlay's ``batch_size``): each pays a pipeline fill."""
+        self.arm_work = arm_work
+        """The board runtime's own work as the ARM bench measured it
+        (:class:`fpga.architecture.ArmWork`), or None: then the per-value rates above."""
+        self.arm_work_scale = _seconds("arm_work_scale", arm_work_scale)
+        """A factor on all of :attr:`arm_work` (the sensitivity table moves it)."""
+        self._bytes: dict[tuple[str, str], int] = {}
         self._streams: dict[tuple[str, str], tuple[int, int, int, float]] = {}
         """:meth:`_io` by (bundle id, graph): it depends on the bundle and the report only."""
 
@@ -180,17 +203,25 @@ class TimingModel:
         "arm_pack_s_per_value",
     )
 
+    BY_VALUE = ("arm_marshal_s_per_value", "arm_mask_s_per_value", "arm_pack_s_per_value")
+    """The per-value ARM rates of an engine call, which :attr:`arm_work` replaces."""
+
     @property
     def params(self) -> dict[str, float]:
-        """The model's scalar parameters by name."""
-        return {name: getattr(self, name) for name in self.PARAMS}
+        """The model's scalar parameters by name: with :attr:`arm_work`, its scale in place of
+        the per-value rates it replaces."""
+        if self.arm_work is None:
+            names = list(self.PARAMS)
+        else:
+            names = [n for n in self.PARAMS if n not in self.BY_VALUE] + ["arm_work_scale"]
+        return {name: getattr(self, name) for name in names}
 
     def with_params(self, **changes: float) -> TimingModel:
         """A copy with some parameters changed (checked as the constructor checks them)."""
-        unknown = sorted(set(changes) - set(self.PARAMS))
+        unknown = sorted(set(changes) - set(self.params))
         if unknown:
             raise EmulatorError(
-                f"timing parameter(s) {unknown!r} unknown; known: {', '.join(self.PARAMS)}"
+                f"timing parameter(s) {unknown!r} unknown; known: {', '.join(self.params)}"
             )
         out = copy.copy(self)
         for name, value in changes.items():
@@ -261,9 +292,25 @@ class TimingModel:
             return [Phase(ARM, graph, self.gate_s(macs, images))]
         phases = self.engine_phases(manifest, graph, images)
         if manifest.graphs[graph].kind == "layer_gate":
-            step = lstm_step_macs(manifest, graph)
-            phases.append(Phase(ARM, LSTM_PREFIX + graph, self.gate_s(step, images)))
+            if self.arm_work is not None:  # the LSTM step as the bench measured it
+                step_s = self.arm_work_scale * self.arm_work.lstm_image_s
+            else:
+                step_s = self.gate_s(lstm_step_macs(manifest, graph), images)
+            phases.append(Phase(ARM, LSTM_PREFIX + graph, step_s))
         return phases
+
+    def arm_call_s(self, manifest: Manifest, graph: str, images: int) -> float:
+        """With :attr:`arm_work`: the ARM's seconds for one image of an engine call of
+        ``images`` images (its share of the call, its own part, its activation bytes)."""
+        key = (manifest.bundle_id, graph)
+        if key not in self._bytes:
+            from fpga.architecture import activation_bytes  # qonnx and finn: host side only
+
+            self._bytes[key] = activation_bytes(manifest, graph)
+        work = self.arm_work
+        rate = work.byte_s_by_kind.get(manifest.graphs[graph].kind, work.call_byte_s)
+        each = work.call_s / max(int(images), 1) + work.call_image_s + rate * self._bytes[key]
+        return self.arm_work_scale * each
 
     def fill_s(self, manifest: Manifest, graph: str) -> float:
         """Seconds an engine's pipeline takes to fill, beyond one image's interval: paid once
@@ -279,11 +326,14 @@ class TimingModel:
         images = max(int(images), 1)
         fill = math.ceil(images / self.dma_batch) * self.fill_s(manifest, graph) / images
         busy = compute + fill + self.weight_load_s(manifest, graph) / images
-        marshal = (
-            converted * self.arm_marshal_s_per_value
-            + integer * self.arm_pack_s_per_value
-            + mask_values * self.arm_mask_s_per_value
-        )
+        if self.arm_work is not None:
+            marshal = self.arm_call_s(manifest, graph, images)
+        else:
+            marshal = (
+                converted * self.arm_marshal_s_per_value
+                + integer * self.arm_pack_s_per_value
+                + mask_values * self.arm_mask_s_per_value
+            )
         return [Phase(ARM, IO_PREFIX + graph, marshal), Phase(ENGINE, graph, busy)]
 
     @staticmethod
@@ -318,6 +368,10 @@ class TimingModel:
 
         phases = engine(manifest.stem)
         reach = self.reach(manifest, executed, exit_index)
+        if self.arm_work is not None:  # the stem's input, the executor's work per block
+            work = self.arm_work
+            own = work.image_s + (reach + 1) * work.block_image_s
+            phases.insert(0, Phase(ARM, EXECUTOR, self.arm_work_scale * own))
         for i, block in enumerate(manifest.blocks[: reach + 1]):
             if gated and block.layer_gate:
                 phases += gate(block.layer_gate, block.layer_gate_macs)
@@ -391,7 +445,10 @@ class TimingModel:
         )
 
     def _args(self) -> str:
-        return ", ".join(f"{k}={v:g}" for k, v in self.params.items())
+        args = ", ".join(f"{k}={v:g}" for k, v in self.params.items())
+        if self.arm_work is not None:
+            args += f", arm_work={self.arm_work.source}"
+        return args
 
 
 def lstm_step_macs(manifest: Manifest, graph: str) -> int:

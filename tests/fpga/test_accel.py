@@ -683,6 +683,55 @@ def test_emulator_charges_the_gate_engines(gate_engines):
         assert (gate.unit, gate.duration_s) == (ARM, on_arm.gate_s(block.layer_gate_macs))
 
 
+def test_emulator_charges_the_arm_bench_model(gate_engines):
+    """With the ARM bench's model (``arm_work``) every engine call's ARM phase is its share of
+    the call, its own part and its activation bytes at its kind's rate; a layer gate's LSTM
+    step and the executor's work per image and block are the bench's; the engines' phases do
+    not change; the scale moves only the ARM's phases, and the per-value rates it replaces are
+    no parameters then."""
+    from fpga.architecture import ArmWork, activation_bytes
+    from fpga.emulator.timing import ARM, ENGINE, EXECUTOR, HardwareReportTiming
+    from fpga.finn.frontend import read_estimates
+    from fpga.hwreport import per_graph_report
+
+    bundle, build, _ = gate_engines
+    m = bundle.manifest
+    estimates = read_estimates(build.out / "graphs" / "estimates.json")["graphs"]
+    report = per_graph_report(estimates, 10.0, m.bundle_id)
+    work = ArmWork(
+        call_s=8e-3,
+        call_image_s=2e-5,
+        call_byte_s=1e-8,
+        byte_s_by_kind={"block": 3e-8},
+        lstm_image_s=1.5e-4,
+        image_s=1e-3,
+        block_image_s=3e-4,
+    )
+    n, images = len(m.blocks), 64
+    calls = {name: images for name in m.graphs}
+    rows = (m, np.ones(n, bool), np.ones(n, np.int64), -1, True, calls)
+    rates = HardwareReportTiming(report).image_phases(*rows)
+    timing = HardwareReportTiming(report, arm_work=work)
+    phases = timing.image_phases(*rows)
+    by_graph = {(p.unit, p.graph): p.duration_s for p in phases}
+    for p in phases:
+        if p.unit == ARM and p.graph.startswith("io:"):
+            graph = p.graph[3:]
+            rate = 3e-8 if m.graphs[graph].kind == "block" else 1e-8
+            want = 8e-3 / images + 2e-5 + rate * activation_bytes(m, graph)
+            assert p.duration_s == pytest.approx(want)
+    for block in m.blocks:
+        assert by_graph[(ARM, f"lstm:{block.layer_gate}")] == pytest.approx(1.5e-4)
+    assert by_graph[(ARM, EXECUTOR)] == pytest.approx(1e-3 + n * 3e-4)
+    engine = [(p.graph, p.duration_s) for p in phases if p.unit == ENGINE]
+    assert engine == [(p.graph, p.duration_s) for p in rates if p.unit == ENGINE]
+    doubled = timing.with_params(arm_work_scale=2.0).image_phases(*rows)
+    for a, b in zip(phases, doubled, strict=True):
+        assert b.duration_s == pytest.approx(a.duration_s * (2.0 if a.unit == ARM else 1.0))
+    assert "arm_work_scale" in timing.params and "arm_pack_s_per_value" not in timing.params
+    assert "arm_work_scale" not in HardwareReportTiming(report).params
+
+
 def test_float_gates_get_no_engine(gated):
     """A float gate has no FINN graph: an accelerator named for it is refused in one line."""
     from fpga.board.runtime import BoardRuntimeError
