@@ -274,14 +274,19 @@ class ArmWork:
             f"Cortex-A9 at 667 MHz (x{float(doc.get('x86_to_a9_factor', 0)):.1f}, modelled)",
         )
 
-    def seconds(self, images: int, activation_bytes: int, kind: str | None) -> float:
-        """The ARM's seconds for one engine call of ``images`` images of a graph of ``kind``."""
+    def call_seconds(self, images: int, activation_bytes: int, kind: str | None) -> float:
+        """The ARM's seconds for one engine call of ``images`` images of a graph of ``kind``,
+        the call alone (no LSTM step)."""
         if images <= 0:
             return 0.0
-        lstm = self.lstm_image_s if kind == "layer_gate" else 0.0
         rate = self.byte_s_by_kind.get(str(kind), self.call_byte_s)
-        per_image = self.call_image_s + rate * activation_bytes + lstm
-        return self.call_s + images * per_image
+        return self.call_s + images * (self.call_image_s + rate * activation_bytes)
+
+    def seconds(self, images: int, activation_bytes: int, kind: str | None) -> float:
+        """The ARM's seconds for one engine call of ``images`` images of a graph of ``kind``,
+        a layer gate's LSTM steps included."""
+        lstm = images * self.lstm_image_s if kind == "layer_gate" and images > 0 else 0.0
+        return self.call_seconds(images, activation_bytes, kind) + lstm
 
 
 @dataclass

@@ -425,21 +425,10 @@ def run(
                     )
                 )
     runs: dict[str, dict[str, Any]] = {}
-    for key, rs in repeated.items():  # the median of each category over the repeats
+    for key, rs in repeated.items():
         for r in rs[1:]:
             assert np.array_equal(r["result"].logits, rs[0]["result"].logits), key
-        names = sorted({k for r in rs for k in r["per_image"]})
-        runs[key] = {
-            **rs[0],
-            "wall": float(np.median([r["wall"] for r in rs])),
-            "per_image": {
-                k: float(np.median([r["per_image"].get(k, 0.0) for r in rs])) for k in names
-            },
-            "graph_seconds": {
-                g: float(np.median([r["graph_seconds"][g] for r in rs]))
-                for g in rs[0]["graph_seconds"]
-            },
-        }
+        runs[key] = _median(rs)
     for key, r in runs.items():  # bit-identical whatever the way
         same = runs[f"{key.split(',')[0]}, {ways[0][0]}"]["result"]
         for field in ("predictions", "logits", "macs", "executed", "channels"):
@@ -456,14 +445,7 @@ def run(
             finn_work(bundle, build, emulated, imgs, "iadi", carry, answers, SMALL_BATCH, dma_batch)
             for _ in range(repeats)
         ]
-        return {
-            **smalls[0],
-            "batch_size": SMALL_BATCH,
-            "graph_seconds": {
-                g: float(np.median([r["graph_seconds"][g] for r in smalls]))
-                for g in smalls[0]["graph_seconds"]
-            },
-        }
+        return {**_median(smalls), "batch_size": SMALL_BATCH}
 
     fits = {label: small_run(*way) for way in ways if (label := way[0]) != "carry off"}
     result, calls, wall = main["result"], main["calls"], main["wall"]
@@ -488,7 +470,7 @@ def run(
     # of the two cited ratios, so the Cortex-A9 figures do not flatter the design
     factor = max(factors.values())
     adapter = sum(per_image.get(k, 0.0) for k in ADAPTER)
-    arm_total = adapter + per_image.get("executor", 0.0)
+    arm_total = _arm_total(per_image)
     models = {
         label: fit_arm_model(runs[f"iadi, {label}"], m, len(imgs), factor, small)
         for label, small in fits.items()
@@ -547,8 +529,7 @@ def run(
                 "driver": r["per_image"].get("driver", 0.0),
                 "tails": r["per_image"].get("tails", 0.0),
                 "executor": r["per_image"].get("executor", 0.0),
-                "arm_total": r["per_image"].get("executor", 0.0)
-                + sum(r["per_image"].get(k, 0.0) for k in ADAPTER),
+                "arm_total": _arm_total(r["per_image"]),
                 "engine_images": r["calls"],
             }
             for key, r in runs.items()
@@ -561,6 +542,25 @@ def run(
     (out / "arm_work.json").write_text(json.dumps(doc, indent=1) + "\n")
     (out / "arm_work.md").write_text(_markdown(doc))
     return doc
+
+
+def _median(rs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Repeated ``finn_work`` runs as one: the median of the wall time, of each category per
+    image and of each graph's seconds (the first run's results and counts)."""
+    names = sorted({k for r in rs for k in r["per_image"]})
+    return {
+        **rs[0],
+        "wall": float(np.median([r["wall"] for r in rs])),
+        "per_image": {k: float(np.median([r["per_image"].get(k, 0.0) for r in rs])) for k in names},
+        "graph_seconds": {
+            g: float(np.median([r["graph_seconds"][g] for r in rs])) for g in rs[0]["graph_seconds"]
+        },
+    }
+
+
+def _arm_total(per_image: dict[str, float]) -> float:
+    """All of the ARM's work per image: the adapter's categories and the executor's own."""
+    return per_image.get("executor", 0.0) + sum(per_image.get(k, 0.0) for k in ADAPTER)
 
 
 def fit_arm_model(
@@ -633,7 +633,7 @@ def fit_arm_model(
         + gate_images * model["lstm_image_s"]
         + images * (model["image_s"] + blocks * model["block_image_s"])
     ) / images
-    measured = (per.get("executor", 0.0) + sum(per.get(k, 0.0) for k in ADAPTER)) * factor
+    measured = _arm_total(per) * factor
     return {
         **model,
         "fitted_on": fitted_on,

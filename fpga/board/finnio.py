@@ -339,7 +339,7 @@ class PynqDmaOverlay:
 
     def claim(self, buffer: Any, holder: Any) -> None:
         """``holder`` (an object that keeps a view of ``buffer``) owns it while it lives."""
-        self._kept[_pointer(np.asarray(buffer))] = (buffer, weakref.ref(holder))
+        self._kept[_pointer(buffer)] = (buffer, weakref.ref(holder))
 
     def claim_array(self, data: np.ndarray, holder: Any) -> None:
         """``holder`` owns the kept buffer whose images ``data`` are from the first (the
@@ -381,10 +381,10 @@ class PynqDmaOverlay:
                 free = None  # CMA is short: copy the oldest holder's images out instead
         if free is None:
             free = spares.pop(0) if spares else buffer
-            holder = self._kept[_pointer(np.asarray(free))][1]()
+            holder = self._kept[_pointer(free)][1]()
             if holder is not None:
                 holder.detach()
-            self._kept.pop(_pointer(np.asarray(free)), None)
+            self._kept.pop(_pointer(free), None)
         else:
             spares[:] = [b for b in spares if b is not free]
         if free is not buffer:
@@ -399,7 +399,7 @@ class PynqDmaOverlay:
             getattr(buffer, "flush", lambda: None)()
 
     def _held(self, buffer: Any) -> bool:
-        entry = self._kept.get(_pointer(np.asarray(buffer)))
+        entry = self._kept.get(_pointer(buffer))
         return entry is not None and entry[1] is not None and entry[1]() is not None
 
     def buffer_shapes(self) -> list[tuple[int, ...]]:

@@ -307,10 +307,9 @@ class TimingModel:
             from fpga.architecture import activation_bytes  # qonnx and finn: host side only
 
             self._bytes[key] = activation_bytes(manifest, graph)
-        work = self.arm_work
-        rate = work.byte_s_by_kind.get(manifest.graphs[graph].kind, work.call_byte_s)
-        each = work.call_s / max(int(images), 1) + work.call_image_s + rate * self._bytes[key]
-        return self.arm_work_scale * each
+        images = max(int(images), 1)
+        call = self.arm_work.call_seconds(images, self._bytes[key], manifest.graphs[graph].kind)
+        return self.arm_work_scale * call / images
 
     def fill_s(self, manifest: Manifest, graph: str) -> float:
         """Seconds an engine's pipeline takes to fill, beyond one image's interval: paid once
