@@ -627,7 +627,8 @@ class Trainer:
         self.segment_start, self.segment_cpu_start = time.time(), time.process_time()
         if self.dist.main and not resumed:
             (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-        log = (self.out / "log.jsonl").open("a") if self.dist.main else None
+        # a fresh run starts its log anew; a resumed one goes on with it
+        log = (self.out / "log.jsonl").open("a" if resumed else "w") if self.dist.main else None
         batches = self._batches()
         try:
             while True:

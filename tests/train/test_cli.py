@@ -179,6 +179,19 @@ def test_same_command_again_resumes_without_training_more(base_run, capsys, capl
 
 
 @needs_cifar10
+def test_a_fresh_run_in_a_recorded_folder_starts_its_log_anew(base_run, tmp_path):
+    # a recorded run keeps final.pt but not last.pt: the same command trains again from the
+    # start, and its log holds that run's steps only (not the old ones before them)
+    run = tmp_path / "base"
+    run.mkdir()
+    for name in ("config.json", "log.jsonl"):
+        (run / name).write_bytes((base_run / name).read_bytes())
+    assert _log_steps(run) == [STEPS]
+    assert main([*BASE_ARGS, "--out", str(run)]) == 0
+    assert _log_steps(run) == [STEPS]
+
+
+@needs_cifar10
 def test_same_folder_with_other_settings_is_refused(base_run, capsys):
     args = [*BASE_ARGS, "--out", str(base_run)]
     args[args.index("--steps") + 1] = str(STEPS + 1)
