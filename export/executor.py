@@ -116,7 +116,8 @@ def assemble_floats(
 
 
 BATCH_SIZE = 256
-"""Images the executor runs through the network together (one call per graph and batch)."""
+"""Images the executor runs through the network together (one call per graph and batch), by
+default; the board runtime's ``--executor-batch`` sets it."""
 
 
 class BundleExecutor:
@@ -128,7 +129,12 @@ class BundleExecutor:
         *,
         backend: OnnxRuntimeBackend | None = None,
         threads: int | None = None,
+        batch_size: int = BATCH_SIZE,
     ) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ExecutionError(f"batch_size {batch_size!r} must be a count of images >= 1")
+        self.batch_size = batch_size
+        """Images :meth:`run` takes through the network together unless told otherwise."""
         if not isinstance(bundle, Bundle):
             bundle = load_bundle(Path(bundle), verify=False)  # files are checked as they load
         self.bundle = bundle
@@ -159,9 +165,11 @@ class BundleExecutor:
         images: np.ndarray,
         mode: str = "iadi",
         budget_macs: float | None = None,
-        batch_size: int = BATCH_SIZE,
+        batch_size: int | None = None,
     ) -> BatchResult:
-        """Classify ``images`` in ``mode``; ``budget_macs`` is required in (and only in) ``ddi``."""
+        """Classify ``images`` in ``mode``; ``budget_macs`` is required in (and only in) ``ddi``;
+        ``batch_size`` images at a time (default: :attr:`batch_size`)."""
+        batch_size = self.batch_size if batch_size is None else batch_size
         if mode not in MODES:
             raise ExecutionError(f"mode {mode!r} is unknown; choose one of {', '.join(MODES)}")
         if (mode == "ddi") != (budget_macs is not None):

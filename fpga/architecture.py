@@ -231,21 +231,35 @@ class ArmWork:
     ``call_byte_s``): the driver, gathering rows, packing, copies into and out of the DMA
     buffers, unpacking, tails (``call_s`` overlaps :attr:`CostModel.call_overhead_cycles`, an
     assumption charged as well, so the ARM is not undercharged);
-    per image of a layer gate, the LSTM step; per image, its stem input from the
-    preprocessing table; per image and block, the executor's own work. The bench measures the
-    board's code on x86 and scales it by a cited x86/Cortex-A9 ratio, so these are modelled."""
+    per layer-gate call the LSTM step, ``lstm_call_s + images x lstm_image_s``; per image, its
+    stem input from the preprocessing table (``image_s``); per block and executor batch, the
+    executor's own work, ``block_call_s + images x block_image_s`` (its numpy calls on the
+    batch's index arrays cost per call, the rows they move per image, so a larger batch
+    shares the first among more images). The bench measures the board's code on x86 and
+    scales it by a cited x86/Cortex-A9 ratio, so these are modelled."""
 
     call_s: float = 0.0
     call_image_s: float = 0.0
     call_byte_s: float = 0.0
     byte_s_by_kind: dict[str, float] = field(default_factory=dict)
+    lstm_call_s: float = 0.0
     lstm_image_s: float = 0.0
     image_s: float = 0.0
+    block_call_s: float = 0.0
     block_image_s: float = 0.0
     source: str = "none"
     """Where the figures come from (the bench record and its bundle)."""
 
-    FIELDS = ("call_s", "call_image_s", "call_byte_s", "lstm_image_s", "image_s", "block_image_s")
+    FIELDS = (
+        "call_s",
+        "call_image_s",
+        "call_byte_s",
+        "lstm_call_s",
+        "lstm_image_s",
+        "image_s",
+        "block_call_s",
+        "block_image_s",
+    )
 
     @classmethod
     def recorded(cls, path: str | os.PathLike | None = None, way: str | None = None) -> ArmWork:
@@ -285,8 +299,17 @@ class ArmWork:
     def seconds(self, images: int, activation_bytes: int, kind: str | None) -> float:
         """The ARM's seconds for one engine call of ``images`` images of a graph of ``kind``,
         a layer gate's LSTM steps included."""
-        lstm = images * self.lstm_image_s if kind == "layer_gate" and images > 0 else 0.0
+        lstm = 0.0
+        if kind == "layer_gate" and images > 0:
+            lstm = self.lstm_call_s + images * self.lstm_image_s
         return self.call_seconds(images, activation_bytes, kind) + lstm
+
+    def executor_seconds(self, images: int, blocks: int) -> float:
+        """The ARM's seconds for one executor batch of ``images`` images through ``blocks``
+        blocks, the engine calls aside: the stem inputs and the executor's work per block."""
+        if images <= 0:
+            return 0.0
+        return images * self.image_s + blocks * (self.block_call_s + images * self.block_image_s)
 
 
 @dataclass
@@ -303,8 +326,10 @@ class CostModel:
 
     clock_mhz: float = 100.0
     """PL clock of the engines and of the DMA/AXI interconnect."""
-    batch_images: int = 250
-    """Images per batch (a timed window's images go through block i together)."""
+    batch_images: int = 1000
+    """Images per batch: a timed window's images go through block i together (the main job's
+    windows of 1,000 images, which the board runtime takes as one executor batch with
+    ``--executor-batch 1000``: the ARM's per-call and per-block work is shared among them)."""
     dma_bytes_per_cycle: float = 6.4
     """Activation DMA DDR <-> engine: one 64-bit HP port at the PL clock, 80% efficient."""
     weight_loader: str = "axilite"
@@ -421,7 +446,7 @@ class CostModel:
         )
         groups: dict[str, int] = {}
         arm = 0
-        arm_s = n * (self.arm_work.image_s + len(blocks) * self.arm_work.block_image_s)
+        arm_s = self.arm_work.executor_seconds(n, len(blocks))
         for name, images in calls:
             g = graphs[name]
             total = self.call_cycles(g, images)
@@ -792,9 +817,13 @@ def report_table(report: dict) -> str:
             f"{arm['call_image_s'] * 1e6:.1f} us + per activation byte "
             + ", ".join(f"{v * 1e9:.2f} ns ({k})" for k, v in arm.get("byte_s_by_kind", {}).items())
             + f" (another kind {arm['call_byte_s'] * 1e9:.2f} ns), the LSTM step "
-            f"{arm['lstm_image_s'] * 1e6:.1f} us per image of a layer gate, "
-            f"{arm['image_s'] * 1e6:.1f} us per image and {arm['block_image_s'] * 1e6:.1f} us per "
-            f"image and block; at {100 * zero['skip_fraction']:.0f}% skipped that is "
+            f"{arm.get('lstm_call_s', 0.0) * 1e6:.0f} us per layer-gate call + "
+            f"{arm['lstm_image_s'] * 1e6:.1f} us per image, the stem input "
+            f"{arm['image_s'] * 1e6:.1f} us per image, the executor "
+            f"{arm.get('block_call_s', 0.0) * 1e6:.0f} us per block and batch + "
+            f"{arm['block_image_s'] * 1e6:.1f} us per image and block; at "
+            f"{tp['batch_images']} images a batch and {100 * zero['skip_fraction']:.0f}% skipped "
+            "that is "
             f"{zero['arm_work'] / ms:,.2f} ms an image, of {zero['resources']['ARM'] / ms:,.2f} "
             "ms of ARM time with the calls' starts and the weight writes."
         )

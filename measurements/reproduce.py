@@ -52,6 +52,7 @@ from typing import Any
 import formats
 from cifar.errors import DataError
 from export.errors import BundleError, ExportError
+from export.executor import BATCH_SIZE
 from export.manifest import load_bundle, sha256_file
 from fpga import hwreport
 from fpga.emulator import EmulatorError
@@ -97,7 +98,7 @@ STATE_VERSION = 1
 # The options that decide what the steps make; a state file written with others is not resumed.
 STATE_OPTIONS = (
     "models", "only", "train", "calibrate", "layer_only", "hw_report", "design", "mac_rate",
-    "data", "images", "images_per_window", "repeats",
+    "data", "images", "images_per_window", "executor_batch", "repeats",
 )  # fmt: skip
 
 
@@ -311,7 +312,9 @@ def step_measure(job: Job) -> str:
     args, bundles, timing = job.args, job.bundles(), job.timing()
     models = [ModelSpec("full", str(bundles["base"]), "full")]
     models += [ModelSpec(k, str(p)) for k, p in bundles.items() if k != "base"]
-    with EmulatedBoard(bundles["base"], timing=timing, meter=True) as board:
+    with EmulatedBoard(
+        bundles["base"], timing=timing, meter=True, executor_batch=args.executor_batch
+    ) as board:
         config = MeasurementConfig(
             port=board.address,
             models=models,
@@ -507,7 +510,9 @@ def _notes(args: argparse.Namespace, timing, bundles: dict[str, Path]) -> list[s
     arm = (
         "every engine call adds the ARM's own work as the ARM bench measured the board's code "
         f"(scaled to a Cortex-A9: {work.source}), and every image the stem's input and the "
-        "executor's work per block"
+        "executor's work per block, what a call or a block costs per batch shared among the "
+        f"images of an executor batch (the board ran windows of {args.images_per_window} "
+        f"images in batches of {args.executor_batch})"
         if work is not None
         else "every engine call adds the ARM's marshalling, at the rates above"
     )
@@ -614,6 +619,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="CIFAR-10 folder (default: as train/ finds it)")
     p.add_argument("--images", type=int, default=1000, help="test images per model and repeat")
     p.add_argument("--images-per-window", type=int, default=250)
+    p.add_argument(
+        "--executor-batch",
+        type=int,
+        default=BATCH_SIZE,
+        help="the emulated board runtime's --executor-batch: images it takes through the network "
+        f"together (default {BATCH_SIZE}, the board's)",
+    )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--restart", action="store_true", help="run every step again (default: resume)")
     p.add_argument("--quiet", action="store_true")

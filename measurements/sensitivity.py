@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from export.executor import BATCH_SIZE
 from export.manifest import load_bundle
 from fpga.emulator import EmulatorError
 from fpga.emulator.timing import HardwareReportTiming, MacRateTiming, Phase, recorded_arm_work
@@ -80,16 +81,19 @@ def _runs(labels: list[str]) -> list[slice]:
     return [slice(a, b) for a, b in zip([0, *cuts], [*cuts, len(labels)], strict=True)]
 
 
-def _durations(manifest, decisions: _Decisions, mode: str, timing) -> dict[Any, float]:
+def _durations(
+    manifest, decisions: _Decisions, mode: str, timing, batch_size: int = BATCH_SIZE
+) -> dict[Any, float]:
     """Mean seconds per image spent in each phase kind ``Phase(unit, graph, 0)``, each window's
-    images run together as the board ran them (one RUN_BATCH per window: the timing model
-    shares a gate call's overhead between the images of one executor batch)."""
+    images run together as the board ran them (one RUN_BATCH per window, in executor batches
+    of ``batch_size``: the timing model shares a call's overhead between the images of one
+    executor batch)."""
 
     out: dict[Any, float] = {}
     n = len(decisions.exits)
     for rows in decisions.windows:
         window = (decisions.executed[rows], decisions.channels[rows], decisions.exits[rows])
-        for phases in timing.decision_phases(manifest, *window, mode):
+        for phases in timing.decision_phases(manifest, *window, mode, batch_size):
             for p in phases:
                 key = Phase(p.unit, p.graph, 0.0)
                 out[key] = out.get(key, 0.0) + p.duration_s / max(n, 1)
@@ -120,9 +124,12 @@ def sensitivity(run: str | Path, timing, power) -> dict[str, Any]:
         m["key"]: load_bundle(m["bundle"], verify=False).manifest for m in config["models"]
     }
 
+    # the board's executor batch (runs recorded before it was configurable used the default)
+    batch = int(config.get("extra", {}).get("emulator", {}).get("executor_batch", BATCH_SIZE))
+
     def durations(t) -> dict[str, dict]:
         return {
-            m["key"]: _durations(manifests[m["key"]], decisions[m["key"]], m["mode"], t)
+            m["key"]: _durations(manifests[m["key"]], decisions[m["key"]], m["mode"], t, batch)
             for m in config["models"]
         }
 

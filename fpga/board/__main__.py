@@ -52,6 +52,7 @@ def serve(args: argparse.Namespace) -> int:
         backend=args.backend,
         overlays=[Path(p) for p in args.overlay or []],
         overlay_batch=args.overlay_batch,
+        **({} if args.executor_batch is None else {"executor_batch": args.executor_batch}),
         max_image_bytes=args.max_images * 32 * 32 * 3,
         max_bundle_bytes=args.max_bundle_mb * 1024 * 1024,
         threads=args.threads,
@@ -107,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--overlay-batch", type=int, help="images per DMA transfer (default: the overlay's)"
+    )
+    run.add_argument(
+        "--executor-batch",
+        type=int,
+        help="images the executor takes through the network together (default: "
+        "export.executor.BATCH_SIZE; as large as the host's window, the ARM's per-call work is "
+        "shared among the most images)",
     )
     run.add_argument("--threads", type=int, help="unused (numpy's BLAS picks its threads)")
     run.add_argument("--max-images", type=int, default=20_000, help="image memory, in CIFAR images")

@@ -28,7 +28,8 @@ output): with it, ``arm_total`` is all of the ARM's work. Each timed run follows
 one on the same images, so what the runtime reads on its first use of a graph (read once per
 LOAD on the board) is not counted per batch. ``arm_model`` fits the parts that
 :class:`fpga.architecture.ArmWork` charges in the shared-engine cost model to the headline
-run (:func:`fit_arm_model`). The FINN path runs
+run and to the same way in executor batches of 32 (the same images) and of 1,024 (as many
+images) (:func:`fit_arm_model`), and shows the model against each. The FINN path runs
 with the engines passing their output codes on to the next engine (``--carry on``, the board's
 default, :class:`fpga.board.runtime.FinnBackend`) and without (``off``), in ``iadi`` mode and in
 ``full`` mode (every block dense on its engine), interleaved, ``--repeats`` times each (median
@@ -99,7 +100,11 @@ IN_PLACE = "carry on, in place"
 engine call is one transfer, so an engine's output stays in its buffer for the next engine,
 and the rows the gates select are gathered into a buffer the engines read in place."""
 SMALL_BATCH = 32
-"""Executor batch of the ARM-work model's second run (calls of fewer images)."""
+"""Executor batch of one of the ARM-work model's runs besides the headline one (the same images
+in calls of fewer images)."""
+LARGE_BATCH = 1024
+"""Executor batch, DMA buffers (where the way has them) and images of the third of the model's
+runs: calls of more images, as a board running a host window of 1,000 images whole makes."""
 ADAPTER = ("gates", "marshalling", "driver", "tails")
 """The adapter's work around the engines; with ``executor`` (the rest of the run) all of the
 ARM's work per image."""
@@ -248,6 +253,9 @@ def _pl(emulated: Any, io: dict[str, Any], clock: Clock, outputs: dict[tuple[Any
             target[:n].shape
         )
         idma.ctrl = odma.ctrl = AP_DONE | AP_IDLE
+        # the stand-in's own arrays are freed here, not in the caller's time: returning large
+        # arrays to the system (unmapping them) is the stand-in's work, not the ARM's
+        del streams, out, key
         clock.excluded += time.perf_counter() - t
 
     return allocate, ip
@@ -368,6 +376,8 @@ def finn_work(
         "calls": dict(calls),
         "graph_seconds": dict(graph_s),
         "graph_calls": dict(graph_calls),
+        "images": len(imgs),
+        "batch_size": batch_size,
         "wall": wall,
         "per_image": per_image,
     }
@@ -437,17 +447,28 @@ def run(
         assert np.array_equal(r["result"].predictions, reference.predictions), key
     main_key = f"iadi, {ways[-1][0]}"
     main = runs[main_key]
-    # the same images in smaller batches: calls of fewer images, for the ARM-work model's fit
-    # (of the headline way, and of carrying with the overlay's own DMA buffers)
+    # the ARM-work model's runs besides the headline one, of the headline way and of carrying
+    # with the overlay's own DMA buffers: calls of fewer and of more images
+    large_imgs = test.images[:LARGE_BATCH]
 
-    def small_run(label: str, carry: bool, dma_batch: int | None) -> dict[str, Any]:
-        smalls = [
-            finn_work(bundle, build, emulated, imgs, "iadi", carry, answers, SMALL_BATCH, dma_batch)
-            for _ in range(repeats)
+    def other_batches(carry: bool, dma_batch: int | None) -> list[dict[str, Any]]:
+        """The way's runs in executor batches of SMALL_BATCH (the same images) and of
+        LARGE_BATCH (as many images; DMA buffers of one batch where the way has them)."""
+        large_dma = None if dma_batch is None else LARGE_BATCH
+        return [
+            _median(
+                [
+                    finn_work(bundle, build, emulated, images, "iadi", carry, answers, batch, dma)
+                    for _ in range(repeats)
+                ]
+            )
+            for images, batch, dma in (
+                (imgs, SMALL_BATCH, dma_batch),
+                (large_imgs, LARGE_BATCH, large_dma),
+            )
         ]
-        return {**_median(smalls), "batch_size": SMALL_BATCH}
 
-    fits = {label: small_run(*way) for way in ways if (label := way[0]) != "carry off"}
+    fits = {label: other_batches(c, d) for label, c, d in ways if label != "carry off"}
     result, calls, wall = main["result"], main["calls"], main["wall"]
     per_image = main["per_image"]
 
@@ -472,8 +493,8 @@ def run(
     adapter = sum(per_image.get(k, 0.0) for k in ADAPTER)
     arm_total = _arm_total(per_image)
     models = {
-        label: fit_arm_model(runs[f"iadi, {label}"], m, len(imgs), factor, small)
-        for label, small in fits.items()
+        label: fit_arm_model([runs[f"iadi, {label}"], *others], m, factor)
+        for label, others in fits.items()
     }
     model = models[main_key.split(", ", 1)[1]]
     doc = {
@@ -563,25 +584,30 @@ def _arm_total(per_image: dict[str, float]) -> float:
     return per_image.get("executor", 0.0) + sum(per_image.get(k, 0.0) for k in ADAPTER)
 
 
-def fit_arm_model(
-    run: dict[str, Any], manifest: Any, images: int, factor: float, small: dict[str, Any]
-) -> dict:
-    """The ARM's work of ``run`` (one ``finn_work`` result, median per category) as the parts
+def fit_arm_model(runs: list[dict[str, Any]], manifest: Any, factor: float) -> dict:
+    """The ARM's work of ``runs`` (``finn_work`` results, median per category, of one way in
+    executor batches of different sizes; the first is the headline run) as the parts
     :class:`fpga.architecture.ArmWork` charges, in Cortex-A9 seconds (x86 seconds x
-    ``factor``). An engine call's work, ``call_s + images x (call_image_s + byte_s x`` the
-    activation bytes of an image in and out of the engine``)`` with ``byte_s`` by the graph's
-    kind (``byte_s_by_kind``; ``call_byte_s``, their mean weighted by bytes, for another
-    kind), is fitted by least squares (every term >= 0) to each graph's calls in ``run`` and
-    in ``small`` (the same images in smaller executor batches: calls of fewer images, so that
-    the per-call part is told apart from the per-image one). The LSTM step per image of a
-    layer gate; per image, the images to the stem's input; per image and block, the
-    executor's own work and the rows it gathers: from ``run``. ``check`` compares the model's
-    total for ``run`` with the measured one."""
+    ``factor``). Calls of different sizes tell what a call costs apart from what each of its
+    images costs; each part is fitted by least squares on relative errors (every term >= 0,
+    so that the small batches' seconds do not outweigh the others):
+
+    - an engine call, ``call_s + images x (call_image_s + byte_s x`` the activation bytes of
+      an image in and out of the engine``)`` with ``byte_s`` by the graph's kind
+      (``byte_s_by_kind``; ``call_byte_s``, their mean weighted by bytes, for another kind),
+      to each graph's calls in each run;
+    - the LSTM steps, ``lstm_call_s`` per layer-gate call and ``lstm_image_s`` per image;
+    - the executor's own work and the rows it gathers, ``block_call_s`` per block and batch
+      and ``block_image_s`` per image and block;
+    - per image, the images to the stem's input (``image_s``, the mean over the runs).
+
+    ``check`` compares the model's total for the headline run with the measured one,
+    ``by_batch`` does so for every run."""
     from scipy.optimize import nnls
 
     from fpga.architecture import activation_bytes  # finn and qonnx: loaded only when this runs
 
-    kinds = sorted({manifest.graphs[g].kind for g in run["calls"]})
+    kinds = sorted({manifest.graphs[g].kind for r in runs for g in r["calls"]})
 
     def rows(r: dict[str, Any]) -> tuple[list[str], np.ndarray, np.ndarray]:
         names = sorted(r["calls"])
@@ -592,34 +618,58 @@ def fit_arm_model(
         seconds = np.array([r["graph_seconds"][g] for g in names])
         return names, np.column_stack([k, n, (n * nbytes)[:, None] * of]), seconds
 
-    (_, t_run, s_run), (_, t_small, s_small) = rows(run), rows(small)
-    terms, seconds = np.vstack([t_run, t_small]), np.concatenate([s_run, s_small])
-    scale = np.where(terms.max(axis=0) > 0, terms.max(axis=0), 1.0)  # one magnitude
-    coef, _ = nnls(terms / scale, seconds)
-    coef = coef / scale * factor  # Cortex-A9 seconds
+    def fit(terms: np.ndarray, seconds: np.ndarray) -> np.ndarray:
+        keep = seconds > 0
+        terms, seconds = terms[keep], seconds[keep]
+        weighted = terms / seconds[:, None]  # relative errors: every row counts alike
+        scale = np.where(weighted.max(axis=0) > 0, weighted.max(axis=0), 1.0)
+        coef, _ = nnls(weighted / scale, np.ones(len(seconds)))
+        return coef / scale * factor  # Cortex-A9 seconds
+
+    tables = [rows(r) for r in runs]
+    terms = np.vstack([t for _, t, _ in tables])
+    coef = fit(terms, np.concatenate([sec for _, _, sec in tables]))
     by_kind = dict(zip(kinds, (float(v) for v in coef[2:]), strict=True))
     moved = terms[:, 2:].sum(axis=0)  # bytes of each kind the fit saw
-    per, calls = run["per_image"], run["calls"]
-    names = sorted(calls)
-    gate_images = sum(calls[g] for g in names if manifest.graphs[g].kind == "layer_gate")
     blocks = len(manifest.blocks)
+
+    def lstm_terms(r: dict[str, Any]) -> tuple[list[float], float]:
+        gates = [g for g in r["calls"] if manifest.graphs[g].kind == "layer_gate"]
+        calls = float(sum(r["graph_calls"][g] for g in gates))
+        images = float(sum(r["calls"][g] for g in gates))
+        return [calls, images], r["per_image"].get("gates", 0.0) * r["images"]
+
+    def executor_terms(r: dict[str, Any]) -> tuple[list[float], float]:
+        per = r["per_image"]
+        batches = math.ceil(r["images"] / r["batch_size"])
+        own = per.get("executor", 0.0) + per.get("marshalling: carry", 0.0)
+        return [float(blocks * batches), float(blocks * r["images"])], own * r["images"]
+
+    def each(terms_of: Any) -> list[float]:
+        pairs = [terms_of(r) for r in runs]
+        return [
+            float(v) for v in fit(np.array([a for a, _ in pairs]), np.array([y for _, y in pairs]))
+        ]
+
+    lstm_call_s, lstm_image_s = each(lstm_terms)
+    block_call_s, block_image_s = each(executor_terms)
+    preprocess = [r["per_image"].get("marshalling: preprocess", 0.0) for r in runs]
     model = {
         "call_s": float(coef[0]),
         "call_image_s": float(coef[1]),
         "call_byte_s": float(coef[2:] @ moved / moved.sum()) if moved.sum() else 0.0,
         "byte_s_by_kind": by_kind,
-        "lstm_image_s": per.get("gates", 0.0) * images / gate_images * factor
-        if gate_images
-        else 0.0,
-        "image_s": per.get("marshalling: preprocess", 0.0) * factor,
-        "block_image_s": (per.get("executor", 0.0) + per.get("marshalling: carry", 0.0))
-        / blocks
-        * factor,
+        "lstm_call_s": lstm_call_s,
+        "lstm_image_s": lstm_image_s,
+        "image_s": float(np.mean(preprocess)) * factor,
+        "block_call_s": block_call_s,
+        "block_image_s": block_image_s,
     }
     fitted_on = {}
-    for label, r in (("", run), (f", batches of {small['batch_size']}", small)):
-        names_r, t, sec = rows(r)
-        for g, row, measured, f in zip(names_r, t, sec, t @ coef, strict=True):
+    by_batch = []
+    for r, (names, t, sec) in zip(runs, tables, strict=True):
+        label = "" if r is runs[0] else f", batches of {r['batch_size']}"
+        for g, row, measured, f in zip(names, t, sec, t @ coef, strict=True):
             fitted_on[f"{g}{label}"] = {
                 "kind": manifest.graphs[g].kind,
                 "calls": int(row[0]),
@@ -628,17 +678,36 @@ def fit_arm_model(
                 "a9_s": float(measured * factor),
                 "model_a9_s": float(f),
             }
-    predicted = (
-        float((t_run @ coef).sum())
-        + gate_images * model["lstm_image_s"]
-        + images * (model["image_s"] + blocks * model["block_image_s"])
-    ) / images
-    measured = _arm_total(per) * factor
-    return {
-        **model,
-        "fitted_on": fitted_on,
-        "check": {"a9_s_per_image_measured": measured, "a9_s_per_image_model": predicted},
-    }
+        by_batch.append(
+            {
+                "batch_size": r["batch_size"],
+                "images": r["images"],
+                "a9_s_per_image_measured": _arm_total(r["per_image"]) * factor,
+                "a9_s_per_image_model": predict_arm(model, r, manifest),
+            }
+        )
+    return {**model, "fitted_on": fitted_on, "check": by_batch[0], "by_batch": by_batch}
+
+
+def predict_arm(model: dict[str, Any], run: dict[str, Any], manifest: Any) -> float:
+    """The Cortex-A9 seconds an image that ``model`` (:func:`fit_arm_model`'s parts) gives
+    for the calls and executor batches of ``run`` (one ``finn_work`` result)."""
+    from fpga.architecture import ArmWork, activation_bytes  # finn and qonnx: when this runs
+
+    fields = (*ArmWork.FIELDS, "byte_s_by_kind")
+    work = ArmWork(**{k: v for k, v in model.items() if k in fields})
+    seconds = 0.0
+    for g, images in run["calls"].items():
+        calls = run["graph_calls"][g]
+        if not calls:
+            continue
+        kind, nbytes = manifest.graphs[g].kind, activation_bytes(manifest, g)
+        # a graph's calls of one run are of about equal size (one per batch)
+        seconds += calls * work.seconds(images / calls, nbytes, kind)
+    batches = math.ceil(run["images"] / run["batch_size"])
+    per_batch = run["images"] / batches
+    seconds += batches * work.executor_seconds(per_batch, len(manifest.blocks))
+    return seconds / run["images"]
 
 
 def _markdown(d: dict[str, Any]) -> str:
@@ -717,25 +786,45 @@ def _model_lines(model: dict[str, Any]) -> list[str]:
         f"{f['model_a9_s'] * 1e3:.2f} |"
         for g, f in model["fitted_on"].items()
     ]
-    return [
+    lines = [
         "The ARM's work as the shared-engine cost model charges it (`fpga.architecture."
         "ArmWork`, read from this file), Cortex-A9 (modelled): an engine call "
         f"{model['call_s'] * us:.0f} us, plus per image {model['call_image_s'] * us:.1f} us + "
         "per byte of its activations in and out "
         + ", ".join(f"{v * 1e9:.2f} ns ({k})" for k, v in model["byte_s_by_kind"].items())
         + f" (mean {model['call_byte_s'] * 1e9:.2f} ns) "
-        "(non-negative least squares over this run's calls and those of the same images in "
-        "smaller executor batches); the LSTM step "
-        f"{model['lstm_image_s'] * us:.1f} us per image of a layer gate; the stem's input "
+        "(non-negative least squares on relative errors over this run's calls and those of "
+        f"executor batches of {SMALL_BATCH} and {LARGE_BATCH} images); the LSTM step "
+        f"{model['lstm_call_s'] * us:.0f} us per layer-gate call + "
+        f"{model['lstm_image_s'] * us:.1f} us per image; the stem's input "
         f"{model['image_s'] * us:.1f} us per image; the executor "
-        f"{model['block_image_s'] * us:.1f} us per image and block. For this run the model "
-        f"gives {check['a9_s_per_image_model'] * 1e3:.3f} ms an image, measured "
-        f"{check['a9_s_per_image_measured'] * 1e3:.3f} ms.",
+        f"{model['block_call_s'] * us:.0f} us per block and batch + "
+        f"{model['block_image_s'] * us:.1f} us per image and block (the same runs). For "
+        f"this run the model gives {check['a9_s_per_image_model'] * 1e3:.3f} ms an image, "
+        f"measured {check['a9_s_per_image_measured'] * 1e3:.3f} ms.",
         "",
         "| engine calls | calls | images | activation bytes/image | A9 ms (measured) | model |",
         "|---|---|---|---|---|---|",
         *rows,
     ]
+    batches = model.get("by_batch", [])
+    if len(batches) > 1:
+        lines += [
+            "",
+            "All of the ARM's work per image, by executor batch (the runs the model is fitted "
+            "to, this way's DMA buffers; more images share each call's part):",
+            "",
+            "| executor batch | images | A9 ms/image (measured) | model |",
+            "|---|---|---|---|",
+            *(
+                f"| {b['batch_size']} | {b['images']} | "
+                f"{b['a9_s_per_image_measured'] * 1e3:.3f} | "
+                f"{b['a9_s_per_image_model'] * 1e3:.3f} "
+                f"({b['a9_s_per_image_model'] / b['a9_s_per_image_measured'] - 1:+.0%}) |"
+                for b in sorted(batches, key=lambda b: b["batch_size"])
+            ),
+        ]
+    return lines
 
 
 def _carry_table(d: dict[str, Any]) -> list[str]:

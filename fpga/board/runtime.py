@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from export.errors import ExportError
-from export.executor import BatchResult, BundleExecutor, assemble_floats
+from export.executor import BATCH_SIZE, BatchResult, BundleExecutor, assemble_floats
 from export.manifest import Bundle, GraphSpec
 from export.program import NumpyBackend
 from fpga.board import doctor
@@ -114,6 +114,12 @@ class RuntimeConfig:
         overlays: Deploy folders of FINN overlays for the ``finn`` backend, one per bundle
             (each with its ``accelerators.json``, bitfile and FINN's ``settings.json``).
         overlay_batch: Images per DMA transfer (default: the overlay's ``batch_size``).
+        executor_batch: Images the executor takes through the network together (one call per
+            graph and batch; default ``export.executor.BATCH_SIZE``). A run's images are cut
+            into batches of this many: the ARM's per-call work (the executor's numpy calls, a
+            layer gate's LSTM step, an engine call's start) is shared among them, so a batch
+            as large as the host's window costs the ARM least; its memory is the batch's
+            tensors (the CPU backend's float feature maps, the FINN backend's packed codes).
         max_image_bytes: Memory for uploaded images, all batches together (default: 20,000
             CIFAR-10 images, 61.4 MB of the ZedBoard's 512 MB).
         max_bundle_bytes: Largest bundle archive accepted by LOAD_BEGIN.
@@ -127,6 +133,7 @@ class RuntimeConfig:
     backend: str = "cpu"
     overlays: list[Path] = field(default_factory=list)
     overlay_batch: int | None = None
+    executor_batch: int = BATCH_SIZE
     max_image_bytes: int = 20_000 * CIFAR_IMAGE_BYTES
     max_bundle_bytes: int = DEFAULT_MAX_BUNDLE_BYTES
     max_payload_bytes: int = MAX_PAYLOAD
@@ -139,6 +146,15 @@ class RuntimeConfig:
         if self.backend not in BACKENDS:
             raise BoardRuntimeError(
                 f"backend {self.backend!r} is unknown; choose one of {', '.join(BACKENDS)}"
+            )
+        if (
+            isinstance(self.executor_batch, bool)
+            or not isinstance(self.executor_batch, int)
+            or self.executor_batch < 1
+        ):
+            raise BoardRuntimeError(
+                f"executor_batch={self.executor_batch!r} must be a count of images >= 1 "
+                f"(default {BATCH_SIZE})"
             )
         if self.max_image_bytes < CIFAR_IMAGE_BYTES:
             raise BoardRuntimeError(
@@ -643,7 +659,9 @@ class BoardRuntime:
         self.clock_ns = clock_ns
         self.runner: BatchRunner = runner or TimedRunner(clock_ns)
         self._make_executor = executor_factory or (
-            lambda bundle: BundleExecutor(bundle, backend=make_backend(config, bundle))
+            lambda bundle: BundleExecutor(
+                bundle, backend=make_backend(config, bundle), batch_size=config.executor_batch
+            )
         )
         self.active: _Active | None = None
         self.batches: dict[int, Batch] = {}

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from export.archive import archive_sha256, pack_bundle
-from export.executor import BundleExecutor
+from export.executor import BATCH_SIZE, BundleExecutor
 from export.manifest import Manifest, load_bundle
 from fpga.board.errors import LinkError
 from fpga.board.runtime import BoardRuntime, RunOutcome, RuntimeConfig
@@ -225,7 +225,7 @@ class ModelledRunner:
     ) -> RunOutcome:
         manifest: Manifest = executor.manifest
         result = executor.run(images, mode=mode, budget_macs=budget_macs)
-        phases = self.timing.batch_phases(manifest, result, mode)
+        phases = self.timing.batch_phases(manifest, result, mode, executor.batch_size)
         image_time = np.array([sum(p.duration_s for p in ph) for ph in phases])
         image_energy = np.array(
             [sum(p.duration_s * self.power.phase_w(p) for p in ph) for ph in phases]
@@ -298,6 +298,7 @@ class EmulatedBoard:
         board_clock_origin_s: float = 100.0,
         baudrate: int = 921600,
         faults: dict | None = None,
+        executor_batch: int | None = None,
     ) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.timing = timing or MacRateTiming()
@@ -307,6 +308,8 @@ class EmulatedBoard:
         self.meter_config = meter_config
         self.baudrate = baudrate
         self.faults = faults
+        self.executor_batch = executor_batch
+        """The runtime's ``executor_batch`` (None: its default)."""
         self.cable: FaultyPort | None = None
         self._own_store = store_dir is None
         self.store_dir = Path(store_dir) if store_dir else None
@@ -359,7 +362,10 @@ class EmulatedBoard:
             self.timing.check(bundle.manifest)
         if self.store_dir is None:
             self.store_dir = Path(tempfile.mkdtemp(prefix="ddi-emulated-store-"))
-        config = RuntimeConfig(store_dir=self.store_dir, identity=self._identity(), threads=1)
+        batch = {} if self.executor_batch is None else {"executor_batch": self.executor_batch}
+        config = RuntimeConfig(
+            store_dir=self.store_dir, identity=self._identity(), threads=1, **batch
+        )
         if self.max_image_bytes is not None:
             config.max_image_bytes = self.max_image_bytes
         self.runtime = BoardRuntime(
@@ -428,6 +434,7 @@ def describe(board: EmulatedBoard) -> dict:
         "power_model": {**dataclasses.asdict(board.power), "static_w": board.power.static_w},
         "speed": board.speed,
         "board_offset_ns": board.board_offset_ns,
+        "executor_batch": BATCH_SIZE if board.executor_batch is None else board.executor_batch,
     }
 
 

@@ -94,6 +94,14 @@ IO_PREFIX = "io:"
 LSTM_PREFIX = "lstm:"
 EXECUTOR = "executor"
 """The ARM phase of an image's stem input and the executor's own work (with ``arm_work``)."""
+
+
+def reached_key(block: int) -> str:
+    """The key of :meth:`HardwareReportTiming.batch_calls` that counts the images of a batch
+    that reached ``block`` (the executor's work on it is shared among them)."""
+    return f"{EXECUTOR}:{block}"
+
+
 ARM_WORK_WAY = "carry on"
 """The ARM bench's way that the emulated board's time follows: carrying codes on, with the
 overlay's own DMA buffers (``batch_size`` images a transfer, the board's default)."""
@@ -293,7 +301,10 @@ class TimingModel:
         phases = self.engine_phases(manifest, graph, images)
         if manifest.graphs[graph].kind == "layer_gate":
             if self.arm_work is not None:  # the LSTM step as the bench measured it
-                step_s = self.arm_work_scale * self.arm_work.lstm_image_s
+                work = self.arm_work
+                step_s = self.arm_work_scale * (
+                    work.lstm_call_s / max(int(images), 1) + work.lstm_image_s
+                )
             else:
                 step_s = self.gate_s(lstm_step_macs(manifest, graph), images)
             phases.append(Phase(ARM, LSTM_PREFIX + graph, step_s))
@@ -369,7 +380,10 @@ class TimingModel:
         reach = self.reach(manifest, executed, exit_index)
         if self.arm_work is not None:  # the stem's input, the executor's work per block
             work = self.arm_work
-            own = work.image_s + (reach + 1) * work.block_image_s
+            own = work.image_s + sum(  # a block's share of the batch's call, and its own
+                work.block_call_s / max(calls.get(reached_key(i), 1), 1) + work.block_image_s
+                for i in range(reach + 1)
+            )
             phases.insert(0, Phase(ARM, EXECUTOR, self.arm_work_scale * own))
         for i, block in enumerate(manifest.blocks[: reach + 1]):
             if gated and block.layer_gate:
@@ -388,7 +402,8 @@ class TimingModel:
         self, manifest: Manifest, executed: np.ndarray, exits: np.ndarray, gated: bool
     ) -> dict[str, int]:
         """Graph -> the images of one executor batch (its (N, blocks) ``executed`` and (N,)
-        ``exits`` rows) in that graph's call."""
+        ``exits`` rows) in that graph's call; :func:`reached_key` of each block -> the images
+        that reached it."""
         reach = np.array(
             [self.reach(manifest, e, int(x)) for e, x in zip(executed, exits, strict=True)]
         )
@@ -397,6 +412,7 @@ class TimingModel:
         for i, block in enumerate(manifest.blocks):
             reached, ran = int(np.sum(reach >= i)), int(executed[:, i].sum())
             calls[block.graph] = ran
+            calls[reached_key(i)] = reached
             if gated and block.layer_gate:
                 calls[block.layer_gate] = reached
             if gated and block.channel_gate:

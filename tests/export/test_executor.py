@@ -6,6 +6,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from export.errors import ExecutionError
 from export.executor import BundleExecutor
 from export.verify import LOGIT_ATOL, verify_bundle
 from tests.conftest import needs_cifar10
@@ -58,6 +59,13 @@ def test_decisions_are_mixed_and_batching_changes_no_decision(exits_bundle):
                 np.testing.assert_allclose(whole.logits, parts.logits, atol=1e-6)
             else:
                 np.testing.assert_array_equal(getattr(whole, field), getattr(parts, field))
+    # the executor's own batch size is the default of run(): the same batches of 7
+    seven = BundleExecutor(exits_bundle, backend=ex.backend, batch_size=7)
+    np.testing.assert_array_equal(seven.run(images).logits, ex.run(images, batch_size=7).logits)
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ExecutionError, match="batch_size") as info:
+            BundleExecutor(exits_bundle, backend=ex.backend, batch_size=bad)
+        assert "\n" not in str(info.value)
     iadi = ex.run(images)
     assert 0.1 < iadi.executed.mean() < 0.9  # the fixture's gates skip about half
     ran = iadi.channels[iadi.executed]

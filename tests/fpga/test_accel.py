@@ -690,7 +690,7 @@ def test_emulator_charges_the_arm_bench_model(gate_engines):
     not change; the scale moves only the ARM's phases, and the per-value rates it replaces are
     no parameters then."""
     from fpga.architecture import ArmWork, activation_bytes
-    from fpga.emulator.timing import ARM, ENGINE, EXECUTOR, HardwareReportTiming
+    from fpga.emulator.timing import ARM, ENGINE, EXECUTOR, HardwareReportTiming, reached_key
     from fpga.finn.frontend import read_estimates
     from fpga.hwreport import per_graph_report
 
@@ -703,12 +703,14 @@ def test_emulator_charges_the_arm_bench_model(gate_engines):
         call_image_s=2e-5,
         call_byte_s=1e-8,
         byte_s_by_kind={"block": 3e-8},
+        lstm_call_s=6.4e-3,
         lstm_image_s=1.5e-4,
         image_s=1e-3,
+        block_call_s=3.2e-3,
         block_image_s=3e-4,
     )
     n, images = len(m.blocks), 64
-    calls = {name: images for name in m.graphs}
+    calls = {name: images for name in m.graphs} | {reached_key(i): images for i in range(n)}
     rows = (m, np.ones(n, bool), np.ones(n, np.int64), -1, True, calls)
     rates = HardwareReportTiming(report).image_phases(*rows)
     timing = HardwareReportTiming(report, arm_work=work)
@@ -721,8 +723,12 @@ def test_emulator_charges_the_arm_bench_model(gate_engines):
             want = 8e-3 / images + 2e-5 + rate * activation_bytes(m, graph)
             assert p.duration_s == pytest.approx(want)
     for block in m.blocks:
-        assert by_graph[(ARM, f"lstm:{block.layer_gate}")] == pytest.approx(1.5e-4)
-    assert by_graph[(ARM, EXECUTOR)] == pytest.approx(1e-3 + n * 3e-4)
+        assert by_graph[(ARM, f"lstm:{block.layer_gate}")] == pytest.approx(1.5e-4 + 1e-4)
+    assert by_graph[(ARM, EXECUTOR)] == pytest.approx(1e-3 + n * (3e-4 + 5e-5))
+    ran = np.ones((5, n), bool)
+    ran[:, 1:] = False  # each image ran block 0 only; its layer gates still reach every block
+    counted = timing.batch_calls(m, ran, np.full(5, -1), True)
+    assert [counted[reached_key(i)] for i in range(n)] == [5] * n
     engine = [(p.graph, p.duration_s) for p in phases if p.unit == ENGINE]
     assert engine == [(p.graph, p.duration_s) for p in rates if p.unit == ENGINE]
     doubled = timing.with_params(arm_work_scale=2.0).image_phases(*rows)

@@ -606,8 +606,10 @@ def test_the_arms_work_is_charged_per_image_and_call():
         call_image_s=1e-6,
         call_byte_s=1e-9,
         byte_s_by_kind={"layer_gate": 4e-9},  # b1's bytes cost more; the others 1 ns each
+        lstm_call_s=4e-5,
         lstm_image_s=5e-6,
         image_s=3e-6,
+        block_call_s=6e-5,
         block_image_s=2e-7,
     )
     calls = {"stem": 10, "b0": 10, "b1": 10, "b2": 10, "head": 10}  # no image runs s2
@@ -616,7 +618,8 @@ def test_the_arms_work_is_charged_per_image_and_call():
     seconds = sum(
         7e-5 + n * (1e-6 + rate.get(k, 1e-9) * g[k]["activation_bytes"]) for k, n in calls.items()
     )
-    seconds += 10 * 5e-6 + 10 * (3e-6 + 3 * 2e-7)
+    seconds += 4e-5 + 10 * 5e-6  # b1's LSTM steps: its call, its images
+    seconds += 10 * 3e-6 + 3 * (6e-5 + 10 * 2e-7)  # stem inputs; the executor's work per block
     cycles = math.ceil(seconds * 100e6)
     sequential = _cost(**SEQUENTIAL).batch_parts(report, executed)
     charged = CostModel(arm_work=arm, **SEQUENTIAL).batch_parts(report, executed)
@@ -634,6 +637,11 @@ def test_the_arms_work_is_charged_per_image_and_call():
     assert fewer == pytest.approx((seconds - b0) * 100e6, abs=1)
     assert CostModel(**{"arm_work": {**arm.__dict__}}).arm_work == arm  # a report, read back
     assert arm.seconds(0, 1_000, "block") == 0.0 and arm.seconds(2, 0, None) == 7e-5 + 2e-6
+    assert arm.seconds(2, 0, "layer_gate") == pytest.approx(7e-5 + 2e-6 + 4e-5 + 2 * 5e-6)
+    # a batch twice as large shares the executor's per-block work among twice the images
+    per_image = [arm.executor_seconds(n, 3) / n for n in (10, 20)]
+    assert per_image[0] - per_image[1] == pytest.approx(3 * 6e-5 / 20)
+    assert arm.executor_seconds(0, 3) == 0.0
 
 
 def test_the_default_arm_work_is_the_recorded_bench(tmp_path):
@@ -644,6 +652,7 @@ def test_the_default_arm_work_is_the_recorded_bench(tmp_path):
     assert arm == ArmWork.recorded() and bench["bundle"] in arm.source
     assert "modelled" in arm.source
     assert arm.call_image_s + arm.call_byte_s > 0 and arm.image_s > 0 and arm.lstm_image_s > 0
+    assert arm.block_call_s > 0 and arm.lstm_call_s > 0  # the executor's numpy calls per batch
     assert {"block", "layer_gate", "channel_gate"} <= set(arm.byte_s_by_kind)
     check = bench["arm_model"]["check"]
     assert check["a9_s_per_image_model"] == pytest.approx(
@@ -652,6 +661,12 @@ def test_the_default_arm_work_is_the_recorded_bench(tmp_path):
     assert check["a9_s_per_image_measured"] == pytest.approx(
         bench["modelled_a9_s_per_image"]["arm_total"]
     )
+    by_batch = {b["batch_size"]: b for b in bench["arm_model"]["by_batch"]}
+    assert min(by_batch) < 256 < max(by_batch)  # calls of fewer and of more images
+    for b in by_batch.values():  # one model for every batch size
+        assert b["a9_s_per_image_model"] == pytest.approx(b["a9_s_per_image_measured"], rel=0.25)
+    # more images a batch share the per-call work: the ARM's work per image falls
+    assert by_batch[max(by_batch)]["a9_s_per_image_measured"] < check["a9_s_per_image_measured"]
     old = tmp_path / "arm_work.json"
     old.write_text(json.dumps({k: v for k, v in bench.items() if k != "arm_model"}))
     with pytest.raises(GraphError, match=r"run `python -m fpga\.board\.arm_bench`") as info:

@@ -16,7 +16,7 @@ import pytest
 from export.executor import BundleExecutor
 from export.manifest import load_bundle
 from fpga.emulator import EmulatorError
-from fpga.emulator.board import EmulatedBoard, PowerModel
+from fpga.emulator.board import EmulatedBoard, PowerModel, describe
 from fpga.emulator.timing import ARM, ENGINE, IO_PREFIX, HardwareReportTiming, MacRateTiming
 from host.board import BoardClient
 from tests.fpga.test_runtime import ROOT, shared_bundle
@@ -296,3 +296,26 @@ def test_emulate_cli_serves_a_board_and_a_meter(bundle_dir):
     finally:
         proc.terminate()
         assert proc.wait(timeout=20) == 0
+
+
+def test_the_runtimes_executor_batch_is_what_the_model_shares_calls_among(
+    bundle_dir, reference, images
+):
+    """An emulated board started with ``executor_batch`` runs a window in batches of that many
+    images and charges each call's overhead once per such batch (more calls, more time than
+    one batch); the run's configuration records it."""
+    batch = 5
+    assert batch < len(images)
+    with (
+        EmulatedBoard(bundle_dir, executor_batch=batch) as board,
+        BoardClient(board.address, timeout_s=5.0) as client,
+    ):
+        assert describe(board)["executor_batch"] == batch
+        client.upload(1, images)
+        start_ns, end_ns = client.run(1, "iadi")
+        result = reference.run(images, "iadi")
+        small = board.timing.batch_phases(reference.manifest, result, "iadi", batch_size=batch)
+        whole = board.timing.batch_phases(reference.manifest, result, "iadi", len(images))
+        seconds = sum(p.duration_s for ph in small for p in ph)
+        assert (end_ns - start_ns) * 1e-9 == pytest.approx(seconds, abs=1e-6)
+        assert seconds > sum(p.duration_s for ph in whole for p in ph)

@@ -381,3 +381,32 @@ def test_serve_cli_reports_a_missing_port_in_one_line(tmp_path, capsys):
         "error: serial port '/dev/ttyNOSUCHPORT9' does not exist; check the device name "
         "(ls /dev/tty*) and docs/board.md"
     )
+
+
+def test_executor_batch_is_the_runtimes_and_refused_when_not_a_count(bundle_dir, tmp_path):
+    """``--executor-batch`` sets how many images the board's executor takes through the network
+    together: a run of 20 images in batches of 7 calls each graph 3 times and answers as one
+    batch does; a batch that is not a count of images is refused in one line."""
+    runtime = BoardRuntime(RuntimeConfig(store_dir=tmp_path, threads=1, executor_batch=7))
+    executor = runtime._make_executor(load_bundle(bundle_dir))
+    assert executor.batch_size == 7
+    stem_calls = []
+    run = executor.backend.run
+
+    def counted(graph, inputs):
+        if graph.name == executor.manifest.stem:
+            stem_calls.append(len(inputs[0]))
+        return run(graph, inputs)
+
+    executor.backend.run = counted
+    images = _images(20)
+    result = executor.run(images, mode="full")
+    assert stem_calls == [7, 7, 6]
+    whole = executor.run(images, mode="full", batch_size=256)  # told otherwise: one batch
+    assert stem_calls == [7, 7, 6, 20]
+    assert np.array_equal(result.predictions, whole.predictions)
+    assert np.array_equal(result.macs, whole.macs)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(BoardRuntimeError, match="executor_batch=") as info:
+            RuntimeConfig(store_dir=tmp_path, executor_batch=bad)
+        assert "\n" not in str(info.value)
