@@ -113,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--executor-batch",
         type=int,
         help="images the executor takes through the network together (default: "
-        "export.executor.BATCH_SIZE; as large as the host's window, the ARM's per-call work is "
-        "shared among the most images)",
+        "export.executor.BATCH_SIZE, 256); a larger batch shares the ARM's per-call work among "
+        "more images where the engines read it in place (--overlay-batch as large; docs/board.md)",
     )
     run.add_argument("--threads", type=int, help="unused (numpy's BLAS picks its threads)")
     run.add_argument("--max-images", type=int, default=20_000, help="image memory, in CIFAR images")
