@@ -299,17 +299,24 @@ class ArmWork:
     def seconds(self, images: int, activation_bytes: int, kind: str | None) -> float:
         """The ARM's seconds for one engine call of ``images`` images of a graph of ``kind``,
         a layer gate's LSTM steps included."""
-        lstm = 0.0
-        if kind == "layer_gate" and images > 0:
-            lstm = self.lstm_call_s + images * self.lstm_image_s
+        lstm = self.lstm_seconds(images) if kind == "layer_gate" else 0.0
         return self.call_seconds(images, activation_bytes, kind) + lstm
+
+    def lstm_seconds(self, images: int) -> float:
+        """The ARM's seconds for a layer gate's LSTM steps of one call of ``images`` images."""
+        return self.lstm_call_s + images * self.lstm_image_s if images > 0 else 0.0
+
+    def block_seconds(self, images: int) -> float:
+        """The executor's own seconds on one block for the ``images`` images of a batch that
+        reach it."""
+        return self.block_call_s + images * self.block_image_s if images > 0 else 0.0
 
     def executor_seconds(self, images: int, blocks: int) -> float:
         """The ARM's seconds for one executor batch of ``images`` images through ``blocks``
         blocks, the engine calls aside: the stem inputs and the executor's work per block."""
         if images <= 0:
             return 0.0
-        return images * self.image_s + blocks * (self.block_call_s + images * self.block_image_s)
+        return images * self.image_s + blocks * self.block_seconds(images)
 
 
 @dataclass
@@ -327,9 +334,10 @@ class CostModel:
     clock_mhz: float = 100.0
     """PL clock of the engines and of the DMA/AXI interconnect."""
     batch_images: int = 1000
-    """Images per batch: a timed window's images go through block i together (the main job's
-    windows of 1,000 images, which the board runtime takes as one executor batch with
-    ``--executor-batch 1000``: the ARM's per-call and per-block work is shared among them)."""
+    """Images per batch: a timed window's images go through block i together (a window of
+    1,000 images that the board runtime takes as one executor batch, ``--executor-batch 1000``
+    with DMA buffers as large, ``--overlay-batch 1000``: the ARM's per-call and per-block work
+    is shared among them)."""
     dma_bytes_per_cycle: float = 6.4
     """Activation DMA DDR <-> engine: one 64-bit HP port at the PL clock, 80% efficient."""
     weight_loader: str = "axilite"

@@ -117,9 +117,11 @@ class RuntimeConfig:
         executor_batch: Images the executor takes through the network together (one call per
             graph and batch; default ``export.executor.BATCH_SIZE``). A run's images are cut
             into batches of this many: the ARM's per-call work (the executor's numpy calls, a
-            layer gate's LSTM step, an engine call's start) is shared among them, so a batch
-            as large as the host's window costs the ARM least; its memory is the batch's
-            tensors (the CPU backend's float feature maps, the FINN backend's packed codes).
+            layer gate's LSTM step, an engine call's start) is shared among them, which pays
+            where the engines read the batch in place (``overlay_batch`` as large; with
+            smaller DMA buffers a call is moved in chunks and copied: docs/board.md); its
+            memory is the batch's tensors (the CPU backend's float feature maps, the FINN
+            backend's packed codes).
         max_image_bytes: Memory for uploaded images, all batches together (default: 20,000
             CIFAR-10 images, 61.4 MB of the ZedBoard's 512 MB).
         max_bundle_bytes: Largest bundle archive accepted by LOAD_BEGIN.

@@ -308,8 +308,8 @@ class EmulatedBoard:
         self.meter_config = meter_config
         self.baudrate = baudrate
         self.faults = faults
-        self.executor_batch = executor_batch
-        """The runtime's ``executor_batch`` (None: its default)."""
+        self.executor_batch = BATCH_SIZE if executor_batch is None else executor_batch
+        """The runtime's ``executor_batch`` (default: the runtime's default)."""
         self.cable: FaultyPort | None = None
         self._own_store = store_dir is None
         self.store_dir = Path(store_dir) if store_dir else None
@@ -362,9 +362,11 @@ class EmulatedBoard:
             self.timing.check(bundle.manifest)
         if self.store_dir is None:
             self.store_dir = Path(tempfile.mkdtemp(prefix="ddi-emulated-store-"))
-        batch = {} if self.executor_batch is None else {"executor_batch": self.executor_batch}
         config = RuntimeConfig(
-            store_dir=self.store_dir, identity=self._identity(), threads=1, **batch
+            store_dir=self.store_dir,
+            identity=self._identity(),
+            threads=1,
+            executor_batch=self.executor_batch,
         )
         if self.max_image_bytes is not None:
             config.max_image_bytes = self.max_image_bytes
@@ -434,7 +436,7 @@ def describe(board: EmulatedBoard) -> dict:
         "power_model": {**dataclasses.asdict(board.power), "static_w": board.power.static_w},
         "speed": board.speed,
         "board_offset_ns": board.board_offset_ns,
-        "executor_batch": BATCH_SIZE if board.executor_batch is None else board.executor_batch,
+        "executor_batch": board.executor_batch,
     }
 
 

@@ -301,10 +301,8 @@ class TimingModel:
         phases = self.engine_phases(manifest, graph, images)
         if manifest.graphs[graph].kind == "layer_gate":
             if self.arm_work is not None:  # the LSTM step as the bench measured it
-                work = self.arm_work
-                step_s = self.arm_work_scale * (
-                    work.lstm_call_s / max(int(images), 1) + work.lstm_image_s
-                )
+                n = max(int(images), 1)  # the call's LSTM work, shared by its images
+                step_s = self.arm_work_scale * self.arm_work.lstm_seconds(n) / n
             else:
                 step_s = self.gate_s(lstm_step_macs(manifest, graph), images)
             phases.append(Phase(ARM, LSTM_PREFIX + graph, step_s))
@@ -380,10 +378,9 @@ class TimingModel:
         reach = self.reach(manifest, executed, exit_index)
         if self.arm_work is not None:  # the stem's input, the executor's work per block
             work = self.arm_work
-            own = work.image_s + sum(  # a block's share of the batch's call, and its own
-                work.block_call_s / max(calls.get(reached_key(i), 1), 1) + work.block_image_s
-                for i in range(reach + 1)
-            )
+            reached = [max(calls.get(reached_key(i), 1), 1) for i in range(reach + 1)]
+            # each block's work on the batch, shared by the images that reached it
+            own = work.image_s + sum(work.block_seconds(n) / n for n in reached)
             phases.insert(0, Phase(ARM, EXECUTOR, self.arm_work_scale * own))
         for i, block in enumerate(manifest.blocks[: reach + 1]):
             if gated and block.layer_gate:
