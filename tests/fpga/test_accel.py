@@ -776,4 +776,23 @@ def test_arm_bench_times_the_boards_finn_path(gate_engines):
         assert run["calls"][m.stem] == run["calls"][m.head] == len(imgs)
         for i, block in enumerate(m.blocks):
             assert run["calls"].get(block.graph, 0) == int(want.executed[:, i].sum())
+        # the timed run's engine calls were the stand-in's replays of the untimed run's
+        assert run["replayed_calls"] == sum(run["graph_calls"].values()) > 0
     assert on["per_image"]["marshalling"] < off["per_image"]["marshalling"]
+
+
+def test_the_bench_stand_in_replays_only_the_recorded_calls():
+    """The ARM bench's stand-in PL replays, in the timed run, the bytes each call wrote when it
+    was recorded, and refuses a call that is not the recorded one (another engine, or another
+    count of images)."""
+    from fpga.board.arm_bench import Replay
+
+    replay = Replay()
+    replay.calls += [(0, 4, np.arange(8, dtype=np.uint8)), (3, 2, np.ones(2, np.uint8))]
+    replay.start()
+    np.testing.assert_array_equal(replay.replayed(0, 4), np.arange(8))
+    with pytest.raises(AssertionError, match="DMA 3 with 1 images; recorded: 3 with 2"):
+        replay.replayed(3, 1)
+    replay.start()
+    with pytest.raises(AssertionError, match="recorded: 0 with 4"):
+        replay.replayed(2, 4)
