@@ -39,9 +39,10 @@ The headline table is ``iadi`` with the last way run (``on`` by default).
 The PL is a stand-in whose engines are FINN's Python execution of each HW partition (the
 emulated overlay); its time is measured and subtracted. In the timed run it replays the output
 bytes it wrote in the untimed run, call by call (:class:`Replay`), so that its own memory
-traffic does not evict the ARM's caches, as the board's DMAs do not. The PL time per image is modelled from
-FINN's estimates: each engine call costs its ``max_cycles`` per image at the overlay's clock
-(engines stream a batch at their bottleneck rate), summed over the calls the run made.
+traffic does not evict the ARM's caches, as the board's DMAs do not. The PL time per image is
+modelled from FINN's estimates: each engine call costs its ``max_cycles`` per image at the
+overlay's clock (engines stream a batch at their bottleneck rate), summed over the calls the
+run made.
 
 x86 -> Cortex-A9 at 667 MHz: the larger of two factors measured in the same run against cited
 Cortex-A9 figures. Compute: the single-thread float32 matrix-multiply rate of this machine
