@@ -191,6 +191,9 @@ class SharedConfig:
     four PEs into a DSP), so that skipping a block saves nearly its share of the time. The
     channel gates run with their block and read its input; folded at twice the blocks' rate."""
     fpga_part: str = "xc7z020clg484-1"
+    stem_pixels: bool = True
+    """The stem's engine takes the images' uint8 pixels and thresholds them to its input codes
+    (``FrontendConfig.stem_pixels``): the ARM does nothing of the preprocessing."""
 
     def fps_for(self, engine: Engine) -> int:
         kind = engine.kind
@@ -232,7 +235,8 @@ class ArmWork:
     buffers, unpacking, tails (``call_s`` overlaps :attr:`CostModel.call_overhead_cycles`, an
     assumption charged as well, so the ARM is not undercharged);
     per layer-gate call the LSTM step, ``lstm_call_s + images x lstm_image_s``; per image, its
-    stem input from the preprocessing table (``image_s``); per block and executor batch, the
+    stem input (``image_s``: a view of the images where the stem's engine thresholds the
+    pixels itself, else their codes from the preprocessing table); per block and executor batch, the
     executor's own work, ``block_call_s + images x block_image_s`` (its numpy calls on the
     batch's index arrays cost per call, the rows they move per image, so a larger batch
     shares the first among more images). The bench measures the board's code on x86 and
@@ -616,7 +620,9 @@ def build_engines(
         )
         log.info("engine %s: FINN build of %s", engine.name, engine.representative)
         source = loaded.path / engine_file(spec)
-        parent = to_hw(source, spec.inputs[0].datatype, folder, frontend)
+        pixels = config.stem_pixels and engine.representative == manifest.stem
+        table = manifest.preprocess.lut if pixels else None
+        parent = to_hw(source, spec.inputs[0].datatype, folder, frontend, table)
         est = estimate(parent, config.clk_period_ns, config.fpga_part)
         hw = dataflow_model(parent)
         results[engine.name] = {
@@ -1142,6 +1148,7 @@ def prepare_shared_overlay(
         shared={graph: engine.name for engine, graph in graphs},
         runtime_weights=f"{WEIGHTS_DIR}/{MANIFEST_FILE}" if windows else None,
         axilite=windows,
+        pixels=frozenset({manifest.stem} & {g for _, g in graphs} if config.stem_pixels else ()),
     )
     log.info(
         "overlay of %d shared engines (%d graphs) prepared in %s", len(engines), len(graphs), out

@@ -93,6 +93,9 @@ class OverlayConfig:
     pixel_words: bool = True
     """Every engine's boundary layers take and give one pixel a DMA word
     (``FrontendConfig.pixel_words``), so engines pass packed activations on as they are."""
+    stem_pixels: bool = True
+    """The stem's engine takes the images' uint8 pixels and thresholds them to its input codes
+    (``FrontendConfig.stem_pixels``): the ARM does nothing of the preprocessing."""
     folding_config_file: str | None = None
     graphs: list[str] | None = None
     """Only these bundle graphs (default: :func:`engine_graphs`, every graph with a QONNX file
@@ -107,6 +110,7 @@ class OverlayConfig:
             target_fps=self.target_fps,
             balance_macs=self.balance_macs,
             pixel_words=self.pixel_words,
+            stem_pixels=self.stem_pixels,
             folding_config_file=self.folding_config_file,
         )
 
@@ -354,20 +358,24 @@ def write_deploy(
     shared: dict[str, str] | None = None,
     runtime_weights: str | None = None,
     axilite: dict[str, dict[str, str]] | None = None,
+    pixels: frozenset[str] = frozenset(),
 ) -> OverlaySpec:
     """``out`` as the board's overlay folder: the tails, FINN's settings, ``accelerators.json``.
 
     ``parents`` and ``engines`` are per graph (its dataflow parent, for its float tail; its
     engine's DMA indices). An overlay of shared engines also names each graph's engine
     (``shared``: graph -> engine), its runtime weights manifest and the engines' AXI-lite
-    windows (:mod:`fpga.architecture`)."""
+    windows (:mod:`fpga.architecture`). ``pixels``: the graphs whose engines take the images'
+    uint8 pixels (the stem built with ``stem_pixels``)."""
     (out / "tails").mkdir(parents=True, exist_ok=True)
     specs = {}
     for name, parent in parents.items():
         FloatTail.from_parent(parent).save(out / "tails" / f"{name}.json")
         i, o, m = engines[name]
         engine = None if shared is None else shared[name]
-        specs[name] = EngineSpec(i, o, tail=f"tails/{name}.json", mask_input=m, engine=engine)
+        specs[name] = EngineSpec(
+            i, o, tail=f"tails/{name}.json", mask_input=m, engine=engine, pixels=name in pixels
+        )
     spec = OverlaySpec(
         root=out,
         bundle_id=bundle_id,
@@ -453,7 +461,17 @@ def prepare_overlay(
     (out / ESTIMATES_FILE).write_text(json.dumps(document, indent=1) + "\n")
     deploy = out / DEPLOY_DIR
     settings = predict_driver_settings(model, config.clk_period_ns)
-    write_deploy(deploy, loaded.bundle_id, parents, engines, settings, PREDICTED, config.batch_size)
+    pixels = frozenset({loaded.manifest.stem} & set(parents) if config.stem_pixels else ())
+    write_deploy(
+        deploy,
+        loaded.bundle_id,
+        parents,
+        engines,
+        settings,
+        PREDICTED,
+        config.batch_size,
+        pixels=pixels,
+    )
     log.info("overlay of %d engines prepared in %s", len(engines), out)
     return OverlayBuild(out, loaded.bundle_id, out / OVERLAY_MODEL, engines, deploy, document)
 

@@ -42,6 +42,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -119,6 +120,9 @@ class EngineSpec:
     tail: str
     mask_input: int | None = None
     engine: str | None = None
+    pixels: bool = False
+    """The engine takes the images' uint8 pixels and thresholds them to the graph's input
+    codes itself (the stem, built with ``FrontendConfig.stem_pixels``)."""
 
 
 @dataclass(frozen=True)
@@ -169,6 +173,7 @@ class OverlaySpec:
                     str(e["tail"]),
                     None if e.get("mask_input") is None else int(e["mask_input"]),
                     None if e.get("engine") is None else str(e["engine"]),
+                    bool(e.get("pixels", False)),
                 )
                 for name, e in dict(doc["engines"]).items()
             }
@@ -232,6 +237,7 @@ class OverlaySpec:
                     "tail": e.tail,
                     **({} if e.mask_input is None else {"mask_input": e.mask_input}),
                     **({} if e.engine is None else {"engine": e.engine}),
+                    **({"pixels": True} if e.pixels else {}),
                 }
                 for n, e in self.engines.items()
             },
@@ -416,8 +422,18 @@ class DmaEngine:
     def mask_words(self, mask: np.ndarray) -> np.ndarray | None:
         """A masked engine's (N, C) 0/1 channel mask -> the packed bytes of its mask map (one
         image's map is the same pixel repeated), made by packing one pixel per image and
-        repeating its words: the map is never built value by value. None where the overlay does
-        not describe the mask stream as whole pixels (then the map is folded and packed)."""
+        repeating its words (a broadcast view: :meth:`pixel_words` is the pixel): the map is
+        never built value by value. None where the overlay does not describe the mask stream as
+        whole pixels (then the map is folded and packed)."""
+        words = self.pixel_words(mask)
+        if words is None:
+            return None
+        h, w, _ = self.mask_shape
+        return np.broadcast_to(words, (len(mask), h, w, *words.shape[3:]))
+
+    def pixel_words(self, mask: np.ndarray) -> np.ndarray | None:
+        """The packed bytes of one pixel of each image's mask map, (N, 1, 1, fold, bytes), or
+        None (:meth:`mask_words`)."""
         stream = getattr(self.overlay, "stream", None)
         if self.mask_input is None or stream is None:
             return None
@@ -426,8 +442,7 @@ class DmaEngine:
         if len(folded) != 4 or tuple(folded[:2]) != (h, w) or folded[2] * folded[3] != c:
             return None
         m = np.asarray(mask, dtype=np.uint8).reshape(len(mask), 1, 1, folded[2], folded[3])
-        word = pack(m, StreamType.parse(name))  # (N, 1, 1, fold, bytes)
-        return np.broadcast_to(word, (len(mask), h, w, *word.shape[3:]))
+        return pack(m, StreamType.parse(name))  # (N, 1, 1, fold, bytes)
 
     def run_packed(
         self,
@@ -450,10 +465,13 @@ class DmaEngine:
         """
         ov, i, o = self.overlay, self.input, self.output
         n_images = len(codes) if codes is not None else len(packed_in)
+        fill = getattr(ov, "copy_pixel_words_to_device", None)  # fills the map a word a time
         if channel_mask is not None and mask_map is None:
-            words = self.mask_words(channel_mask)
+            words = self.pixel_words(channel_mask)
             if words is None:
                 mask_map = _mask_map(channel_mask, self.mask_shape)
+            elif fill is None:
+                words = self.mask_words(channel_mask)
         else:
             words = None
         masked = mask_map is not None or words is not None
@@ -522,7 +540,9 @@ class DmaEngine:
                     chunk = np.concatenate([chunk, np.zeros((b - n, *shape[1:]), chunk.dtype)])
                 data = ov.pack_input(ov.fold_input(chunk, ind=i), ind=i)
             k = self.mask_input
-            if words is not None:
+            if words is not None and fill is not None:
+                fill(words[start : start + n], ind=k)
+            elif words is not None:
                 m = words[start : start + n]
                 if n < b and not partial:
                     m = np.concatenate([m, np.zeros((b - n, *m.shape[1:]), np.uint8)])
@@ -931,10 +951,14 @@ class GraphAccelerator:
         tail: FloatTail | str | Path,
         *,
         prepare: Callable[[], object] | None = None,
+        pixels: bool = False,
     ):
         self.graph = graph
         self.accelerator = accelerator
         self.prepare = prepare
+        self.pixels = pixels
+        """The engine takes uint8 pixels (NHWC) and makes the graph's input codes itself
+        (:attr:`EngineSpec.pixels`): its input is :meth:`pixel_input`, never floats."""
         """Called before every engine call with images (a shared engine: the loader writes
         this graph's weights into it unless it holds them already)."""
         self.tail = tail if isinstance(tail, FloatTail) else FloatTail.load(tail)
@@ -946,6 +970,8 @@ class GraphAccelerator:
             )
         self.scale = float(datatype.scale)
         self.low, self.high = datatype.integer_range()
+        if pixels:  # the pixels are the engine's input codes, of scale 1
+            self.scale, self.low, self.high = 1.0, 0, 255
         self._warned = False
         self.carry_scale = _code_scale(self.tail)
         """The scale of this graph's output codes when its tail is only ``Mul`` + ``Transpose``
@@ -990,6 +1016,29 @@ class GraphAccelerator:
                 self.graph.name,
             )
         return False
+
+    def pixel_input(self, images: np.ndarray) -> Carried:
+        """uint8 images (N, H, W, C) as the input of an engine that takes pixels
+        (:attr:`pixels`): codes of scale 1, and where the input DMA streams bytes of one
+        pixel value each (``UINT8``) the images' own bytes as its packed input."""
+        images = np.ascontiguousarray(images, dtype=np.uint8)
+        stream = getattr(self.accelerator, "input_stream", None)
+        packed = None
+        if (
+            stream is not None
+            and stream[0] == "UINT8"
+            and math.prod(stream[1]) == math.prod(images.shape[1:])
+        ):
+            packed = images.reshape(len(images), *stream[1])
+        return Carried(
+            np.float32(1.0),
+            low=0,
+            high=255,
+            codes=images,
+            packed=packed,
+            stream=stream if packed is not None else None,
+            dtype=np.uint8,
+        )
 
     def codes(self, x: np.ndarray) -> np.ndarray:
         """Float NCHW input -> integer codes, NHWC (checked integer and in the datatype's range).
@@ -1061,6 +1110,11 @@ class GraphAccelerator:
                 packed_in = reword(carried.packed, stream)
             else:
                 codes = carried.codes
+        elif self.pixels:
+            raise AcceleratorError(
+                f"graph {self.graph.name!r}: the engine takes the images' uint8 pixels "
+                "(pixel_input), not a float tensor"
+            )
         else:
             codes = self.codes(inputs[0])
         lazy = not floats and self.carry_scale is not None
@@ -1152,6 +1206,7 @@ def load_overlay(
             prepare=None
             if loader is None or spec.shared(name) is None
             else functools.partial(loader.load, name),
+            pixels=e.pixels,
         )
         for name, e in spec.engines.items()
     }

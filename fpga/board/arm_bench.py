@@ -11,9 +11,12 @@ machine, per image:
 
 - ``gates``: what the ARM computes of the gates: the layer gates' LSTM steps after their
   engines (numpy), and any gate without an engine;
-- ``marshalling``: the images to the stem's input (``preprocess``: with carrying, its codes
-  from the manifest's preprocessing table; without, the float images), float -> integer codes,
-  FINN folding and packing, unpacking, buffer copies;
+- ``marshalling``: the images to the stem's input (``preprocess``: the stem's engine takes
+  the images' uint8 pixels and thresholds them itself, so this is a view of the images; an
+  overlay built without ``stem_pixels`` needs the codes from the manifest's preprocessing
+  table, or the float images without carrying), float -> integer codes, FINN folding and
+  packing, unpacking, buffer copies (a masked block's mask map filled a pixel's word at a
+  time);
 - ``driver``: the IODMA register sequence of each engine call (the PL's own time excluded);
 - ``tails``: the float tails after each engine;
 - ``masked_blocks``: block calls that ran on the ARM's numpy programs, reported apart, since
@@ -386,6 +389,7 @@ def finn_work(
         ("fold_input", "fold"),
         ("pack_input", "pack"),
         ("copy_input_data_to_device", "copies"),
+        ("copy_pixel_words_to_device", "copies"),
         ("copy_output_data_from_device", "copies"),
         ("unpack_output", "unpack"),
         ("unfold_output", "fold"),

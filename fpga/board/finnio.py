@@ -476,6 +476,26 @@ class PynqDmaOverlay:
         np.copyto(buffer[: len(data)], data)
         getattr(buffer, "flush", lambda: None)()  # write the CPU cache back before the DMA
 
+    def copy_pixel_words_to_device(self, words: np.ndarray, ind: int = 0) -> None:
+        """Input DMA ``ind``'s buffer filled, image by image, with one pixel's packed bytes
+        ``words`` ((N, 1, 1, fold, bytes), a masked block's mask: :meth:`fpga.board.accel.
+        DmaEngine.pixel_words`) repeated over every pixel, as the DMA streams the map.
+
+        A word of 1, 2, 4 or 8 bytes is stored as one integer: numpy fills a broadcast a
+        whole word per element, where copying a broadcast of bytes takes one small loop per
+        pixel, a few times slower on the maps of ResNet-8's blocks. Other widths are copied
+        byte by byte. Images past ``N`` keep what the buffer held (the DMA streams ``N``)."""
+        buffer = self.ibuf_packed_device[ind]
+        words = np.ascontiguousarray(words, dtype=np.uint8)
+        target = buffer[: len(words)]
+        width = words.shape[-1]
+        if width in (1, 2, 4, 8) and target.flags.c_contiguous:
+            wide = np.dtype(f"u{width}")
+            np.copyto(target.view(wide), words.view(wide))
+        else:
+            np.copyto(target, words)
+        getattr(buffer, "flush", lambda: None)()  # write the CPU cache back before the DMA
+
     def copy_output_data_from_device(self, data: np.ndarray, ind: int = 0) -> None:
         buffer = self.obuf_packed_device[ind]
         getattr(buffer, "invalidate", lambda: None)()  # drop stale cache lines after the DMA

@@ -235,6 +235,18 @@ GATE_KINDS = ("channel_gate", "layer_gate")
 """Graph kinds of the gates (manifest ``kind``)."""
 
 
+class _Preprocessed:
+    """The float tail of the images' pixels as a stem engine takes them: the manifest's
+    preprocessing (uint8 NHWC -> the stem's float input, NCHW), for an
+    :class:`fpga.board.accel.EngineTensor` of pixels whose floats the ARM asks for."""
+
+    def __init__(self, preprocess: Any) -> None:
+        self.preprocess = preprocess
+
+    def apply(self, pixels: np.ndarray) -> np.ndarray:
+        return self.preprocess.apply(pixels)
+
+
 class FinnBackend:
     """Runs the graphs that have a FINN engine in the PYNQ overlay; the rest on the ARM.
 
@@ -309,6 +321,10 @@ class FinnBackend:
         # takes codes: the manifest's preprocessing table, one column per channel
         stem = self.accelerators.get(bundle.manifest.stem)
         self._preprocess = bundle.manifest.preprocess
+        self._stem_pixels = getattr(stem, "pixels", False) and hasattr(stem, "pixel_input")
+        """The stem's engine takes the images' pixels (and thresholds them itself), carrying
+        or not: the ARM does nothing of the preprocessing."""
+        self._stem = stem
         self._stem_codes = carry and getattr(stem, "run_carried", None) is not None
         if self._stem_codes:
             datatype = self._preprocess.datatype
@@ -337,9 +353,18 @@ class FinnBackend:
         takes them, looked up in the manifest's preprocessing table (``lut[c][pixel]``, the
         values the model computes) without a float on the way (an
         :class:`fpga.board.accel.EngineTensor`: its floats are the preprocessed images, made
-        only if the ARM needs them); else the preprocessed float images."""
+        only if the ARM needs them); else the preprocessed float images. A stem engine that
+        takes pixels (:attr:`fpga.board.accel.GraphAccelerator.pixels`) gets the images as
+        they are, whether carrying or not."""
         images = np.asarray(images)
         channels = len(self._preprocess.lut)
+        if self._stem_pixels:
+            if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != channels:
+                raise BoardRuntimeError(
+                    f"images of dtype {images.dtype} and shape {images.shape}: the stem's "
+                    f"engine takes uint8 pixels (N, H, W, {channels})"
+                )
+            return EngineTensor(self._stem.pixel_input(images), _Preprocessed(self._preprocess))
         if (
             not self._stem_codes
             or images.dtype != np.uint8
@@ -360,11 +385,14 @@ class FinnBackend:
         if accelerator is None or (accepts is not None and not accepts(inputs)):
             return self.cpu.run(graph, [as_floats(x) for x in inputs])
         run_carried = getattr(accelerator, "run_carried", None)
-        if not self.carry or run_carried is None:
+        pixels = getattr(accelerator, "pixels", False)  # takes stem_input's pixels either way
+        if run_carried is None or not (self.carry or pixels):
             return accelerator.run([as_floats(x) for x in inputs])
         inputs, carried = self._input(accelerator, inputs)
-        outputs, out = run_carried(inputs, carried, floats=False)
-        return outputs if out is None else [EngineTensor(out, accelerator.tail)]
+        outputs, out = run_carried(inputs, carried, floats=not self.carry)
+        if not self.carry or out is None:
+            return outputs
+        return [EngineTensor(out, accelerator.tail)]
 
     @staticmethod
     def _input(accelerator: Accelerator, inputs: Sequence[object]):

@@ -72,6 +72,11 @@ class FrontendConfig:
     """After folding, the boundary layers of every engine take and give one pixel a stream word
     (``fpga.finn.steps.step_pixel_words``): neighbouring engines' DMA buffers then have the
     same bytes, which the board passes on without repacking."""
+    stem_pixels: bool = False
+    """The stem's engine takes the images' uint8 pixels: its first layer thresholds them to
+    the stem's input codes by the manifest's preprocessing table
+    (``fpga.finn.transforms.PixelThresholds``), so the ARM sends the images' bytes as they are.
+    :func:`build_bundle` gives the stem its table; other graphs are built as they are."""
     folding_config_file: str | None = None
     """FINN folding JSON (PE, SIMD, ram_style per layer), applied after ``target_fps``."""
     runtime_writeable_weights: bool = False
@@ -138,11 +143,14 @@ def to_hw(
     input_datatype: Any,
     out_dir: str | os.PathLike | None = None,
     config: FrontendConfig | None = None,
+    pixel_table: Any = None,
 ) -> ModelWrapper:
     """Build a bundle's QONNX graph into folded, specialized FINN HW layers; return the parent.
 
     ``input_datatype`` is the graph input's datatype from the manifest (an
     ``export.manifest.DataType``, or its name): the graph's leading quantizer must match it.
+    ``pixel_table``: the stem's preprocessing table (``preprocess.lut``); the engine then takes
+    uint8 pixels and thresholds them to those codes (``FrontendConfig.stem_pixels``).
     Without ``out_dir`` the build goes to a new temporary folder that is kept, because the
     returned model refers to the partition's file in it (the log names the folder).
     Raises :class:`GraphError` for a graph the front end cannot map and :class:`BuildError`
@@ -165,7 +173,12 @@ def to_hw(
     from finn.builder.build_dataflow import build_dataflow_cfg
 
     # finn: loaded only when this runs
-    from fpga.finn.steps import INPUT_DATATYPE_KEY, INPUT_SCALE_KEY, RUNTIME_WEIGHTS_KEY
+    from fpga.finn.steps import (
+        INPUT_DATATYPE_KEY,
+        INPUT_SCALE_KEY,
+        PIXEL_TABLE_KEY,
+        RUNTIME_WEIGHTS_KEY,
+    )
 
     model = ModelWrapper(str(qonnx_path))
     _check_input(model, name, scale)  # the same check as the first step, before FINN's logging
@@ -174,6 +187,8 @@ def to_hw(
         model.set_metadata_prop(INPUT_SCALE_KEY, repr(float(scale)))
     if config.runtime_writeable_weights:
         model.set_metadata_prop(RUNTIME_WEIGHTS_KEY, "1")
+    if pixel_table is not None:
+        model.set_metadata_prop(PIXEL_TABLE_KEY, json.dumps([list(r) for r in pixel_table]))
     source = out / "input.qonnx.onnx"
     model.save(str(source))
     (out / CONFIG_FILE).write_text(json.dumps(asdict(config), indent=1) + "\n")
@@ -422,7 +437,8 @@ def build_bundle(
 
     config = config or FrontendConfig()
     loaded = load_bundle(bundle)
-    specs = loaded.manifest.graphs
+    manifest = loaded.manifest
+    specs = manifest.graphs
     names = [n for n, g in specs.items() if g.qonnx is not None] if graphs is None else graphs
     for name in names:
         if name not in specs or _finn_file(specs[name]) is None:
@@ -437,7 +453,8 @@ def build_bundle(
         spec = specs[name]
         source = loaded.path / _finn_file(spec)
         graph_config = replace(config, target_fps=fps[name]) if config.balance_macs else config
-        parent = to_hw(source, spec.inputs[0].datatype, out / name, graph_config)
+        table = manifest.preprocess.lut if config.stem_pixels and name == manifest.stem else None
+        parent = to_hw(source, spec.inputs[0].datatype, out / name, graph_config, table)
         results[name] = estimate(parent, config.clk_period_ns, config.fpga_part)
     document = {
         "format": ESTIMATES_FORMAT,

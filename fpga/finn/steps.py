@@ -30,6 +30,7 @@ Why each of these exists, and what was tried first, is in docs/finn-frontend.md.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,7 @@ from fpga.finn.transforms import (
     IntegerInput,
     NarrowMaskedProducts,
     OrderJoinInputs,
+    PixelThresholds,
 )
 from fpga.weights import line_words
 
@@ -102,6 +104,11 @@ INPUT_SCALE_KEY = "ddi_fpga.input_scale"
 RUNTIME_WEIGHTS_KEY = "ddi_fpga.runtime_writeable_weights"
 """Model metadata key: ``"1"`` when the engine's weights are written at run time (a shared
 engine); set by :func:`fpga.finn.frontend.to_hw` from ``FrontendConfig``."""
+PIXEL_TABLE_KEY = "ddi_fpga.pixel_table"
+"""Model metadata key: the stem's preprocessing table (JSON of the manifest's
+``preprocess.lut``) when its engine takes the images' uint8 pixels and thresholds them to its
+input codes itself (:class:`~fpga.finn.transforms.PixelThresholds`); set by
+:func:`fpga.finn.frontend.to_hw`."""
 MASK_DATATYPE = "UINT1"
 """FINN datatype of a masked block's second input, the channel mask map (export/bundle.py)."""
 MAX_ROUNDS = 8
@@ -128,7 +135,8 @@ def _tidy(model: ModelWrapper) -> ModelWrapper:
 
 
 def step_integer_input(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
-    """QONNX cleanup, then the leading quantizer becomes integer input codes and a ``Mul``.
+    """QONNX cleanup, then the leading quantizer becomes integer input codes and a ``Mul``;
+    for a stem that takes pixels (:data:`PIXEL_TABLE_KEY`) the codes come from thresholds.
 
     The input datatype (and scale, checked against the graph's quantizer) come from the model's
     metadata, which :func:`fpga.finn.frontend.to_hw` copies from the bundle manifest.
@@ -142,6 +150,9 @@ def step_integer_input(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWr
         )
     model = cleanup_model(model)
     model = model.transform(IntegerInput(datatype, None if scale is None else float(scale)))
+    table = model.get_metadata_prop(PIXEL_TABLE_KEY)
+    if table is not None:  # the stem: uint8 pixels in, thresholded to the codes
+        model = model.transform(PixelThresholds(json.loads(table), datatype))
     for mask in model.graph.input[1:]:  # a masked block's mask map: 0/1 per output value
         model.set_tensor_datatype(mask.name, DataType[MASK_DATATYPE])
     return model.transform(InferShapes())
@@ -365,7 +376,6 @@ def step_refold_mvaus(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWra
     FINN's estimates); the log line of each refolded node says what it traded. Nodes that
     ``folding_config_file`` names keep their folding.
     """
-    import json
 
     from qonnx.custom_op.registry import getCustomOp
 
@@ -455,13 +465,21 @@ def step_pixel_words(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrap
     two engines' buffers of the same tensor have the same bytes only when the writer's last
     layer and the reader's first fold alike. With one pixel a word at every such boundary the
     board passes an engine's packed output to the next engine as it is
-    (``fpga.board.accel.Carried``), with no repacking on the ARM. Data-width converters between
+    (``fpga.board.accel.Carried``), with no repacking on the ARM. A masked block's mask map is
+    taken a pixel a word too (its C bits): 8 times denser than a bit a byte, and the board
+    fills it a word at a time. Data-width converters between
     a widened boundary layer and its neighbour come in with FINN's ``InsertDWC`` in the back
     end; the layers' arithmetic is unchanged."""
     from qonnx.custom_op.registry import getCustomOp
 
     nodes = list(model.graph.node)
-    for node, side in ((nodes[0], "input"), (nodes[-1], "output")):
+    boundary = [(nodes[0], "input"), (nodes[-1], "output")]
+    # a masked block's mask map (its second input): the layer that takes it (the fan-out to
+    # the block's two mask products) takes a pixel's C mask bits a word, so the map's DMA
+    # buffer holds ceil(C / 8) bytes a pixel, not a byte a channel
+    for tensor in model.graph.input[1:]:
+        boundary += [(node, "input") for node in model.find_consumers(tensor.name) or ()]
+    for node, side in boundary:
         attribute = PIXEL_WORD_ATTRIBUTE.get(_kind(node.op_type))
         if attribute is None:
             continue

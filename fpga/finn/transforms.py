@@ -14,6 +14,7 @@ two properties of the bundle's graphs that FINN's stock flow does not expect:
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 import qonnx.core.data_layout as data_layout
@@ -25,6 +26,88 @@ from qonnx.transformation.base import Transformation
 from fpga.finn.errors import GraphError
 
 log = logging.getLogger(__name__)
+
+
+def pixel_thresholds(table: Any) -> tuple[np.ndarray, int]:
+    """The preprocessing table as thresholds: (C, steps) float32 and the lowest code.
+
+    ``table`` is the manifest's ``preprocess.lut``: ``code = table[c][pixel]`` for each channel
+    and uint8 pixel value, non-decreasing in the pixel (a normalization with a positive std,
+    then a quantizer). A ``MultiThreshold`` with out_bias ``low`` gives ``low + #{k: pixel >=
+    thresholds[c, k]}``; threshold ``k`` of channel ``c`` is the first pixel whose code exceeds
+    ``low + k`` (256, never reached, where none does), so it gives ``table[c][pixel]`` for every
+    pixel exactly. Refused in one line where a row is not 256 non-decreasing integers."""
+    t = np.asarray(table)
+    if t.ndim != 2 or t.shape[1] != 256 or not np.array_equal(t, np.round(t)):
+        raise GraphError(
+            f"preprocessing table of shape {t.shape!r} is not C rows of 256 integer codes; "
+            "re-export the bundle"
+        )
+    t = t.astype(np.int64)
+    if np.any(np.diff(t, axis=1) < 0):
+        raise GraphError(
+            "the preprocessing table decreases with the pixel value (a negative std?); the "
+            "stem's input codes cannot be thresholds of the pixels"
+        )
+    low, high = int(t.min()), int(t.max())
+    levels = np.arange(low + 1, high + 1)  # (steps,)
+    # the first pixel with code >= level: how many pixels have a code below it
+    thresholds = (t[:, None, :] < levels[None, :, None]).sum(axis=2)
+    return thresholds.astype(np.float32), low
+
+
+class PixelThresholds(Transformation):
+    """The graph takes uint8 pixels: a ``MultiThreshold`` of the preprocessing table
+    (:func:`pixel_thresholds`) makes the input codes that the graph took before.
+
+    Run after :class:`IntegerInput`, on a graph whose input holds the integer codes
+    ``datatype`` (the stem's). The input becomes ``UINT8`` pixels (N, C, H, W), the same
+    tensor name, and feeds a ``MultiThreshold`` whose output (``datatype`` codes) feeds what the
+    input fed; FINN makes it a standalone ``Thresholding`` layer, the engine's first, so the
+    board sends the images' bytes as they are and computes nothing of the preprocessing."""
+
+    def __init__(self, table: Any, datatype: str) -> None:
+        super().__init__()
+        self.thresholds, self.low = pixel_thresholds(table)
+        self.datatype = DataType[datatype]
+        steps = self.thresholds.shape[1]
+        if self.low < self.datatype.min() or self.low + steps > self.datatype.max():
+            raise GraphError(
+                f"the preprocessing table's codes [{self.low}, {self.low + steps}] are not "
+                f"{self.datatype.name} codes; re-export the bundle"
+            )
+
+    def apply(self, model: ModelWrapper) -> tuple[ModelWrapper, bool]:
+        name = model.graph.input[0].name
+        shape = model.get_tensor_shape(name)
+        if len(shape) != 4 or shape[1] != self.thresholds.shape[0]:
+            raise GraphError(
+                f"graph input {name!r} of shape {shape!r} does not take images of "
+                f"{self.thresholds.shape[0]} channels (N, C, H, W)"
+            )
+        codes = model.make_new_valueinfo_name()
+        thresholds = model.make_new_valueinfo_name()
+        model.set_initializer(thresholds, self.thresholds)
+        for node in model.find_consumers(name):
+            node.input[:] = [codes if i == name else i for i in node.input]
+        node = oh.make_node(
+            "MultiThreshold",
+            [name, thresholds],
+            [codes],
+            domain="qonnx.custom_op.general",
+            out_dtype=self.datatype.name,
+            out_bias=float(self.low),
+            out_scale=1.0,
+            data_layout="NCHW",
+            name="PixelThresholds",
+        )
+        model.graph.node.insert(0, node)
+        model.set_tensor_shape(codes, shape)
+        model.set_tensor_datatype(codes, self.datatype)
+        model.set_tensor_datatype(name, DataType["UINT8"])
+        steps = self.thresholds.shape[1]
+        log.debug("graph input %s: uint8 pixels, %d thresholds per channel", name, steps)
+        return model, False
 
 
 class IntegerInput(Transformation):

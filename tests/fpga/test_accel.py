@@ -28,7 +28,7 @@ from fpga.board.accel import (
     GraphAccelerator,
     as_floats,
 )
-from fpga.board.runtime import FinnBackend
+from fpga.board.runtime import BoardRuntimeError, FinnBackend
 from tests.conftest import needs_cifar10
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -198,11 +198,17 @@ def test_overlay_deploy_folder(bundle, overlay_build):
     for name, e in spec.engines.items():
         c, h, w = m.graphs[name].inputs[0].shape[1:]
         assert tuple(shapes["ishape_normal"][e.input]) == (1, h, w, c)
-        assert shapes["idt"][e.input] == f"DataType['{m.graphs[name].inputs[0].datatype.name}']"
+        # the stem's engine takes the images' pixels and thresholds them itself
+        takes = "UINT8" if name == m.stem else m.graphs[name].inputs[0].datatype.name
+        assert e.pixels == (name == m.stem)
+        assert shapes["idt"][e.input] == f"DataType['{takes}']"
         if e.mask_input is not None:  # (1, H', W', C') 1-bit values: the output's shape
             c, h, w = m.graphs[name].outputs[0].shape[1:]
             assert tuple(shapes["ishape_normal"][e.mask_input]) == (1, h, w, c)
             assert shapes["idt"][e.mask_input] == "DataType['BINARY']"
+            # a pixel's C mask bits a stream word: ceil(C / 8) bytes a pixel in the buffer
+            assert tuple(shapes["ishape_folded"][e.mask_input]) == (1, h, w, 1, c)
+            assert tuple(shapes["ishape_packed"][e.mask_input]) == (1, h, w, 1, -(-c // 8))
         FloatTail.load(spec.root / e.tail)
     assert overlay_build.estimates["fits"]
     with pytest.raises(AcceleratorError, match="pynq"):  # no PYNQ here: one line, before all
@@ -403,10 +409,11 @@ def test_engines_pass_codes_and_packed_bytes_on(bundle, overlay_build, emulated,
         np.testing.assert_array_equal(got.predictions, want.predictions)
         np.testing.assert_array_equal(got.macs, want.macs)
     (_, off, _), (_, on, _) = results[False], results[True]
-    # stem, blocks..: each converted input folded and packed; the masks' bytes are one packed
-    # pixel repeated (mask_words), checked against FINN's packing of the map by the stand-in
-    assert off["codes"] >= 5 and off["pack"] == off["codes"] * chunks
-    # not even the stem's input: its codes come from the preprocessing table (stem_input)
+    # blocks, head..: each converted input folded and packed (the stem's engine takes the
+    # images' pixels either way); the masks' bytes are one packed pixel repeated
+    # (pixel_words), checked against FINN's packing of the map by the stand-in
+    assert off["codes"] >= 4 and off["pack"] == off["codes"] * chunks
+    # no input converted: the stem's engine thresholds the pixels itself (stem_input)
     assert on["codes"] == 0
     assert on["pack"] < off["pack"], (on, off)  # some packed outputs went on as they were
     # the activations stayed codes from engine to engine: only the logits were made floats
@@ -415,16 +422,32 @@ def test_engines_pass_codes_and_packed_bytes_on(bundle, overlay_build, emulated,
     assert set(off["tails"]) == {m.stem, m.head, *(b.graph for b in m.blocks)}  # full mode
     assert engines >= 5
 
-    # the stem's input codes from the table are the codes of the preprocessed floats
+    # the stem's engine takes the images' pixels, carrying or not: no preprocessing on the ARM
     overlay, accelerators = load_overlay(bundle, overlay_build.deploy, overlay=emulated)
-    backend = FinnBackend(bundle, accelerators, overlay=overlay)
-    stem_in = backend.stem_input(images)
-    assert isinstance(stem_in, EngineTensor)
+    stem = accelerators[m.stem]
+    assert stem.pixels
     floats = m.preprocess.apply(images)
+    for carry in (True, False):
+        backend = FinnBackend(bundle, accelerators, overlay=overlay, carry=carry)
+        stem_in = backend.stem_input(images)
+        assert isinstance(stem_in, EngineTensor) and stem.takes(stem_in.carried)
+        np.testing.assert_array_equal(stem_in.carried.codes, images)
+        np.testing.assert_array_equal(stem_in.floats(), floats)
+    with pytest.raises(BoardRuntimeError, match="takes uint8 pixels") as info:
+        backend.stem_input(images.astype(np.int16))
+    assert "\n" not in str(info.value)
+    with pytest.raises(AcceleratorError, match="takes the images' uint8 pixels"):
+        stem.run([floats])
+    # a stem engine that takes codes (an overlay built without stem_pixels): the codes of the
+    # preprocessed floats, from the preprocessing table
+    table_stem = GraphAccelerator(stem.graph, stem.accelerator, stem.tail)
+    coded = {**accelerators, m.stem: table_stem}
+    backend = FinnBackend(bundle, coded, overlay=overlay)
+    stem_in = backend.stem_input(images)
     np.testing.assert_array_equal(stem_in.floats(), floats)
-    np.testing.assert_array_equal(stem_in.carried.codes, accelerators[m.stem].codes(floats))
-    assert accelerators[m.stem].takes(stem_in.carried)
-    no_carry = FinnBackend(bundle, accelerators, overlay=overlay, carry=False)
+    np.testing.assert_array_equal(stem_in.carried.codes, table_stem.codes(floats))
+    assert table_stem.takes(stem_in.carried)
+    no_carry = FinnBackend(bundle, coded, overlay=overlay, carry=False)
     np.testing.assert_array_equal(no_carry.stem_input(images), floats)
     # anything but uint8 is not looked up (a negative value would index the table's end)
     np.testing.assert_array_equal(backend.stem_input(images.astype(np.int16)), floats)
@@ -436,7 +459,7 @@ def test_engines_pass_codes_and_packed_bytes_on(bundle, overlay_build, emulated,
     for carry in (False, True):
         overlay, accelerators = load_overlay(bundle, overlay_build.deploy, overlay=emulated)
         backend = FinnBackend(bundle, accelerators, overlay=overlay, carry=carry)
-        (x,) = backend.run(m.graphs[m.stem], [m.preprocess.apply(images)])
+        (x,) = backend.run(m.graphs[m.stem], [backend.stem_input(images)])  # its pixels
         assert isinstance(x, EngineTensor) is carry  # the stem's codes, no floats made
         xs = backend.take(x, rows)
         block = accelerators[m.blocks[0].graph]

@@ -279,3 +279,64 @@ def test_estimate_table_lists_every_graph(builds):
     for name in GRAPHS:
         assert f"| {name} |" in table
     assert "XC7Z020" in table
+
+
+def _all_pixel_values(channels: int) -> np.ndarray:
+    """One (1, 32, 32, C) uint8 image holding every pixel value 0..255 in every channel (each
+    channel shifted, so that the channels' values differ at a pixel)."""
+    index = np.arange(32 * 32).reshape(32, 32, 1) + 85 * np.arange(channels)
+    return (index % 256).astype(np.uint8)[None]
+
+
+def test_pixel_thresholds_reproduce_the_preprocessing_table(bundle):
+    """The stem's thresholds over the uint8 pixels give the manifest's preprocessing table
+    for every pixel value of every channel; a table that is not 256 non-decreasing integer
+    codes a channel is refused in one line."""
+    from qonnx.custom_op.general.multithreshold import multithreshold
+
+    from fpga.finn.transforms import pixel_thresholds
+
+    table = np.asarray(bundle.manifest.preprocess.lut)
+    thresholds, low = pixel_thresholds(table)
+    pixels = np.tile(np.arange(256, dtype=np.float32), (len(table), 1))[None]  # (1, C, 256)
+    got = multithreshold(pixels, thresholds, out_bias=low)[0]
+    np.testing.assert_array_equal(got, table)
+    assert thresholds.shape == (len(table), table.max() - table.min())
+    for bad, match in (
+        (table[:, :255], "not C rows of 256 integer codes"),
+        (table + 0.5, "not C rows of 256 integer codes"),
+        (table[:, ::-1], "decreases with the pixel value"),
+    ):
+        with pytest.raises(GraphError, match=match) as info:
+            pixel_thresholds(bad)
+        assert "\n" not in str(info.value)
+
+
+@pytest.fixture(scope="session")
+def pixel_stem(bundle, tmp_path_factory):
+    """The stem built to take the images' uint8 pixels (``pixel_table``)."""
+    spec = bundle.manifest.graphs["stem"]
+    out = tmp_path_factory.mktemp("finn-pixel-stem")
+    table = bundle.manifest.preprocess.lut
+    return to_hw(bundle.path / spec.qonnx.file, spec.inputs[0].datatype, out, None, table)
+
+
+@needs_cifar10
+def test_stem_takes_pixels_and_thresholds_them_itself(bundle, pixel_stem, twins, cifar_images):
+    """A stem built with the preprocessing table: its engine's first layer is a Thresholding
+    of UINT8 pixels, and FINN's Python execution on the pixels equals the stem's onnxruntime
+    twin on the preprocessed images, bit for bit, for real test images and an image holding
+    every pixel value in every channel."""
+    from qonnx.core.datatype import DataType
+
+    _check_hw(pixel_stem)
+    hw = dataflow_model(pixel_stem)
+    first = hw.graph.node[0]
+    assert first.op_type.startswith("Thresholding")
+    assert hw.get_tensor_datatype(first.input[0]) == DataType["UINT8"]
+    m = bundle.manifest
+    images = np.concatenate([cifar_images, _all_pixel_values(len(m.preprocess.lut))])
+    expected = twins.run(m.stem, m.preprocess.apply(images))
+    for i, image in enumerate(images):
+        pixels = np.transpose(image[None], (0, 3, 1, 2)).astype(np.float32)  # NCHW values
+        np.testing.assert_array_equal(execute(pixel_stem, pixels), expected[i : i + 1])
